@@ -1,0 +1,85 @@
+"""What the inspector asks its driver to do.
+
+The core never performs I/O: every call returns a list of these frozen actions and
+the asyncio shell (``smtpguard.gateway``) carries them out in order. Tests compare
+them directly, so a log line or a close is a visible consequence of an input.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Direction(enum.Enum):
+    CLIENT_TO_GW = "client>gw"
+    GW_TO_SERVER = "gw>server"
+    SERVER_TO_GW = "server>gw"
+    GW_TO_CLIENT = "gw>client"
+
+
+@dataclass(frozen=True, slots=True)
+class ToServer:
+    """Bytes to write to the upstream server (a ``memoryview`` on the DATA path)."""
+
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenServer:
+    """Open a (new) upstream connection; answer with ``server_connected`` or
+    ``server_closed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseServer:
+    """Close the upstream connection. ``abort`` drops unsent bytes at once: used to
+    make the server discard a partly relayed message (it never sees the terminator)."""
+
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient:
+    """Close the client connection after pending writes; ``reset`` sends a TCP RST."""
+
+    reset: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Call ``timer(now)`` at ``deadline`` (same clock as the ``now`` arguments);
+    ``None`` cancels the timer."""
+
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """One protocol-log entry: a command or reply line crossing the gateway, or the
+    size of a message (content is never traced)."""
+
+    direction: Direction
+    line: str = ""
+    verb: str | None = None
+    code: int | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEvent:
+    """An enforcement: stable ``id`` (documented in docs/events.md) and one line."""
+
+    id: str
+    message: str
+    action: str = "log"
+
+
+Action = (
+    ToServer | ToClient | OpenServer | CloseServer | CloseClient | SetTimer | Trace | PolicyEvent
+)

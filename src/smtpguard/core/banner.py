@@ -1,0 +1,40 @@
+"""Greeting (220 banner) policies, DESIGN §3.1.2.
+
+``generic`` is the default because a banner made only of ``2``, ``0``, space and
+``*`` makes Postfix senders switch on their PIX work-arounds (slower delivery,
+``smtp_pix_workarounds``), and a mask still says "there is a PIX here".
+"""
+
+from __future__ import annotations
+
+import re
+
+from smtpguard.core.grammar import Reply, make_reply
+from smtpguard.core.policy import BannerPolicy, Policy
+
+_PIX_KEEP = re.compile(rb"[^20\r\n]")
+
+
+def pix_mask(raw: bytes) -> bytes:
+    """Mask a reply the way PIX Mailguard did: in each line's text every character
+    except ``2`` and ``0`` becomes ``*``; code, separator and length are kept, so a
+    multi-line greeting still parses."""
+    out = bytearray()
+    for line in raw.splitlines(keepends=True):
+        out += line[:4] + _PIX_KEEP.sub(b"*", line[4:])
+    return bytes(out)
+
+
+def greeting(reply: Reply, policy: Policy) -> bytes:
+    """The bytes the client sees for the server's greeting ``reply``.
+
+    Only a 220 is rewritten: a 554 or 421 greeting is the server's decision and
+    reaches the client unchanged.
+    """
+    if reply.code != 220 or policy.banner is BannerPolicy.PASS:
+        return reply.raw
+    if policy.banner is BannerPolicy.PIX:
+        return pix_mask(reply.raw)
+    if policy.banner is BannerPolicy.CUSTOM:
+        return make_reply(220, policy.banner_text).raw
+    return make_reply(220, f"{policy.hostname} ESMTP").raw

@@ -1,0 +1,199 @@
+"""SMTP grammar on bytes: command lines, reply lines, limits.
+
+Everything here frames and parses *bytes*; text is decoded only for arguments, with
+``surrogateescape`` so that any byte survives a round trip. These parsers are the
+single implementation used by the gateway core, the probe and logscan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including the CRLF.
+COMMAND_LINE_LIMIT = 512
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including the CRLF. Servers
+# in the wild exceed it (long EHLO AUTH lines), so we accept this much before failing.
+REPLY_LINE_LIMIT = 4096
+# RFC 5321 §4.5.3.1.6 / RFC 5322 §2.1.1: a text line is at most 1000 octets with CRLF.
+TEXT_LINE_LIMIT = 998
+# A multi-line reply with more lines than this is treated as a broken server.
+REPLY_MAX_LINES = 200
+
+CRLF = b"\r\n"
+# RFC 5321 §4.1.1.4: the end of mail data is "CRLF . CRLF".
+END_OF_DATA = b"\r\n.\r\n"
+
+# RFC 5321 §4.1.1: verbs are case-insensitive alphabetic keywords.
+_VERB = re.compile(rb"([A-Za-z][A-Za-z0-9-]{0,31})(?:[ \t](.*))?\Z", re.DOTALL)
+# RFC 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF )
+#                             Reply-code [ SP textstring ] CRLF
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*)\Z", re.DOTALL)
+# RFC 3463 §2: enhanced status code class.subject.detail
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
+# RFC 5321 §4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; we only need the bracketed part.
+_PATH = re.compile(rb"\s*<([^<>]*)>(.*)\Z", re.DOTALL)
+
+
+class LineError(ValueError):
+    """A line that violates the framing rules (bare CR/LF, NUL)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_line_bytes(line: bytes) -> str | None:
+    """Return the name of the first forbidden byte class in a CRLF-stripped line.
+
+    Used for command lines: a bare CR, a bare LF or a NUL inside a command is the
+    signature of a smuggling attempt (and never valid, RFC 5321 §2.3.8).
+    """
+    if b"\r" in line:
+        return "bare CR"
+    if b"\n" in line:
+        return "bare LF"
+    if b"\x00" in line:
+        return "NUL"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed command line. ``verb`` is upper-case ASCII; ``raw`` keeps the line
+    exactly as received, CRLF included, so forwarding never re-serialises."""
+
+    verb: str
+    args: str
+    raw: bytes
+
+    @property
+    def text(self) -> str:
+        """The command line without CRLF, for logs."""
+        return self.raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+
+
+def parse_command(raw: bytes) -> Command | None:
+    """Parse one command line (with or without the CRLF). ``None`` if no verb."""
+    line = raw[:-2] if raw.endswith(CRLF) else raw.rstrip(b"\r\n")
+    m = _VERB.match(line)
+    if m is None:
+        return None
+    verb = m.group(1).decode("ascii").upper()
+    args = (m.group(2) or b"").decode("utf-8", "surrogateescape").strip(" \t")
+    return Command(verb, args, raw)
+
+
+def parse_path(args: str, keyword: str) -> tuple[str, str] | None:
+    """Split ``FROM:<addr> PARAMS`` into ``(addr, params)``; ``None`` if malformed.
+
+    ``keyword`` is ``FROM`` or ``TO`` (RFC 5321 §4.1.1.2, §4.1.1.3). A space after
+    the colon is tolerated, as real clients send it.
+    """
+    head, sep, rest = args.partition(":")
+    if not sep or head.strip().upper() != keyword:
+        return None
+    m = _PATH.match(rest.encode("utf-8", "surrogateescape"))
+    if m is None:
+        return None
+    return (
+        m.group(1).decode("utf-8", "surrogateescape"),
+        m.group(2).decode("utf-8", "surrogateescape").strip(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLine:
+    code: int
+    last: bool
+    text: str
+
+
+def parse_reply_line(raw: bytes) -> ReplyLine | None:
+    """Parse one reply line (CRLF optional). ``None`` if it is not a reply line."""
+    line = raw.rstrip(b"\r\n")
+    m = _REPLY_LINE.match(line)
+    if m is None:
+        return None
+    sep = m.group(2)
+    if sep == b"" and m.group(3):
+        return None  # "2501" is not a reply line
+    return ReplyLine(int(m.group(1)), sep != b"-", m.group(3).decode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete (possibly multi-line) reply. ``raw`` is the bytes as received."""
+
+    code: int
+    lines: tuple[str, ...]
+    raw: bytes
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def enhanced(self) -> tuple[int, int, int] | None:
+        """RFC 3463 enhanced status code of the first line, if any."""
+        if not self.lines:
+            return None
+        m = _ENHANCED.match(self.lines[0])
+        return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+    def log_lines(self) -> list[str]:
+        """One ``"250-text"``-style string per line, as a protocol log shows them."""
+        n = len(self.lines)
+        return [
+            f"{self.code}{' ' if i == n - 1 else '-'}{t}".rstrip() for i, t in enumerate(self.lines)
+        ]
+
+
+def make_reply(code: int, *lines: str) -> Reply:
+    """Build a reply (our own, never a server's) with correct multi-line framing."""
+    texts = lines or ("",)
+    out = bytearray()
+    for i, t in enumerate(texts):
+        sep = " " if i == len(texts) - 1 else "-"
+        out += f"{code}{sep}{t}".rstrip(" ").encode("utf-8", "surrogateescape") + CRLF
+    return Reply(code, tuple(texts), bytes(out))
+
+
+class ReplyAssembler:
+    """Collects reply lines into complete replies (RFC 5321 §4.2.1).
+
+    Feed it CRLF-stripped lines with :meth:`add`; it returns a :class:`Reply` when the
+    last line arrives, else ``None``. A malformed line raises :class:`LineError`.
+    """
+
+    __slots__ = ("_code", "_lines", "_raw")
+
+    def __init__(self) -> None:
+        self._code = 0
+        self._lines: list[str] = []
+        self._raw = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._lines)
+
+    def add(self, raw: bytes) -> Reply | None:
+        parsed = parse_reply_line(raw)
+        if parsed is None:
+            raise LineError("malformed reply line")
+        if self._lines and parsed.code != self._code:
+            raise LineError("reply code changed inside a multi-line reply")
+        if len(self._lines) >= REPLY_MAX_LINES:
+            raise LineError("multi-line reply too long")
+        self._code = parsed.code
+        self._lines.append(parsed.text)
+        self._raw += raw
+        if not parsed.last:
+            return None
+        reply = Reply(parsed.code, tuple(self._lines), bytes(self._raw))
+        self._lines.clear()
+        self._raw.clear()
+        return reply

@@ -1,0 +1,638 @@
+"""The inspector: one SMTP session between a client and the upstream server.
+
+Theory of operation
+-------------------
+The driver feeds bytes with :meth:`Session.client_data` / :meth:`Session.server_data`
+and connection changes with :meth:`server_connected` / :meth:`server_closed` /
+:meth:`client_eof`; every call returns the actions to carry out, in order. Time is an
+argument; the next deadline goes out as :class:`SetTimer`.
+
+Commands are framed from a receive buffer (never from packets). Each command gets a
+*slot* in a FIFO: a forwarded command's slot is filled by the server's next reply; a
+refused command's slot is filled at once with the gateway's reply. Slots are flushed
+to the client strictly in order, so a local reply waits behind earlier server replies
+(RFC 2920 §3.1): nothing is dropped or reordered.
+
+After DATA or AUTH the client's bytes are held until the server answers, so the
+gateway reads them the way the server will (message data after a 354, commands after
+a refusal). In the DATA phase chunks are relayed as they arrive while
+:class:`~smtpguard.core.data.DataScanner` watches for ``CRLF.CRLF`` and bad framing.
+
+A message found invalid part-way is never completed upstream: the upstream
+connection is aborted without the terminator (the server discards the partial
+message), the rest of the message is read and dropped up to the client's real end of
+data, the client gets a 5xx naming the reason, and a fresh upstream connection is
+opened with the client's HELO/EHLO replayed, so the client's session goes on.
+The client only gets a 2xx that the server sent.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from smtpguard.core import replies
+from smtpguard.core.actions import (
+    Action,
+    CloseClient,
+    CloseServer,
+    Direction,
+    OpenServer,
+    PolicyEvent,
+    SetTimer,
+    ToClient,
+    ToServer,
+    Trace,
+)
+from smtpguard.core.banner import greeting
+from smtpguard.core.data import DataScanner
+from smtpguard.core.grammar import (
+    REPLY_LINE_LIMIT,
+    LineError,
+    Reply,
+    ReplyAssembler,
+    check_line_bytes,
+    parse_command,
+)
+from smtpguard.core.policy import Policy, Verdict
+
+
+class Phase(enum.Enum):
+    COMMAND = "command"  # framing command lines
+    WAIT = "wait"  # DATA or AUTH forwarded: client bytes held until the server answers
+    AUTH = "auth"  # server sent 334: the next client line is an AUTH response
+    DATA = "data"  # relaying message data
+    BDAT = "bdat"  # draining a refused BDAT chunk
+    QUIT = "quit"  # QUIT forwarded: nothing more is read
+    CLOSED = "closed"
+
+
+class Upstream(enum.Enum):
+    CONNECTING = "connecting"
+    GREETING = "greeting"  # connected, waiting for the 220
+    REPLAY = "replay"  # a fresh connection: the client's HELO/EHLO was replayed
+    READY = "ready"
+    DOWN = "down"
+
+
+# Which phase a server reply to a held command leads to: (verb, reply class) -> phase.
+_AFTER_REPLY: dict[tuple[str, int], Phase] = {
+    ("DATA", 3): Phase.DATA,
+    ("AUTH", 3): Phase.AUTH,
+}
+
+_CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
+
+END_OF_DATA_VERB = "."  # slot name for the final reply to a message
+
+
+class _Slot:
+    """A reply position in the pipeline. ``reply`` is None until known."""
+
+    __slots__ = ("raw", "reply", "verb")
+
+    def __init__(self, verb: str, raw: bytes = b"", reply: bytes | None = None) -> None:
+        self.verb = verb
+        self.raw = raw
+        self.reply = reply
+
+
+class Session:
+    """Inspector state machine for one client session. See the module docstring."""
+
+    def __init__(self, policy: Policy, *, trace: bool = False) -> None:
+        self.policy = policy
+        self.trace = trace
+        self.phase = Phase.COMMAND
+        self.upstream = Upstream.CONNECTING
+        self._out: list[Action] = []
+        self._cbuf = bytearray()  # client bytes not yet framed
+        self._csearch = 0  # where the LF search in _cbuf resumes
+        self._sbuf = bytearray()
+        self._ssearch = 0
+        self._assembler = ReplyAssembler()
+        self._slots: deque[_Slot] = deque()  # all replies owed to the client, in order
+        self._awaiting: deque[_Slot] = deque()  # the subset waiting for the server
+        self._greeted = False
+        self._helo: bytes | None = None  # last HELO/EHLO the server accepted
+        self._scanner: DataScanner | None = None
+        self._refusal: bytes | None = None  # reply owed at end of a dropped message
+        self._bdat_left = 0
+        self._skip_line = False  # discarding the rest of an over-long command line
+        self._closing = False  # close once every owed reply is flushed
+        self._client_eof = False
+        self._draining = False
+        self._in_transaction = False
+        self._client_deadline: float | None = None
+        self._server_deadline: float | None = None
+        self._timer: float | None = None
+        # Counters for metrics and tests.
+        self.messages_relayed = 0
+        self.messages_refused = 0
+        self.commands_refused = 0
+
+    # ------------------------------------------------------------------ inputs
+    def start(self, now: float) -> list[Action]:
+        """The client is connected: open the upstream."""
+        self._server_deadline = now + self.policy.timeouts.connect
+        self._emit(OpenServer())
+        return self._finish(now)
+
+    def server_connected(self, now: float) -> list[Action]:
+        if self.upstream is Upstream.CONNECTING:
+            self.upstream = Upstream.GREETING
+            self._server_deadline = now + self.policy.timeouts.greeting
+        return self._finish(now)
+
+    def server_data(self, data: bytes, now: float) -> list[Action]:
+        if self.phase is Phase.CLOSED or self.upstream is Upstream.DOWN:
+            return []
+        self._sbuf += data
+        while self._upstream_live():
+            nl = self._sbuf.find(b"\n", self._ssearch)
+            if nl < 0:
+                self._ssearch = len(self._sbuf)
+                if len(self._sbuf) > REPLY_LINE_LIMIT:
+                    self._upstream_failed("reply line too long", now)
+                break
+            line = bytes(self._sbuf[: nl + 1])
+            del self._sbuf[: nl + 1]
+            self._ssearch = 0
+            try:
+                reply = self._assembler.add(line)
+            except LineError as exc:
+                self._upstream_failed(exc.reason, now)
+                break
+            if reply is not None:
+                self._on_reply(reply, now)
+        self._pump(now)
+        return self._finish(now)
+
+    def server_closed(self, now: float) -> list[Action]:
+        """The upstream connection closed or could not be opened."""
+        if self.phase is not Phase.CLOSED and self.upstream is not Upstream.DOWN:
+            self._upstream_lost(now)
+            self._pump(now)
+        return self._finish(now)
+
+    def client_data(self, data: bytes, now: float) -> list[Action]:
+        if self.phase is Phase.CLOSED or self._client_eof:
+            return []
+        self._client_deadline = now + self.policy.timeouts.client_idle
+        if self.phase is Phase.DATA and not self._cbuf:
+            self._data(data, now)  # hot path: no copy into the buffer
+        else:
+            self._cbuf += data
+        self._pump(now)
+        return self._finish(now)
+
+    def client_eof(self, now: float) -> list[Action]:
+        if self.phase is not Phase.CLOSED:
+            self._client_eof = True
+            self._pump(now)
+        return self._finish(now)
+
+    def timer(self, now: float) -> list[Action]:
+        if self.phase is Phase.CLOSED:
+            return []
+        if self._server_deadline is not None and now >= self._server_deadline:
+            self._policy_event("SG-UPSTREAM-TIMEOUT", "mail server did not answer in time")
+            self._upstream_failed("timeout", now)
+        elif (
+            self._client_idle()
+            and self._client_deadline is not None
+            and (now >= self._client_deadline)
+        ):
+            self._policy_event("SG-CLIENT-TIMEOUT", "client idle past the timeout")
+            self._abort_with(replies.CLIENT_TIMEOUT)
+        self._pump(now)
+        return self._finish(now)
+
+    def shutdown(self, now: float) -> list[Action]:
+        """Drain: finish the transaction in flight, then say 421 and close."""
+        self._draining = True
+        self._pump(now)
+        return self._finish(now)
+
+    @property
+    def client_backlog(self) -> int:
+        """Client bytes held unparsed: the driver pauses reading above a threshold."""
+        return len(self._cbuf)
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    # --------------------------------------------------------------- replies
+    def _on_reply(self, reply: Reply, now: float) -> None:
+        self._trace_reply(Direction.SERVER_TO_GW, reply.raw)
+        up = self.upstream
+        if up is Upstream.GREETING:
+            self._on_greeting(reply, now)
+        elif up is Upstream.REPLAY:
+            if reply.positive:
+                self.upstream = Upstream.READY
+                self._server_deadline = None
+            else:
+                self._reconnect_failed("replayed HELO/EHLO refused")
+        elif not self._awaiting:
+            if reply.code == 421:  # the server is closing the session on its own
+                self._slots.append(_Slot("", reply=reply.raw))
+                self._closing = True
+                self._flush()
+            else:
+                self._policy_event("SG-UPSTREAM-UNSOLICITED", f"unexpected reply {reply.code}")
+        else:
+            self._on_command_reply(self._awaiting.popleft(), reply, now)
+
+    def _on_greeting(self, reply: Reply, now: float) -> None:
+        if not self._greeted:
+            self._greeted = True
+            self.upstream = Upstream.READY
+            self._server_deadline = None
+            self._send_client(greeting(reply, self.policy))
+            if reply.code == 421:
+                self._closing = True
+                self._finish_if_done()
+        elif reply.code != 220:
+            self._reconnect_failed(f"greeting {reply.code} on reconnect")
+        elif self._helo is not None:
+            self.upstream = Upstream.REPLAY
+            self._server_deadline = now + self.policy.timeouts.command
+            self._to_server(self._helo, "EHLO" if self._helo[:4].upper() == b"EHLO" else "HELO")
+        else:
+            self.upstream = Upstream.READY
+            self._server_deadline = None
+
+    def _on_command_reply(self, slot: _Slot, reply: Reply, now: float) -> None:
+        verb = slot.verb
+        cls = reply.code // 100
+        if verb in ("HELO", "EHLO") and cls == 2:
+            self._helo = slot.raw
+            self._in_transaction = False
+        elif verb == "MAIL":
+            self._in_transaction = cls == 2
+        elif verb == END_OF_DATA_VERB:
+            self._in_transaction = False
+            if cls == 2:
+                self.messages_relayed += 1
+        if self.phase is Phase.WAIT and not self._awaiting:  # the held command's reply
+            self.phase = _AFTER_REPLY.get((verb, cls), Phase.COMMAND)
+            if self.phase is Phase.DATA:
+                self._scanner = DataScanner()
+        slot.reply = reply.raw
+        if reply.code == 421 or (verb == "QUIT" and cls == 2):
+            self._abort_with(None)
+        self._server_deadline = (
+            now + self._reply_timeout(self._awaiting[0].verb) if self._awaiting else None
+        )
+        self._flush()
+
+    def _reply_timeout(self, verb: str) -> float:
+        t = self.policy.timeouts
+        if verb == END_OF_DATA_VERB:
+            return t.data_end
+        return t.data_init if verb == "DATA" else t.command
+
+    # --------------------------------------------------------------- client side
+    def _pump(self, now: float) -> None:
+        """Consume held client bytes as far as the current state allows."""
+        while not self._closing and self.phase is not Phase.CLOSED:
+            phase = self.phase
+            if phase is Phase.DATA:
+                if not self._cbuf:
+                    break
+                chunk = bytes(self._cbuf)
+                self._cbuf.clear()
+                self._csearch = 0
+                self._data(chunk, now)
+            elif phase is Phase.BDAT:
+                if not self._drain_bdat():
+                    break
+            elif (
+                phase in (Phase.WAIT, Phase.QUIT)
+                or self.upstream is not Upstream.READY
+                or len(self._slots) >= self.policy.max_pending
+            ):
+                break
+            elif self._draining and not self._in_transaction and not self._slots:
+                self._abort_with(replies.SHUTTING_DOWN)
+            else:
+                line = self._next_line()
+                if line is None:
+                    break
+                if phase is Phase.AUTH:
+                    self._auth_response(line)
+                else:
+                    self._command(line, now)
+        self._finish_if_done()
+
+    def _next_line(self) -> bytes | None:
+        buf = self._cbuf
+        limit = self.policy.command_line_limit
+        nl = buf.find(b"\n", self._csearch)
+        if self._skip_line:
+            if nl < 0:
+                buf.clear()
+                self._csearch = 0
+                return None
+            del buf[: nl + 1]
+            self._skip_line = False
+            self._csearch = 0
+            self._local_reply("", replies.LINE_TOO_LONG)
+            return self._next_line()
+        if nl < 0:
+            self._csearch = len(buf)
+            if len(buf) > limit:
+                self._line_too_long()
+            return self._next_line() if self._skip_line else None
+        if nl + 1 > limit:
+            self._line_too_long()
+            return self._next_line() if self._skip_line else None
+        line = bytes(buf[: nl + 1])
+        del buf[: nl + 1]
+        self._csearch = 0
+        return line
+
+    def _line_too_long(self) -> None:
+        limit = self.policy.command_line_limit
+        verdict = self.policy.command_line_action
+        self._policy_event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
+        self.commands_refused += 1
+        if verdict is Verdict.REJECT:
+            self._skip_line = True
+        elif verdict is Verdict.RESET:
+            self._closing = True
+            self._emit(CloseServer(abort=True))
+            self._emit(CloseClient(reset=True))
+            self.phase = Phase.CLOSED
+        else:
+            self._abort_with(replies.line_too_long_drop(limit))
+
+    def _command(self, line: bytes, now: float) -> None:
+        body = line[:-2] if line.endswith(b"\r\n") else line  # keeps a bare LF visible
+        bad = check_line_bytes(body)
+        cmd = parse_command(line) if bad is None else None
+        if self.trace:
+            text = body.rstrip(b"\n").decode("utf-8", "surrogateescape")
+            verb = cmd.verb if cmd else None
+            if verb == "AUTH":
+                text = "AUTH " + cmd.args.split(" ")[0] if cmd else text  # no credentials
+            self._emit(Trace(Direction.CLIENT_TO_GW, text, verb=verb))
+        if bad is not None:
+            self._policy_event("SG-CMD-BAD-BYTES", f"{bad} in command line", "reject")
+            self.commands_refused += 1
+            self._local_reply("", replies.bad_command_bytes(bad))
+            return
+        if cmd is None:
+            self.commands_refused += 1
+            self._local_reply("", replies.SYNTAX)
+            return
+        verb = cmd.verb
+        if verb == "BDAT":
+            self._refuse_bdat(cmd.args)
+            return
+        if verb not in self.policy.allowed_verbs:
+            self._policy_event(
+                "SG-CMD-BLOCKED",
+                f"{verb} refused: not allowed in {self.policy.mode.value} mode",
+                "reject",
+            )
+            self.commands_refused += 1
+            self._local_reply(verb, replies.UNRECOGNIZED)
+            return
+        self._forward_command(verb, line, now)
+
+    def _forward_command(self, verb: str, line: bytes, now: float) -> None:
+        slot = _Slot(verb, line)
+        self._slots.append(slot)
+        self._awaiting.append(slot)
+        if self._server_deadline is None:
+            self._server_deadline = now + self._reply_timeout(verb)
+        self._to_server(line, verb)
+        if verb in ("DATA", "AUTH"):
+            self.phase = Phase.WAIT
+        elif verb == "QUIT":
+            self.phase = Phase.QUIT
+        elif verb in ("RSET", "HELO", "EHLO"):
+            self._in_transaction = False
+
+    def _auth_response(self, line: bytes) -> None:
+        """A SASL response line (RFC 4954 §4): relayed, never parsed or logged."""
+        if self.trace:
+            self._emit(Trace(Direction.CLIENT_TO_GW, "(AUTH response)"))
+        slot = _Slot("AUTH", line)
+        self._slots.append(slot)
+        self._awaiting.append(slot)
+        self._emit(ToServer(line))
+        self.phase = Phase.WAIT
+
+    def _refuse_bdat(self, args: str) -> None:
+        """BDAT is never relayed; its chunk is drained unparsed (RFC 3030 §2)."""
+        self.commands_refused += 1
+        size = args.split(" ")[0] if args else ""
+        if not size.isdigit() or int(size) > self.policy.bdat_drain_limit:
+            self._policy_event("SG-BDAT-REFUSED", "BDAT with unusable size: closing", "drop")
+            self._abort_with(replies.bdat_too_large())
+            return
+        self._policy_event("SG-BDAT-REFUSED", f"BDAT chunk of {size} octets drained", "reject")
+        self._bdat_left = int(size)
+        self.phase = Phase.BDAT
+        self._drain_bdat()
+
+    def _drain_bdat(self) -> bool:
+        take = min(self._bdat_left, len(self._cbuf))
+        del self._cbuf[:take]
+        self._csearch = 0
+        self._bdat_left -= take
+        if self._bdat_left:
+            return False
+        self.phase = Phase.COMMAND
+        self._local_reply("BDAT", replies.BDAT_REFUSED)
+        return True
+
+    # ------------------------------------------------------------------ data
+    def _data(self, chunk: bytes, now: float) -> None:
+        """Relay one chunk of message data; at the end, queue the final reply."""
+        scanner = self._scanner
+        assert scanner is not None
+        scan = scanner.scan(chunk)
+        stop = len(chunk) if scan.end < 0 else scan.end
+        if self._refusal is None and scan.invalid_at >= 0:
+            self._refuse_message(scan.reason, memoryview(chunk)[: scan.invalid_at])
+        elif self._refusal is None:
+            self._emit(ToServer(chunk if stop == len(chunk) else memoryview(chunk)[:stop]))
+        if scan.end < 0:
+            return
+        self._scanner = None
+        self.phase = Phase.COMMAND
+        if self.trace:
+            self._emit(Trace(Direction.CLIENT_TO_GW, "", size=scanner.size))
+        if self._refusal is not None:
+            self.messages_refused += 1
+            self._local_reply(END_OF_DATA_VERB, self._refusal)
+            self._refusal = None
+            self._reconnect(now)
+        else:
+            slot = _Slot(END_OF_DATA_VERB)
+            self._slots.append(slot)
+            self._awaiting.append(slot)
+            self._server_deadline = now + self.policy.timeouts.data_end
+        if stop < len(chunk):
+            self._cbuf[:0] = chunk[stop:]
+
+    def _refuse_message(self, reason: str, clean: memoryview) -> None:
+        self._policy_event(
+            "SG-DATA-BAD-BYTES", f"{reason} in message data: message refused", "reject"
+        )
+        self._refusal = replies.message_rejected(reason)
+        if len(clean):
+            self._emit(ToServer(clean))
+        # The server must never see the terminator: abort its connection now.
+        self._emit(CloseServer(abort=True))
+        self.upstream = Upstream.DOWN
+        self._server_deadline = None
+
+    # --------------------------------------------------------------- upstream
+    def _reconnect(self, now: float) -> None:
+        if self.upstream is not Upstream.DOWN:
+            self._emit(CloseServer(abort=True))
+        self._sbuf.clear()
+        self._ssearch = 0
+        self._assembler = ReplyAssembler()
+        self.upstream = Upstream.CONNECTING
+        self._server_deadline = now + self.policy.timeouts.connect
+        self._emit(OpenServer())
+
+    def _reconnect_failed(self, why: str) -> None:
+        self._policy_event("SG-UPSTREAM-RECONNECT-FAILED", why)
+        self._emit(CloseServer(abort=True))
+        self.upstream = Upstream.DOWN
+        self._abort_with(replies.SERVICE_UNAVAILABLE)
+
+    def _upstream_failed(self, why: str, now: float) -> None:
+        """The upstream misbehaved: drop it and handle it like a lost connection."""
+        self._policy_event("SG-UPSTREAM-ERROR", f"mail server connection dropped: {why}")
+        self._emit(CloseServer(abort=True))
+        self._upstream_lost(now)
+
+    def _upstream_lost(self, now: float) -> None:
+        was = self.upstream
+        self.upstream = Upstream.DOWN
+        self._server_deadline = None
+        if not self._greeted:
+            self._send_client(replies.SERVICE_UNAVAILABLE)
+            self._abort_with(None)
+        elif was is not Upstream.READY:
+            self._reconnect_failed(f"upstream lost while {was.value}")
+        elif self.phase is Phase.DATA:
+            self._policy_event("SG-UPSTREAM-LOST", "mail server lost during message data")
+            self._refusal = replies.MESSAGE_UPSTREAM_LOST
+        elif self._awaiting and self._awaiting[0].verb == END_OF_DATA_VERB:
+            self._policy_event("SG-UPSTREAM-LOST", "mail server lost before its final reply")
+            self._awaiting.popleft().reply = replies.MESSAGE_UPSTREAM_LOST
+            self._in_transaction = False
+            if self._awaiting:
+                self._abort_with(replies.UPSTREAM_LOST)
+            else:
+                self._reconnect(now)
+            self._flush()
+        else:
+            self._abort_with(replies.UPSTREAM_LOST)
+
+    # ---------------------------------------------------------------- helpers
+    def _local_reply(self, verb: str, reply: bytes) -> None:
+        self._slots.append(_Slot(verb, reply=reply))
+        self._flush()
+
+    def _abort_with(self, reply: bytes | None) -> None:
+        """Answer the first unanswered slot with ``reply`` (or nothing), drop the
+        rest, and close once everything before it is flushed."""
+        kept: deque[_Slot] = deque()
+        for slot in self._slots:
+            if slot.reply is None:
+                break
+            kept.append(slot)
+        if reply is not None:
+            kept.append(_Slot("", reply=reply))
+        self._slots = kept
+        self._awaiting.clear()
+        self._closing = True
+        self._flush()
+
+    def _flush(self) -> None:
+        slots = self._slots
+        while slots and slots[0].reply is not None:
+            reply = slots.popleft().reply
+            assert reply is not None
+            self._send_client(reply)
+            self._client_deadline = None  # the client's turn starts now
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        if self.phase is Phase.CLOSED or self._slots:
+            return
+        # After EOF, finish once nothing owed remains and no complete command is held.
+        eof_done = (
+            self._client_eof
+            and self.phase is not Phase.WAIT
+            and (self.phase is Phase.DATA or b"\n" not in self._cbuf)
+        )
+        if self._closing or eof_done:
+            if self.upstream is not Upstream.DOWN:
+                # Mid-message the server must not take what it has as a message.
+                self._emit(CloseServer(abort=self.phase is Phase.DATA))
+                self.upstream = Upstream.DOWN
+            self._emit(CloseClient())
+            self.phase = Phase.CLOSED
+
+    def _send_client(self, raw: bytes) -> None:
+        self._emit(ToClient(raw))
+        if self.trace:
+            self._trace_reply(Direction.GW_TO_CLIENT, raw)
+
+    def _to_server(self, line: bytes, verb: str) -> None:
+        self._emit(ToServer(line))
+        if self.trace:
+            text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+            self._emit(
+                Trace(Direction.GW_TO_SERVER, "AUTH ..." if verb == "AUTH" else text, verb=verb)
+            )
+
+    def _trace_reply(self, direction: Direction, raw: bytes) -> None:
+        if not self.trace:
+            return
+        for line in raw.splitlines():
+            text = line.decode("utf-8", "surrogateescape")
+            code = int(text[:3]) if text[:3].isdigit() else None
+            self._emit(Trace(direction, text, code=code))
+
+    def _policy_event(self, event_id: str, message: str, action: str = "log") -> None:
+        self._emit(PolicyEvent(event_id, message, action))
+
+    def _upstream_live(self) -> bool:
+        return self.upstream is not Upstream.DOWN
+
+    def _client_idle(self) -> bool:
+        """True when the gateway is waiting for the client (its idle timeout runs)."""
+        return not self._slots and self.phase in _CLIENT_TURN
+
+    def _emit(self, action: Action) -> None:
+        self._out.append(action)
+
+    def _finish(self, now: float) -> list[Action]:
+        if self.phase is Phase.CLOSED:
+            deadline = None
+        else:
+            idle = self._client_idle()
+            client = self._client_deadline if idle else None
+            if client is None and idle:
+                client = now + self.policy.timeouts.client_idle
+                self._client_deadline = client
+            cands = [d for d in (client, self._server_deadline) if d is not None]
+            deadline = min(cands) if cands else None
+        if deadline != self._timer:
+            self._timer = deadline
+            self._out.append(SetTimer(deadline))
+        out, self._out = self._out, []
+        return out
