@@ -1,0 +1,80 @@
+"""Exchange 5.5 IMS protocol log, and smtpguard's own ``ims`` protocol log.
+
+Layout (the KB article's)::
+
+    2/7/01 5:01:20 PM : A connection was accepted from mail.domain1.com
+    2/7/01 5:01:21 PM : <<< HELO mail.domain1.com      (client → this server)
+    2/7/01 5:01:21 PM : >>> 250 OK                      (this server → client)
+
+Sessions are delimited by "A connection was accepted from"; the log has no session
+id, so a session is named after the line that opened it (``@12``). A multi-line
+reply is either one ``>>>`` entry per line or a ``>>> 250-...`` entry followed by
+bare continuation lines; a bare line is accepted only right after a non-final reply
+line, so prose pasted around a log excerpt is skipped, not parsed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from smtpguard.core.grammar import parse_command, parse_reply_line
+
+from ..model import ClientCommand, Connect, Disconnect, Event, ServerReply
+from ..timefmt import parse_ims
+from . import Context, Lines
+
+NAME = "ims"
+
+_ENTRY = re.compile(
+    rb"\s*(\d{1,2}/\d{1,2}/\d{2,4}) (\d{1,2}:\d{2}:\d{2}) ([AaPp][Mm]) : (.*?)\r?\n?\Z",
+    re.DOTALL,
+)
+_ACCEPTED = b"A connection was accepted from "
+_CLOSED = (b"The connection was closed", b"Connection closed", b"Disconnected")
+
+
+def sniff(lines: list[bytes]) -> int:
+    return sum(5 for raw in lines if _ENTRY.match(raw))
+
+
+def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    session = ""
+    continuation = False  # the previous entry was a non-final reply line
+    last_time = None
+    for no, raw in lines:
+        m = _ENTRY.match(raw)
+        if m is None:
+            if continuation and session:
+                body = raw.strip(b"\r\n")
+                r = parse_reply_line(body)
+                if r is not None:
+                    continuation = not r.last
+                    yield ServerReply(no, last_time, session, r)
+                    continue
+            continuation = False
+            continue
+        time = parse_ims(m.group(1).decode(), m.group(2).decode(), m.group(3).decode())
+        last_time = time
+        body = m.group(4)
+        continuation = False
+        if body.startswith(_ACCEPTED):
+            if session:  # no interleaving in this format: a new connection ends the last
+                yield Disconnect(no, time, session)
+            session = f"@{no}"
+            peer = body[len(_ACCEPTED) :].strip().decode("utf-8", "surrogateescape")
+            yield Connect(no, time, session, peer)
+        elif not session:
+            continue
+        elif body.startswith(b"<<< "):
+            cmd = parse_command(body[4:])
+            if cmd is not None:
+                yield ClientCommand(no, time, session, cmd)
+        elif body.startswith(b">>> "):
+            r = parse_reply_line(body[4:])
+            if r is not None:
+                continuation = not r.last
+                yield ServerReply(no, time, session, r)
+        elif body.startswith(_CLOSED):
+            yield Disconnect(no, time, session)
+            session = ""

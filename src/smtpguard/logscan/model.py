@@ -1,0 +1,146 @@
+"""The shared session model every log parser speaks.
+
+Parsers turn lines into *events*; they never decide what a finding is, except when
+the log states the problem outright (Postfix "timeout after DATA", Exim "SMTP data
+timeout", a Zeek record whose last reply is 354). Two families of events exist:
+
+* dialogue events (:class:`Connect`, :class:`ClientCommand`, :class:`ServerReply`,
+  :class:`DataSize`, :class:`Disconnect`) for logs that record the SMTP conversation
+  line by line (Exchange IMS, IIS W3C, Exchange 2007+ protocol logs, smtpguard's own);
+  :mod:`smtpguard.logscan.sessions` replays them through one state machine;
+* summary events (:class:`Delivered`, :class:`Flag`) for logs that record outcomes
+  (Postfix, Exim, Zeek).
+
+The roles are SMTP roles, not log directions: a ``ClientCommand`` is always sent by
+the SMTP client, whether the log's owner was the receiving or the sending side.
+All events are frozen; times are naive UTC-ish datetimes (see ``timefmt``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from smtpguard.core.grammar import Command, ReplyLine
+
+
+class Kind(enum.StrEnum):
+    STALLED_DATA = "stalled_data"
+    DUPLICATE = "duplicate"
+    EHLO_REJECTED = "ehlo_rejected"
+    MASKED_BANNER = "masked_banner"
+    PIX_WORKAROUND = "pix_workaround"
+
+
+class Side(enum.StrEnum):
+    """Which end of the SMTP conversation wrote the log."""
+
+    RECEIVING = "receiving"
+    SENDING = "sending"
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    line: int
+    time: datetime | None
+    session: str
+    peer: str
+    side: Side = Side.RECEIVING
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCommand:
+    line: int
+    time: datetime | None
+    session: str
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReply:
+    line: int
+    time: datetime | None
+    session: str
+    reply: ReplyLine
+
+
+@dataclass(frozen=True, slots=True)
+class DataSize:
+    """Size of the message data the client sent (never its content)."""
+
+    line: int
+    time: datetime | None
+    session: str
+    size: int
+    message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    line: int
+    time: datetime | None
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One copy of a message that reached the end of DATA (accepted or stalled)."""
+
+    line: int
+    time: datetime | None
+    session: str
+    peer: str
+    message_id: str = ""
+    mail_from: str = ""
+    rcpt_to: tuple[str, ...] = ()
+    size: int | None = None
+    stalled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A problem the log states itself; becomes a finding as is."""
+
+    line: int
+    time: datetime | None
+    session: str
+    peer: str
+    kind: Kind
+    detail: str
+
+
+Event = Connect | ClientCommand | ServerReply | DataSize | Disconnect | Delivered | Flag
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """Where one copy of a duplicated message was seen."""
+
+    file: str
+    line: int
+    time: datetime | None
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: Kind
+    file: str
+    line: int
+    time: datetime | None
+    peer: str
+    session: str
+    detail: str
+    copies: tuple[Copy, ...] = field(default=())
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "kind": str(self.kind),
+            "file": self.file,
+            "line": self.line,
+            "time": self.time.isoformat() if self.time else None,
+            "peer": self.peer,
+            "session": self.session,
+            "detail": self.detail,
+        }

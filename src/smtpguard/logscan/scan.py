@@ -1,0 +1,192 @@
+"""Drives a scan: sources → format parser → session tracker / dedupe → findings.
+
+One :class:`Scanner` spans all files of a run, so duplicates are found across
+rotated logs; sessions are tracked per file. Nothing here prints: the reports
+module renders the :class:`Result`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import ModuleType
+
+from . import formats
+from .dedupe import DEFAULT_WINDOW, DuplicateIndex
+from .formats import Context
+from .model import Delivered, Finding, Flag
+from .sessions import SessionTracker
+from .source import SNIFF_LINES, InputError, Source
+
+# Findings kept for the report; a pathological log cannot exhaust memory with them.
+MAX_FINDINGS = 100_000
+
+
+class FormatError(InputError):
+    """The format of an input could not be recognised."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    format: str = "auto"
+    since: datetime | None = None
+    until: datetime | None = None
+    window: timedelta = DEFAULT_WINDOW
+    year: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    file: str
+    format: str
+    lines: int
+    bytes: int
+    sessions: int
+    open_in_data_at_end: int
+
+
+@dataclass
+class Result:
+    findings: list[Finding] = field(default_factory=list)
+    files: list[FileStats] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    deliveries: int = 0
+    dropped_findings: int = 0
+    dedupe_evicted_early: int = 0
+    first_time: datetime | None = None
+    last_time: datetime | None = None
+    window: timedelta = DEFAULT_WINDOW
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "findings": len(self.findings) + self.dropped_findings,
+            "by_kind": dict(sorted(self.counts.items())),
+            "files": [
+                {
+                    "file": f.file,
+                    "format": f.format,
+                    "lines": f.lines,
+                    "bytes": f.bytes,
+                    "sessions": f.sessions,
+                    "open_in_data_at_end": f.open_in_data_at_end,
+                }
+                for f in self.files
+            ],
+            "deliveries": self.deliveries,
+            "first_time": self.first_time.isoformat() if self.first_time else None,
+            "last_time": self.last_time.isoformat() if self.last_time else None,
+            "window_seconds": int(self.window.total_seconds()),
+            "errors": list(self.errors),
+            "findings_not_listed": self.dropped_findings,
+            "dedupe_groups_evicted_early": self.dedupe_evicted_early,
+        }
+
+
+def detect_format(head: list[bytes]) -> str | None:
+    scores = {name: mod.sniff(head) for name, mod in formats.registry().items()}
+    name, best = max(scores.items(), key=lambda kv: kv[1])
+    return name if best > 0 else None
+
+
+class Scanner:
+    def __init__(self, options: Options, on_progress: Callable[[int], None] | None = None):
+        self.options = options
+        self.result = Result(window=options.window)
+        self._dedupe = DuplicateIndex(options.window)
+        self._on_progress = on_progress
+        self._registry: dict[str, ModuleType] = formats.registry()
+
+    def scan(self, src: Source) -> None:
+        lines = src.lines()
+        head = list(itertools.islice(lines, SNIFF_LINES))
+        fmt = self.options.format
+        if fmt == "auto":
+            detected = detect_format([raw for _, raw in head])
+            if detected is None:
+                if not head:
+                    self.result.files.append(FileStats(src.display, "empty", 0, 0, 0, 0))
+                    return
+                raise FormatError(
+                    f"{src.display}: cannot tell the log format; name it with --format"
+                )
+            fmt = detected
+        module = self._registry[fmt]
+        tracker = SessionTracker(src.display)
+        ctx = Context(file=src.display, year=self.options.year)
+        stream = self._progress(itertools.chain(head, lines), src)
+        for ev in module.parse(stream, ctx):
+            if isinstance(ev, Delivered):
+                self._delivered(src.display, ev)
+            elif isinstance(ev, Flag):
+                self._add(Finding(ev.kind, src.display, ev.line, ev.time, ev.peer,
+                                  ev.session, ev.detail))
+            else:
+                if ev.time is not None:
+                    self._seen(ev.time)
+                for out in tracker.feed(ev):
+                    if isinstance(out, Delivered):
+                        self._delivered(src.display, out)
+                    else:
+                        self._add(out)
+        for _ in tracker.close():
+            pass
+        self.result.files.append(
+            FileStats(src.display, fmt, src.lines_read, src.bytes_read,
+                      tracker.sessions_seen, tracker.open_in_data_at_end)
+        )
+
+    def finish(self) -> Result:
+        for f in self._dedupe.close():
+            self._add(f)
+        r = self.result
+        r.deliveries = self._dedupe.deliveries
+        r.dedupe_evicted_early = self._dedupe.evicted_early
+        r.findings.sort(key=lambda f: (f.time or datetime.min, f.file, f.line))
+        return r
+
+    def _progress(self, it: Iterator[tuple[int, bytes]], src: Source) -> Iterator[tuple[int, bytes]]:
+        cb = self._on_progress
+        if cb is None:
+            yield from it
+            return
+        for item in it:
+            if item[0] & 0x3FFF == 0:
+                cb(src.position)
+            yield item
+        cb(src.position)
+
+    def _seen(self, t: datetime) -> None:
+        r = self.result
+        if r.first_time is None or t < r.first_time:
+            r.first_time = t
+        if r.last_time is None or t > r.last_time:
+            r.last_time = t
+
+    def _in_range(self, t: datetime | None) -> bool:
+        o = self.options
+        if t is None:
+            return o.since is None and o.until is None
+        return (o.since is None or t >= o.since) and (o.until is None or t <= o.until)
+
+    def _delivered(self, file: str, d: Delivered) -> None:
+        if d.time is not None:
+            self._seen(d.time)
+        if not self._in_range(d.time):
+            return
+        for f in self._dedupe.add(file, d):
+            self._add(f)
+
+    def _add(self, f: Finding) -> None:
+        if f.time is not None:
+            self._seen(f.time)
+        if not self._in_range(f.time):
+            return
+        self.result.counts[str(f.kind)] += 1
+        if len(self.result.findings) < MAX_FINDINGS:
+            self.result.findings.append(f)
+        else:
+            self.result.dropped_findings += 1

@@ -1,0 +1,250 @@
+"""Replays dialogue events through one SMTP state machine per session.
+
+Theory of operation: a session is opened by :class:`Connect` (or by the first event
+that names it) and closed by :class:`Disconnect`, by a new ``Connect`` with the same
+id, or by the end of the input. Replies are matched to commands in order (a queue
+of verbs awaiting an answer, RFC 5321 §4.2 with pipelining, RFC 2920). A final 354
+puts the session in *data* state; the next final reply ends the transaction. A
+session that closes while still in data state is a ``stalled_data`` finding: the
+server never answered the end of data — exactly what Mailguard did when CRLF.CRLF
+was split across segments.
+
+Only *open* sessions are kept; closing one frees it, so memory is bounded by the
+number of concurrent sessions in the log, not by its size. A session left in data
+state when the input ends is not reported (a live or truncated log looks the same),
+it is only counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime
+
+from smtpguard.core.grammar import parse_path
+
+from . import rules
+from .model import (
+    ClientCommand,
+    Connect,
+    DataSize,
+    Delivered,
+    Disconnect,
+    Event,
+    Finding,
+    Kind,
+    ServerReply,
+    Side,
+)
+
+# Queue of unanswered commands; a log that lost replies must not grow it forever.
+MAX_PENDING = 128
+# Lines of a multi-line greeting kept for the banner check.
+MAX_BANNER_LINES = 20
+
+Output = Finding | Delivered
+
+
+class _Session:
+    __slots__ = (
+        "banner",
+        "banner_done",
+        "data_line",
+        "data_time",
+        "ehlo_flagged",
+        "mail_from",
+        "message_id",
+        "peer",
+        "pending",
+        "rcpt_to",
+        "sid",
+        "side",
+        "size",
+    )
+
+    def __init__(self, sid: str, peer: str, side: Side) -> None:
+        self.sid = sid
+        self.peer = peer
+        self.side = side
+        self.pending: deque[tuple[str, str]] = deque(maxlen=MAX_PENDING)
+        self.banner: list[str] = []
+        self.banner_done = False
+        self.ehlo_flagged = False
+        self.data_line = 0
+        self.data_time: datetime | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.mail_from = ""
+        self.rcpt_to: list[str] = []
+        self.size: int | None = None
+        self.message_id = ""
+        self.data_line = 0
+        self.data_time = None
+
+
+class SessionTracker:
+    """Feed dialogue events of one file; yields findings and delivered copies."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self._open: dict[str, _Session] = {}
+        self.sessions_seen = 0
+        self.open_in_data_at_end = 0
+
+    def feed(self, ev: Event) -> Iterator[Output]:
+        if isinstance(ev, Connect):
+            old = self._open.pop(ev.session, None)
+            if old is not None:
+                yield from self._close(old, ev.line, ev.time)
+            self._open[ev.session] = _Session(ev.session, ev.peer, ev.side)
+            self.sessions_seen += 1
+        elif isinstance(ev, Disconnect):
+            s = self._open.pop(ev.session, None)
+            if s is not None:
+                yield from self._close(s, ev.line, ev.time)
+        elif isinstance(ev, ClientCommand):
+            self._command(self._get(ev.session), ev)
+        elif isinstance(ev, ServerReply):
+            yield from self._reply(self._get(ev.session), ev)
+        elif isinstance(ev, DataSize):
+            s = self._get(ev.session)
+            s.size = ev.size
+            if ev.message_id:
+                s.message_id = ev.message_id
+
+    def close(self) -> Iterator[Output]:
+        """End of input: forget open sessions, counting those stuck in data."""
+        for s in self._open.values():
+            if s.data_time is not None or s.data_line:
+                self.open_in_data_at_end += 1
+        self._open.clear()
+        return iter(())
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open)
+
+    def _get(self, sid: str) -> _Session:
+        s = self._open.get(sid)
+        if s is None:  # log started mid-session, or the format has no connect line
+            s = self._open[sid] = _Session(sid, "", Side.RECEIVING)
+            s.banner_done = True
+            self.sessions_seen += 1
+        return s
+
+    def _command(self, s: _Session, ev: ClientCommand) -> None:
+        verb, args = ev.command.verb, ev.command.args
+        s.pending.append((verb, args))
+        s.banner_done = True
+        if verb == "MAIL":
+            s.reset()
+            path = parse_path(args, "FROM")
+            if path is not None:
+                s.mail_from = path[0]
+                s.size = _size_param(path[1])
+        elif verb in ("HELO", "EHLO", "RSET"):
+            s.reset()
+
+    def _reply(self, s: _Session, ev: ServerReply) -> Iterator[Output]:
+        r = ev.reply
+        if not s.banner_done:
+            if len(s.banner) < MAX_BANNER_LINES:
+                s.banner.append(f"{r.code}{' ' if r.last else '-'}{r.text}".rstrip())
+            if r.last:
+                s.banner_done = True
+                if r.code == 220 and rules.is_masked_banner(s.banner):
+                    yield self._finding(Kind.MASKED_BANNER, ev, s, _banner_detail(s))
+            return
+        if not r.last:
+            return
+        if s.data_line:
+            yield from self._end_of_data(s, ev)
+            return
+        verb, args = s.pending.popleft() if s.pending else ("", "")
+        if r.code == 354:
+            s.data_line, s.data_time = ev.line, ev.time
+        elif verb == "EHLO" and r.code in rules.EHLO_REJECT_CODES and not s.ehlo_flagged:
+            s.ehlo_flagged = True
+            yield self._finding(Kind.EHLO_REJECTED, ev, s, _ehlo_detail(s, r.code, r.text))
+        elif verb == "RCPT" and 200 <= r.code < 300:
+            path = parse_path(args, "TO")
+            if path is not None:
+                s.rcpt_to.append(path[0])
+
+    def _end_of_data(self, s: _Session, ev: ServerReply) -> Iterator[Output]:
+        r = ev.reply
+        if 200 <= r.code < 300:
+            yield Delivered(
+                line=s.data_line,
+                time=s.data_time,
+                session=s.sid,
+                peer=s.peer,
+                message_id=s.message_id or rules.angle_id(r.text),
+                mail_from=s.mail_from,
+                rcpt_to=tuple(s.rcpt_to),
+                size=s.size,
+            )
+        s.reset()
+
+    def _close(self, s: _Session, line: int, time: datetime | None) -> Iterator[Output]:
+        if not s.data_line:
+            return
+        when = f" at {time:%Y-%m-%d %H:%M:%S}" if time else ""
+        if s.side is Side.SENDING:
+            detail = (
+                f"we sent the message data after a 354 reply, but the remote server never "
+                f"gave a final reply before the session ended{when} (line {line}); the "
+                f"end-of-data CRLF.CRLF was lost on the way (Mailguard signature) — the "
+                f"message was probably delivered anyway and will be sent again"
+            )
+        else:
+            detail = (
+                f"354 was sent for DATA, but no final reply followed before the session "
+                f"ended{when} (line {line}); the end-of-data CRLF.CRLF never got an "
+                f"answer (Mailguard signature) — the sender times out and re-sends"
+            )
+        yield Finding(
+            Kind.STALLED_DATA, self.file, s.data_line, s.data_time, s.peer, s.sid, detail
+        )
+        if s.mail_from or s.rcpt_to or s.message_id:
+            yield Delivered(
+                line=s.data_line,
+                time=s.data_time,
+                session=s.sid,
+                peer=s.peer,
+                message_id=s.message_id,
+                mail_from=s.mail_from,
+                rcpt_to=tuple(s.rcpt_to),
+                size=s.size,
+                stalled=True,
+            )
+        s.reset()
+
+    def _finding(self, kind: Kind, ev: ServerReply, s: _Session, detail: str) -> Finding:
+        return Finding(kind, self.file, ev.line, ev.time, s.peer, s.sid, detail)
+
+
+def _size_param(params: str) -> int | None:
+    for p in params.split():
+        key, _, value = p.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _banner_detail(s: _Session) -> str:
+    shown = " / ".join(s.banner)[:120]
+    who = "the remote server's" if s.side is Side.SENDING else "the"
+    return (
+        f"{who} 220 greeting is masked ({shown!r}): a PIX/ASA Mailguard-style filter "
+        f"rewrites it, and Postfix senders switch on their slow PIX work-arounds"
+    )
+
+
+def _ehlo_detail(s: _Session, code: int, text: str) -> str:
+    return (
+        f"EHLO was answered {code} {text.strip()!r}: ESMTP is filtered on this path "
+        f"(Mailguard 'fixup protocol smtp' behaviour); clients fall back to HELO and "
+        f"lose SIZE, 8BITMIME, PIPELINING and STARTTLS"
+    )

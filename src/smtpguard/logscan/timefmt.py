@@ -1,0 +1,129 @@
+"""Timestamps and durations as the log formats write them.
+
+Every time is normalised to a *naive* datetime: aware times (ISO-8601 with an offset,
+Zeek epochs) are converted to UTC and stripped; naive local times (IMS, classic
+syslog) are kept as written. Mixing both in one scan therefore compares local wall
+time with UTC, which is the best a log without an offset allows; it never crashes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` → timedelta; ValueError else."""
+    text = text.strip().lower()
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if m is None:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 2h, 1d)")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or total <= 0:
+        raise ValueError(f"not a positive duration: {text!r}")
+    return timedelta(seconds=total)
+
+
+def naive(dt: datetime) -> datetime:
+    """Aware → naive UTC; naive stays as is."""
+    if dt.tzinfo is None:
+        return dt
+    return dt.astimezone(UTC).replace(tzinfo=None)
+
+
+def parse_iso(text: str) -> datetime | None:
+    """ISO-8601 (``Z`` allowed, ``T`` or space) → naive datetime; None if invalid."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        return naive(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def parse_user_time(text: str) -> datetime:
+    """A --since/--until value: ISO date or date-time; ValueError with a clear text."""
+    dt = parse_iso(text)
+    if dt is None:
+        raise ValueError(f"not an ISO date or date-time: {text!r} (e.g. 2024-02-07T17:00)")
+    return dt
+
+
+def from_epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+
+
+def parse_ims(date: str, clock: str, ampm: str) -> datetime | None:
+    """``2/7/01`` ``5:01:20`` ``PM`` (US order, as Exchange 5.5 wrote it)."""
+    try:
+        month, day, year = (int(x) for x in date.split("/"))
+        hour, minute, second = (int(x) for x in clock.split(":"))
+    except ValueError:
+        return None
+    if year < 100:
+        year += 2000 if year < 70 else 1900
+    hour %= 12
+    if ampm.upper() == "PM":
+        hour += 12
+    try:
+        return datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+
+
+class SyslogClock:
+    """Classic syslog stamps (``Feb  7 17:01:20``) carry no year.
+
+    The year starts at ``year`` (default: the current one) and advances when the
+    month goes backwards (December → January), as a rotated maillog does.
+    """
+
+    __slots__ = ("_last_month", "_year")
+
+    def __init__(self, year: int | None = None) -> None:
+        self._year = year or datetime.now().year
+        self._last_month = 0
+
+    def parse(self, mon: str, day: str, clock: str) -> datetime | None:
+        month = _MONTHS.get(mon)
+        if month is None:
+            return None
+        if month < self._last_month - 6:
+            self._year += 1
+        self._last_month = month
+        try:
+            h, mi, s = clock.split(":")
+            return datetime(self._year, month, int(day), int(h), int(mi), int(float(s)))
+        except ValueError:
+            return None
+
+
+def human_delta(delta: timedelta) -> str:
+    """``+1h02m03s`` style, for intervals between duplicate copies."""
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else "+"
+    seconds = abs(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    if d:
+        return f"{sign}{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{sign}{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{sign}{m}m{s:02d}s"
+    return f"{sign}{s}s"
