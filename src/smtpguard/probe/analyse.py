@@ -1,0 +1,349 @@
+"""Verdicts from replies: pure functions, no I/O.
+
+The runner collects what the peer answered (core :class:`Reply` objects, timings,
+errors); the functions here turn that into :class:`Check` values with one-line
+explanations a non-expert can act on. Keeping them pure lets the tests pin every
+verdict on literal replies, independent of sockets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from smtpguard.core.grammar import Reply
+from smtpguard.probe.model import Check, Outcome, Verdict
+
+# Postfix smtp(8) switches on its PIX workarounds when the whole greeting consists only
+# of these characters (smtp_proto.c: strspn(resp, "20 *\t\n") == strlen(resp)).
+PIX_BANNER_CHARS = frozenset("20 *\t\n")
+# A run of asterisks in a greeting that is not a full PIX mask (ASA mask-banner, or a
+# filter that masks only the host or software name).
+_ASTERISK_RUN = re.compile(r"\*{3,}")
+# ASA "inspect esmtp" overwrites extension keywords it does not allow with X's.
+_MASKED_KEYWORD = re.compile(r"X{3,}[A-Z0-9]?")
+# PIX 7.x / ASA rewrite disallowed commands to "XXXX"; servers that echo the unknown
+# verb then name it in their reply.
+_XXXX = re.compile(r"X{4}")
+# Keywords a current MTA usually offers; their absence is worth a note, not a verdict.
+COMMON_KEYWORDS = ("PIPELINING", "8BITMIME", "SIZE", "ENHANCEDSTATUSCODES", "STARTTLS")
+# The made-up verb the probe sends: every server must refuse it (RFC 5321 §4.2.4), so a
+# positive reply proves that something in the path rewrote it (PIX 6.x: to NOOP).
+UNKNOWN_VERB = "XSGPROBE"
+
+
+def reply_summary(reply: Reply) -> str:
+    """First line of a reply as the log shows it, e.g. ``"500 Unrecognized command"``."""
+    return reply.log_lines()[0] if reply.lines else str(reply.code)
+
+
+def banner_text(reply: Reply) -> str:
+    return "\n".join(reply.log_lines())
+
+
+def is_pix_mask(reply: Reply) -> bool:
+    text = banner_text(reply)
+    return "*" in text and all(ch in PIX_BANNER_CHARS for ch in text)
+
+
+def banner_check(reply: Reply) -> Check:
+    text = banner_text(reply)
+    if is_pix_mask(reply):
+        return Check(
+            "banner",
+            Verdict.PROBLEM,
+            "greeting is masked with asterisks like a Cisco PIX/ASA Mailguard; Postfix "
+            "senders will switch on their slow PIX workarounds",
+            filter_sign=True,
+            data={"kind": "pix-mask", "banner": text},
+        )
+    if _ASTERISK_RUN.search(text):
+        return Check(
+            "banner",
+            Verdict.PROBLEM,
+            "greeting is partly overwritten with asterisks: a filter rewrites it",
+            filter_sign=True,
+            data={"kind": "asterisks", "banner": text},
+        )
+    return Check(
+        "banner", Verdict.OK, f"clear greeting: {reply_summary(reply)}",
+        data={"kind": "clear", "banner": text},
+    )
+
+
+def ehlo_keywords(reply: Reply) -> list[str]:
+    """Extension keywords of a 250 EHLO reply (RFC 5321 §4.1.1.1), upper-case."""
+    if reply.code != 250:
+        return []
+    words = (line.split(None, 1) for line in reply.lines[1:])
+    return [w[0].upper() for w in words if w]
+
+
+def ehlo_check(ehlo: Reply | None, helo: Reply | None, error: str | None = None) -> Check:
+    helo_note = ""
+    if helo is not None:
+        helo_note = (
+            f"; HELO works ({reply_summary(helo)})" if helo.code == 250
+            else f"; HELO also refused ({reply_summary(helo)})"
+        )
+    if ehlo is None:
+        return Check("ehlo", Verdict.PROBLEM, f"no answer to EHLO: {error}{helo_note}")
+    if ehlo.code >= 500:
+        return Check(
+            "ehlo",
+            Verdict.PROBLEM,
+            f"EHLO refused ({reply_summary(ehlo)}): a Mailguard-style filter passes only "
+            f"the old RFC 821 commands, senders fall back to HELO and lose ESMTP{helo_note}",
+            filter_sign=True,
+            data={"reply": reply_summary(ehlo), "keywords": []},
+        )
+    if ehlo.code != 250:
+        return Check(
+            "ehlo", Verdict.PROBLEM, f"EHLO not accepted ({reply_summary(ehlo)}){helo_note}",
+            data={"reply": reply_summary(ehlo), "keywords": []},
+        )
+    keywords = ehlo_keywords(ehlo)
+    masked = [k for k in keywords if _MASKED_KEYWORD.fullmatch(k)]
+    missing = [k for k in COMMON_KEYWORDS if k not in keywords]
+    data = {"reply": reply_summary(ehlo), "keywords": keywords, "masked": masked,
+            "missing_common": missing}
+    if masked:
+        return Check(
+            "ehlo",
+            Verdict.PROBLEM,
+            f"extension keywords overwritten with X's ({', '.join(masked)}): an ASA-style "
+            f"filter strips extensions; offered: {', '.join(keywords) or 'none'}",
+            filter_sign=True,
+            data=data,
+        )
+    if not keywords:
+        return Check(
+            "ehlo",
+            Verdict.PROBLEM,
+            f"EHLO answered with a bare {reply_summary(ehlo)!r} and no extension keywords: "
+            "a filter hides the server's extensions",
+            filter_sign=True,
+            data=data,
+        )
+    note = f" (not offered: {', '.join(missing)})" if missing else ""
+    return Check("ehlo", Verdict.OK, f"offers {', '.join(keywords)}{note}", data=data)
+
+
+def _same_reply(a: Reply, b: Reply) -> bool:
+    return a.code == b.code and a.lines == b.lines
+
+
+def commands_check(replies: Mapping[str, Reply | str]) -> Check:
+    """``replies`` maps NOOP, VRFY, EXPN, HELP and :data:`UNKNOWN_VERB` to the reply or
+    to an error description (no reply)."""
+    noop = replies.get("NOOP")
+    unknown = replies.get(UNKNOWN_VERB)
+    noop_reply = noop if isinstance(noop, Reply) else None
+    rewrites_noop = (
+        isinstance(unknown, Reply) and unknown.positive
+        and noop_reply is not None and _same_reply(unknown, noop_reply)
+    )
+    rewrites_xxxx = any(
+        isinstance(r, Reply) and _XXXX.search(r.text) for r in replies.values()
+    )
+    parts: list[str] = []
+    data: dict[str, str] = {}
+    for verb, reply in replies.items():
+        if not isinstance(reply, Reply):
+            how = f"no reply ({reply})"
+        elif rewrites_noop and verb != "NOOP" and noop_reply and _same_reply(reply, noop_reply):
+            how = f"rewritten to NOOP ({reply_summary(reply)})"
+        elif _XXXX.search(reply.text):
+            how = f"rewritten to XXXX ({reply_summary(reply)})"
+        elif reply.positive:
+            how = f"accepted ({reply_summary(reply)})"
+        else:
+            how = f"refused ({reply_summary(reply)})"
+        data[verb] = how
+        parts.append(f"{verb} {how}")
+    if rewrites_noop or rewrites_xxxx:
+        style = "NOOP (PIX 6.x style)" if rewrites_noop else "XXXX (PIX 7.x/ASA style)"
+        return Check(
+            "commands",
+            Verdict.PROBLEM,
+            f"a filter rewrites commands it does not allow to {style}; " + "; ".join(parts),
+            filter_sign=True,
+            data=data,
+        )
+    if not (isinstance(noop, Reply) and noop.code == 250):
+        return Check(
+            "commands", Verdict.PROBLEM,
+            "NOOP does not work, though every server must accept it; " + "; ".join(parts),
+            data=data,
+        )
+    return Check("commands", Verdict.OK, "; ".join(parts), data=data)
+
+
+def pipelining_check(
+    offered: bool, ehlo_refused: bool, replies: Sequence[Reply] | None, error: str | None
+) -> Check:
+    if not offered:
+        why = (
+            "EHLO is refused, so no extension is visible"
+            if ehlo_refused else "not offered; senders wait for each reply (slower, works)"
+        )
+        return Check("pipelining", Verdict.INFO, f"PIPELINING {why}",
+                     data={"offered": False})
+    if replies is None:
+        return Check(
+            "pipelining",
+            Verdict.PROBLEM,
+            f"PIPELINING is offered but pipelined commands lost their replies ({error}): "
+            "something in the path handles one command at a time",
+            data={"offered": True, "working": False},
+        )
+    codes = ", ".join(str(r.code) for r in replies)
+    return Check(
+        "pipelining", Verdict.OK,
+        f"offered and working: {len(replies)} commands in one write got {codes} in order",
+        data={"offered": True, "working": True},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsResult:
+    offered: bool
+    tried: bool
+    reply: Reply | None = None
+    cipher: str | None = None
+    error: str | None = None
+
+
+def starttls_check(result: TlsResult, ehlo_refused: bool) -> Check:
+    if not result.offered:
+        if result.tried:
+            return Check("starttls", Verdict.PROBLEM,
+                         "--tls asked for STARTTLS but the server does not offer it",
+                         data={"offered": False})
+        why = "EHLO is refused, so STARTTLS is not visible" if ehlo_refused else (
+            "STARTTLS not offered: mail to this host travels unencrypted "
+            "(a filter may strip it)")
+        return Check("starttls", Verdict.INFO, why, data={"offered": False})
+    if not result.tried:
+        return Check("starttls", Verdict.INFO,
+                     "STARTTLS offered; handshake not tried (use --tls)",
+                     data={"offered": True})
+    if result.cipher is None:
+        what = result.error or (reply_summary(result.reply) if result.reply else "unknown")
+        return Check("starttls", Verdict.PROBLEM,
+                     f"STARTTLS offered but it does not work: {what}",
+                     data={"offered": True, "working": False})
+    return Check("starttls", Verdict.OK, f"STARTTLS works ({result.cipher})",
+                 data={"offered": True, "working": True, "cipher": result.cipher})
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What happened to one test message."""
+
+    refused: Reply | None = None  # MAIL, RCPT or DATA refused: the message never went
+    refused_at: str | None = None  # MAIL, RCPT, DATA, or CONNECT if never connected
+    reply: Reply | None = None  # final reply to the end of data
+    seconds: float | None = None
+    error: str | None = None  # no final reply: timeout or connection lost
+
+    @property
+    def answered(self) -> bool:
+        return self.reply is not None
+
+
+def control_check(d: Delivery | None, mail_from: str, rcpt_to: str) -> Check:
+    if d is None:
+        return Check("control-message", Verdict.SKIPPED,
+                     "not sent (--no-send): no message is delivered")
+    if d.refused is not None:
+        return Check(
+            "control-message", Verdict.SKIPPED,
+            f"server refused {d.refused_at} ({reply_summary(d.refused)}); "
+            f"pass --from/--to addresses it accepts (now <{mail_from}> -> <{rcpt_to}>)",
+        )
+    if d.refused_at is not None:
+        return Check("control-message", Verdict.SKIPPED, f"not sent: {d.error}")
+    if d.reply is None:
+        return Check(
+            "control-message", Verdict.PROBLEM,
+            f"a message whose end-of-data went in one segment got no final reply "
+            f"({d.error}): the path does not deliver mail",
+        )
+    verdict = Verdict.OK if d.reply.code == 250 else Verdict.INFO
+    return Check(
+        "control-message", verdict,
+        f"end-of-data in one segment answered in {d.seconds:.3f} s: {reply_summary(d.reply)}",
+        data={"seconds": round(d.seconds or 0.0, 3), "reply": reply_summary(d.reply)},
+    )
+
+
+def split_check(
+    control: Delivery | None, split: Delivery | None, gap: float
+) -> tuple[Check, Outcome]:
+    if control is None or split is None or control.reply is None:
+        why = "not sent (--no-send)" if control is None else (
+            "untested: the control message did not get through")
+        return Check("split-terminator", Verdict.SKIPPED, why), Outcome.UNTESTED
+    if split.refused_at is not None:
+        cause = reply_summary(split.refused) if split.refused else (split.error or "")
+        return Check(
+            "split-terminator", Verdict.SKIPPED,
+            f"untested: the message could not start ({split.refused_at}: {cause})",
+        ), Outcome.UNTESTED
+    if split.reply is None:
+        return Check(
+            "split-terminator", Verdict.PROBLEM,
+            "end-of-data split across packets is dropped: senders will time out and "
+            f"deliver duplicates (CRLF . CRLF as 3 segments {gap:g} s apart: {split.error})",
+            data={"gap": gap},
+        ), Outcome.FAILED
+    control_s = f"{control.seconds:.3f} s" if control.seconds is not None else "n/a"
+    return Check(
+        "split-terminator", Verdict.OK,
+        f"end-of-data split into 3 segments {gap:g} s apart answered in "
+        f"{split.seconds:.3f} s (one segment: {control_s}): {reply_summary(split.reply)}",
+        data={"gap": gap, "seconds": round(split.seconds or 0.0, 3),
+              "control_seconds": control.seconds and round(control.seconds, 3)},
+    ), Outcome.PASSED
+
+
+def smuggling_check(results: Mapping[str, tuple[Outcome, str]]) -> Check:
+    accepted = [v for v, (o, _) in results.items() if o is Outcome.ACCEPTED]
+    tested = [v for v, (o, _) in results.items() if o is not Outcome.UNTESTED]
+    data = {v: f"{o.value}: {why}" for v, (o, why) in results.items()}
+    if not tested:
+        why = next(iter(results.values()))[1] if results else "not run"
+        return Check("smuggling", Verdict.SKIPPED, why, data=data)
+    if accepted:
+        return Check(
+            "smuggling", Verdict.PROBLEM,
+            f"the path takes {', '.join(accepted)} as end of data: an attacker can "
+            "smuggle a second, forged message past filters (SMTP smuggling)",
+            data=data,
+        )
+    return Check(
+        "smuggling", Verdict.OK,
+        f"bare CR/LF end-of-data variants are not taken as end of data ({len(tested)} tried)",
+        data=data,
+    )
+
+
+def summarise(checks: Sequence[Check]) -> tuple[Verdict, str]:
+    problems = [c for c in checks if c.verdict is Verdict.PROBLEM]
+    notes: list[str] = []
+    if any(c.filter_sign for c in checks):
+        notes.append("a Mailguard-style SMTP filter is in the path")
+    ids = {c.id for c in problems}
+    if "split-terminator" in ids:
+        notes.append("split end-of-data is dropped (duplicate deliveries)")
+    if "smuggling" in ids:
+        notes.append("bare CR/LF end-of-data accepted (SMTP smuggling)")
+    if not problems:
+        return Verdict.OK, "no problem found"
+    explained = {c.id for c in checks if c.filter_sign} | {"split-terminator", "smuggling"}
+    others = sorted(ids - explained)
+    if others:
+        notes.append("problems in: " + ", ".join(others))
+    return Verdict.PROBLEM, "; ".join(notes)

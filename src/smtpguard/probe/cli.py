@@ -1,0 +1,118 @@
+"""`smtpguard probe HOST[:PORT]`: argument parsing and exit codes only.
+
+Exit 0 when every check is fine, 1 when a problem was found, 2 when the target could
+not be reached or the arguments are wrong (a :class:`smtpguard.cli.CliError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from typing import Any
+
+from smtpguard.probe.model import (
+    DEFAULT_GAP,
+    DEFAULT_PORT,
+    DEFAULT_SMUGGLE_WAIT,
+    DEFAULT_TIMEOUT,
+    ProbeOptions,
+)
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "probe",
+        help="diagnose an SMTP path: Mailguard-style filter, split end-of-data, smuggling",
+        description=(
+            "Connect to an SMTP server like a sender would and report whether a "
+            "Mailguard-style filter is in the path, whether a split CRLF.CRLF is "
+            "answered, whether bare CR/LF end-of-data is accepted, and whether "
+            "PIPELINING and STARTTLS work. Without --no-send it delivers a few small "
+            "test messages to --to."
+        ),
+    )
+    p.add_argument("target", metavar="HOST[:PORT]", help="server to probe (port 25 default; "
+                   "IPv6 as [::1]:25)")
+    p.add_argument("--from", dest="mail_from", default="", metavar="ADDR",
+                   help="envelope sender of test messages (default: null sender <>)")
+    p.add_argument("--to", dest="rcpt_to", default="postmaster", metavar="ADDR",
+                   help="recipient of test messages (default: postmaster)")
+    p.add_argument("--helo", dest="helo_name", default=None, metavar="NAME",
+                   help="name to send in EHLO/HELO (default: this host's FQDN)")
+    p.add_argument("--no-send", action="store_true",
+                   help="never deliver anything: stop before DATA, use RSET")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds to wait for each reply (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--gap", type=float, default=DEFAULT_GAP, metavar="S",
+                   help=f"seconds between the split end-of-data segments "
+                   f"(default {DEFAULT_GAP:g})")
+    p.add_argument("--smuggle-wait", type=float, default=DEFAULT_SMUGGLE_WAIT, metavar="S",
+                   help="seconds to wait for an answer to a bogus end-of-data "
+                   f"(default {DEFAULT_SMUGGLE_WAIT:g})")
+    p.add_argument("--tls", action="store_true", help="also try the STARTTLS handshake")
+    p.set_defaults(func=run)
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    from smtpguard.cli import CliError
+
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise CliError(f"bad target {text!r}: expected [ADDRESS]:PORT")
+        host, port_text = text[1:end], text[end + 2:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise CliError(f"bad target {text!r}: no host")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise CliError(f"bad port {port_text!r} in {text!r}")
+    return host, int(port_text)
+
+
+def options_from_args(args: argparse.Namespace) -> ProbeOptions:
+    from smtpguard.cli import CliError
+
+    host, port = parse_target(args.target)
+    for name in ("timeout", "gap", "smuggle_wait"):
+        if not getattr(args, name) > 0:
+            raise CliError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    for flag, addr in (("--from", args.mail_from), ("--to", args.rcpt_to)):
+        if any(ch in addr for ch in "<>\r\n\0 "):
+            raise CliError(f"{flag} takes a bare address without <>, spaces or line breaks")
+    if not args.rcpt_to:
+        raise CliError("--to must not be empty")
+    return ProbeOptions(
+        host=host,
+        port=port,
+        mail_from=args.mail_from,
+        rcpt_to=args.rcpt_to,
+        helo_name=args.helo_name or socket.getfqdn() or "localhost",
+        send=not args.no_send,
+        tls=args.tls,
+        timeout=args.timeout,
+        gap=args.gap,
+        smuggle_wait=args.smuggle_wait,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from smtpguard.cli import CliError
+    from smtpguard.probe.client import ConnectFailed
+    from smtpguard.probe.render import render_json, render_table
+    from smtpguard.probe.runner import run_probe
+
+    opts = options_from_args(args)
+    try:
+        report = asyncio.run(run_probe(opts))
+    except ConnectFailed as exc:
+        raise CliError(str(exc)) from None
+    (render_json if args.json else render_table)(report, sys.stdout)
+    return report.exit_code

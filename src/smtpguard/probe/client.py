@@ -1,0 +1,152 @@
+"""A minimal SMTP client on asyncio streams, for diagnosis only.
+
+The probe must control exactly which bytes go out and when (one write per segment,
+TCP_NODELAY, gaps), so it does not use :mod:`smtplib`. Replies are framed on LF and
+assembled by the core's :class:`~smtpguard.core.grammar.ReplyAssembler`; nothing here
+parses replies a second time. Every wait is bounded by a timeout; on a timeout or a
+lost connection the client is considered unusable and the caller closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+
+from smtpguard.core.grammar import CRLF, REPLY_LINE_LIMIT, LineError, Reply, ReplyAssembler
+
+
+class ProbeError(Exception):
+    """Base class of the probe's session errors."""
+
+
+class ConnectFailed(ProbeError):
+    """The TCP connection (or the TLS handshake) could not be made."""
+
+
+class ReplyTimeout(ProbeError):
+    """The peer sent no complete reply within the timeout."""
+
+
+class ConnectionLost(ProbeError):
+    """The peer closed the connection before a complete reply."""
+
+
+class BadReply(ProbeError):
+    """The peer sent something that is not an SMTP reply."""
+
+
+class SmtpClient:
+    """One SMTP connection. Create with :meth:`connect`; always :meth:`close`."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.timeout = timeout
+        self._assembler = ReplyAssembler()
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> SmtpClient:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, limit=REPLY_LINE_LIMIT * 4
+                )
+        except TimeoutError as exc:
+            raise ConnectFailed(f"connection to {host}:{port} timed out") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from exc
+        return cls(reader, writer, timeout)
+
+    def set_nodelay(self) -> None:
+        """Disable Nagle so that each write leaves as its own TCP segment."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            async with asyncio.timeout(self.timeout):
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise ReplyTimeout("the peer stopped reading") from exc
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionLost("connection lost while sending") from exc
+
+    async def read_reply(self, timeout: float | None = None) -> Reply:
+        """Read one complete (possibly multi-line) reply."""
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    line = await self._reader.readuntil(b"\n")
+                    try:
+                        reply = self._assembler.add(line)
+                    except LineError as exc:
+                        shown = line[:80].decode("utf-8", "replace").strip()
+                        raise BadReply(f"{exc.reason}: {shown!r}") from exc
+                    if reply is not None:
+                        return reply
+        except TimeoutError as exc:
+            raise ReplyTimeout(f"no reply within {limit:g} s") from exc
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionLost("the peer closed the connection") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise BadReply("reply line too long") from exc
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+
+    async def command(self, line: str) -> Reply:
+        await self.send(line.encode("utf-8", "surrogateescape") + CRLF)
+        return await self.read_reply()
+
+    async def timed_reply(self) -> tuple[Reply, float]:
+        """Read a reply and return it with the seconds it took to arrive."""
+        start = time.monotonic()
+        reply = await self.read_reply()
+        return reply, time.monotonic() - start
+
+    async def starttls(self, server_hostname: str) -> str:
+        """Upgrade to TLS (after a 220 to STARTTLS). Returns ``"TLSv1.3 CIPHER"``.
+
+        The certificate is not verified: the probe reports whether TLS works through
+        the path, not whether the certificate is trusted.
+        """
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._writer.start_tls(ctx, server_hostname=server_hostname)
+        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
+            raise ConnectFailed(f"TLS handshake failed: {exc or type(exc).__name__}") from exc
+        obj = self._writer.get_extra_info("ssl_object")
+        if obj is None:
+            return "TLS"
+        cipher = obj.cipher()
+        return f"{obj.version()} {cipher[0] if cipher else ''}".strip()
+
+    async def quit(self) -> None:
+        """Polite end: QUIT, read 221 if it comes, close. Never raises."""
+        if self._closed:
+            return
+        with contextlib.suppress(ProbeError):
+            await self.send(b"QUIT" + CRLF)
+            await self.read_reply(timeout=min(self.timeout, 5.0))
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self._writer.wait_closed()
