@@ -117,6 +117,7 @@ class Session:
         self._helo: bytes | None = None  # last HELO/EHLO the server accepted
         self._scanner: DataScanner | None = None
         self._refusal: bytes | None = None  # reply owed at end of a dropped message
+        self._held_cr = False  # a chunk ended in CR that is not relayed yet
         self._bdat_left = 0
         self._skip_line = False  # discarding the rest of an over-long command line
         self._closing = False  # close once every owed reply is flushed
@@ -367,7 +368,7 @@ class Session:
             self._emit(CloseClient(reset=True))
             self.phase = Phase.CLOSED
         else:
-            self._abort_with(replies.line_too_long_drop(limit))
+            self._close_after(replies.line_too_long_drop(limit))
 
     def _command(self, line: bytes, now: float) -> None:
         body = line[:-2] if line.endswith(b"\r\n") else line  # keeps a bare LF visible
@@ -433,7 +434,7 @@ class Session:
         size = args.split(" ")[0] if args else ""
         if not size.isdigit() or int(size) > self.policy.bdat_drain_limit:
             self._policy_event("SG-BDAT-REFUSED", "BDAT with unusable size: closing", "drop")
-            self._abort_with(replies.bdat_too_large())
+            self._close_after(replies.bdat_too_large())
             return
         self._policy_event("SG-BDAT-REFUSED", f"BDAT chunk of {size} octets drained", "reject")
         self._bdat_left = int(size)
@@ -458,10 +459,25 @@ class Session:
         assert scanner is not None
         scan = scanner.scan(chunk)
         stop = len(chunk) if scan.end < 0 else scan.end
+        # A CR ending a chunk is held back until the next byte shows it is part of a
+        # CRLF, so the server gets exactly the bytes before the first bad one,
+        # whatever the segmentation.
+        held, self._held_cr = self._held_cr, False
         if self._refusal is None and scan.invalid_at >= 0:
+            if held and scan.invalid_at > 0:
+                self._emit(ToServer(b"\r"))
             self._refuse_message(scan.reason, memoryview(chunk)[: scan.invalid_at])
         elif self._refusal is None:
-            self._emit(ToServer(chunk if stop == len(chunk) else memoryview(chunk)[:stop]))
+            if held:
+                self._emit(ToServer(b"\r"))
+            send = stop
+            if scan.end < 0 and chunk.endswith(b"\r"):
+                send -= 1
+                self._held_cr = True
+            if send == len(chunk):
+                self._emit(ToServer(chunk))
+            elif send:
+                self._emit(ToServer(memoryview(chunk)[:send]))
         if scan.end < 0:
             return
         self._scanner = None
@@ -543,6 +559,12 @@ class Session:
     # ---------------------------------------------------------------- helpers
     def _local_reply(self, verb: str, reply: bytes) -> None:
         self._slots.append(_Slot(verb, reply=reply))
+        self._flush()
+
+    def _close_after(self, reply: bytes) -> None:
+        """Owe ``reply`` after every earlier reply, read nothing more, then close."""
+        self._slots.append(_Slot("", reply=reply))
+        self._closing = True
         self._flush()
 
     def _abort_with(self, reply: bytes | None) -> None:

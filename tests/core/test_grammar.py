@@ -1,0 +1,80 @@
+"""Command and reply parsing, and the core's no-I/O rule."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from smtpguard.core.grammar import (
+    LineError,
+    ReplyAssembler,
+    make_reply,
+    parse_command,
+    parse_path,
+    parse_reply_line,
+)
+
+
+def test_parse_command() -> None:
+    c = parse_command(b"mail FROM:<a@b> SIZE=10\r\n")
+    assert c is not None and c.verb == "MAIL" and c.args == "FROM:<a@b> SIZE=10"
+    assert c.raw == b"mail FROM:<a@b> SIZE=10\r\n" and c.text == "mail FROM:<a@b> SIZE=10"
+    assert parse_command(b"QUIT\r\n") == parse_command(b"QUIT\r\n")
+    assert parse_command(b"\r\n") is None
+    assert parse_command(b" NOOP\r\n") is None
+    assert parse_command(b"HELO \xff\r\n") is not None
+
+
+def test_parse_path() -> None:
+    assert parse_path("FROM:<a@b> SIZE=1", "FROM") == ("a@b", "SIZE=1")
+    assert parse_path("TO: <x@y>", "TO") == ("x@y", "")
+    assert parse_path("FROM:<>", "FROM") == ("", "")
+    assert parse_path("TO:x@y", "TO") is None
+    assert parse_path("FROM:<a@b>", "TO") is None
+
+
+def test_parse_reply_line() -> None:
+    r = parse_reply_line(b"250-PIPELINING\r\n")
+    assert r is not None and (r.code, r.last, r.text) == (250, False, "PIPELINING")
+    r = parse_reply_line(b"220\r\n")
+    assert r is not None and r.last
+    assert parse_reply_line(b"2501\r\n") is None
+    assert parse_reply_line(b"hello\r\n") is None
+    assert parse_reply_line(b"600 x\r\n") is None
+
+
+def test_assembler_multiline() -> None:
+    a = ReplyAssembler()
+    assert a.add(b"250-one\r\n") is None and a.pending
+    r = a.add(b"250 two\r\n")
+    assert r is not None and r.lines == ("one", "two") and r.raw == b"250-one\r\n250 two\r\n"
+    assert r.log_lines() == ["250-one", "250 two"] and r.positive and not a.pending
+    with pytest.raises(LineError):
+        a.add(b"250-x\r\n") or a.add(b"251 y\r\n")
+    with pytest.raises(LineError):
+        ReplyAssembler().add(b"garbage\r\n")
+
+
+def test_make_reply_and_enhanced() -> None:
+    r = make_reply(550, "5.1.1 first", "second")
+    assert r.raw == b"550-5.1.1 first\r\n550 second\r\n"
+    assert r.enhanced() == (5, 1, 1)
+    assert make_reply(250, "ok").enhanced() is None
+
+
+def test_core_does_no_io() -> None:
+    """The core never imports asyncio, sockets, ssl, time or the OS layer."""
+    forbidden = {"asyncio", "socket", "ssl", "time", "os", "select", "selectors", "threading"}
+    core = pathlib.Path(__file__).parents[2] / "src" / "smtpguard" / "core"
+    for path in core.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in forbidden, f"{path.name} imports {n}"
