@@ -1,0 +1,283 @@
+"""One client session: two asyncio Protocols around a core :class:`Session`.
+
+This module only moves bytes and executes the core's actions; it holds no protocol
+logic. Flow control runs both ways: when the upstream's write buffer is full the
+client is not read (a slow server never makes the gateway buffer a message), and when
+the client's write buffer is full the upstream is not read. Bytes the core holds
+unparsed (pipelined input waiting for a reply) also pause the client above a mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from typing import TYPE_CHECKING, cast
+
+from smtpguard.core.actions import (
+    Action,
+    CloseClient,
+    CloseServer,
+    OpenServer,
+    PolicyEvent,
+    SetTimer,
+    ToClient,
+    ToServer,
+    Trace,
+)
+from smtpguard.core.session import Session
+
+if TYPE_CHECKING:
+    from smtpguard.gateway.server import Gateway
+
+# Held, unparsed client bytes above which the client is not read (pipelining bound).
+BACKLOG_HIGH = 64 * 1024
+# Transport write buffer marks: big enough to stream a message without stalls.
+WRITE_HIGH = 1024 * 1024
+WRITE_LOW = 256 * 1024
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ClientConnection(asyncio.Protocol):
+    """Accepted client connection; owns the session and its upstream."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.loop = gateway.loop
+        self.sid = gateway.next_session_id()
+        self.session = Session(gateway.policy, trace=gateway.protocol_log is not None)
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._up_full = False  # upstream write buffer above its high mark
+        self._reading = True
+        self._done = False
+        self.peer = ""
+
+    # -- client transport callbacks --------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        _nodelay(transport)
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self.gw.admit(self):
+            return
+        if self.gw.protocol_log is not None:
+            self.gw.protocol_log.connect(self.sid, self.peer)
+        self._run(self.session.start(self.loop.time()))
+
+    def data_received(self, data: bytes) -> None:
+        self._run(self.session.client_data(data, self.loop.time()))
+        self._update_reading()
+
+    def eof_received(self) -> bool:
+        self._run(self.session.client_eof(self.loop.time()))
+        return True  # keep the write side open for owed replies
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.session.closed:
+            self._run(self.session.client_eof(self.loop.time()))
+        self._teardown(abort_upstream=True)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume()
+
+    # -- upstream callbacks --------------------------------------------------------
+    def upstream_made(self, up: UpstreamConnection) -> None:
+        if up is self.upstream:
+            self._run(self.session.server_connected(self.loop.time()))
+
+    def upstream_data(self, up: UpstreamConnection, data: bytes) -> None:
+        if up is self.upstream:
+            self._run(self.session.server_data(data, self.loop.time()))
+            self._update_reading()
+
+    def upstream_lost(self, up: UpstreamConnection) -> None:
+        if up is self.upstream:
+            self.upstream = None
+            self._up_full = False
+            self._run(self.session.server_closed(self.loop.time()))
+            self._update_reading()
+
+    def upstream_full(self, up: UpstreamConnection, full: bool) -> None:
+        if up is self.upstream:
+            self._up_full = full
+            self._update_reading()
+
+    # -- executing the core's actions ------------------------------------------------
+    def _run(self, actions: list[Action]) -> None:
+        for a in actions:
+            kind = type(a)
+            if kind is ToServer:
+                assert isinstance(a, ToServer)
+                if self.upstream is not None:
+                    self.upstream.write(a.data)
+                self.gw.stats.bytes_to_server += len(a.data)
+            elif kind is ToClient:
+                assert isinstance(a, ToClient)
+                if self.transport is not None:
+                    self.transport.write(a.data)
+            elif kind is Trace:
+                assert isinstance(a, Trace)
+                log = self.gw.protocol_log
+                if log is not None:
+                    log.trace(self.sid, a)
+            elif kind is SetTimer:
+                assert isinstance(a, SetTimer)
+                self._set_timer(a.deadline)
+            elif kind is PolicyEvent:
+                assert isinstance(a, PolicyEvent)
+                self.gw.policy_event(self.sid, self.peer, a)
+            elif kind is OpenServer:
+                self._open_upstream()
+            elif kind is CloseServer:
+                assert isinstance(a, CloseServer)
+                self._close_upstream(a.abort)
+            elif kind is CloseClient:
+                assert isinstance(a, CloseClient)
+                self._close_client(a.reset)
+
+    def _open_upstream(self) -> None:
+        self._close_upstream(abort=True)
+        up = UpstreamConnection(self)
+        self.upstream = up
+        self.gw.open_upstream(up)
+
+    def _close_upstream(self, abort: bool) -> None:
+        up, self.upstream = self.upstream, None
+        self._up_full = False
+        if up is not None:
+            up.close(abort)
+
+    def _close_client(self, reset: bool) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if reset:
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                t.abort()
+            else:
+                t.close()
+        self._teardown(abort_upstream=False)
+
+    def _set_timer(self, deadline: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and not self._done:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._run(self.session.timer(self.loop.time()))
+
+    def shutdown(self) -> None:
+        """Graceful drain requested by the gateway."""
+        if not self._done:
+            self._run(self.session.shutdown(self.loop.time()))
+
+    def _update_reading(self) -> None:
+        t = self.transport
+        if t is None or self._done:
+            return
+        want = not self._up_full and self.session.client_backlog <= BACKLOG_HIGH
+        if want != self._reading:
+            self._reading = want
+            if want:
+                t.resume_reading()
+            else:
+                t.pause_reading()
+
+    def _teardown(self, abort_upstream: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._set_timer(None)
+        self._close_upstream(abort_upstream)
+        self.gw.release(self)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """The gateway's connection to the real mail server for one client session."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self._closed = False
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        if self._closed:
+            transport.abort()
+            return
+        self.transport = transport
+        _nodelay(transport)
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        if self._paused:
+            transport.pause_reading()
+        self.client.upstream_made(self)
+
+    def connect_failed(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.upstream_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.upstream_data(self, data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        self.client.upstream_full(self, True)
+
+    def resume_writing(self) -> None:
+        self.client.upstream_full(self, False)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def pause(self) -> None:
+        self._paused = True
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def close(self, abort: bool) -> None:
+        """Close on the core's request: no callbacks into the session after this."""
+        self._closed = True
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if abort:
+                t.abort()
+            else:
+                t.close()

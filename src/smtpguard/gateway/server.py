@@ -1,0 +1,160 @@
+"""The listening gateway: accepts clients, opens upstreams, caps sessions, drains.
+
+Theory of operation: :class:`Gateway` owns the policy, the protocol log, the session
+table and counters. Each accepted socket gets a
+:class:`~smtpguard.gateway.connection.ClientConnection`; the core decides everything
+else. A drain (SIGTERM, Ctrl-C) stops accepting, asks every session to finish its
+transaction and say 421, waits up to the grace period, then closes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from itertools import count
+
+from smtpguard.core.actions import PolicyEvent
+from smtpguard.core.grammar import make_reply
+from smtpguard.core.policy import Policy
+from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
+from smtpguard.logs import ProtocolLog
+
+log = logging.getLogger("smtpguard.gateway")
+
+TOO_MANY_SESSIONS = make_reply(421, "4.3.2 Too many sessions, try again later").raw
+
+
+@dataclass
+class Stats:
+    sessions_total: int = 0
+    sessions_refused: int = 0
+    bytes_to_server: int = 0
+    policy_events: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2525
+    upstream_host: str = "127.0.0.1"
+    upstream_port: int = 25
+    max_sessions: int = 1000
+    drain_grace: float = 30.0
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        policy: Policy,
+        protocol_log: ProtocolLog | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.protocol_log = protocol_log
+        self.loop = asyncio.get_running_loop()
+        self.sessions: set[ClientConnection] = set()
+        self.stats = Stats()
+        self._ids = count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def next_session_id(self) -> str:
+        return f"{next(self._ids):08x}"
+
+    async def start(self) -> tuple[str, int]:
+        """Listen; returns the bound address (useful with port 0)."""
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            self.config.listen_host,
+            self.config.listen_port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        sock = self._server.sockets[0]
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    # -- sessions --------------------------------------------------------------------
+    def admit(self, conn: ClientConnection) -> bool:
+        """Register a new session, or refuse it with 421 when at the cap."""
+        assert conn.transport is not None
+        if len(self.sessions) >= self.config.max_sessions:
+            self.stats.sessions_refused += 1
+            conn.transport.write(TOO_MANY_SESSIONS)
+            conn.transport.close()
+            return False
+        self.sessions.add(conn)
+        self._idle.clear()
+        self.stats.sessions_total += 1
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        if conn in self.sessions:
+            self.sessions.discard(conn)
+            if self.protocol_log is not None:
+                self.protocol_log.disconnect(conn.sid)
+        if not self.sessions:
+            self._idle.set()
+
+    def open_upstream(self, up: UpstreamConnection) -> None:
+        task = self.loop.create_task(self._connect(up))
+        task.add_done_callback(_consume)
+
+    async def _connect(self, up: UpstreamConnection) -> None:
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: up, self.config.upstream_host, self.config.upstream_port
+                ),
+                self.policy.timeouts.connect,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "upstream %s:%s unreachable: %s",
+                self.config.upstream_host,
+                self.config.upstream_port,
+                exc,
+            )
+            up.connect_failed()
+
+    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None:
+        self.stats.policy_events[ev.id] = self.stats.policy_events.get(ev.id, 0) + 1
+        log.info("%s %s %s: %s", sid, peer, ev.id, ev.message)
+        if self.protocol_log is not None:
+            self.protocol_log.policy(sid, ev)
+
+    # -- drain -------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Stop accepting, let transactions finish within the grace period, close."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.sessions):
+            conn.shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.config.drain_grace)
+        for conn in list(self.sessions):
+            if conn.transport is not None:
+                conn.transport.abort()
+            conn.connection_lost(None)
+        if self.protocol_log is not None:
+            self.protocol_log.flush()
+
+    async def serve_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("smtpguard: draining sessions...", file=sys.stderr, flush=True)
+        await self.drain()
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("upstream connect task failed", exc_info=task.exception())

@@ -1,0 +1,103 @@
+"""Protocol log writers: ``ims`` (Exchange 5.5 IMS layout) and ``jsonl``.
+
+``ims`` reproduces the layout of the Exchange IMS protocol log, so an administrator's
+existing habits (and ``smtpguard logscan``) work on it::
+
+    2/7/01 5:01:20 PM : A connection was accepted from 192.0.2.7
+    2/7/01 5:01:21 PM : <<< HELO mail.domain1.com
+    2/7/01 5:01:21 PM : >>> 250 OK
+
+``<<<`` is client to gateway, ``>>>`` gateway to client. ``jsonl`` writes one object
+per event with all four directions. Message content is never written, only its size.
+Keys of ``jsonl`` objects: ``ts``, ``session``, ``event`` (connect, command, reply,
+data, policy, disconnect), ``dir``, ``peer``, ``verb``, ``code``, ``line``, ``size``,
+``id``, ``message``, ``action``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import IO, Protocol
+
+from smtpguard.core.actions import Direction, PolicyEvent, Trace
+
+FORMATS = ("ims", "jsonl")
+
+
+def ims_time(t: dt.datetime) -> str:
+    """``2/7/01 5:01:21 PM``: month/day/2-digit year, 12-hour clock, no zero padding."""
+    hour = t.hour % 12 or 12
+    return f"{t.month}/{t.day}/{t:%y} {hour}:{t:%M:%S} {'AM' if t.hour < 12 else 'PM'}"
+
+
+class ProtocolLog(Protocol):
+    def connect(self, sid: str, peer: str) -> None: ...
+    def trace(self, sid: str, tr: Trace) -> None: ...
+    def policy(self, sid: str, ev: PolicyEvent) -> None: ...
+    def disconnect(self, sid: str) -> None: ...
+    def flush(self) -> None: ...
+
+
+class _Writer:
+    def __init__(self, out: IO[str], clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.out = out
+        self.clock = clock or (lambda: dt.datetime.now().astimezone())
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class ImsLog(_Writer):
+    def _line(self, text: str) -> None:
+        self.out.write(f"{ims_time(self.clock())} : {text}\n")
+
+    def connect(self, sid: str, peer: str) -> None:
+        host = peer.rsplit(":", 1)[0].strip("[]")
+        self._line(f"A connection was accepted from {host}")
+
+    def trace(self, sid: str, tr: Trace) -> None:
+        if tr.size is not None:
+            return  # the IMS layout has no entry for message data
+        if tr.direction is Direction.CLIENT_TO_GW:
+            self._line(f"<<< {tr.line}")
+        elif tr.direction is Direction.GW_TO_CLIENT:
+            self._line(f">>> {tr.line}")
+
+    def policy(self, sid: str, ev: PolicyEvent) -> None:
+        pass  # not part of the IMS layout; see the application log or jsonl
+
+    def disconnect(self, sid: str) -> None:
+        self.out.flush()
+
+
+class JsonlLog(_Writer):
+    def _obj(self, sid: str, event: str, **fields: object) -> None:
+        obj: dict[str, object] = {"ts": self.clock().isoformat(), "session": sid, "event": event}
+        obj.update({k: v for k, v in fields.items() if v is not None})
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+    def connect(self, sid: str, peer: str) -> None:
+        self._obj(sid, "connect", peer=peer)
+
+    def trace(self, sid: str, tr: Trace) -> None:
+        d = tr.direction.value
+        if tr.size is not None:
+            self._obj(sid, "data", dir=d, size=tr.size)
+        elif tr.direction in (Direction.CLIENT_TO_GW, Direction.GW_TO_SERVER):
+            self._obj(sid, "command", dir=d, verb=tr.verb, line=tr.line)
+        else:
+            self._obj(sid, "reply", dir=d, code=tr.code, line=tr.line)
+
+    def policy(self, sid: str, ev: PolicyEvent) -> None:
+        self._obj(sid, "policy", id=ev.id, message=ev.message, action=ev.action)
+
+    def disconnect(self, sid: str) -> None:
+        self._obj(sid, "disconnect")
+        self.out.flush()
+
+
+def open_protocol_log(path: str, fmt: str) -> ProtocolLog:
+    out: IO[str] = open(path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    return ImsLog(out) if fmt == "ims" else JsonlLog(out)
