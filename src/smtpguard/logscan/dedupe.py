@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from . import rules
-from .model import Copy, Delivered, Finding, Kind
+from .model import Copy, Delivered, Finding, Kind, Side
 from .timefmt import human_delta
 
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -142,6 +142,8 @@ def _identity(d: Delivered) -> tuple[str | None, str, bool]:
     rcpts = ",".join(sorted(r.lower() for r in d.rcpt_to))
     to = f" to {', '.join(d.rcpt_to)}" if d.rcpt_to else ""
     sender = f" from <{d.mail_from}>" if d.mail_from or d.rcpt_to else ""
+    if d.side is Side.SENDING:  # copies we sent never pair with copies we received
+        rcpts = f"{rcpts}\0sent"
     if d.message_id:
         return f"m\0{d.message_id}\0{rcpts}", f"Message <{d.message_id}>{sender}{to}", False
     if not d.mail_from and not rcpts:

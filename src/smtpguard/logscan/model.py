@@ -96,6 +96,7 @@ class Delivered:
     rcpt_to: tuple[str, ...] = ()
     size: int | None = None
     stalled: bool = False
+    side: Side = Side.RECEIVING
 
 
 @dataclass(frozen=True, slots=True)

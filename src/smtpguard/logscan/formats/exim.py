@@ -1,9 +1,139 @@
-"""stub"""
+"""Exim mainlog.
+
+Receiving side: ``SMTP data timeout (message abandoned) on connection from H [ip]``
+and ``SMTP connection from H [ip] lost while reading message data`` are stalls.
+Sending side: a delivery attempt that ends with ``SMTP timeout after end of data``
+(or ``closed connection in response to end of data``) is a stall.
+Deliveries come from ``<=`` arrivals over SMTP (``H=``, ``S=`` size, ``id=``
+Message-ID) completed by the ``=>``/``->`` recipient lines and ``Completed``.
+"""
+
 from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+
+from ..model import Delivered, Event, Flag, Kind
+from ..timefmt import parse_iso
+from . import Context, Lines
+
 NAME = "exim"
+MAX_PENDING_MESSAGES = 100_000
 
-def sniff(lines):
-    return 0
+_HEAD = re.compile(
+    rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)?(?: ([+-]\d{4}))?(?: \[\d+\])? "
+)
+_MSG = re.compile(rb"([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (<=|=>|->|\*>|==|\*\*|Completed)")
+_HOST = re.compile(rb" H=(.*?\[[0-9A-Fa-f:.]+\])")
+_SIZE = re.compile(rb" S=(\d+)")
+_ID = re.compile(rb" id=(\S+)")
+_FOR = re.compile(rb" for (.+)$")
+_STALL_IN = re.compile(
+    rb"SMTP (?:data timeout \(message abandoned\) on connection from (.*?\])"
+    rb"|connection from (.*?\](?::\d+)?).*? lost while reading message data)"
+)
+_STALL_OUT = re.compile(
+    rb"timeout after end of data|closed connection in response to end of data"
+)
 
-def parse(lines, ctx):
-    return iter(())
+
+class _Arrival:
+    __slots__ = ("line", "message_id", "peer", "rcpt_to", "sender", "session", "size", "time")
+
+    def __init__(self, line: int, time: datetime | None, session: str) -> None:
+        self.line, self.time, self.session = line, time, session
+        self.peer = self.sender = self.message_id = ""
+        self.size: int | None = None
+        self.rcpt_to: list[str] = []
+
+
+def sniff(lines: list[bytes]) -> int:
+    score = 0
+    for raw in lines:
+        m = _HEAD.match(raw)
+        if m and (_MSG.match(raw, m.end()) or b"SMTP connection from" in raw):
+            score += 4
+    return score
+
+
+def _s(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _time(m: re.Match[bytes]) -> datetime | None:
+    stamp = _s(m.group(1))
+    if m.group(2):
+        stamp += _s(m.group(2))
+    return parse_iso(stamp)
+
+
+def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    pending: dict[bytes, _Arrival] = {}
+    for no, raw in lines:
+        h = _HEAD.match(raw)
+        if h is None:
+            continue
+        raw = raw.rstrip(b"\r\n")
+        time = _time(h)
+        m = _MSG.match(raw, h.end())
+        if m is None:
+            s = _STALL_IN.search(raw, h.end())
+            if s is not None:
+                peer = _s(s.group(1) or s.group(2))
+                yield Flag(no, time, "", peer, Kind.STALLED_DATA,
+                           "the client got 354 but its end of data (CRLF.CRLF) never "
+                           "arrived and Exim gave up on the message — the Mailguard "
+                           "signature; the sender will time out and retry")
+            continue
+        mid, op = m.group(1), m.group(2)
+        rest = raw[m.end() :]
+        session = _s(mid)
+        if op == b"<=":
+            host = _HOST.search(rest)
+            if host is None:
+                continue  # local submission, not an SMTP delivery
+            a = _Arrival(no, time, session)
+            a.peer = _s(host.group(1))
+            a.sender = _s(rest.split(None, 1)[0]) if rest.strip() else ""
+            if a.sender == "<>":
+                a.sender = ""
+            size, msgid, rcpts = _SIZE.search(rest), _ID.search(rest), _FOR.search(rest)
+            a.size = int(size.group(1)) if size else None
+            a.message_id = _s(msgid.group(1)) if msgid else ""
+            if rcpts:
+                a.rcpt_to = [_s(r) for r in rcpts.group(1).split()]
+            if len(pending) >= MAX_PENDING_MESSAGES:
+                yield _delivered(pending.pop(next(iter(pending))))
+            pending[mid] = a
+        elif op in (b"=>", b"->", b"*>"):
+            a_ = pending.get(mid)
+            rcpt = _rcpt(rest)
+            if a_ is not None and rcpt and rcpt not in a_.rcpt_to:
+                a_.rcpt_to.append(rcpt)
+        elif op == b"==" and _STALL_OUT.search(rest):
+            host = _HOST.search(rest)
+            yield Flag(no, time, session, _s(host.group(1)) if host else "",
+                       Kind.STALLED_DATA,
+                       f"message {session}: the remote server never answered our end of "
+                       f"data (CRLF.CRLF); the message may have been delivered and will be "
+                       f"sent again (Mailguard signature)")
+        elif op == b"Completed":
+            a_ = pending.pop(mid, None)
+            if a_ is not None:
+                yield _delivered(a_)
+    for a in pending.values():
+        yield _delivered(a)
+
+
+def _rcpt(rest: bytes) -> str:
+    """``bob <bob@domain2.com> R=...`` → the address in brackets, else the first word."""
+    parts = rest.split(None, 2)
+    if len(parts) > 1 and parts[1].startswith(b"<") and parts[1].endswith(b">"):
+        return _s(parts[1][1:-1])
+    return _s(parts[0]) if parts else ""
+
+
+def _delivered(a: _Arrival) -> Delivered:
+    return Delivered(a.line, a.time, a.session, a.peer, message_id=a.message_id,
+                     mail_from=a.sender, rcpt_to=tuple(a.rcpt_to), size=a.size)

@@ -1,9 +1,110 @@
-"""stub"""
-from __future__ import annotations
-NAME = "iis"
+"""IIS / Exchange 2000–2003 SMTP service log, W3C extended format (``#Fields:``).
 
-def sniff(lines):
+Columns come from the last ``#Fields:`` directive. Inbound lines have the verb in
+``cs-method``, its argument in ``cs-uri-query`` (``+`` for space) and the final
+status in ``sc-status``: one line per command, logged when it completed. Outbound
+lines are a dialogue: ``cs-username`` is ``OutboundConnectionCommand`` (verb in
+``cs-method``) or ``OutboundConnectionResponse`` (reply text in ``cs-uri-query``).
+
+The log has no session id; a session is a client IP (inbound) or a remote server
+IP (outbound), ended by QUIT. A DATA line carries the Message-ID (``cs-uri-query``)
+and size (``cs-bytes``); one whose status is not a final reply code, or whose
+``sc-win32-status`` is a time-out/reset, is a 354 that never got a final reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from smtpguard.core.grammar import ReplyLine, parse_command, parse_reply_line
+
+from .. import rules
+from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply, Side
+from ..timefmt import parse_iso
+from . import Context, Lines
+
+NAME = "iis"
+OUT_COMMAND = "OutboundConnectionCommand"
+OUT_RESPONSE = "OutboundConnectionResponse"
+# Winsock/Win32 codes for "timed out" or "connection reset/aborted" on the DATA line.
+_TIMEOUT_WIN32 = frozenset({"121", "1460", "10053", "10054", "10060", "64"})
+
+
+def sniff(lines: list[bytes]) -> int:
+    for raw in lines:
+        if raw.startswith(b"#Fields:") and b"cs-method" in raw and b"," not in raw:
+            return 50
     return 0
 
-def parse(lines, ctx):
-    return iter(())
+
+def _plus(value: str) -> str:
+    return "" if value == "-" else value.replace("+", " ").strip()
+
+
+def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    fields: list[str] = []
+    open_in: dict[str, bool] = {}  # client ips with an open session
+    open_out: dict[str, bool] = {}  # remote ip → QUIT sent
+    for no, raw in lines:
+        text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        if text.startswith("#"):
+            if text.startswith("#Fields:"):
+                fields = text[len("#Fields:") :].split()
+            continue
+        if not fields or not text.strip():
+            continue
+        row = dict(zip(fields, text.split(" "), strict=False))
+        time = parse_iso(f"{row.get('date', '')}T{row.get('time', '')}") if "date" in row else None
+        ip = row.get("c-ip", "-")
+        user = row.get("cs-username", "-")
+        method = row.get("cs-method", "-")
+        query = _plus(row.get("cs-uri-query", "-"))
+        if user == OUT_RESPONSE:
+            sid = f"out:{ip}"
+            reply = parse_reply_line(query.encode("utf-8", "surrogateescape"))
+            if reply is None:
+                continue
+            if ip not in open_out or (reply.code == 220 and open_out[ip]):
+                if ip in open_out:
+                    yield Disconnect(no, time, sid)
+                yield Connect(no, time, sid, ip, Side.SENDING)
+                open_out[ip] = False
+            yield ServerReply(no, time, sid, reply)
+            continue
+        if user == OUT_COMMAND:
+            sid = f"out:{ip}"
+            cmd = parse_command(f"{method} {query}".strip().encode("utf-8", "surrogateescape"))
+            if cmd is not None:
+                if ip not in open_out:
+                    yield Connect(no, time, sid, ip, Side.SENDING)
+                open_out[ip] = cmd.verb == "QUIT"
+                yield ClientCommand(no, time, sid, cmd)
+            continue
+        cmd = parse_command(f"{method} {query}".strip().encode("utf-8", "surrogateescape"))
+        if cmd is None:
+            continue
+        sid = f"in:{ip}"
+        if ip not in open_in:
+            peer = ip if user in ("-", "") else f"{user} [{ip}]"
+            yield Connect(no, time, sid, peer)
+            open_in[ip] = True
+        yield ClientCommand(no, time, sid, cmd)
+        status = row.get("sc-status", "-")
+        code = int(status) if status.isdigit() else 0
+        win32 = row.get("sc-win32-status", "0")
+        if cmd.verb == "DATA":
+            yield ServerReply(no, time, sid, ReplyLine(354, True, ""))
+            size = row.get("cs-bytes", "-")
+            if size.isdigit():
+                yield DataSize(no, time, sid, int(size), rules.angle_id(query))
+            if 200 <= code < 600 and code != 354 and win32 not in _TIMEOUT_WIN32:
+                yield ServerReply(no, time, sid, ReplyLine(code, True, query))
+            else:  # the line was written when the session timed out or was reset
+                yield Disconnect(no, time, sid)
+                del open_in[ip]
+            continue
+        if 200 <= code < 600:
+            yield ServerReply(no, time, sid, ReplyLine(code, True, ""))
+        if cmd.verb == "QUIT":
+            yield Disconnect(no, time, sid)
+            del open_in[ip]
