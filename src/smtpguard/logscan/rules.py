@@ -44,3 +44,16 @@ def is_loopback(peer: str) -> bool:
         or p in {"::1", "localhost"}
         or p.startswith(("localhost[", "localhost ", "127.", "::1"))
     )
+
+
+def strip_port(endpoint: str) -> str:
+    """``192.0.2.1:41234`` → ``192.0.2.1``; ``[2001:db8::1]:25`` → ``2001:db8::1``.
+
+    A client's ephemeral port differs on every retry; the host is what identifies it.
+    """
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        return endpoint
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return endpoint if ":" in host else host

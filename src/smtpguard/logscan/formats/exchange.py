@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from smtpguard.core.grammar import parse_command, parse_reply_line
 
+from .. import rules
 from ..model import ClientCommand, Connect, Disconnect, Event, ServerReply, Side
 from ..timefmt import parse_iso
 from . import Context, Lines
@@ -59,7 +60,9 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         event = row.get("event", "")
         data = row.get("data", "")
         if event == "+":
-            yield Connect(no, time, sid, row.get("remote-endpoint", ""), side)
+            remote = row.get("remote-endpoint", "")
+            peer = remote if side is Side.SENDING else rules.strip_port(remote)
+            yield Connect(no, time, sid, peer, side)
         elif event == "-":
             yield Disconnect(no, time, sid)
         elif event in ("<", ">"):

@@ -19,6 +19,7 @@ from typing import Any
 
 from smtpguard.core.grammar import ReplyLine, parse_command, parse_reply_line
 
+from .. import rules
 from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply
 from ..timefmt import parse_iso
 from . import Context, Lines
@@ -59,7 +60,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         time = parse_iso(ts) if isinstance(ts, str) else None
         direction = obj.get("dir")
         if event == "connect":
-            yield Connect(no, time, session, str(obj.get("peer", "")))
+            yield Connect(no, time, session, rules.strip_port(str(obj.get("peer", ""))))
         elif event == "disconnect":
             yield Disconnect(no, time, session)
         elif event == "command" and direction == _CLIENT_TO_GW:
