@@ -49,6 +49,9 @@ class SmtpClient:
         self.timeout = timeout
         self._assembler = ReplyAssembler()
         self._closed = False
+        # Set after a timeout or a lost connection: the dialogue is out of step, so
+        # quit() just closes instead of waiting for a 221 that will not come.
+        self.broken = False
 
     @classmethod
     async def connect(cls, host: str, port: int, timeout: float) -> SmtpClient:
@@ -76,8 +79,10 @@ class SmtpClient:
             async with asyncio.timeout(self.timeout):
                 await self._writer.drain()
         except TimeoutError as exc:
+            self.broken = True
             raise ReplyTimeout("the peer stopped reading") from exc
         except (ConnectionError, OSError) as exc:
+            self.broken = True
             raise ConnectionLost("connection lost while sending") from exc
 
     async def read_reply(self, timeout: float | None = None) -> Reply:
@@ -90,18 +95,37 @@ class SmtpClient:
                     try:
                         reply = self._assembler.add(line)
                     except LineError as exc:
+                        self.broken = True
                         shown = line[:80].decode("utf-8", "replace").strip()
                         raise BadReply(f"{exc.reason}: {shown!r}") from exc
                     if reply is not None:
                         return reply
         except TimeoutError as exc:
+            self.broken = True
             raise ReplyTimeout(f"no reply within {limit:g} s") from exc
         except asyncio.IncompleteReadError as exc:
+            self.broken = True
             raise ConnectionLost("the peer closed the connection") from exc
         except asyncio.LimitOverrunError as exc:
+            self.broken = True
             raise BadReply("reply line too long") from exc
         except (ConnectionError, OSError) as exc:
+            self.broken = True
             raise ConnectionLost(f"connection lost: {exc}") from exc
+
+    async def poll_reply(self, wait: float) -> Reply | None:
+        """A reply if one starts within ``wait`` seconds, else ``None``.
+
+        Silence is an answer here (the session stays usable); a reply that has begun
+        is read to its end with the normal timeout.
+        """
+        try:
+            return await self.read_reply(timeout=wait)
+        except ReplyTimeout:
+            if self._assembler.pending:
+                return await self.read_reply()
+            self.broken = False
+            return None
 
     async def command(self, line: str) -> Reply:
         await self.send(line.encode("utf-8", "surrogateescape") + CRLF)
@@ -136,6 +160,9 @@ class SmtpClient:
     async def quit(self) -> None:
         """Polite end: QUIT, read 221 if it comes, close. Never raises."""
         if self._closed:
+            return
+        if self.broken:
+            await self.close()
             return
         with contextlib.suppress(ProbeError):
             await self.send(b"QUIT" + CRLF)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from smtpguard.core.grammar import CRLF, END_OF_DATA, Reply
 from smtpguard.probe import analyse
-from smtpguard.probe.client import ConnectFailed, ProbeError, ReplyTimeout, SmtpClient
+from smtpguard.probe.client import ConnectFailed, ProbeError, SmtpClient
 from smtpguard.probe.messages import SMUGGLING_VARIANTS, SPLIT_SEGMENTS, probe_message
 from smtpguard.probe.model import Check, Outcome, ProbeOptions, ProbeReport, Verdict
 
@@ -214,13 +214,12 @@ async def smuggle(opts: ProbeOptions, name: str, bogus: bytes) -> tuple[Outcome,
                              opts.helo_name)
         try:
             await client.send(body + bogus)
-            early = await client.read_reply(timeout=opts.smuggle_wait)
-            return Outcome.ACCEPTED, (
-                f"answered {analyse.reply_summary(early)} right after the bogus end-of-data")
-        except ReplyTimeout:
-            pass
+            early = await client.poll_reply(opts.smuggle_wait)
         except ProbeError as exc:
             return Outcome.REJECTED, f"session ended on the bare line ending ({exc})"
+        if early is not None:
+            return Outcome.ACCEPTED, (
+                f"answered {analyse.reply_summary(early)} right after the bogus end-of-data")
         try:
             await client.send(END_OF_DATA)
             final = await client.read_reply()

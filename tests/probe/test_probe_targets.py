@@ -1,0 +1,131 @@
+"""The probe against real peers on loopback: each target gives its expected verdicts.
+
+Adding a target = one ``PEERS`` entry in conftest.py and one ``pytest.param`` here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.probe.harness import FAST, run_probe_cli
+
+VARIANTS = ("LF.LF", "LF.CRLF", "CRLF.LF", "CR.CR", "CRLF.CR", "CR.CRLF")
+DIALOGUE = ("banner", "ehlo", "commands", "pipelining", "starttls")
+
+
+@dataclass(frozen=True)
+class Expect:
+    verdicts: dict[str, str]
+    filter_detected: bool
+    split: str = "passed"
+    accepted: frozenset[str] = frozenset()
+    # The split-bug target must wait out this timeout; healthy ones never do.
+    timeout: float = 20.0
+    extra: dict[str, str] = field(default_factory=dict)  # check id -> text in detail
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if "problem" in self.verdicts.values() else 0
+
+    @property
+    def no_send_exit_code(self) -> int:
+        return 1 if any(self.verdicts.get(c) == "problem" for c in DIALOGUE) else 0
+
+
+CLEAN = {
+    "banner": "ok", "ehlo": "ok", "commands": "ok", "pipelining": "ok",
+    "starttls": "info", "control-message": "ok", "split-terminator": "ok",
+    "smuggling": "ok",
+}
+PIX = {
+    **CLEAN, "banner": "problem", "ehlo": "problem", "pipelining": "info",
+}
+
+e2e = pytest.mark.e2e
+TARGETS = [
+    pytest.param("smtp-sink", Expect(CLEAN, False), marks=e2e, id="smtp-sink"),
+    pytest.param(
+        "smtp-sink-pix", Expect(PIX, True, extra={"banner": "masked"}),
+        marks=e2e, id="smtp-sink-pix",
+    ),
+    pytest.param("fake-clean", Expect(CLEAN, False), id="fake-clean"),
+    pytest.param(
+        "fake-seed-pix",
+        Expect({**PIX, "split-terminator": "problem"}, True, split="failed", timeout=4.0,
+               extra={"split-terminator": "duplicates", "ehlo": "500 Unrecognized"}),
+        id="fake-seed-pix",
+    ),
+    pytest.param("fake-pix-fixed", Expect(PIX, True), id="fake-pix-fixed"),
+    pytest.param(
+        "fake-pix-noop",
+        Expect({**PIX, "commands": "problem"}, True,
+               extra={"commands": "NOOP", "ehlo": "bare"}),
+        id="fake-pix-noop",
+    ),
+    pytest.param(
+        "fake-pix-xxxx",
+        Expect({**PIX, "commands": "problem"}, True, extra={"commands": "XXXX"}),
+        id="fake-pix-xxxx",
+    ),
+    pytest.param(
+        "fake-lockstep", Expect({**CLEAN, "pipelining": "problem"}, False, timeout=4.0),
+        id="fake-lockstep",
+    ),
+    pytest.param(
+        "fake-lf-eod",
+        Expect({**CLEAN, "smuggling": "problem"}, False,
+               accepted=frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"})),
+        id="fake-lf-eod",
+    ),
+    pytest.param(
+        "fake-cr-eod",
+        Expect({**CLEAN, "smuggling": "problem"}, False, accepted=frozenset(VARIANTS)),
+        id="fake-cr-eod",
+    ),
+]
+
+
+@pytest.mark.parametrize(("peer", "expect"), TARGETS, indirect=["peer"])
+def test_json_verdicts(
+    peer: tuple[str, int], expect: Expect, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host, port = peer
+    code = run_probe_cli(
+        ["probe", f"{host}:{port}", "--json", "--timeout", str(expect.timeout), *FAST]
+    )
+    out = capsys.readouterr().out
+    report = json.loads(out)
+    verdicts = {c["id"]: c["verdict"] for c in report["checks"]}
+    assert verdicts == expect.verdicts, report["checks"]
+    assert report["filter_detected"] is expect.filter_detected
+    assert report["split_terminator"] == expect.split
+    assert report["smuggling"] == {
+        v: "accepted" if v in expect.accepted else "rejected" for v in VARIANTS
+    }
+    assert report["target"] == f"{host}:{port}"
+    assert report["banner"].startswith("220")
+    for check in report["checks"]:
+        assert check["detail"] and "\n" not in check["detail"]
+    details = {c["id"]: c["detail"] for c in report["checks"]}
+    for check_id, text in expect.extra.items():
+        assert text in details[check_id]
+    assert code == expect.exit_code
+
+
+@pytest.mark.parametrize(("peer", "expect"), TARGETS, indirect=["peer"])
+def test_human_no_send(
+    peer: tuple[str, int], expect: Expect, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host, port = peer
+    code = run_probe_cli(["probe", f"{host}:{port}", "--no-send", "--timeout", str(expect.timeout)])
+    out = capsys.readouterr().out
+    assert code == expect.no_send_exit_code
+    assert f"smtpguard probe {host}:{port}" in out
+    assert f"filter detected: {'yes' if expect.filter_detected else 'no'}" in out
+    assert "split end-of-data: untested" in out
+    assert ("verdict: PROBLEM" if code else "verdict: OK") in out
+    for check_id in DIALOGUE:
+        assert check_id in out
