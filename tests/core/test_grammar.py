@@ -78,3 +78,14 @@ def test_core_does_no_io() -> None:
                 names = [node.module]
             for n in names:
                 assert n.split(".")[0] not in forbidden, f"{path.name} imports {n}"
+
+
+def test_every_policy_event_id_is_documented() -> None:
+    import re
+
+    root = pathlib.Path(__file__).parents[2]
+    ids = set()
+    for path in (root / "src" / "smtpguard").rglob("*.py"):
+        ids |= set(re.findall(r'"(SG-[A-Z0-9-]+)"', path.read_text()))
+    documented = set(re.findall(r"`(SG-[A-Z0-9-]+)`", (root / "docs" / "events.md").read_text()))
+    assert ids and ids <= documented, ids - documented

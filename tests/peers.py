@@ -1,0 +1,132 @@
+"""Start real peers on loopback for end-to-end tests: smtp-sink, the gateway CLI.
+
+Nothing here assumes a peer already runs: each helper starts its process on a free
+loopback port, waits until it accepts connections and stops it afterwards. A missing
+system binary is an error, not a skip: CI installs them (see .ci/run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"process exited early ({proc.returncode}): {out}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port}")
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise RuntimeError(f"{binary} not installed: run .ci/run (installs postfix, swaks)")
+    return path
+
+
+class SmtpSink:
+    """Postfix smtp-sink dumping each message to its own file."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.port = free_port()
+        # smtp-sink drops root privileges to nobody, who cannot enter pytest's private
+        # tmp tree: dump into a directory of its own under the system temp dir.
+        self.dumps = Path(tempfile.mkdtemp(prefix="smtpguard-sink-"))
+        os.chmod(self.dumps, 0o777)
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self.proc = subprocess.Popen(
+            [
+                need("smtp-sink"),
+                *user,
+                *extra,
+                "-d",
+                f"{self.dumps}/m.",
+                f"{LOOPBACK}:{self.port}",
+                "256",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, self.proc)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def messages(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.dumps.iterdir())]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dumps, ignore_errors=True)
+
+
+class GatewayProcess:
+    """``smtpguard serve`` as a subprocess, exactly as an administrator runs it."""
+
+    def __init__(self, *args: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "smtpguard",
+                "serve",
+                "--listen",
+                f"{LOOPBACK}:{self.port}",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+        wait_port(self.port, self.proc)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+        return self.proc.returncode, out
+
+
+@contextlib.contextmanager
+def running(obj: SmtpSink | GatewayProcess) -> Iterator[SmtpSink | GatewayProcess]:
+    try:
+        yield obj
+    finally:
+        obj.stop()
