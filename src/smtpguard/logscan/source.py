@@ -11,6 +11,7 @@ import gzip
 import io
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -73,7 +74,7 @@ class Source:
                         self.bytes_read += len(rest)
                         if not rest or rest.endswith(b"\n"):
                             break
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise InputError(f"{self.display}: read error at line {no + 1}: {exc}") from None
         finally:
             self.lines_read = no
