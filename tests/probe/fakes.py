@@ -21,9 +21,10 @@ CLEAN_EHLO = (
     b"250-fake.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n"
     b"250 ENHANCEDSTATUSCODES\r\n"
 )
+# The seed article's greeting (one line there, wrapped by the article's layout).
 SEED_BANNER = (
-    b"220-*********0*****************************************************************\r\n"
-    b"220 ************2*************\r\n"
+    b"220 *********0*****************************************************************"
+    b"************2*************\r\n"
 )
 RFC821 = frozenset({"HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT"})
 

@@ -43,7 +43,9 @@ def banner_text(reply: Reply) -> str:
 
 
 def is_pix_mask(reply: Reply) -> bool:
-    text = banner_text(reply)
+    """Postfix's test, applied to each line as ``code SP text`` so that the ``-`` of a
+    multi-line greeting does not hide a mask; at least one ``*`` is required."""
+    text = "\n".join(f"{reply.code} {line}" for line in reply.lines)
     return "*" in text and all(ch in PIX_BANNER_CHARS for ch in text)
 
 
