@@ -56,6 +56,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._up_full = False  # upstream write buffer above its high mark
         self._reading = True
         self._done = False
@@ -179,14 +180,26 @@ class ClientConnection(asyncio.Protocol):
         self._teardown(abort_upstream=False)
 
     def _set_timer(self, deadline: float | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and not self._done:
+        # Deadlines mostly move later (every command pushes the idle timeout), so the
+        # armed handle is kept when it fires no later than needed and re-armed then.
+        self._deadline = deadline
+        if deadline is None or self._done:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._done:
+            return
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
         self._run(self.session.timer(self.loop.time()))
 
     def shutdown(self) -> None:

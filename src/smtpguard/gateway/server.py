@@ -107,14 +107,13 @@ class Gateway:
         task.add_done_callback(_consume)
 
     async def _connect(self, up: UpstreamConnection) -> None:
+        # No wait_for here: the core's connect deadline bounds the attempt, and its
+        # CloseServer makes a late connection abort itself.
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: up, self.config.upstream_host, self.config.upstream_port
-                ),
-                self.policy.timeouts.connect,
+            await self.loop.create_connection(
+                lambda: up, self.config.upstream_host, self.config.upstream_port
             )
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             log.warning(
                 "upstream %s:%s unreachable: %s",
                 self.config.upstream_host,

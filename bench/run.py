@@ -1,0 +1,244 @@
+"""On-demand benchmark: the gateway against baselines measured in the same run.
+
+    python3 bench/run.py [--messages 10000] [--sessions 20] [--size 1000] [--rounds 3]
+                         [--big-mb 100] [--mode mailguard]
+
+1. Message rate: ``smtp-source -s 20 -m 10000 -l 1000`` straight to ``smtp-sink``,
+   through HAProxy in TCP mode, and through the gateway, interleaved over several
+   rounds; the median of each is reported and the gateway is given as a ratio.
+2. One big message (100 MB by default) relayed through HAProxy and through the
+   gateway: throughput ratio, and the gateway's RSS growth (VmHWM minus the RSS after
+   a warm-up message).
+
+Only loopback addresses are used. Absolute numbers drift on a shared machine; the
+ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.peers import LOOPBACK, free_port, need, wait_port  # noqa: E402
+
+HAPROXY_CFG = """\
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend smtp
+    bind {host}:{port}
+    default_backend sink
+backend sink
+    server sink {host}:{upstream}
+"""
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(
+        [need("smtp-sink"), *user, "-m", "1000", f"{LOOPBACK}:{port}", "1024"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return proc, port
+
+
+def start_haproxy(upstream: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(host=LOOPBACK, port=port, upstream=upstream))
+    proc = subprocess.Popen(
+        [need("haproxy"), "-db", "-f", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return proc, port
+
+
+def start_gateway(upstream: int, mode: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpguard",
+            "serve",
+            "--listen",
+            f"{LOOPBACK}:{port}",
+            "--upstream",
+            f"{LOOPBACK}:{upstream}",
+            "--mode",
+            mode,
+            "--max-sessions",
+            "5000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return proc, port
+
+
+def message_rate(port: int, messages: int, sessions: int, size: int) -> float:
+    """Messages per second for one smtp-source run."""
+    start = time.perf_counter()
+    out = subprocess.run(
+        [
+            need("smtp-source"),
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "bench@example.org",
+            "-t",
+            "sink@example.net",
+            f"{LOOPBACK}:{port}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"smtp-source failed on port {port}: {out.stderr.strip()}")
+    return messages / elapsed
+
+
+def _reply(sock: socket.socket) -> bytes:
+    buf = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+        last = buf.rstrip(b"\r\n").split(b"\r\n")[-1]
+        if buf.endswith(b"\r\n") and (len(last) == 3 or last[3:4] == b" "):
+            return buf
+
+
+def send_big(port: int, megabytes: int) -> float:
+    """Relay one message of ``megabytes`` MB; returns MB/s from DATA to final reply."""
+    line = b"x" * 76 + b"\r\n"
+    block = line * (1024 * 1024 // len(line))
+    with socket.create_connection((LOOPBACK, port), 30) as s:
+        s.settimeout(300)
+        _reply(s)
+        for cmd in (
+            b"HELO bench",
+            b"MAIL FROM:<a@example.org>",
+            b"RCPT TO:<b@example.net>",
+            b"DATA",
+        ):
+            s.sendall(cmd + b"\r\n")
+            _reply(s)
+        start = time.perf_counter()
+        for _ in range(megabytes):
+            s.sendall(block)
+        s.sendall(b".\r\n")
+        final = _reply(s)
+        elapsed = time.perf_counter() - start
+        if not final.startswith(b"250"):
+            raise RuntimeError(f"big message refused: {final!r}")
+        s.sendall(b"QUIT\r\n")
+    return megabytes * len(block) / 1e6 / elapsed
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--messages", type=int, default=10000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--big-mb", type=int, default=100)
+    ap.add_argument("--mode", default="mailguard", choices=["mailguard", "esmtp"])
+    args = ap.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="smtpguard-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        sink, sink_port = start_sink()
+        procs.append(sink)
+        hap, hap_port = start_haproxy(sink_port, workdir)
+        procs.append(hap)
+        gw, gw_port = start_gateway(sink_port, args.mode)
+        procs.append(gw)
+        targets = {"direct": sink_port, "haproxy": hap_port, f"gateway-{args.mode}": gw_port}
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        message_rate(gw_port, 200, args.sessions, args.size)  # warm-up
+        for r in range(args.rounds):
+            for name, port in targets.items():
+                rate = message_rate(port, args.messages, args.sessions, args.size)
+                rates[name].append(rate)
+                print(f"round {r + 1}: {name:18s} {rate:8.0f} msg/s", flush=True)
+        med = {name: statistics.median(v) for name, v in rates.items()}
+        gw_name = f"gateway-{args.mode}"
+        print(
+            f"\nmessage rate (smtp-source -s {args.sessions} -m {args.messages} "
+            f"-l {args.size}), median of {args.rounds}:"
+        )
+        for name, v in med.items():
+            print(f"  {name:18s} {v:8.0f} msg/s")
+        print(f"  ratio gateway/haproxy = {med[gw_name] / med['haproxy']:.2f}")
+        print(f"  ratio gateway/direct  = {med[gw_name] / med['direct']:.2f}")
+
+        if args.big_mb:
+            stop(gw)
+            gw, gw_port = start_gateway(sink_port, args.mode)
+            procs.append(gw)
+            send_big(gw_port, 1)  # warm-up: buffers and code paths in place
+            base = rss_kib(gw.pid, "VmRSS")
+            hap_mbs = send_big(hap_port, args.big_mb)
+            gw_mbs = send_big(gw_port, args.big_mb)
+            peak = rss_kib(gw.pid, "VmHWM")
+            print(f"\none {args.big_mb} MB message:")
+            print(f"  haproxy  {hap_mbs:8.1f} MB/s")
+            print(f"  gateway  {gw_mbs:8.1f} MB/s   ratio gateway/haproxy = {gw_mbs / hap_mbs:.2f}")
+            print(
+                f"  gateway RSS after warm-up {base / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB,"
+                f" growth {(peak - base) / 1024:.1f} MiB"
+            )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
