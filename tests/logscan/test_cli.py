@@ -39,8 +39,11 @@ def test_stdin_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     assert doc["findings"][0]["file"] == "<stdin>"
 
 
-def test_missing_file_exits_2_but_other_files_are_scanned(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run_logscan("--json", "/nonexistent/maillog", str(FIXTURES / "ims_kb_article.txt"))
+def test_missing_file_exits_2_but_others_are_scanned(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    article = str(FIXTURES / "ims_kb_article.txt")
+    code, out = run_logscan("--json", "/nonexistent/maillog", article)
     assert code == 2
     assert "stalled_data" in out
     assert "/nonexistent/maillog" in capsys.readouterr().err

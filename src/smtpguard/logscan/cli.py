@@ -7,6 +7,7 @@ error). Other inputs are still scanned when one of them is unreadable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -141,10 +142,8 @@ class _Progress:
             return None
         total = 0
         for name in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += Path(name).stat().st_size if name != "-" else 0
-            except OSError:
-                pass
         return cls(total) if total >= PROGRESS_MIN_BYTES else None
 
     def start(self, src: Any) -> None:

@@ -17,6 +17,7 @@ bounded by ``max_groups`` whatever the size of the log.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -156,7 +157,7 @@ def _identity(d: Delivered) -> tuple[str | None, str, bool]:
 
 def _interval_hint(copies: list[Copy], stalled: int) -> str:
     times = [c.time for c in copies if c.time]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     if len(gaps) >= 2 and min(gaps) > 0 and max(gaps) <= 1.25 * min(gaps):
         return " The intervals are regular: the sender is retrying, it never saw a final reply."
     if stalled:

@@ -17,8 +17,8 @@ def render(result: Result, console: Console) -> None:
     files = Table(title="Inputs", title_justify="left")
     for col in ("file", "format", "lines", "sessions"):
         files.add_column(col, justify="right" if col in ("lines", "sessions") else "left")
-    for f in result.files:
-        files.add_row(f.file, f.format, f"{f.lines:,}", f"{f.sessions:,}")
+    for st in result.files:
+        files.add_row(st.file, st.format, f"{st.lines:,}", f"{st.sessions:,}")
     console.print(files)
 
     if not result.counts:

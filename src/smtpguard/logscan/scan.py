@@ -148,7 +148,9 @@ class Scanner:
         r.findings.sort(key=lambda f: (f.time or datetime.min, f.file, f.line))
         return r
 
-    def _progress(self, it: Iterator[tuple[int, bytes]], src: Source) -> Iterator[tuple[int, bytes]]:
+    def _progress(
+        self, it: Iterator[tuple[int, bytes]], src: Source
+    ) -> Iterator[tuple[int, bytes]]:
         cb = self._on_progress
         if cb is None:
             yield from it

@@ -44,8 +44,8 @@ class Source:
         head = buffered.peek(2)[:2] if buffered is not None else b""
         self._stream: BinaryIO = self._raw
         if head == GZIP_MAGIC:
-            self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
-            self._stream = io.BufferedReader(self._stream, 1 << 20)  # type: ignore[arg-type]
+            gz = gzip.GzipFile(fileobj=self._raw, mode="rb")
+            self._stream = io.BufferedReader(gz, 1 << 20)
         self.lines_read = 0
         self.bytes_read = 0
 

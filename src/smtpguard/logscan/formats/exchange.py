@@ -30,9 +30,9 @@ _DEFAULT_FIELDS = [
 def sniff(lines: list[bytes]) -> int:
     score = 0
     for raw in lines[:40]:
-        if raw.startswith(b"#Log-type: SMTP ") and b"Protocol Log" in raw:
-            score += 30
-        elif raw.startswith(b"#Fields: date-time,connector-id,session-id"):
+        if (raw.startswith(b"#Log-type: SMTP ") and b"Protocol Log" in raw) or raw.startswith(
+            b"#Fields: date-time,connector-id,session-id"
+        ):
             score += 30
     return score
 

@@ -24,7 +24,9 @@ MAX_PENDING_MESSAGES = 100_000
 _HEAD = re.compile(
     rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)?(?: ([+-]\d{4}))?(?: \[\d+\])? "
 )
-_MSG = re.compile(rb"([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (<=|=>|->|\*>|==|\*\*|Completed)")
+_MSG = re.compile(
+    rb"([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (<=|=>|->|\*>|==|\*\*|Completed)"
+)
 _HOST = re.compile(rb" H=(.*?\[[0-9A-Fa-f:.]+\])")
 _SIZE = re.compile(rb" S=(\d+)")
 _ID = re.compile(rb" id=(\S+)")

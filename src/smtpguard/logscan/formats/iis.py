@@ -1,4 +1,4 @@
-"""IIS / Exchange 2000–2003 SMTP service log, W3C extended format (``#Fields:``).
+"""IIS / Exchange 2000-2003 SMTP service log, W3C extended format (``#Fields:``).
 
 Columns come from the last ``#Fields:`` directive. Inbound lines have the verb in
 ``cs-method``, its argument in ``cs-uri-query`` (``+`` for space) and the final

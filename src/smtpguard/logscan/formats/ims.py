@@ -46,7 +46,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         m = _ENTRY.match(raw)
         if m is None:
             if continuation and session:
-                body = raw.strip(b"\r\n")
+                body = raw.strip()
                 r = parse_reply_line(body)
                 if r is not None:
                     continuation = not r.last

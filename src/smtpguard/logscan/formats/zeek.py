@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from ..model import Delivered, Event, Flag, Kind
@@ -71,6 +72,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
 
 def _transaction(no: int, r: dict[str, Any]) -> Iterator[Event]:
     ts = r.get("ts")
+    time: datetime | None
     if isinstance(ts, int | float) or (isinstance(ts, str) and _is_number(ts)):
         time = from_epoch(float(ts))
     else:
