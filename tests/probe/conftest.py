@@ -68,6 +68,18 @@ def smtp_sink(*options: str) -> Iterator[tuple[str, int]]:
         proc.wait(10)
 
 
+def postfix(**settings: str) -> Peer:
+    @contextlib.contextmanager
+    def start(_tmp: Path) -> Iterator[tuple[str, int]]:
+        from tests.probe.postfix_peer import private_postfix
+
+        port = free_port()
+        with private_postfix(port, **settings):
+            yield "127.0.0.1", port
+
+    return start
+
+
 def fake(behaviour: Behaviour) -> Peer:
     def start(_tmp: Path) -> AbstractContextManager[tuple[str, int]]:
         return FakeSmtpServer(behaviour)
@@ -109,6 +121,13 @@ PEERS: dict[str, Peer] = {
     # Receivers that take bare-LF / bare-CR end-of-data (SMTP smuggling).
     "fake-lf-eod": fake(Behaviour(eod="lf")),
     "fake-cr-eod": fake(Behaviour(eod="cr")),
+    # A real Postfix 3.x with its defaults (bare LF is a line end unless patched/set).
+    "postfix": postfix(),
+    # The same with the SMTP smuggling fix switched on: bare LF is refused. Its
+    # default exclusions ($mynetworks) would exempt loopback, so they are emptied.
+    "postfix-strict": postfix(
+        smtpd_forbid_bare_newline="yes", smtpd_forbid_bare_newline_exclusions=""
+    ),
 }
 
 

@@ -85,6 +85,15 @@ TARGETS = [
         Expect({**CLEAN, "smuggling": "problem"}, False, accepted=frozenset(VARIANTS)),
         id="fake-cr-eod",
     ),
+    # Postfix before 3.9 takes a bare LF as a line end by default (CVE-2023-51764).
+    pytest.param(
+        "postfix",
+        Expect({**CLEAN, "smuggling": "problem"}, False,
+               accepted=frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"}),
+               extra={"banner": "Postfix"}),
+        marks=e2e, id="postfix",
+    ),
+    pytest.param("postfix-strict", Expect(CLEAN, False), marks=e2e, id="postfix-strict"),
 ]
 
 
