@@ -73,26 +73,14 @@ def start_haproxy(upstream: int, workdir: Path) -> tuple[subprocess.Popen[bytes]
     return proc, port
 
 
-def start_gateway(upstream: int, mode: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(
+    upstream: int, mode: str, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtpguard",
-            "serve",
-            "--listen",
-            f"{LOOPBACK}:{port}",
-            "--upstream",
-            f"{LOOPBACK}:{upstream}",
-            "--mode",
-            mode,
-            "--max-sessions",
-            "5000",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{port}",
+           "--upstream", f"{LOOPBACK}:{upstream}", "--mode", mode, "--max-sessions", "5000",
+           "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port
 
@@ -185,8 +173,14 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big-mb", type=int, default=100)
-    ap.add_argument("--mode", default="mailguard", choices=["mailguard", "esmtp"])
+    ap.add_argument(
+        "--gateways",
+        default="mailguard:1",
+        help="comma-separated MODE:WORKERS variants measured in the same run, "
+        "e.g. mailguard:1,mailguard:2,esmtp:1 (the first is the reference)",
+    )
     args = ap.parse_args()
+    variants = [(m, int(w)) for m, _, w in (v.partition(":") for v in args.gateways.split(","))]
 
     workdir = Path(tempfile.mkdtemp(prefix="smtpguard-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -195,39 +189,47 @@ def main() -> int:
         procs.append(sink)
         hap, hap_port = start_haproxy(sink_port, workdir)
         procs.append(hap)
-        gw, gw_port = start_gateway(sink_port, args.mode)
-        procs.append(gw)
-        targets = {"direct": sink_port, "haproxy": hap_port, f"gateway-{args.mode}": gw_port}
+        targets = {"direct": sink_port, "haproxy": hap_port}
+        for mode, workers in variants:
+            gw, gw_port = start_gateway(sink_port, mode, workers)
+            procs.append(gw)
+            targets[f"gateway-{mode}-w{workers}"] = gw_port
+            message_rate(gw_port, 200, args.sessions, args.size)  # warm-up
         rates: dict[str, list[float]] = {name: [] for name in targets}
-        message_rate(gw_port, 200, args.sessions, args.size)  # warm-up
         for r in range(args.rounds):
             for name, port in targets.items():
                 rate = message_rate(port, args.messages, args.sessions, args.size)
                 rates[name].append(rate)
-                print(f"round {r + 1}: {name:18s} {rate:8.0f} msg/s", flush=True)
+                print(f"round {r + 1}: {name:22s} {rate:8.0f} msg/s", flush=True)
         med = {name: statistics.median(v) for name, v in rates.items()}
-        gw_name = f"gateway-{args.mode}"
         print(
             f"\nmessage rate (smtp-source -s {args.sessions} -m {args.messages} "
-            f"-l {args.size}), median of {args.rounds}:"
+            f"-l {args.size}), median of {args.rounds} rounds:"
         )
+        gw_names = [n for n in med if n.startswith("gateway-")]
         for name, v in med.items():
-            print(f"  {name:18s} {v:8.0f} msg/s")
-        print(f"  ratio gateway/haproxy = {med[gw_name] / med['haproxy']:.2f}")
-        print(f"  ratio gateway/direct  = {med[gw_name] / med['direct']:.2f}")
+            extra = ""
+            if name in gw_names:
+                extra = (
+                    f"  = {v / med['haproxy']:.2f}x haproxy, {v / med['direct']:.2f}x direct,"
+                    f" {v / med[gw_names[0]]:.2f}x {gw_names[0]}"
+                )
+            print(f"  {name:22s} {v:8.0f} msg/s{extra}")
 
         if args.big_mb:
-            stop(gw)
-            gw, gw_port = start_gateway(sink_port, args.mode)
+            for p in procs[2:]:
+                stop(p)
+            mode, workers = variants[0]
+            gw, gw_port = start_gateway(sink_port, mode, 1)
             procs.append(gw)
             send_big(gw_port, 1)  # warm-up: buffers and code paths in place
             base = rss_kib(gw.pid, "VmRSS")
             hap_mbs = send_big(hap_port, args.big_mb)
             gw_mbs = send_big(gw_port, args.big_mb)
             peak = rss_kib(gw.pid, "VmHWM")
-            print(f"\none {args.big_mb} MB message:")
+            print(f"\none {args.big_mb} MB message ({mode} mode, 1 worker):")
             print(f"  haproxy  {hap_mbs:8.1f} MB/s")
-            print(f"  gateway  {gw_mbs:8.1f} MB/s   ratio gateway/haproxy = {gw_mbs / hap_mbs:.2f}")
+            print(f"  gateway  {gw_mbs:8.1f} MB/s  = {gw_mbs / hap_mbs:.2f}x haproxy")
             print(
                 f"  gateway RSS after warm-up {base / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB,"
                 f" growth {(peak - base) / 1024:.1f} MiB"

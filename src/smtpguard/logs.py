@@ -50,25 +50,49 @@ class _Writer:
 
 
 class ImsLog(_Writer):
-    def _line(self, text: str) -> None:
-        self.out.write(f"{ims_time(self.clock())} : {text}\n")
+    """IMS layout. The layout has no session id, so each session's lines are kept
+    together and written in one piece when it ends (or every ``FLUSH_LINES`` lines):
+    concurrent sessions and worker processes never interleave inside a session."""
+
+    FLUSH_LINES = 200
+
+    def __init__(self, out: IO[str], clock: Callable[[], dt.datetime] | None = None) -> None:
+        super().__init__(out, clock)
+        self._pending: dict[str, list[str]] = {}
+
+    def _line(self, sid: str, text: str) -> None:
+        lines = self._pending.setdefault(sid, [])
+        lines.append(f"{ims_time(self.clock())} : {text}\n")
+        if len(lines) >= self.FLUSH_LINES:
+            self._write(sid)
+
+    def _write(self, sid: str) -> None:
+        lines = self._pending.pop(sid, None)
+        if lines:
+            self.out.write("".join(lines))
+            self.out.flush()
 
     def connect(self, sid: str, peer: str) -> None:
         host = peer.rsplit(":", 1)[0].strip("[]")
-        self._line(f"A connection was accepted from {host}")
+        self._line(sid, f"A connection was accepted from {host}")
 
     def trace(self, sid: str, tr: Trace) -> None:
         if tr.size is not None:
             return  # the IMS layout has no entry for message data
         if tr.direction is Direction.CLIENT_TO_GW:
-            self._line(f"<<< {tr.line}")
+            self._line(sid, f"<<< {tr.line}")
         elif tr.direction is Direction.GW_TO_CLIENT:
-            self._line(f">>> {tr.line}")
+            self._line(sid, f">>> {tr.line}")
 
     def policy(self, sid: str, ev: PolicyEvent) -> None:
         pass  # not part of the IMS layout; see the application log or jsonl
 
     def disconnect(self, sid: str) -> None:
+        self._write(sid)
+
+    def flush(self) -> None:
+        for sid in list(self._pending):
+            self._write(sid)
         self.out.flush()
 
 
@@ -95,9 +119,12 @@ class JsonlLog(_Writer):
 
     def disconnect(self, sid: str) -> None:
         self._obj(sid, "disconnect")
-        self.out.flush()
 
 
 def open_protocol_log(path: str, fmt: str) -> ProtocolLog:
-    out: IO[str] = open(path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    # Line buffered: one write per line (jsonl) or per session (ims), appended
+    # atomically, so worker processes can share the file.
+    out: IO[str] = open(  # noqa: SIM115
+        path, "a", buffering=1, encoding="utf-8", errors="surrogateescape"
+    )
     return ImsLog(out) if fmt == "ims" else JsonlLog(out)

@@ -300,3 +300,26 @@ def test_sink_command_runs_alone(tmp_path: Path) -> None:
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_two_workers_share_the_port(sink: SmtpSink, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    g = gateway_factory("--upstream", sink.address, "--workers", "2")
+    out = subprocess.run(
+        [need("smtp-source"), "-s", "10", "-m", "60", "-l", "500", "-f", "a@example.org",
+         "-t", "b@example.net", g.address],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(_wait_messages(sink, 60)) == 60
+    code, _ = g.stop()
+    assert code == 0
+
+
+def test_two_workers_with_embedded_mailbox(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    g = gateway_factory("--maildir", str(tmp_path / "mail"), "--workers", "2")
+    for _ in range(6):
+        with smtplib.SMTP(LOOPBACK, g.port, timeout=10) as s:
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+    code, _ = g.stop()
+    assert code == 0
+    assert len(list((tmp_path / "mail" / "new").iterdir())) == 6

@@ -75,6 +75,13 @@ def register(sub: Any) -> None:
         help="concurrent sessions; more get 421 (default 1000)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (default 1)",
+    )
+    p.add_argument(
         "--drain-grace",
         type=float,
         default=30.0,
@@ -134,7 +141,9 @@ def build_policy(args: argparse.Namespace) -> Policy:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smtpguard.cli import CliError
     from smtpguard.gateway.server import GatewayConfig
+    from smtpguard.gateway.workers import bind_listeners, run_workers
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -142,16 +151,44 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     policy = build_policy(args)
+    if args.workers < 1:
+        raise CliError("--workers: must be at least 1")
     lhost, lport = parse_hostport(args.listen, "--listen")
     upstream = parse_hostport(args.upstream, "--upstream") if args.upstream else None
+    sink_sock = None
+    if upstream is None:
+        sink_sock = bind_listeners("127.0.0.1", 0, 1)[0]
+        upstream = ("127.0.0.1", sink_sock.getsockname()[1])
+        target = f"built-in mailbox at 127.0.0.1:{upstream[1]}"
+    else:
+        _check_reachable(*upstream)
+        target = f"{upstream[0]}:{upstream[1]}"
+    try:
+        socks = bind_listeners(lhost, lport, args.workers)
+    except OSError as exc:
+        raise CliError(f"--listen {args.listen}: cannot listen: {exc.strerror or exc}") from None
     config = GatewayConfig(
         listen_host=lhost,
         listen_port=lport,
+        upstream_host=upstream[0],
+        upstream_port=upstream[1],
         max_sessions=args.max_sessions,
         drain_grace=args.drain_grace,
     )
-    _use_uvloop()
-    return asyncio.run(_serve(args, config, policy, upstream))
+    host, port = socks[0].getsockname()[:2]
+    _print_banner(policy, host, port, target, args, sink_sock is not None)
+
+    def worker(sock: socket.socket, index: int) -> int:
+        # The built-in mailbox runs in the first worker's event loop.
+        mine = sink_sock if index == 0 else None
+        if sink_sock is not None and mine is None:
+            sink_sock.close()
+        _use_uvloop()
+        return asyncio.run(_serve(args, config, policy, sock, mine))
+
+    if args.workers == 1:
+        return worker(socks[0], 0)
+    return run_workers(socks, worker)
 
 
 def _use_uvloop() -> None:
@@ -165,47 +202,39 @@ def _use_uvloop() -> None:
 
 
 async def _serve(
-    args: argparse.Namespace, config: Any, policy: Policy, upstream: tuple[str, int] | None
+    args: argparse.Namespace,
+    config: Any,
+    policy: Policy,
+    sock: socket.socket,
+    sink_sock: socket.socket | None,
 ) -> int:
-    from smtpguard.cli import CliError
     from smtpguard.gateway.server import Gateway
     from smtpguard.sink import start_sink
 
     sink_server = None
-    if upstream is None:
-        sink_server, sink_port, _ = await start_sink("127.0.0.1", 0, args.maildir)
-        upstream = ("127.0.0.1", sink_port)
-        target = f"built-in mailbox at 127.0.0.1:{sink_port}"
-    else:
-        target = f"{upstream[0]}:{upstream[1]}"
-        await _check_reachable(*upstream)
-    config = dataclasses.replace(config, upstream_host=upstream[0], upstream_port=upstream[1])
+    if sink_sock is not None:
+        sink_server, _, _ = await start_sink("127.0.0.1", 0, args.maildir, sock=sink_sock)
     plog = (
         open_protocol_log(args.protocol_log, args.protocol_log_format)
         if args.protocol_log
         else None
     )
     gateway = Gateway(config, policy, plog)
-    try:
-        host, port = await gateway.start()
-    except OSError as exc:
-        raise CliError(f"--listen {args.listen}: cannot listen: {exc.strerror or exc}") from None
-    _print_banner(policy, host, port, target, args, sink_server is not None)
+    await gateway.start(sock)
     await gateway.serve_until_signalled()
     if sink_server is not None:
         sink_server.close()
     return 0
 
 
-async def _check_reachable(host: str, port: int) -> None:
+def _check_reachable(host: str, port: int) -> None:
     from smtpguard.cli import CliError
 
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-    except (OSError, TimeoutError) as exc:
-        reason = getattr(exc, "strerror", None) or "timed out"
+        socket.create_connection((host, port), 5).close()
+    except OSError as exc:
+        reason = exc.strerror or "timed out"
         raise CliError(f"--upstream {host}:{port}: not reachable ({reason})") from None
-    writer.close()
 
 
 def _print_banner(

@@ -5,6 +5,8 @@ logic. Flow control runs both ways: when the upstream's write buffer is full the
 client is not read (a slow server never makes the gateway buffer a message), and when
 the client's write buffer is full the upstream is not read. Bytes the core holds
 unparsed (pipelined input waiting for a reply) also pause the client above a mark.
+TCP_NODELAY is left to the event loop: asyncio and uvloop both set it on TCP
+transports, which the one-byte-segment tests rely on.
 """
 
 from __future__ import annotations
@@ -38,13 +40,6 @@ WRITE_HIGH = 1024 * 1024
 WRITE_LOW = 256 * 1024
 
 
-def _nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class ClientConnection(asyncio.Protocol):
     """Accepted client connection; owns the session and its upstream."""
 
@@ -66,7 +61,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
-        _nodelay(transport)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -243,7 +237,6 @@ class UpstreamConnection(asyncio.Protocol):
             transport.abort()
             return
         self.transport = transport
-        _nodelay(transport)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         if self._paused:
             transport.pause_reading()

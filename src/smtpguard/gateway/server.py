@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from itertools import count
@@ -67,15 +68,18 @@ class Gateway:
     def next_session_id(self) -> str:
         return f"{next(self._ids):08x}"
 
-    async def start(self) -> tuple[str, int]:
-        """Listen; returns the bound address (useful with port 0)."""
-        self._server = await self.loop.create_server(
-            lambda: ClientConnection(self),
-            self.config.listen_host,
-            self.config.listen_port,
-            reuse_address=True,
-            backlog=1024,
-        )
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen (on ``sock`` if given); returns the bound address."""
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self),
+                self.config.listen_host,
+                self.config.listen_port,
+                reuse_address=True,
+                backlog=1024,
+            )
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         return host, port

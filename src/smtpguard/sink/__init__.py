@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import os
+import socket
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope
@@ -42,9 +43,14 @@ class MaildirHandler:
 
 
 async def start_sink(
-    host: str, port: int, maildir: str | os.PathLike[str], hostname: str = "smtpguard-sink"
+    host: str,
+    port: int,
+    maildir: str | os.PathLike[str],
+    hostname: str = "smtpguard-sink",
+    sock: socket.socket | None = None,
 ) -> tuple[asyncio.base_events.Server, int, MaildirHandler]:
-    """Start the mailbox on ``host:port`` (port 0 picks one); returns the bound port."""
+    """Start the mailbox on ``host:port`` (port 0 picks one) or on an already bound
+    ``sock``; returns the server, the bound port and the handler."""
     loop = asyncio.get_running_loop()
     handler = MaildirHandler(maildir)
 
@@ -57,6 +63,9 @@ async def start_sink(
             ident="smtpguard built-in mailbox",
         )
 
-    server = await loop.create_server(factory, host, port, reuse_address=True)
+    if sock is not None:
+        server = await loop.create_server(factory, sock=sock)
+    else:
+        server = await loop.create_server(factory, host, port, reuse_address=True)
     bound = server.sockets[0].getsockname()[1]
     return server, bound, handler
