@@ -183,3 +183,16 @@ def test_top_level_cli_dispatches_to_probe(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["probe", "127.0.0.1:0"]) == 2
     assert "smtpguard probe: error:" in capsys.readouterr().err
+
+
+def test_human_output_shows_the_seed_symptom(capsys: pytest.CaptureFixture[str]) -> None:
+    behaviour = Behaviour(allowed=RFC821, banner=SEED_BANNER, split_eod_bug=True)
+    with FakeSmtpServer(behaviour) as (host, port):
+        code = run_probe_cli(["probe", f"{host}:{port}", "--timeout", "4", *FAST])
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert code == 1
+    assert "220 *********0****" in text
+    assert "split end-of-data: failed" in text
+    assert "filter detected: yes" in text
+    assert "verdict: PROBLEM - a Mailguard-style SMTP filter is in the path" in text
+    assert "split end-of-data is dropped (duplicate deliveries)" in text

@@ -62,6 +62,8 @@ class SmtpClient:
                 )
         except TimeoutError as exc:
             raise ConnectFailed(f"connection to {host}:{port} timed out") from exc
+        except ConnectionRefusedError as exc:
+            raise ConnectFailed(f"cannot connect to {host}:{port}: connection refused") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from exc
