@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from smtpguard.core.grammar import Reply, make_reply
@@ -36,5 +37,10 @@ def greeting(reply: Reply, policy: Policy) -> bytes:
     if policy.banner is BannerPolicy.PIX:
         return pix_mask(reply.raw)
     if policy.banner is BannerPolicy.CUSTOM:
-        return make_reply(220, policy.banner_text).raw
-    return make_reply(220, f"{policy.hostname} ESMTP").raw
+        return _banner(policy.banner_text)
+    return _banner(f"{policy.hostname} ESMTP")
+
+
+@functools.lru_cache(maxsize=64)
+def _banner(text: str) -> bytes:
+    return make_reply(220, text).raw

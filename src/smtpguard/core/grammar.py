@@ -24,11 +24,7 @@ CRLF = b"\r\n"
 # RFC 5321 §4.1.1.4: the end of mail data is "CRLF . CRLF".
 END_OF_DATA = b"\r\n.\r\n"
 
-# RFC 5321 §4.1.1: verbs are case-insensitive alphabetic keywords.
-_VERB = re.compile(rb"([A-Za-z][A-Za-z0-9-]{0,31})(?:[ \t](.*))?\Z", re.DOTALL)
-# RFC 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF )
-#                             Reply-code [ SP textstring ] CRLF
-_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*)\Z", re.DOTALL)
+_VERB_MAX = 32
 # RFC 3463 §2: enhanced status code class.subject.detail
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
 # RFC 5321 §4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; we only need the bracketed part.
@@ -76,12 +72,19 @@ class Command:
 def parse_command(raw: bytes) -> Command | None:
     """Parse one command line (with or without the CRLF). ``None`` if no verb."""
     line = raw[:-2] if raw.endswith(CRLF) else raw.rstrip(b"\r\n")
-    m = _VERB.match(line)
-    if m is None:
+    sp = line.find(b" ")
+    tab = line.find(b"\t")
+    if tab >= 0 and (sp < 0 or tab < sp):
+        sp = tab
+    verb = line if sp < 0 else line[:sp]
+    # RFC 5321 §4.1.1: verbs are alphabetic keywords (we allow digits and "-" after
+    # the first letter, as extensions such as XEXCH50 do).
+    if not 0 < len(verb) <= _VERB_MAX or not verb[:1].isalpha():
         return None
-    verb = m.group(1).decode("ascii").upper()
-    args = (m.group(2) or b"").decode("utf-8", "surrogateescape").strip(" \t")
-    return Command(verb, args, raw)
+    if not verb.isalnum() and not verb.replace(b"-", b"").isalnum():
+        return None
+    args = "" if sp < 0 else line[sp + 1 :].decode("utf-8", "surrogateescape").strip(" \t")
+    return Command(verb.decode("ascii").upper(), args, raw)
 
 
 def parse_path(args: str, keyword: str) -> tuple[str, str] | None:
@@ -109,16 +112,28 @@ class ReplyLine:
     text: str
 
 
+def _reply_head(line: bytes) -> tuple[int, bool] | None:
+    """Code and last-line flag of a CRLF-stripped reply line (RFC 5321 §4.2):
+    ``Reply-code [ SP textstring ]`` ends a reply, ``Reply-code "-" textstring``
+    continues it. ``None`` if the line is not a reply line."""
+    code = line[:3]
+    if len(code) != 3 or not code.isdigit() or not 0x32 <= line[0] <= 0x35:
+        return None
+    sep = line[3:4]
+    if sep == b"-":
+        return int(code), False
+    if sep == b" " or len(line) == 3:
+        return int(code), True
+    return None
+
+
 def parse_reply_line(raw: bytes) -> ReplyLine | None:
     """Parse one reply line (CRLF optional). ``None`` if it is not a reply line."""
     line = raw.rstrip(b"\r\n")
-    m = _REPLY_LINE.match(line)
-    if m is None:
+    head = _reply_head(line)
+    if head is None:
         return None
-    sep = m.group(2)
-    if sep == b"" and m.group(3):
-        return None  # "2501" is not a reply line
-    return ReplyLine(int(m.group(1)), sep != b"-", m.group(3).decode("utf-8", "surrogateescape"))
+    return ReplyLine(head[0], head[1], line[4:].decode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +180,8 @@ def make_reply(code: int, *lines: str) -> Reply:
 class ReplyAssembler:
     """Collects reply lines into complete replies (RFC 5321 §4.2.1).
 
-    Feed it CRLF-stripped lines with :meth:`add`; it returns a :class:`Reply` when the
+    Feed it lines (with or without their CRLF; ``Reply.raw`` keeps them as fed) with
+    :meth:`add`; it returns a :class:`Reply` when the
     last line arrives, else ``None``. A malformed line raises :class:`LineError`.
     """
 
@@ -181,19 +197,25 @@ class ReplyAssembler:
         return bool(self._lines)
 
     def add(self, raw: bytes) -> Reply | None:
-        parsed = parse_reply_line(raw)
-        if parsed is None:
+        line = raw.rstrip(b"\r\n")
+        head = _reply_head(line)
+        if head is None:
             raise LineError("malformed reply line")
-        if self._lines and parsed.code != self._code:
+        code, last = head
+        text = line[4:].decode("utf-8", "surrogateescape")
+        if not self._lines:
+            if last:  # the common case: a one-line reply, no copying
+                return Reply(code, (text,), raw)
+        elif code != self._code:
             raise LineError("reply code changed inside a multi-line reply")
-        if len(self._lines) >= REPLY_MAX_LINES:
+        elif len(self._lines) >= REPLY_MAX_LINES:
             raise LineError("multi-line reply too long")
-        self._code = parsed.code
-        self._lines.append(parsed.text)
+        self._code = code
+        self._lines.append(text)
         self._raw += raw
-        if not parsed.last:
+        if not last:
             return None
-        reply = Reply(parsed.code, tuple(self._lines), bytes(self._raw))
+        reply = Reply(code, tuple(self._lines), bytes(self._raw))
         self._lines.clear()
         self._raw.clear()
         return reply

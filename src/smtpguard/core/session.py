@@ -108,8 +108,7 @@ class Session:
         self._out: list[Action] = []
         self._cbuf = bytearray()  # client bytes not yet framed
         self._csearch = 0  # where the LF search in _cbuf resumes
-        self._sbuf = bytearray()
-        self._ssearch = 0
+        self._sbuf = bytearray()  # a partial reply line
         self._assembler = ReplyAssembler()
         self._slots: deque[_Slot] = deque()  # all replies owed to the client, in order
         self._awaiting: deque[_Slot] = deque()  # the subset waiting for the server
@@ -148,17 +147,24 @@ class Session:
     def server_data(self, data: bytes, now: float) -> list[Action]:
         if self.phase is Phase.CLOSED or self.upstream is Upstream.DOWN:
             return []
-        self._sbuf += data
-        while self._upstream_live():
-            nl = self._sbuf.find(b"\n", self._ssearch)
+        if self._sbuf:  # a partial reply line is pending
+            self._sbuf += data
+            if b"\n" not in data:
+                if len(self._sbuf) > REPLY_LINE_LIMIT:
+                    self._upstream_failed("reply line too long", now)
+                return self._finish(now)
+            data = bytes(self._sbuf)
+            self._sbuf.clear()
+        start, end = 0, len(data)
+        while start < end and self._upstream_live():
+            nl = data.find(b"\n", start)
             if nl < 0:
-                self._ssearch = len(self._sbuf)
+                self._sbuf += data[start:]
                 if len(self._sbuf) > REPLY_LINE_LIMIT:
                     self._upstream_failed("reply line too long", now)
                 break
-            line = bytes(self._sbuf[: nl + 1])
-            del self._sbuf[: nl + 1]
-            self._ssearch = 0
+            line = data if start == 0 and nl + 1 == end else data[start : nl + 1]
+            start = nl + 1
             try:
                 reply = self._assembler.add(line)
             except LineError as exc:
@@ -298,9 +304,27 @@ class Session:
     # --------------------------------------------------------------- client side
     def _pump(self, now: float) -> None:
         """Consume held client bytes as far as the current state allows."""
-        while not self._closing and self.phase is not Phase.CLOSED:
+        while not self._closing:
             phase = self.phase
-            if phase is Phase.DATA:
+            if phase is Phase.COMMAND or phase is Phase.AUTH:
+                if (
+                    self.upstream is not Upstream.READY
+                    or len(self._slots) >= self.policy.max_pending
+                ):
+                    break
+                if self._draining and not self._in_transaction and not self._slots:
+                    self._abort_with(replies.SHUTTING_DOWN)
+                    break
+                if not self._cbuf:
+                    break
+                line = self._next_line()
+                if line is None:
+                    break
+                if phase is Phase.AUTH:
+                    self._auth_response(line)
+                else:
+                    self._command(line, now)
+            elif phase is Phase.DATA:
                 if not self._cbuf:
                     break
                 chunk = bytes(self._cbuf)
@@ -310,22 +334,8 @@ class Session:
             elif phase is Phase.BDAT:
                 if not self._drain_bdat():
                     break
-            elif (
-                phase in (Phase.WAIT, Phase.QUIT)
-                or self.upstream is not Upstream.READY
-                or len(self._slots) >= self.policy.max_pending
-            ):
+            else:  # WAIT, QUIT, CLOSED: nothing is read
                 break
-            elif self._draining and not self._in_transaction and not self._slots:
-                self._abort_with(replies.SHUTTING_DOWN)
-            else:
-                line = self._next_line()
-                if line is None:
-                    break
-                if phase is Phase.AUTH:
-                    self._auth_response(line)
-                else:
-                    self._command(line, now)
         self._finish_if_done()
 
     def _next_line(self) -> bytes | None:
@@ -514,7 +524,6 @@ class Session:
         if self.upstream is not Upstream.DOWN:
             self._emit(CloseServer(abort=True))
         self._sbuf.clear()
-        self._ssearch = 0
         self._assembler = ReplyAssembler()
         self.upstream = Upstream.CONNECTING
         self._server_deadline = now + self.policy.timeouts.connect
@@ -643,16 +652,15 @@ class Session:
         self._out.append(action)
 
     def _finish(self, now: float) -> list[Action]:
-        if self.phase is Phase.CLOSED:
-            deadline = None
-        else:
-            idle = self._client_idle()
-            client = self._client_deadline if idle else None
-            if client is None and idle:
-                client = now + self.policy.timeouts.client_idle
-                self._client_deadline = client
-            cands = [d for d in (client, self._server_deadline) if d is not None]
-            deadline = min(cands) if cands else None
+        deadline = None
+        if self.phase is not Phase.CLOSED:
+            deadline = self._server_deadline
+            if not self._slots and self.phase in _CLIENT_TURN:
+                client = self._client_deadline
+                if client is None:
+                    client = self._client_deadline = now + self.policy.timeouts.client_idle
+                if deadline is None or client < deadline:
+                    deadline = client
         if deadline != self._timer:
             self._timer = deadline
             self._out.append(SetTimer(deadline))

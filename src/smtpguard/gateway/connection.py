@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from smtpguard.core.actions import (
     Action,
@@ -116,35 +117,35 @@ class ClientConnection(asyncio.Protocol):
     # -- executing the core's actions ------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
-            kind = type(a)
-            if kind is ToServer:
-                assert isinstance(a, ToServer)
-                if self.upstream is not None:
-                    self.upstream.write(a.data)
-                self.gw.stats.bytes_to_server += len(a.data)
-            elif kind is ToClient:
-                assert isinstance(a, ToClient)
-                if self.transport is not None:
-                    self.transport.write(a.data)
-            elif kind is Trace:
-                assert isinstance(a, Trace)
-                log = self.gw.protocol_log
-                if log is not None:
-                    log.trace(self.sid, a)
-            elif kind is SetTimer:
-                assert isinstance(a, SetTimer)
-                self._set_timer(a.deadline)
-            elif kind is PolicyEvent:
-                assert isinstance(a, PolicyEvent)
-                self.gw.policy_event(self.sid, self.peer, a)
-            elif kind is OpenServer:
-                self._open_upstream()
-            elif kind is CloseServer:
-                assert isinstance(a, CloseServer)
-                self._close_upstream(a.abort)
-            elif kind is CloseClient:
-                assert isinstance(a, CloseClient)
-                self._close_client(a.reset)
+            _HANDLERS[type(a)](self, a)
+
+    def _do_to_server(self, a: ToServer) -> None:
+        if self.upstream is not None:
+            self.upstream.write(a.data)
+
+    def _do_to_client(self, a: ToClient) -> None:
+        if self.transport is not None:
+            self.transport.write(a.data)
+
+    def _do_trace(self, a: Trace) -> None:
+        log = self.gw.protocol_log
+        if log is not None:
+            log.trace(self.sid, a)
+
+    def _do_set_timer(self, a: SetTimer) -> None:
+        self._set_timer(a.deadline)
+
+    def _do_policy_event(self, a: PolicyEvent) -> None:
+        self.gw.policy_event(self.sid, self.peer, a)
+
+    def _do_open_server(self, a: OpenServer) -> None:
+        self._open_upstream()
+
+    def _do_close_server(self, a: CloseServer) -> None:
+        self._close_upstream(a.abort)
+
+    def _do_close_client(self, a: CloseClient) -> None:
+        self._close_client(a.reset)
 
     def _open_upstream(self) -> None:
         self._close_upstream(abort=True)
@@ -220,6 +221,18 @@ class ClientConnection(asyncio.Protocol):
         self._set_timer(None)
         self._close_upstream(abort_upstream)
         self.gw.release(self)
+
+
+_HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
+    ToServer: ClientConnection._do_to_server,
+    ToClient: ClientConnection._do_to_client,
+    Trace: ClientConnection._do_trace,
+    SetTimer: ClientConnection._do_set_timer,
+    PolicyEvent: ClientConnection._do_policy_event,
+    OpenServer: ClientConnection._do_open_server,
+    CloseServer: ClientConnection._do_close_server,
+    CloseClient: ClientConnection._do_close_client,
+}
 
 
 class UpstreamConnection(asyncio.Protocol):

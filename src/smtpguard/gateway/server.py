@@ -33,7 +33,6 @@ TOO_MANY_SESSIONS = make_reply(421, "4.3.2 Too many sessions, try again later").
 class Stats:
     sessions_total: int = 0
     sessions_refused: int = 0
-    bytes_to_server: int = 0
     policy_events: dict[str, int] = field(default_factory=dict)
 
 
