@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smtpguard.core.actions import Direction
-from smtpguard.core.policy import BannerPolicy, Mode, Policy, Timeouts, Verdict
+from smtpguard.core.policy import BannerPolicy, Check, Checks, Mode, Policy, Timeouts, Verdict
 from smtpguard.core.session import Phase
 from tests.core.harness import GREETING, FakeServer, Harness, converse
 
@@ -189,7 +189,9 @@ def test_overlong_line_without_newline_is_cut_off_early() -> None:
 
 
 def test_command_line_limit_reject_action_keeps_session() -> None:
-    policy = Policy(hostname="gw.example.test", command_line_action=Verdict.REJECT)
+    policy = Policy(
+        hostname="gw.example.test", checks=Checks(command_line_length=Check(Verdict.REJECT, 512))
+    )
     run = converse(b"NOOP " + b"x" * 600 + b"\r\nNOOP\r\nQUIT\r\n", cuts=[100, 300], policy=policy)
     assert run.replies()[1:] == [
         b"500 5.5.2 Command line too long",
@@ -199,7 +201,7 @@ def test_command_line_limit_reject_action_keeps_session() -> None:
 
 
 def test_command_line_limit_reset_action() -> None:
-    policy = Policy(hostname="gw", command_line_action=Verdict.RESET)
+    policy = Policy(hostname="gw", checks=Checks(command_line_length=Check(Verdict.RESET, 512)))
     run = converse(b"N" * 600, policy=policy)
     assert run.client_reset
 

@@ -26,7 +26,11 @@ class BannerPolicy(enum.Enum):
 
 
 class Smuggling(enum.Enum):
-    REJECT = "reject"
+    REJECT = "reject"  # bare CR / bare LF / NUL: the message or command is refused
+    # Rewrite line endings to CRLF and re-stuff dots AFTER the end of data is fixed on
+    # the raw stream (never before: that was the Cisco "Clean" hole). Opt-in, per
+    # client network, for legacy senders.
+    NORMALIZE = "normalize"
 
 
 class Verdict(enum.Enum):
@@ -36,6 +40,20 @@ class Verdict(enum.Enum):
     DROP = "drop-connection"  # 421 reply, then close
     RESET = "reset"  # TCP RST
     LOG = "log"  # let it pass, log the event
+    RATE_LIMIT = "rate-limit"  # let ``rate`` events per ``period`` pass, reject beyond
+
+
+class StartTls(enum.Enum):
+    STRIP = "strip"  # STARTTLS is neither offered nor accepted (ASA default)
+    PASSTHROUGH = "passthrough"  # relayed; inspection stops once TLS starts
+    TERMINATE = "terminate"  # the gateway speaks TLS to both sides, inspects in clear
+
+
+class PixRewrite(enum.Enum):
+    """How the PIX emulation masks a disallowed command (lab tool, issue #5)."""
+
+    NOOP = "noop"  # PIX 6.x: the verb is overwritten with NOOP
+    XXXX = "xxxx"  # PIX 7.x / ASA: the verb is overwritten with XXXX
 
 
 # RFC 821 §4.5.1: the seven commands Mailguard lets through.
@@ -43,6 +61,64 @@ MAILGUARD_VERBS = frozenset({"HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QU
 ESMTP_VERBS = frozenset(
     {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "AUTH", "VRFY", "HELP", "ETRN"}
 )
+# EHLO keywords a client may see in esmtp mode by default (ASA keeps a similar set).
+DEFAULT_EHLO_KEYWORDS = frozenset(
+    {"SIZE", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "DSN", "SMTPUTF8", "AUTH"}
+)
+# Always stripped, whatever the allow-list says: extensions the gateway cannot
+# inspect (CHUNKING, BINARYMIME) or that would let a client speak for the gateway.
+ALWAYS_STRIPPED_KEYWORDS = frozenset({"CHUNKING", "BINARYMIME", "XCLIENT", "XFORWARD", "XEXCH50"})
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One inspection rule: fires above ``limit`` (None: the check is off)."""
+
+    action: Verdict
+    limit: int | None = None
+    rate: int = 0  # RATE_LIMIT: events that pass per period
+    period: float = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.limit is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PatternCheck:
+    """Fires when a value matches one of ``patterns`` (Python regexes, case-blind);
+    no patterns: off. ``allow`` inverts it: fires when no pattern matches."""
+
+    action: Verdict = Verdict.REJECT
+    patterns: tuple[str, ...] = ()
+    allow: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """Per-check thresholds and actions. Defaults are ASA's ``_default_esmtp_map``
+    where it has the check, else off."""
+
+    command_line_length: Check = Check(Verdict.DROP, COMMAND_LINE_LIMIT)  # RFC 5321 §4.5.3.1.4
+    rcpt_count: Check = Check(Verdict.DROP, 100)  # RFC 5321 §4.5.3.1.8 minimum is 100
+    header_line_length: Check = Check(Verdict.DROP, 998)  # RFC 5322 §2.1.1
+    header_size: Check = Check(Verdict.REJECT, None)  # total octets before the empty line
+    to_cc_count: Check = Check(Verdict.REJECT, None)  # addresses in To: and Cc:
+    body_line_length: Check = Check(Verdict.LOG, 998)  # RFC 5322 §2.1.1
+    sender_length: Check = Check(Verdict.DROP, 320)  # RFC 5321 §4.5.3.1.3 (64 + 1 + 255)
+    invalid_recipients: Check = Check(Verdict.DROP, None)  # server 5xx to RCPT, per session
+    message_size: Check = Check(Verdict.REJECT, None)  # declared SIZE= and actual octets
+    mime_filename_length: Check = Check(Verdict.DROP, 255)
+    special_characters: Verdict = Verdict.REJECT  # |, unbalanced <>, controls in addresses
+    sender_pattern: PatternCheck = PatternCheck()
+    recipient_domains: PatternCheck = PatternCheck(allow=True)  # mail-relay restriction
+    mime_filename_pattern: PatternCheck = PatternCheck()
+    mime_type_pattern: PatternCheck = PatternCheck()
+    transfer_encoding_pattern: PatternCheck = PatternCheck()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +135,33 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Emulation:
+    """Faithful PIX 6.x Mailguard for labs (``serve --emulate pix``). Never on by
+    default; loudly labelled when on."""
+
+    pix: bool = False
+    rewrite: PixRewrite = PixRewrite.NOOP
+    split_eod_bug: bool = False  # CSCds90792: a split end-of-data is never passed on
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     mode: Mode = Mode.MAILGUARD
     allowed_verbs: frozenset[str] = MAILGUARD_VERBS
+    ehlo_keywords: frozenset[str] = DEFAULT_EHLO_KEYWORDS
     banner: BannerPolicy = BannerPolicy.GENERIC
     banner_text: str = ""
     hostname: str = "smtpguard.invalid"
     smuggling: Smuggling = Smuggling.REJECT
-    command_line_limit: int = COMMAND_LINE_LIMIT
-    command_line_action: Verdict = Verdict.DROP
+    starttls: StartTls = StartTls.STRIP
+    checks: Checks = field(default_factory=Checks)
     # Pipelined commands awaiting replies before we stop reading (RFC 2920 §3.1 lets
     # a client send a whole group; 100 covers the RCPT default limit).
     max_pending: int = 128
     # BDAT chunks larger than this close the connection instead of being drained.
     bdat_drain_limit: int = 64 * 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
+    emulation: Emulation = field(default_factory=Emulation)
 
     @classmethod
     def for_mode(cls, mode: Mode, **kw: object) -> Policy:

@@ -103,6 +103,9 @@ class Session:
     def __init__(self, policy: Policy, *, trace: bool = False) -> None:
         self.policy = policy
         self.trace = trace
+        line_check = policy.checks.command_line_length
+        # A disabled check still keeps a hard cap: the buffer must stay bounded.
+        self._line_limit = line_check.limit if line_check.limit is not None else 4096
         self.phase = Phase.COMMAND
         self.upstream = Upstream.CONNECTING
         self._out: list[Action] = []
@@ -126,10 +129,12 @@ class Session:
         self._client_deadline: float | None = None
         self._server_deadline: float | None = None
         self._timer: float | None = None
-        # Counters for metrics and tests.
+        # Counters for metrics and tests, read by the driver when the session ends.
         self.messages_relayed = 0
         self.messages_refused = 0
         self.commands_refused = 0
+        self.message_octets = 0  # message data received from the client
+        self.commands: dict[tuple[str, str], int] = {}  # (verb, "forwarded"|"refused")
 
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> list[Action]:
@@ -340,7 +345,7 @@ class Session:
 
     def _next_line(self) -> bytes | None:
         buf = self._cbuf
-        limit = self.policy.command_line_limit
+        limit = self._line_limit
         nl = buf.find(b"\n", self._csearch)
         if self._skip_line:
             if nl < 0:
@@ -366,8 +371,8 @@ class Session:
         return line
 
     def _line_too_long(self) -> None:
-        limit = self.policy.command_line_limit
-        verdict = self.policy.command_line_action
+        limit = self._line_limit
+        verdict = self.policy.checks.command_line_length.action
         self._policy_event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
         self.commands_refused += 1
         if verdict is Verdict.REJECT:
@@ -415,6 +420,8 @@ class Session:
         self._forward_command(verb, line, now)
 
     def _forward_command(self, verb: str, line: bytes, now: float) -> None:
+        key = (verb, "forwarded")
+        self.commands[key] = self.commands.get(key, 0) + 1
         slot = _Slot(verb, line)
         self._slots.append(slot)
         self._awaiting.append(slot)
@@ -492,6 +499,7 @@ class Session:
             return
         self._scanner = None
         self.phase = Phase.COMMAND
+        self.message_octets += scanner.size
         if self.trace:
             self._emit(Trace(Direction.CLIENT_TO_GW, "", size=scanner.size))
         if self._refusal is not None:
@@ -567,6 +575,9 @@ class Session:
 
     # ---------------------------------------------------------------- helpers
     def _local_reply(self, verb: str, reply: bytes) -> None:
+        if verb and verb != END_OF_DATA_VERB:
+            key = (verb, "refused")
+            self.commands[key] = self.commands.get(key, 0) + 1
         self._slots.append(_Slot(verb, reply=reply))
         self._flush()
 

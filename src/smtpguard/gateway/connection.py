@@ -53,6 +53,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        self._sent_at: float | None = None  # when bytes last went upstream unanswered
         self._up_full = False  # upstream write buffer above its high mark
         self._reading = True
         self._done = False
@@ -99,11 +100,15 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, up: UpstreamConnection, data: bytes) -> None:
         if up is self.upstream:
+            if self._sent_at is not None:  # first bytes after a write: reply latency
+                self.gw.metrics.reply_latency(self.loop.time() - self._sent_at)
+                self._sent_at = None
             self._run(self.session.server_data(data, self.loop.time()))
             self._update_reading()
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
         if up is self.upstream:
+            self.gw.metrics.upstream_error("lost")
             self.upstream = None
             self._up_full = False
             self._run(self.session.server_closed(self.loop.time()))
@@ -122,6 +127,8 @@ class ClientConnection(asyncio.Protocol):
     def _do_to_server(self, a: ToServer) -> None:
         if self.upstream is not None:
             self.upstream.write(a.data)
+            if self._sent_at is None:
+                self._sent_at = self.loop.time()
 
     def _do_to_client(self, a: ToClient) -> None:
         if self.transport is not None:

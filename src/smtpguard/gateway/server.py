@@ -22,6 +22,7 @@ from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.core.policy import Policy
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
+from smtpguard.gateway.metrics import Metrics
 from smtpguard.logs import ProtocolLog
 
 log = logging.getLogger("smtpguard.gateway")
@@ -52,10 +53,12 @@ class Gateway:
         config: GatewayConfig,
         policy: Policy,
         protocol_log: ProtocolLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.protocol_log = protocol_log
+        self.metrics = metrics or Metrics()
         self.loop = asyncio.get_running_loop()
         self.sessions: set[ClientConnection] = set()
         self.stats = Stats()
@@ -89,17 +92,20 @@ class Gateway:
         assert conn.transport is not None
         if len(self.sessions) >= self.config.max_sessions:
             self.stats.sessions_refused += 1
+            self.metrics.session_refused("max-sessions")
             conn.transport.write(TOO_MANY_SESSIONS)
             conn.transport.close()
             return False
         self.sessions.add(conn)
         self._idle.clear()
         self.stats.sessions_total += 1
+        self.metrics.session_opened()
         return True
 
     def release(self, conn: ClientConnection) -> None:
         if conn in self.sessions:
             self.sessions.discard(conn)
+            self.metrics.session_closed(conn.session)
             if self.protocol_log is not None:
                 self.protocol_log.disconnect(conn.sid)
         if not self.sessions:
@@ -123,10 +129,12 @@ class Gateway:
                 self.config.upstream_port,
                 exc,
             )
+            self.metrics.upstream_error("connect")
             up.connect_failed()
 
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None:
         self.stats.policy_events[ev.id] = self.stats.policy_events.get(ev.id, 0) + 1
+        self.metrics.policy_event(ev.id)
         log.info("%s %s %s: %s", sid, peer, ev.id, ev.message)
         if self.protocol_log is not None:
             self.protocol_log.policy(sid, ev)

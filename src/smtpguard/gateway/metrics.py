@@ -1,0 +1,33 @@
+"""Metrics hooks of the gateway. The default records nothing.
+
+The shell calls these at a few points (session start and end, policy events,
+upstream errors, reply latency); counters that change per command are kept by the
+core session and handed over once, when the session ends, so the hot path pays
+nothing for metrics.
+"""
+
+from __future__ import annotations
+
+from smtpguard.core.session import Session
+
+
+class Metrics:
+    """No-op metrics sink; a Prometheus implementation overrides these."""
+
+    def session_opened(self) -> None:
+        pass
+
+    def session_refused(self, reason: str) -> None:
+        pass
+
+    def session_closed(self, session: Session) -> None:
+        pass
+
+    def policy_event(self, event_id: str) -> None:
+        pass
+
+    def upstream_error(self, kind: str) -> None:
+        pass
+
+    def reply_latency(self, seconds: float) -> None:
+        pass
