@@ -90,7 +90,6 @@ def test_terminal_table_lists_findings() -> None:
 
 
 def test_html_report_is_self_contained(tmp_path: Path) -> None:
-    pytest.importorskip("plotly")
     report = tmp_path / "report.html"
     code, _ = run_logscan("--html", str(report), str(FIXTURES / "postfix_maillog"),
                           str(FIXTURES / "ims_mailguard.log"))
