@@ -82,9 +82,10 @@ def test_esmtp_mode_forwards_ehlo() -> None:
 
 def test_local_reply_waits_for_earlier_server_replies() -> None:
     h = Harness(auto=False).start().release()
-    h.client(b"HELO c\r\nMAIL FROM:<a@x>\r\nVRFY b\r\nNOOP\r\n")
-    # the server has not answered yet: the VRFY refusal must not overtake
-    assert bytes(h.run.client_out) == GENERIC
+    h.client(b"HELO c\r\n").release()
+    h.client(b"MAIL FROM:<a@x>\r\nVRFY b\r\nNOOP\r\n")
+    # the server has not answered MAIL yet: the VRFY refusal must not overtake it
+    assert bytes(h.run.client_out) == GENERIC + b"250 mx.example.test\r\n"
     h.release()
     assert h.run.replies()[1:] == [
         b"250 mx.example.test",
@@ -94,9 +95,18 @@ def test_local_reply_waits_for_earlier_server_replies() -> None:
     ]
 
 
+def test_pipelined_input_after_helo_is_held_until_its_reply() -> None:
+    h = Harness(auto=False).start().release()
+    h.client(b"HELO c\r\nMAIL FROM:<a@x>\r\n")
+    assert bytes(h.run.server.received) == b"HELO c\r\n"
+    h.release()
+    assert h.run.server.received.endswith(b"MAIL FROM:<a@x>\r\n")
+
+
 def test_client_bytes_after_data_are_held_until_354() -> None:
     h = Harness(auto=False).start().release()
-    h.client(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhello\r\n.\r\n")
+    h.client(b"HELO c\r\n").release()
+    h.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhello\r\n.\r\n")
     assert bytes(h.run.server.received) == b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
     h.release()  # 250 250 250 354 -> the held message is relayed
     assert h.run.server.received.endswith(b"DATA\r\nhello\r\n.\r\n")
@@ -330,7 +340,8 @@ def test_client_idle_timeout() -> None:
 
 def test_server_reply_timeout_on_final_dot() -> None:
     h = Harness(Policy(timeouts=Timeouts(data_end=60)), auto=False).start().release()
-    h.client(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n").release()
+    h.client(b"HELO c\r\n").release()
+    h.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n").release()
     h.client(b"x\r\n.\r\n")
     h.pending.clear()
     assert h.run.timer == 60

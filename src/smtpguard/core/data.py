@@ -95,3 +95,24 @@ def _check(body: bytes, pending_cr: bool) -> tuple[int, str]:
             continue  # may pair with the next chunk's LF
         return pos, {0x0D: "bare CR", 0x0A: "bare LF"}.get(byte, "NUL")
     return -1, ""  # pragma: no cover - the counts said otherwise
+
+
+_BREAK = re.compile(rb"\r\n|[\r\n](\.)?")
+
+
+def normalize(part: bytes, bare_before: bool) -> tuple[bytes, bool]:
+    """Rewrite bare CR and bare LF to CRLF and dot-stuff a line that follows a bare
+    break (so a smuggled ``LF . LF`` can never become an end of data upstream).
+    ``bare_before``: the previous chunk ended with a bare break. Returns the bytes
+    and whether this part ends with a bare break."""
+
+    def sub(m: re.Match[bytes]) -> bytes:
+        if m.group() == b"\r\n":
+            return b"\r\n"
+        return b"\r\n.." if m.group(1) else b"\r\n"
+
+    out = _BREAK.sub(sub, part)
+    if bare_before and part.startswith(b"."):
+        out = b"." + out
+    ends_bare = (part.endswith(b"\n") and not part.endswith(b"\r\n")) or part.endswith(b"\r")
+    return out, ends_bare

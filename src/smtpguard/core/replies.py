@@ -18,6 +18,7 @@ MESSAGE_UPSTREAM_LOST = make_reply(
     451, "4.4.2 Connection to mail server lost, message not delivered; try again later"
 ).raw
 CLIENT_TIMEOUT = make_reply(421, "4.4.2 Idle timeout exceeded, closing connection").raw
+TOO_MANY_INVALID = make_reply(550, "5.7.1 Too many invalid recipients").raw
 SHUTTING_DOWN = make_reply(421, "4.3.2 Service shutting down, closing connection").raw
 
 
@@ -39,3 +40,7 @@ def message_rejected(reason: str) -> bytes:
     return make_reply(
         550, f"5.6.0 Message refused: {reason} in message data; lines must end in CRLF"
     ).raw
+
+
+def dropped(why: str) -> bytes:
+    return make_reply(421, f"4.7.0 {why}, closing connection").raw

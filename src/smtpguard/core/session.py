@@ -45,7 +45,9 @@ from smtpguard.core.actions import (
     Trace,
 )
 from smtpguard.core.banner import greeting
-from smtpguard.core.data import DataScanner
+from smtpguard.core.checks import Finding, check_mail, check_rcpt, finding, over
+from smtpguard.core.data import DataScanner, normalize
+from smtpguard.core.ehlo import filter_ehlo, parameter_refused_reply, refused_parameter
 from smtpguard.core.grammar import (
     REPLY_LINE_LIMIT,
     LineError,
@@ -54,7 +56,8 @@ from smtpguard.core.grammar import (
     check_line_bytes,
     parse_command,
 )
-from smtpguard.core.policy import Policy, Verdict
+from smtpguard.core.message import MessageInspector
+from smtpguard.core.policy import Policy, Smuggling, Verdict
 
 
 class Phase(enum.Enum):
@@ -82,6 +85,11 @@ _AFTER_REPLY: dict[tuple[str, int], Phase] = {
 }
 
 _CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
+
+# Client input is held after these until the server answers: DATA and AUTH change
+# how the next bytes are read; HELO/EHLO decide which extensions (and so which
+# MAIL parameters) the client may use, and RFC 2920 §3.1 makes them end a group.
+_HOLD_VERBS = frozenset({"DATA", "AUTH", "EHLO", "HELO"})
 
 END_OF_DATA_VERB = "."  # slot name for the final reply to a message
 
@@ -120,6 +128,13 @@ class Session:
         self._scanner: DataScanner | None = None
         self._refusal: bytes | None = None  # reply owed at end of a dropped message
         self._held_cr = False  # a chunk ended in CR that is not relayed yet
+        self._bare_break = False  # normalize mode: the last relayed line break was bare
+        self._inspector: MessageInspector | None = None
+        self._shown: frozenset[str] = frozenset()  # EHLO keywords the client was shown
+        self._rcpt_count = 0  # RCPT commands in this transaction
+        self._invalid_rcpts = 0  # RCPTs the server refused with 5xx, this session
+        self._rcpt_blocked = False
+        self._rates: dict[str, tuple[float, int]] = {}  # rate-limited checks
         self._bdat_left = 0
         self._skip_line = False  # discarding the rest of an over-long command line
         self._closing = False  # close once every owed reply is flushed
@@ -279,11 +294,38 @@ class Session:
     def _on_command_reply(self, slot: _Slot, reply: Reply, now: float) -> None:
         verb = slot.verb
         cls = reply.code // 100
+        raw = reply.raw
         if verb in ("HELO", "EHLO") and cls == 2:
             self._helo = slot.raw
             self._in_transaction = False
+            if verb == "EHLO":
+                raw, self._shown, removed = filter_ehlo(reply, self.policy)
+                if removed:
+                    self._policy_event(
+                        "SG-EHLO-MASKED", f"EHLO keywords removed: {' '.join(removed)}", "mask"
+                    )
+            else:
+                self._shown = frozenset()
         elif verb == "MAIL":
             self._in_transaction = cls == 2
+        elif verb == "RCPT" and cls == 5:
+            self._invalid_rcpts += 1
+            check = self.policy.checks.invalid_recipients
+            if over(check, self._invalid_rcpts):
+                self._enforce(
+                    finding(
+                        "invalid_recipients",
+                        "SG-CHK-INVALID-RECIPIENTS",
+                        f"{self._invalid_rcpts} recipients refused by the server (limit "
+                        f"{check.limit})",
+                        check,
+                        550,
+                        "5.7.1 Too many invalid recipients",
+                    ),
+                    "RCPT",
+                    now,
+                    after=True,
+                )
         elif verb == END_OF_DATA_VERB:
             self._in_transaction = False
             if cls == 2:
@@ -292,7 +334,8 @@ class Session:
             self.phase = _AFTER_REPLY.get((verb, cls), Phase.COMMAND)
             if self.phase is Phase.DATA:
                 self._scanner = DataScanner()
-        slot.reply = reply.raw
+                self._inspector = MessageInspector(self.policy.checks)
+        slot.reply = raw
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
             self._abort_with(None)
         self._server_deadline = (
@@ -417,7 +460,68 @@ class Session:
             self.commands_refused += 1
             self._local_reply(verb, replies.UNRECOGNIZED)
             return
+        if verb in ("MAIL", "RCPT") and self._envelope_refused(verb, cmd.args, now):
+            return
         self._forward_command(verb, line, now)
+
+    def _envelope_refused(self, verb: str, args: str, now: float) -> bool:
+        """Run the MAIL/RCPT checks; True when the command must not be forwarded."""
+        checks = self.policy.checks
+        if verb == "MAIL":
+            self._rcpt_count = 0
+            found, _, params = check_mail(args, checks)
+        else:
+            if self._rcpt_blocked:
+                self._local_reply(verb, replies.TOO_MANY_INVALID)
+                return True
+            self._rcpt_count += 1
+            found, params = check_rcpt(args, checks, self._rcpt_count)
+        if found is not None and self._enforce(found, verb, now):
+            return True
+        param = refused_parameter(verb, params, self._shown) if params else None
+        if param is not None:
+            self._policy_event(
+                "SG-ESMTP-PARAM", f"{verb} parameter {param} of an extension not offered", "reject"
+            )
+            self._local_reply(verb, parameter_refused_reply(param))
+            return True
+        return False
+
+    def _enforce(self, f: Finding, verb: str, now: float, after: bool = False) -> bool:
+        """Apply a command finding's verdict; True when the command is not forwarded.
+        ``after``: the command was already relayed (a check on the server's reply)."""
+        verdict = f.verdict
+        if verdict is Verdict.RATE_LIMIT:
+            verdict = Verdict.LOG if self._within_rate(f, now) else Verdict.REJECT
+        self._policy_event(f.event_id, f.message, verdict.value)
+        if verdict is Verdict.LOG:
+            return False
+        self.commands_refused += 1
+        if verdict is Verdict.REJECT:
+            if after:
+                self._rcpt_blocked = True
+            else:
+                self._local_reply(verb, f.reply)
+        elif verdict is Verdict.DROP:
+            self._close_after(replies.dropped(f.message))
+        else:
+            self._reset_both()
+        return True
+
+    def _within_rate(self, f: Finding, now: float) -> bool:
+        start, count = self._rates.get(f.check, (now, 0))
+        if now - start >= f.period:
+            start, count = now, 0
+        self._rates[f.check] = (start, count + 1)
+        return count < f.rate
+
+    def _reset_both(self) -> None:
+        self._emit(CloseServer(abort=True))
+        self._emit(CloseClient(reset=True))
+        self.upstream = Upstream.DOWN
+        self.phase = Phase.CLOSED
+        self._slots.clear()
+        self._awaiting.clear()
 
     def _forward_command(self, verb: str, line: bytes, now: float) -> None:
         key = (verb, "forwarded")
@@ -428,12 +532,13 @@ class Session:
         if self._server_deadline is None:
             self._server_deadline = now + self._reply_timeout(verb)
         self._to_server(line, verb)
-        if verb in ("DATA", "AUTH"):
+        if verb in _HOLD_VERBS:
             self.phase = Phase.WAIT
         elif verb == "QUIT":
             self.phase = Phase.QUIT
         elif verb in ("RSET", "HELO", "EHLO"):
             self._in_transaction = False
+            self._rcpt_count = 0
 
     def _auth_response(self, line: bytes) -> None:
         """A SASL response line (RFC 4954 §4): relayed, never parsed or logged."""
@@ -480,10 +585,26 @@ class Session:
         # CRLF, so the server gets exactly the bytes before the first bad one,
         # whatever the segmentation.
         held, self._held_cr = self._held_cr, False
-        if self._refusal is None and scan.invalid_at >= 0:
+        if self._refusal is None:
+            self._inspect(chunk if stop == len(chunk) else chunk[:stop], now)
+        if self._refusal is None and self.phase is Phase.CLOSED:
+            return
+        if (
+            self._refusal is None
+            and self.policy.smuggling is Smuggling.NORMALIZE
+            and (scan.invalid_at >= 0 or held or self._bare_break)
+            and scan.reason != "NUL"
+        ):
+            self._normalized(chunk[:stop], held, scan.end < 0)
+        elif self._refusal is None and scan.invalid_at >= 0:
             if held and scan.invalid_at > 0:
                 self._emit(ToServer(b"\r"))
-            self._refuse_message(scan.reason, memoryview(chunk)[: scan.invalid_at])
+            self._refuse_message(
+                replies.message_rejected(scan.reason),
+                "SG-DATA-BAD-BYTES",
+                f"{scan.reason} in message data: message refused",
+                memoryview(chunk)[: scan.invalid_at],
+            )
         elif self._refusal is None:
             if held:
                 self._emit(ToServer(b"\r"))
@@ -498,6 +619,9 @@ class Session:
         if scan.end < 0:
             return
         self._scanner = None
+        self._inspector = None
+        self._bare_break = False
+        self._rcpt_count = 0
         self.phase = Phase.COMMAND
         self.message_octets += scanner.size
         if self.trace:
@@ -515,11 +639,54 @@ class Session:
         if stop < len(chunk):
             self._cbuf[:0] = chunk[stop:]
 
-    def _refuse_message(self, reason: str, clean: memoryview) -> None:
-        self._policy_event(
-            "SG-DATA-BAD-BYTES", f"{reason} in message data: message refused", "reject"
-        )
-        self._refusal = replies.message_rejected(reason)
+    def _inspect(self, part: bytes, now: float) -> None:
+        """Content checks on the message bytes of one chunk, verdicts applied."""
+        inspector = self._inspector
+        if inspector is None:
+            return
+        for f in inspector.feed(part):
+            verdict = f.verdict
+            if verdict is Verdict.RATE_LIMIT:
+                verdict = Verdict.LOG if self._within_rate(f, now) else Verdict.REJECT
+            if verdict is Verdict.LOG:
+                self._policy_event(f.event_id, f.message, "log")
+            elif verdict is Verdict.REJECT:
+                self._refuse_message(
+                    f.reply, f.event_id, f.message + ": message refused", memoryview(b"")
+                )
+                return
+            elif verdict is Verdict.DROP:
+                self._policy_event(f.event_id, f.message, verdict.value)
+                self._refusal = replies.dropped(f.message)
+                self._emit(CloseServer(abort=True))
+                self.upstream = Upstream.DOWN
+                self._server_deadline = None
+                self._scanner = None
+                self.phase = Phase.COMMAND
+                self._close_after(self._refusal)
+                return
+            else:
+                self._policy_event(f.event_id, f.message, verdict.value)
+                self._reset_both()
+                return
+
+    def _normalized(self, part: bytes, held: bool, more: bool) -> None:
+        """Smuggling ``normalize`` mode: CRLF line ends and re-stuffed dots, on bytes
+        whose end of data was already fixed on the raw stream."""
+        if held:
+            part = b"\r" + part
+        if more and part.endswith(b"\r"):
+            part = part[:-1]
+            self._held_cr = True
+        out, self._bare_break = normalize(part, self._bare_break)
+        if out != part:
+            self._policy_event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
+        if out:
+            self._emit(ToServer(out))
+
+    def _refuse_message(self, reply: bytes, event_id: str, message: str, clean: memoryview) -> None:
+        self._policy_event(event_id, message, "reject")
+        self._refusal = reply
         if len(clean):
             self._emit(ToServer(clean))
         # The server must never see the terminator: abort its connection now.

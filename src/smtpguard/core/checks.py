@@ -1,0 +1,179 @@
+"""Envelope checks on MAIL and RCPT (DESIGN §3.4), and what a finding looks like.
+
+Each check compares one value with a threshold or a pattern list from
+:class:`~smtpguard.core.policy.Checks` and returns a :class:`Finding`: a stable event
+ID, a one-line message, the configured verdict and the reply a ``reject`` sends.
+The session applies the verdict; message-data checks live in ``message.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from smtpguard.core.grammar import make_reply, parse_path
+from smtpguard.core.policy import Check, Checks, PatternCheck, Verdict
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f|]")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str  # name of the check (rate limits count per check)
+    event_id: str
+    message: str
+    verdict: Verdict
+    reply: bytes  # what a reject sends
+    rate: int = 0
+    period: float = 60.0
+
+
+def over(check: Check, value: int) -> bool:
+    return check.limit is not None and value > check.limit
+
+
+def finding(name: str, event_id: str, message: str, check: Check, code: int, text: str) -> Finding:
+    return Finding(
+        name, event_id, message, check.action, make_reply(code, text).raw, check.rate, check.period
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
+
+
+def pattern_fires(check: PatternCheck, value: str) -> bool:
+    """True when ``value`` breaks the rule: matches a pattern (deny list) or, for an
+    allow list, matches none."""
+    if not check.patterns:
+        return False
+    hit = any(p.fullmatch(value) for p in _compiled(check.patterns))
+    return hit != check.allow
+
+
+def pattern_finding(
+    name: str, event_id: str, message: str, check: PatternCheck, code: int, text: str
+) -> Finding:
+    return Finding(name, event_id, message, check.action, make_reply(code, text).raw)
+
+
+def special_characters(args: str) -> str | None:
+    """Why the address argument is unsafe, or None. A pipe or control character in
+    an address is the classic shell-injection vector against old MTAs; unbalanced
+    angle brackets confuse parsers downstream."""
+    if args.count("<") != args.count(">"):
+        return "unbalanced <>"
+    m = _CONTROL.search(args)
+    if m:
+        return "pipe character" if m.group() == "|" else "control character"
+    return None
+
+
+def check_mail(args: str, checks: Checks) -> tuple[Finding | None, str, str]:
+    """Checks on ``MAIL FROM:<addr> params``; returns (finding, address, params)."""
+    bad = special_characters(args)
+    if bad is not None:
+        return (
+            Finding(
+                "special_characters",
+                "SG-CHK-SPECIAL-CHARS",
+                f"{bad} in MAIL FROM",
+                checks.special_characters,
+                make_reply(553, f"5.1.7 Sender address rejected: {bad}").raw,
+            ),
+            "",
+            "",
+        )
+    path = parse_path(args, "FROM")
+    if path is None:
+        return None, "", ""  # the server answers the syntax error itself
+    addr, params = path
+    if over(checks.sender_length, len(addr)):
+        return (
+            finding(
+                "sender_length",
+                "SG-CHK-SENDER-LENGTH",
+                f"sender address of {len(addr)} octets (limit {checks.sender_length.limit})",
+                checks.sender_length,
+                553,
+                "5.1.7 Sender address too long",
+            ),
+            addr,
+            params,
+        )
+    if pattern_fires(checks.sender_pattern, addr):
+        return (
+            pattern_finding(
+                "sender_pattern",
+                "SG-CHK-SENDER-PATTERN",
+                f"sender <{addr}> matches the sender patterns",
+                checks.sender_pattern,
+                550,
+                "5.7.1 Sender address rejected",
+            ),
+            addr,
+            params,
+        )
+    size = _size_param(params)
+    if size is not None and over(checks.message_size, size):
+        return (
+            finding(
+                "message_size",
+                "SG-CHK-MESSAGE-SIZE",
+                f"declared SIZE={size} over {checks.message_size.limit}",
+                checks.message_size,
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            ),
+            addr,
+            params,
+        )
+    return None, addr, params
+
+
+def check_rcpt(args: str, checks: Checks, count: int) -> tuple[Finding | None, str]:
+    """Checks on ``RCPT TO:<addr> params``; ``count`` includes this recipient.
+    Returns (finding, params)."""
+    if over(checks.rcpt_count, count):
+        return finding(
+            "rcpt_count",
+            "SG-CHK-RCPT-COUNT",
+            f"{count} recipients in one transaction (limit {checks.rcpt_count.limit})",
+            checks.rcpt_count,
+            452,
+            "4.5.3 Too many recipients",
+        ), ""
+    bad = special_characters(args)
+    if bad is not None:
+        return Finding(
+            "special_characters",
+            "SG-CHK-SPECIAL-CHARS",
+            f"{bad} in RCPT TO",
+            checks.special_characters,
+            make_reply(553, f"5.1.3 Recipient address rejected: {bad}").raw,
+        ), ""
+    path = parse_path(args, "TO")
+    if path is None:
+        return None, ""
+    addr, params = path
+    domain = addr.rpartition("@")[2] if "@" in addr else ""
+    if domain and pattern_fires(checks.recipient_domains, domain):
+        return pattern_finding(
+            "recipient_domains",
+            "SG-CHK-RECIPIENT-DOMAIN",
+            f"relaying to {domain} is not allowed",
+            checks.recipient_domains,
+            550,
+            "5.7.1 Relay access denied",
+        ), params
+    return None, params
+
+
+def _size_param(params: str) -> int | None:
+    for p in params.split():
+        name, _, value = p.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
