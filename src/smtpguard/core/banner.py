@@ -11,7 +11,7 @@ import functools
 import re
 
 from smtpguard.core.grammar import Reply, make_reply
-from smtpguard.core.policy import BannerPolicy, Policy
+from smtpguard.core.policy import BannerPolicy, PixRewrite, Policy
 
 _PIX_KEEP = re.compile(rb"[^20\r\n]")
 
@@ -44,3 +44,11 @@ def greeting(reply: Reply, policy: Policy) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _banner(text: str) -> bytes:
     return make_reply(220, text).raw
+
+
+def pix_rewrite(line: bytes, style: PixRewrite) -> bytes:
+    """A disallowed command as PIX Mailguard passed it on: the verb overwritten with
+    ``NOOP`` (6.x) or with as many ``X`` as it has letters (7.x), the rest kept."""
+    verb_len = len(line.split(b" ", 1)[0].rstrip(b"\r\n"))
+    new = b"NOOP" if style is PixRewrite.NOOP else b"X" * verb_len
+    return new + line[verb_len:]

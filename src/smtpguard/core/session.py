@@ -44,11 +44,12 @@ from smtpguard.core.actions import (
     ToServer,
     Trace,
 )
-from smtpguard.core.banner import greeting
+from smtpguard.core.banner import greeting, pix_rewrite
 from smtpguard.core.checks import Finding, check_mail, check_rcpt, finding, over
 from smtpguard.core.data import DataScanner, normalize
 from smtpguard.core.ehlo import filter_ehlo, parameter_refused_reply, refused_parameter
 from smtpguard.core.grammar import (
+    END_OF_DATA,
     REPLY_LINE_LIMIT,
     LineError,
     Reply,
@@ -111,6 +112,7 @@ class Session:
     def __init__(self, policy: Policy, *, trace: bool = False) -> None:
         self.policy = policy
         self.trace = trace
+        self._emulation = policy.emulation
         line_check = policy.checks.command_line_length
         # A disabled check still keeps a hard cap: the buffer must stay bounded.
         self._line_limit = line_check.limit if line_check.limit is not None else 4096
@@ -451,6 +453,12 @@ class Session:
         if verb == "BDAT":
             self._refuse_bdat(cmd.args)
             return
+        if verb not in self.policy.allowed_verbs and self._emulation.pix:
+            # PIX 6.x Mailguard (lab emulation): the verb is overwritten in place and
+            # the server answers the mangled command itself.
+            self._policy_event("SG-EMULATE-REWRITE", f"{verb} rewritten (PIX emulation)", "log")
+            self._forward_command(verb, pix_rewrite(line, self._emulation.rewrite), now)
+            return
         if verb not in self.policy.allowed_verbs:
             self._policy_event(
                 "SG-CMD-BLOCKED",
@@ -532,7 +540,7 @@ class Session:
         if self._server_deadline is None:
             self._server_deadline = now + self._reply_timeout(verb)
         self._to_server(line, verb)
-        if verb in _HOLD_VERBS:
+        if verb in _HOLD_VERBS or self._emulation.pix:  # PIX: lock-step, one at a time
             self.phase = Phase.WAIT
         elif verb == "QUIT":
             self.phase = Phase.QUIT
@@ -584,6 +592,9 @@ class Session:
         # A CR ending a chunk is held back until the next byte shows it is part of a
         # CRLF, so the server gets exactly the bytes before the first bad one,
         # whatever the segmentation.
+        if self._emulation.split_eod_bug and 0 <= scan.end < len(END_OF_DATA) < scanner.size:
+            self._split_eod_bug(chunk, scan.end)
+            return
         held, self._held_cr = self._held_cr, False
         if self._refusal is None:
             self._inspect(chunk if stop == len(chunk) else chunk[:stop], now)
@@ -638,6 +649,19 @@ class Session:
             self._server_deadline = now + self.policy.timeouts.data_end
         if stop < len(chunk):
             self._cbuf[:0] = chunk[stop:]
+
+    def _split_eod_bug(self, chunk: bytes, end: int) -> None:
+        """CSCds90792, reproduced for labs: an end-of-data sequence split over more
+        than one received segment is never passed on. The server waits for the rest,
+        the client for a reply that never comes: both time out, the sender re-sends."""
+        self._policy_event(
+            "SG-EMULATE-SPLIT-EOD", "PIX emulation: split end-of-data swallowed (CSCds90792)", "log"
+        )
+        self._held_cr = False
+        self._scanner = None
+        self._inspector = None
+        self.phase = Phase.QUIT  # nothing more is read; no reply will come
+        self._cbuf.clear()
 
     def _inspect(self, part: bytes, now: float) -> None:
         """Content checks on the message bytes of one chunk, verdicts applied."""
