@@ -19,6 +19,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smtpguard.config import cli as config_cli
     from smtpguard.gateway import cli as gateway_cli
     from smtpguard.logscan import cli as logscan_cli
     from smtpguard.probe import cli as probe_cli
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smtpguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     gateway_cli.register(sub)
+    config_cli.register(sub)
     sink_cli.register(sub)
     probe_cli.register(sub)
     logscan_cli.register(sub)

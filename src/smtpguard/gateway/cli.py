@@ -1,4 +1,4 @@
-"""``smtpguard serve``: flags to a Policy and a GatewayConfig, then run the gateway."""
+"""``smtpguard serve``: config file and flags to Settings, then run the gateway."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from smtpguard import __version__
 from smtpguard.core.policy import BannerPolicy, Mode, Policy, Timeouts
 from smtpguard.logs import FORMATS, open_protocol_log
-from smtpguard.netaddr import parse_hostport
+
+if TYPE_CHECKING:
+    from smtpguard.config.load import Override, Settings
+    from smtpguard.gateway.server import Reload
 
 TIMEOUT_KEYS = tuple(f.name for f in dataclasses.fields(Timeouts))
 
@@ -23,11 +28,15 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
         help="run the SMTP inspection gateway",
-        description="Listen for SMTP, relay to the upstream server, inspect every byte.",
+        description="Listen for SMTP, relay to the upstream server, inspect every byte. "
+        "Settings come from --config FILE (see docs/config.md); flags given on the "
+        "command line override the file. SIGHUP re-reads the file.",
     )
+    # Flags default to None so that only the ones the user gave override the file;
+    # the defaults shown in the help are the config schema's.
+    p.add_argument("--config", metavar="FILE", help="TOML config file (docs/config.md)")
     p.add_argument(
         "--listen",
-        default="127.0.0.1:2525",
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:2525)",
     )
@@ -39,52 +48,41 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
-        default="mailguard",
         help="mailguard: the seven RFC 821 commands only (default); "
         "esmtp: ASA-style ESMTP inspection",
     )
     p.add_argument(
         "--banner",
-        default="generic",
         metavar="generic|pix|pass|TEXT",
         help="greeting policy: generic (default), pix mask, pass, or custom text",
     )
-    p.add_argument(
-        "--hostname",
-        default=socket.getfqdn() or "localhost",
-        help="name in the generic banner (default: this host's name)",
-    )
+    p.add_argument("--hostname", help="name in the generic banner (default: this host's name)")
     p.add_argument("--protocol-log", metavar="FILE", help="append a protocol log to FILE")
     p.add_argument(
         "--protocol-log-format",
         choices=FORMATS,
-        default="ims",
         help="ims (Exchange IMS layout, default) or jsonl",
     )
     p.add_argument(
         "--maildir",
-        default="./smtpguard-mail",
         metavar="DIR",
         help="built-in mailbox Maildir (default ./smtpguard-mail)",
     )
     p.add_argument(
         "--max-sessions",
         type=int,
-        default=1000,
         metavar="N",
         help="concurrent sessions; more get 421 (default 1000)",
     )
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
         metavar="N",
         help="worker processes sharing the port with SO_REUSEPORT (default 1)",
     )
     p.add_argument(
         "--drain-grace",
         type=float,
-        default=30.0,
         metavar="SECONDS",
         help="on SIGTERM, time allowed for transactions in flight (default 30)",
     )
@@ -97,17 +95,47 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--log-level",
-        default="warning",
         choices=["debug", "info", "warning", "error"],
         help="application log level on stderr (default warning)",
     )
     p.set_defaults(func=run)
 
 
-def build_policy(args: argparse.Namespace) -> Policy:
+# flag attribute -> (key path in the config file, flag as the user spells it)
+_FLAG_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "listen": (("gateway", "listen"), "--listen"),
+    "upstream": (("gateway", "upstream"), "--upstream"),
+    "mode": (("mode",), "--mode"),
+    "hostname": (("hostname",), "--hostname"),
+    "protocol_log": (("protocol_log", "path"), "--protocol-log"),
+    "protocol_log_format": (("protocol_log", "format"), "--protocol-log-format"),
+    "maildir": (("gateway", "maildir"), "--maildir"),
+    "max_sessions": (("gateway", "max_sessions"), "--max-sessions"),
+    "workers": (("gateway", "workers"), "--workers"),
+    "drain_grace": (("gateway", "drain_grace"), "--drain-grace"),
+    "log_level": (("gateway", "log_level"), "--log-level"),
+}
+
+
+def overrides(args: argparse.Namespace) -> list[Override]:
+    """The flags the user gave, as (config key path, value, flag) overrides."""
     from smtpguard.cli import CliError
 
-    timeouts: dict[str, float] = {}
+    out: list[Override] = []
+    for attr, (keypath, flag) in _FLAG_KEYS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append((keypath, value, flag))
+    if args.banner is not None:
+        banner_names = {b.value for b in BannerPolicy} - {"custom"}
+        if args.banner in banner_names:
+            banner, text = args.banner, ""
+        else:
+            if not args.banner.strip() or any(c in args.banner for c in "\r\n\0"):
+                raise CliError("--banner: custom text must be one non-empty line")
+            banner, text = "custom", args.banner.strip()
+        out.append((("banner",), banner, "--banner"))
+        out.append((("banner_text",), text, "--banner"))
     for item in args.timeout:
         name, sep, value = item.partition("=")
         if not sep or name not in TIMEOUT_KEYS:
@@ -116,28 +144,26 @@ def build_policy(args: argparse.Namespace) -> Policy:
                 f"{', '.join(TIMEOUT_KEYS)}"
             )
         try:
-            seconds = float(value)
+            seconds: object = float(value)
         except ValueError:
-            seconds = -1.0
-        if seconds <= 0:
-            raise CliError(f"--timeout {item!r}: SECONDS must be a positive number")
-        timeouts[name] = seconds
-    banner_names = {b.value for b in BannerPolicy} - {"custom"}
-    if args.banner in banner_names:
-        banner, text = BannerPolicy(args.banner), ""
-    else:
-        if not args.banner.strip() or any(c in args.banner for c in "\r\n\0"):
-            raise CliError("--banner: custom text must be one non-empty line")
-        banner, text = BannerPolicy.CUSTOM, args.banner.strip()
-    if args.max_sessions < 1:
-        raise CliError("--max-sessions: must be at least 1")
-    return Policy.for_mode(
-        Mode(args.mode),
-        banner=banner,
-        banner_text=text,
-        hostname=args.hostname,
-        timeouts=Timeouts(**timeouts),
-    )
+            seconds = value
+        out.append((("timeouts", name), seconds, f"--timeout {name}"))
+    return out
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The config file (if any) with the command-line overrides; CliError if invalid."""
+    from smtpguard.cli import CliError
+    from smtpguard.config.load import ConfigError, load
+
+    try:
+        return load(args.config, overrides(args))
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def build_policy(args: argparse.Namespace) -> Policy:
+    return load_settings(args).policy
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,16 +171,17 @@ def run(args: argparse.Namespace) -> int:
     from smtpguard.gateway.server import GatewayConfig
     from smtpguard.gateway.workers import bind_listeners, run_workers
 
+    # Until the event loop handles it, a SIGHUP (reload) must not kill the process;
+    # forked workers inherit this.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    settings = load_settings(args)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=settings.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    policy = build_policy(args)
-    if args.workers < 1:
-        raise CliError("--workers: must be at least 1")
-    lhost, lport = parse_hostport(args.listen, "--listen")
-    upstream = parse_hostport(args.upstream, "--upstream") if args.upstream else None
+    lhost, lport = settings.listen
+    upstream = settings.upstream
     sink_sock = None
     if upstream is None:
         sink_sock = bind_listeners("127.0.0.1", 0, 1)[0]
@@ -164,19 +191,20 @@ def run(args: argparse.Namespace) -> int:
         _check_reachable(*upstream)
         target = f"{upstream[0]}:{upstream[1]}"
     try:
-        socks = bind_listeners(lhost, lport, args.workers)
+        socks = bind_listeners(lhost, lport, settings.workers)
     except OSError as exc:
-        raise CliError(f"--listen {args.listen}: cannot listen: {exc.strerror or exc}") from None
+        listen = f"{lhost}:{lport}"
+        raise CliError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
     config = GatewayConfig(
         listen_host=lhost,
         listen_port=lport,
         upstream_host=upstream[0],
         upstream_port=upstream[1],
-        max_sessions=args.max_sessions,
-        drain_grace=args.drain_grace,
+        max_sessions=settings.max_sessions,
+        drain_grace=settings.drain_grace,
     )
     host, port = socks[0].getsockname()[:2]
-    _print_banner(policy, host, port, target, args, sink_sock is not None)
+    _print_banner(settings, host, port, target, sink_sock is not None)
 
     def worker(sock: socket.socket, index: int) -> int:
         # The built-in mailbox runs in the first worker's event loop.
@@ -184,9 +212,9 @@ def run(args: argparse.Namespace) -> int:
         if sink_sock is not None and mine is None:
             sink_sock.close()
         _use_uvloop()
-        return asyncio.run(_serve(args, config, policy, sock, mine))
+        return asyncio.run(_serve(args, settings, config, sock, mine))
 
-    if args.workers == 1:
+    if settings.workers == 1:
         return worker(socks[0], 0)
     return run_workers(socks, worker)
 
@@ -203,8 +231,8 @@ def _use_uvloop() -> None:
 
 async def _serve(
     args: argparse.Namespace,
+    settings: Settings,
     config: Any,
-    policy: Policy,
     sock: socket.socket,
     sink_sock: socket.socket | None,
 ) -> int:
@@ -213,18 +241,44 @@ async def _serve(
 
     sink_server = None
     if sink_sock is not None:
-        sink_server, _, _ = await start_sink("127.0.0.1", 0, args.maildir, sock=sink_sock)
+        sink_server, _, _ = await start_sink("127.0.0.1", 0, settings.maildir, sock=sink_sock)
     plog = (
-        open_protocol_log(args.protocol_log, args.protocol_log_format)
-        if args.protocol_log
+        open_protocol_log(settings.protocol_log, settings.protocol_log_format)
+        if settings.protocol_log
         else None
     )
-    gateway = Gateway(config, policy, plog)
+    gateway = Gateway(config, settings.policy, plog, access=settings.access)
+    if args.config is not None:
+        gateway.reloader = _reloader(args, settings)
     await gateway.start(sock)
     await gateway.serve_until_signalled()
     if sink_server is not None:
         sink_server.close()
     return 0
+
+
+def _reloader(args: argparse.Namespace, first: Settings) -> Callable[[], Reload]:
+    """Re-read the config file with the same command-line overrides. Settings that
+    need a new socket or process (listen, workers, upstream, maildir, protocol log)
+    keep their running values; a change to them is reported, not applied."""
+    from smtpguard.config.load import load
+    from smtpguard.gateway.server import Reload
+
+    fixed = ("listen", "workers", "upstream", "maildir", "protocol_log", "protocol_log_format")
+
+    def reload() -> Reload:
+        new = load(args.config, overrides(args))  # ConfigError: the caller keeps the old
+        logging.getLogger().setLevel(new.log_level.upper())
+        ignored = tuple(k for k in fixed if getattr(new, k) != getattr(first, k))
+        return Reload(
+            policy=new.policy,
+            access=new.access,
+            max_sessions=new.max_sessions,
+            drain_grace=new.drain_grace,
+            needs_restart=ignored,
+        )
+
+    return reload
 
 
 def _check_reachable(host: str, port: int) -> None:
@@ -238,18 +292,23 @@ def _check_reachable(host: str, port: int) -> None:
 
 
 def _print_banner(
-    policy: Policy, host: str, port: int, target: str, args: argparse.Namespace, builtin: bool
+    settings: Settings, host: str, port: int, target: str, builtin: bool
 ) -> None:
+    policy = settings.policy
     shown = f"[{host}]" if ":" in host else host
     lines = [
         f"smtpguard {__version__} gateway, {policy.mode.value} mode, banner {policy.banner.value}",
         f"  listening on  {shown}:{port}",
         f"  relaying to   {target}",
     ]
+    if settings.source:
+        lines.append(f"  config        {settings.source} (SIGHUP reloads it)")
     if builtin:
-        lines.append(f"  mail lands in {os.path.abspath(args.maildir)} (Maildir)")
-    if args.protocol_log:
-        lines.append(f"  protocol log  {args.protocol_log} ({args.protocol_log_format})")
+        lines.append(f"  mail lands in {os.path.abspath(settings.maildir)} (Maildir)")
+    if settings.protocol_log:
+        lines.append(
+            f"  protocol log  {settings.protocol_log} ({settings.protocol_log_format})"
+        )
     lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
     lines.append("  stop with     Ctrl-C (drains sessions in flight)")
     print("\n".join(lines), flush=True)

@@ -1,26 +1,36 @@
 """The listening gateway: accepts clients, opens upstreams, caps sessions, drains.
 
-Theory of operation: :class:`Gateway` owns the policy, the protocol log, the session
-table and counters. Each accepted socket gets a
-:class:`~smtpguard.gateway.connection.ClientConnection`; the core decides everything
-else. A drain (SIGTERM, Ctrl-C) stops accepting, asks every session to finish its
-transaction and say 421, waits up to the grace period, then closes what is left.
+Theory of operation: :class:`Gateway` owns the policy, the access control, the
+protocol log, the session table and counters. Each accepted socket gets a
+:class:`~smtpguard.gateway.connection.ClientConnection`; :meth:`Gateway.admit` decides
+whether it may start (session cap, client networks, per-address caps), the core
+decides everything else. A drain (SIGTERM, Ctrl-C) stops accepting, asks every
+session to finish its transaction and say 421, waits up to the grace period, then
+closes what is left.
+
+Reload (SIGHUP) calls the ``reloader`` the CLI installed; on success the new policy
+and access settings are swapped in for sessions that start afterwards. A session
+keeps the :class:`Policy` object it was created with, so sessions in flight are
+neither dropped nor changed. An invalid file is refused and the old settings kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
-from smtpguard.core.policy import Policy
+from smtpguard.core.policy import Policy, Smuggling
+from smtpguard.gateway.access import AccessControl, AccessPolicy, parse_ip, peer_ip
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.logs import ProtocolLog
@@ -47,6 +57,23 @@ class GatewayConfig:
     drain_grace: float = 30.0
 
 
+@dataclass(frozen=True)
+class Reload:
+    """What a successful reload hands the gateway; ``needs_restart`` names changed
+    settings that cannot be applied to a running process."""
+
+    policy: Policy
+    access: AccessPolicy
+    max_sessions: int
+    drain_grace: float
+    needs_restart: tuple[str, ...] = ()
+
+
+# Log-only IDs (documented in docs/events.md): a reload applied, a reload refused.
+CONFIG_RELOADED = "SG-CONFIG-RELOADED"
+CONFIG_REFUSED = "SG-CONFIG-REFUSED"
+
+
 class Gateway:
     def __init__(
         self,
@@ -54,11 +81,17 @@ class Gateway:
         policy: Policy,
         protocol_log: ProtocolLog | None = None,
         metrics: Metrics | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.config = config
-        self.policy = policy
         self.protocol_log = protocol_log
         self.metrics = metrics or Metrics()
+        self.access = AccessControl(access or AccessPolicy())
+        self.policy = policy
+        self._normalized = self._derive_normalized(policy)
+        # Set by the CLI when there is a config file: returns a Reload or raises
+        # ConfigError (one line) when the file is invalid.
+        self.reloader: Callable[[], Reload] | None = None
         self.loop = asyncio.get_running_loop()
         self.sessions: set[ClientConnection] = set()
         self.stats = Stats()
@@ -86,14 +119,72 @@ class Gateway:
         host, port = sock.getsockname()[:2]
         return host, port
 
+    # -- policy ----------------------------------------------------------------------
+    def policy_for(self, peer_ip: str) -> Policy:
+        """The policy for a new session from ``peer_ip`` (an address, no port):
+        clients in ``access.normalize_networks`` get ``smuggling = normalize``."""
+        if self._normalized is not self.policy and self.access.policy.normalizes(
+            parse_ip(peer_ip)
+        ):
+            return self._normalized
+        return self.policy
+
+    def set_policy(self, policy: Policy, access: AccessPolicy | None = None) -> None:
+        """Use ``policy`` (and ``access``) for sessions that start from now on."""
+        self.policy = policy
+        self._normalized = self._derive_normalized(policy)
+        if access is not None:
+            self.access.policy = access
+
+    @staticmethod
+    def _derive_normalized(policy: Policy) -> Policy:
+        if policy.smuggling is Smuggling.NORMALIZE:
+            return policy
+        return dataclasses.replace(policy, smuggling=Smuggling.NORMALIZE)
+
+    def reload(self) -> bool:
+        """Re-read the configuration (SIGHUP). False, old settings kept, if invalid."""
+        from smtpguard.config.load import ConfigError
+
+        if self.reloader is None:
+            log.warning("reload requested, but the gateway runs without a config file")
+            return False
+        try:
+            new = self.reloader()
+        except ConfigError as exc:
+            log.error("%s reload refused, previous configuration kept: %s", CONFIG_REFUSED, exc)
+            return False
+        self.set_policy(new.policy, new.access)
+        self.config = dataclasses.replace(
+            self.config, max_sessions=new.max_sessions, drain_grace=new.drain_grace
+        )
+        if new.needs_restart:
+            log.warning(
+                "changed settings need a restart to apply: %s", ", ".join(new.needs_restart)
+            )
+        log.warning("%s configuration reloaded; new sessions use it", CONFIG_RELOADED)
+        return True
+
     # -- sessions --------------------------------------------------------------------
     def admit(self, conn: ClientConnection) -> bool:
-        """Register a new session, or refuse it with 421 when at the cap."""
+        """Register a new session, or refuse it: 421 at the session cap, then the
+        access rules (554 for a denied network, 421 per-address caps). A refused
+        connection gets its reply, is closed and never reaches the upstream."""
         assert conn.transport is not None
         if len(self.sessions) >= self.config.max_sessions:
             self.stats.sessions_refused += 1
             self.metrics.session_refused("max-sessions")
             conn.transport.write(TOO_MANY_SESSIONS)
+            conn.transport.close()
+            return False
+        refusal = self.access.admit(peer_ip(conn.peer), self.loop.time())
+        if refusal is not None:
+            self.stats.sessions_refused += 1
+            self.metrics.session_refused(refusal.reason)
+            self.policy_event(
+                conn.sid, conn.peer, PolicyEvent(refusal.event_id, refusal.message, refusal.action)
+            )
+            conn.transport.write(refusal.reply)
             conn.transport.close()
             return False
         self.sessions.add(conn)
@@ -105,6 +196,7 @@ class Gateway:
     def release(self, conn: ClientConnection) -> None:
         if conn in self.sessions:
             self.sessions.discard(conn)
+            self.access.release(peer_ip(conn.peer))
             self.metrics.session_closed(conn.session)
             if self.protocol_log is not None:
                 self.protocol_log.disconnect(conn.sid)
@@ -160,6 +252,8 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self.loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         await stop.wait()
         print("smtpguard: draining sessions...", file=sys.stderr, flush=True)
         await self.drain()

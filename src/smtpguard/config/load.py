@@ -1,0 +1,418 @@
+"""Read a config file, apply command-line overrides, validate, build the settings.
+
+Theory of operation: the file is parsed by ``tomllib`` into plain data; flags the
+user gave on the command line are written into that data at their key paths (and
+remembered, so an error in a flag's value names the flag, not the file); pydantic
+validates the whole; :func:`settings_from` turns the models into the immutable
+objects the gateway runs on (:class:`~smtpguard.core.policy.Policy`,
+:class:`~smtpguard.gateway.access.AccessPolicy`, :class:`Settings`).
+
+Every failure is a :class:`ConfigError` whose text is one line:
+``FILE:LINE: key.path: got VALUE, expected WHAT``. When several keys are wrong the
+first one in the file is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import annotated_types
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic.functional_validators import AfterValidator
+
+from smtpguard.config import schema
+from smtpguard.config.locate import find_line
+from smtpguard.core import policy as core
+from smtpguard.gateway.access import AccessPolicy
+
+Loc = tuple[str | int, ...]
+Override = tuple[tuple[str, ...], object, str]  # key path, value, flag that set it
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``str()`` is the one-line message for the user."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``serve`` needs, validated."""
+
+    policy: core.Policy
+    access: AccessPolicy
+    listen: tuple[str, int]
+    upstream: tuple[str, int] | None
+    workers: int
+    max_sessions: int
+    drain_grace: float
+    maildir: str
+    log_level: str
+    protocol_log: str | None
+    protocol_log_format: str
+    source: str | None = None  # the config file, if any
+
+
+def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
+    """Load ``path`` (None: no file, defaults only), apply ``overrides``, validate."""
+    source = read_source(path) if path is not None else ""
+    data = parse_toml(source, path) if path is not None else {}
+    origins: dict[Loc, str] = {}
+    for keypath, value, flag in overrides:
+        if _set(data, keypath, value):
+            origins[keypath] = flag
+    where = _Where(path, source, origins, data)
+    try:
+        cfg = schema.ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(where.first(exc.errors())) from None
+    try:
+        return settings_from(cfg, path)
+    except _Invalid as exc:
+        raise ConfigError(where.message(exc.loc, exc.expected, exc.value)) from None
+
+
+def read_source(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (TOML files are UTF-8)") from None
+
+
+def parse_toml(source: str, path: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        text = str(exc)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
+        if m:
+            text = text[: m.start()]
+            raise ConfigError(f"{path}:{m[1]}:{m[2]}: invalid TOML: {text}") from None
+        text = re.sub(r"\s*\(at end of document\)$", "", text)
+        line = source.count("\n") + 1
+        raise ConfigError(f"{path}:{line}: invalid TOML: {text} (at end of file)") from None
+
+
+# -- building the settings ---------------------------------------------------------
+
+
+class _Invalid(Exception):
+    def __init__(self, loc: Loc, value: object, expected: str) -> None:
+        self.loc, self.value, self.expected = loc, value, expected
+
+
+def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings:
+    g = cfg.gateway
+    lhost, lport = split_hostport(g.listen)
+    a = cfg.access
+    return Settings(
+        policy=policy_from(cfg),
+        access=AccessPolicy(
+            allow=tuple(a.allow),  # type: ignore[arg-type]  # validated to networks
+            deny=tuple(a.deny),  # type: ignore[arg-type]
+            max_sessions_per_ip=a.max_sessions_per_ip,
+            connection_rate=a.connection_rate,
+            rate_period=a.rate_period,
+            normalize_networks=tuple(a.normalize_networks),  # type: ignore[arg-type]
+        ),
+        listen=(lhost, lport),
+        upstream=split_hostport(g.upstream) if g.upstream else None,
+        workers=g.workers,
+        max_sessions=g.max_sessions,
+        drain_grace=g.drain_grace,
+        maildir=g.maildir,
+        log_level=g.log_level,
+        protocol_log=cfg.protocol_log.path,
+        protocol_log_format=cfg.protocol_log.format,
+        source=source,
+    )
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+def policy_from(cfg: schema.ConfigFile) -> core.Policy:
+    base = core.Policy.for_mode(cfg.mode or core.Mode.MAILGUARD)
+    top: dict[str, Any] = {}
+    for name in ("banner", "banner_text", "smuggling", "starttls", "max_pending"):
+        if getattr(cfg, name) is not None:
+            top[name] = getattr(cfg, name)
+    if cfg.bdat_drain_limit is not None:
+        top["bdat_drain_limit"] = cfg.bdat_drain_limit
+    if cfg.allowed_verbs is not None:
+        top["allowed_verbs"] = frozenset(cfg.allowed_verbs)
+    if cfg.ehlo_keywords is not None:
+        top["ehlo_keywords"] = frozenset(cfg.ehlo_keywords)
+    top["hostname"] = cfg.hostname or default_hostname()
+    banner = top.get("banner", base.banner)
+    text = top.get("banner_text", "")
+    if banner is core.BannerPolicy.CUSTOM and not text:
+        raise _Invalid(("banner",), "custom", 'banner_text = "..." set too')
+    if text and banner is not core.BannerPolicy.CUSTOM:
+        raise _Invalid(("banner_text",), text, 'banner = "custom" (or no banner_text)')
+    return dataclasses.replace(
+        base,
+        **top,
+        checks=_checks(cfg.checks),
+        timeouts=dataclasses.replace(core.Timeouts(), **_set_fields(cfg.timeouts)),
+        emulation=dataclasses.replace(core.Emulation(), **_set_fields(cfg.emulation)),
+    )
+
+
+def _set_fields(model: BaseModel) -> dict[str, Any]:
+    return {k: v for k, v in model if v is not None}
+
+
+def _checks(model: schema.Checks) -> core.Checks:
+    defaults = core.Checks()
+    out: dict[str, Any] = {}
+    for name, spec in model:
+        default = getattr(defaults, name)
+        loc: Loc = ("checks", name)
+        if isinstance(spec, schema.LimitCheck):
+            kw = _set_fields(spec)
+            if "limit" in kw and kw["limit"] == 0:
+                kw["limit"] = None
+            check = dataclasses.replace(default, **kw)
+            if check.action is core.Verdict.RATE_LIMIT and check.rate < 1:
+                raise _Invalid((*loc, "action"), "rate-limit", "rate = N (events per period) too")
+            if check.action is not core.Verdict.RATE_LIMIT:
+                for key in ("rate", "period"):
+                    if key in kw:
+                        raise _Invalid((*loc, key), kw[key], 'it only with action = "rate-limit"')
+            out[name] = check
+        elif isinstance(spec, schema.PatternCheck):
+            kw = _set_fields(spec)
+            if "patterns" in kw:
+                kw["patterns"] = tuple(kw["patterns"])
+            out[name] = dataclasses.replace(default, **kw)
+        elif spec is not None:  # special_characters: a bare verdict
+            if spec is core.Verdict.RATE_LIMIT:
+                raise _Invalid(loc, spec.value, _one_of(v for v in core.Verdict if v is not spec))
+            out[name] = spec
+    return dataclasses.replace(defaults, **out)
+
+
+# -- error messages --------------------------------------------------------------------
+
+
+class _Where:
+    def __init__(
+        self, path: str | None, source: str, origins: dict[Loc, str], data: dict[str, Any]
+    ) -> None:
+        self.path, self.source, self.origins, self.data = path, source, origins, data
+
+    def first(self, errors: Sequence[Any]) -> str:
+        def line(err: Any) -> int:
+            found = find_line(self.source, err["loc"]) if self.path else None
+            return found if found is not None else 1 << 30
+
+        ordered = sorted(errors, key=line)
+        err = ordered[0]
+        loc: Loc = tuple(err["loc"])
+        more = len(ordered) - 1
+        tail = f" ({more} more {'error' if more == 1 else 'errors'})" if more else ""
+        if err["type"] == "extra_forbidden":
+            return self.message(loc, None, _unknown_key(loc)) + tail
+        value = _get(self.data, loc)
+        return self.message(loc, _expected(err, loc), value) + tail
+
+    def message(self, loc: Loc, expected: str | None, value: object) -> str:
+        key = _dotted(loc)
+        for k in range(len(loc), 0, -1):
+            flag = self.origins.get(loc[:k])
+            if flag is not None:
+                return f"{flag}: got {_show(value)}, expected {expected}"
+        if self.path is None:
+            where = "configuration"
+        else:
+            line = find_line(self.source, loc)
+            where = f"{self.path}:{line}" if line is not None else self.path
+        if expected is None:  # value carries the whole message
+            return f"{where}: {key}: {value}"
+        return f"{where}: {key}: got {_show(value)}, expected {expected}"
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown_key(loc: Loc) -> str:
+    model = _model_at(loc[:-1])
+    known = list(model.model_fields) if model is not None else []
+    name = str(loc[-1])
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    if known and len(known) <= 16:
+        return f"unknown key (expected one of: {', '.join(known)})"
+    return "unknown key"
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    model: type[BaseModel] = schema.ConfigFile
+    for part in loc:
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        inner = _model_type(info.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _model_type(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    return None
+
+
+def field_at(loc: Loc) -> FieldInfo | None:
+    """The schema field at ``loc`` (list indices skipped)."""
+    names = [p for p in loc if isinstance(p, str)]
+    model = _model_at(tuple(names[:-1]))
+    return model.model_fields.get(names[-1]) if model is not None and names else None
+
+
+def _expected(err: Any, loc: Loc) -> str:
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    info = field_at(loc)
+    if info is None:
+        return str(err["msg"]).removeprefix("Input should be ")
+    tp: Any = info.annotation
+    if isinstance(loc[-1], int) or (len(loc) > 1 and isinstance(loc[-2], int)):
+        tp = _list_item(tp)
+    return describe(tp, info.metadata)
+
+
+def _list_item(tp: Any) -> Any:
+    for arg in (*typing.get_args(tp), tp):
+        if typing.get_origin(arg) is list:
+            return typing.get_args(arg)[0]
+    return tp
+
+
+_VALIDATOR_TEXT = {
+    "_verb": ("an SMTP command verb", "SMTP command verbs"),
+    "_keyword": ("an EHLO keyword", "EHLO keywords"),
+    "_one_line": ("one line of text", "lines of text"),
+    "_hostname": ("a host name", "host names"),
+    "_hostport": ('"HOST:PORT"', '"HOST:PORT" strings'),
+    "_regex": ("a regular expression", "regular expressions"),
+    "_network": ('a network like "192.0.2.0/24"', 'networks like "192.0.2.0/24"'),
+}
+
+
+def describe(tp: Any, metadata: Sequence[Any] = (), plural: bool = False) -> str:
+    """What a value of type ``tp`` looks like, in words ("an integer >= 1")."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        real = [a for a in args if a is not type(None)]
+        return " or ".join(describe(a, metadata, plural) for a in real)
+    if origin is typing.Annotated:
+        return describe(args[0], [*metadata, *args[1:]], plural)
+    if origin is list:
+        return "a list of " + describe(args[0], (), plural=True)
+    if origin is typing.Literal:
+        return _one_of(args)
+    for meta in metadata:
+        if isinstance(meta, AfterValidator):
+            name = getattr(meta.func, "__name__", "")
+            if name in _VALIDATOR_TEXT:
+                return _VALIDATOR_TEXT[name][plural]
+    bounds = _bounds(metadata)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return ("integers" if plural else "an integer") + bounds
+    if tp is float:
+        return ("numbers" if plural else "a number") + bounds
+    if tp is str:
+        return "strings" if plural else "a string"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _one_of(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "tables" if plural else "a table"
+    return str(tp)
+
+
+def _bounds(metadata: Sequence[Any]) -> str:
+    out = []
+    for meta in metadata:
+        items = meta.metadata if isinstance(meta, FieldInfo) else [meta]
+        for m in items:
+            if isinstance(m, annotated_types.Ge):
+                out.append(f" >= {m.ge}")
+            elif isinstance(m, annotated_types.Gt):
+                out.append(f" > {m.gt}")
+            elif isinstance(m, annotated_types.Le):
+                out.append(f" <= {m.le}")
+    return " and".join(out)
+
+
+def _one_of(values: Iterable[Any]) -> str:
+    words = [json.dumps(v.value if isinstance(v, enum.Enum) else v) for v in values]
+    return words[0] if len(words) == 1 else f"one of {', '.join(words)}"
+
+
+def _get(data: Any, loc: Loc) -> object:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _set(data: dict[str, Any], keypath: tuple[str, ...], value: object) -> bool:
+    node = data
+    for part in keypath[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            return False  # the file's own error at this key will be reported
+        node = nxt
+    node[keypath[-1]] = value
+    return True
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A value as TOML would write it, shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, str | list):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    elif value is None:
+        text = "nothing"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

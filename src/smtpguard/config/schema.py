@@ -1,0 +1,309 @@
+"""The config file's schema: pydantic models that mirror :class:`~smtpguard.core.policy.Policy`
+plus the gateway's own settings.
+
+Policy keys default to ``None``, meaning "not set in the file": the built-in default
+then comes from ``core/policy.py``, so defaults live in one place and a check whose
+``limit`` alone is set keeps its default action. Gateway, access and protocol-log
+keys have their defaults here. Numbers, booleans and strings are strict (``"100"`` is
+not an integer); enumerations take their documented spelling. Every field carries a
+description: ``docs/config.md`` is generated from these models.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
+from pydantic import StrictStr as Str
+
+from smtpguard.core.policy import (
+    ALWAYS_STRIPPED_KEYWORDS,
+    BannerPolicy,
+    Mode,
+    PixRewrite,
+    Smuggling,
+    StartTls,
+    Verdict,
+)
+
+# RFC 5321 §4.1.1.1: ehlo-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
+_EHLO_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_VERB = re.compile(r"[A-Za-z]{1,16}")
+
+
+def _verb(value: str) -> str:
+    if not _VERB.fullmatch(value):
+        raise ValueError('an SMTP command verb (letters only, e.g. "VRFY")')
+    return value.upper()
+
+
+def _keyword(value: str) -> str:
+    if not _EHLO_KEYWORD.fullmatch(value):
+        raise ValueError("an EHLO keyword (letters, digits and '-', e.g. \"PIPELINING\")")
+    word = value.upper()
+    if word in ALWAYS_STRIPPED_KEYWORDS or word.startswith("X-"):
+        raise ValueError(f"an EHLO keyword that may be allowed ({word} is always stripped)")
+    return word
+
+
+def _one_line(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("one line of text (no CR, LF or NUL)")
+    return value.strip()
+
+
+def _hostname(value: str) -> str:
+    if not value or any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError('a host name without spaces, e.g. "mx.example.com"')
+    return value
+
+
+def _hostport(value: str) -> str:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('"HOST:PORT" with a port 0-65535, e.g. "127.0.0.1:2525"')
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"a valid regular expression ({exc})") from None
+    return value
+
+
+def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            'a network like "192.0.2.0/24" or "2001:db8::/32", or one address '
+            "(host bits must be zero)"
+        ) from None
+
+
+Verb = Annotated[Str, AfterValidator(_verb)]
+Keyword = Annotated[Str, AfterValidator(_keyword)]
+OneLine = Annotated[Str, AfterValidator(_one_line)]
+Hostname = Annotated[Str, AfterValidator(_hostname)]
+HostPort = Annotated[Str, AfterValidator(_hostport)]
+Regex = Annotated[Str, AfterValidator(_regex)]
+NetworkStr = Annotated[Str, AfterValidator(_network)]
+Seconds = Annotated[StrictFloat, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitCheck(Section):
+    """A check with a threshold. Unset keys keep that check's built-in default."""
+
+    action: Verdict | None = Field(default=None, description="what to do when the check fires")
+    limit: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description="fires above this value; 0 turns the check off"
+    )
+    rate: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None, description='with action = "rate-limit": events that pass per period'
+    )
+    period: Seconds | None = Field(
+        default=None, description='with action = "rate-limit": the period, in seconds'
+    )
+
+
+class PatternCheck(Section):
+    """A check matching regular expressions (Python syntax, case-insensitive)."""
+
+    action: Verdict | None = Field(default=None, description="what to do when the check fires")
+    patterns: list[Regex] | None = Field(
+        default=None, description="regular expressions; an empty list turns the check off"
+    )
+    allow: StrictBool | None = Field(
+        default=None, description="true: fire when NO pattern matches (an allow-list)"
+    )
+
+
+class Checks(Section):
+    command_line_length: LimitCheck = Field(
+        default_factory=LimitCheck, description="octets in a command line with its CRLF"
+    )
+    rcpt_count: LimitCheck = Field(
+        default_factory=LimitCheck, description="RCPT commands per transaction"
+    )
+    header_line_length: LimitCheck = Field(
+        default_factory=LimitCheck, description="octets in one header line (without CRLF)"
+    )
+    header_size: LimitCheck = Field(
+        default_factory=LimitCheck, description="total octets of the header section"
+    )
+    to_cc_count: LimitCheck = Field(
+        default_factory=LimitCheck, description="addresses in To: and Cc: fields"
+    )
+    body_line_length: LimitCheck = Field(
+        default_factory=LimitCheck, description="octets in one body line (without CRLF)"
+    )
+    sender_length: LimitCheck = Field(
+        default_factory=LimitCheck, description="octets in the MAIL FROM address"
+    )
+    invalid_recipients: LimitCheck = Field(
+        default_factory=LimitCheck,
+        description="RCPT commands the server refused (5xx), per session",
+    )
+    message_size: LimitCheck = Field(
+        default_factory=LimitCheck, description="message octets, declared (SIZE=) and actual"
+    )
+    mime_filename_length: LimitCheck = Field(
+        default_factory=LimitCheck, description="length of a MIME part's file name"
+    )
+    special_characters: Verdict | None = Field(
+        default=None,
+        description="action for '|', unbalanced '<>' or control characters in "
+        "MAIL/RCPT addresses (rate-limit is not available here)",
+    )
+    sender_pattern: PatternCheck = Field(
+        default_factory=PatternCheck, description="MAIL FROM address patterns"
+    )
+    recipient_domains: PatternCheck = Field(
+        default_factory=PatternCheck, description="RCPT domain patterns (mail-relay restriction)"
+    )
+    mime_filename_pattern: PatternCheck = Field(
+        default_factory=PatternCheck, description="MIME part file name patterns"
+    )
+    mime_type_pattern: PatternCheck = Field(
+        default_factory=PatternCheck, description="MIME part Content-Type patterns"
+    )
+    transfer_encoding_pattern: PatternCheck = Field(
+        default_factory=PatternCheck, description="Content-Transfer-Encoding patterns"
+    )
+
+
+class TimeoutsSection(Section):
+    client_idle: Seconds | None = Field(
+        default=None, description="client silent this long: 421, close"
+    )
+    connect: Seconds | None = Field(default=None, description="TCP connect to the upstream")
+    greeting: Seconds | None = Field(default=None, description="upstream's 220 greeting")
+    command: Seconds | None = Field(default=None, description="upstream's reply to a command")
+    data_init: Seconds | None = Field(default=None, description="upstream's 354 reply to DATA")
+    data_end: Seconds | None = Field(default=None, description="upstream's reply to the final dot")
+
+
+class EmulationSection(Section):
+    pix: StrictBool | None = Field(
+        default=None, description="faithful PIX 6.x Mailguard, for labs only (never in production)"
+    )
+    rewrite: PixRewrite | None = Field(
+        default=None, description="how the emulation masks a refused verb (noop: 6.x, xxxx: 7.x)"
+    )
+    split_eod_bug: StrictBool | None = Field(
+        default=None, description="reproduce CSCds90792: a split end of data is never passed on"
+    )
+
+
+class GatewaySection(Section):
+    listen: HostPort = Field(default="127.0.0.1:2525", description="address to listen on")
+    upstream: HostPort | None = Field(
+        default=None, description="the real mail server; not set: the built-in mailbox"
+    )
+    workers: Annotated[StrictInt, Field(ge=1)] = Field(
+        default=1, description="worker processes sharing the port (SO_REUSEPORT)"
+    )
+    max_sessions: Annotated[StrictInt, Field(ge=1)] = Field(
+        default=1000, description="concurrent sessions per worker; more get 421"
+    )
+    drain_grace: Annotated[StrictFloat, Field(ge=0)] = Field(
+        default=30.0, description="on SIGTERM, seconds allowed for transactions in flight"
+    )
+    maildir: Str = Field(
+        default="./smtpguard-mail", description="Maildir of the built-in mailbox (no upstream)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="warning", description="application log level on stderr"
+    )
+
+
+class ProtocolLogSection(Section):
+    path: Str | None = Field(default=None, description="append a protocol log to this file")
+    format: Literal["ims", "jsonl"] = Field(
+        default="ims", description="ims: Exchange IMS layout; jsonl: one JSON object per event"
+    )
+
+
+class AccessSection(Section):
+    allow: list[NetworkStr] = Field(
+        default=[], description="client networks allowed to connect; empty: all not denied"
+    )
+    deny: list[NetworkStr] = Field(
+        default=[], description="client networks refused with 554 (most specific match wins)"
+    )
+    max_sessions_per_ip: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="concurrent sessions per client address; 0: no cap"
+    )
+    connection_rate: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="connections per client address per rate_period; 0: no limit"
+    )
+    rate_period: Seconds = Field(default=60.0, description="period of connection_rate, in seconds")
+    normalize_networks: list[NetworkStr] = Field(
+        default=[],
+        description='client networks whose bare CR/LF are normalised (smuggling = "normalize")',
+    )
+
+
+class ConfigFile(Section):
+    mode: Mode | None = Field(
+        default=None,
+        description="mailguard: the seven RFC 821 commands; esmtp: ASA-style inspection",
+    )
+    allowed_verbs: list[Verb] | None = Field(
+        default=None, description="commands passed to the server (default: per mode)"
+    )
+    ehlo_keywords: list[Keyword] | None = Field(
+        default=None, description="EHLO keywords the client may see in esmtp mode"
+    )
+    banner: BannerPolicy | None = Field(
+        default=None, description="greeting policy: generic, pix mask, pass, or custom text"
+    )
+    banner_text: OneLine | None = Field(
+        default=None, description='greeting text after "220 " with banner = "custom"'
+    )
+    hostname: Hostname | None = Field(
+        default=None, description="name in the generic banner (default: this host's name)"
+    )
+    smuggling: Smuggling | None = Field(
+        default=None,
+        description="bare CR/LF/NUL: reject, or normalize (prefer access.normalize_networks)",
+    )
+    starttls: StartTls | None = Field(default=None, description="STARTTLS handling")
+    max_pending: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None, description="pipelined commands awaiting replies before reading pauses"
+    )
+    bdat_drain_limit: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description="BDAT chunks larger than this close the connection"
+    )
+    checks: Checks = Field(default_factory=Checks, description="inspection checks")
+    timeouts: TimeoutsSection = Field(
+        default_factory=TimeoutsSection, description="timeouts, in seconds"
+    )
+    emulation: EmulationSection = Field(
+        default_factory=EmulationSection, description="PIX emulation (labs)"
+    )
+    gateway: GatewaySection = Field(
+        default_factory=GatewaySection, description="listener and processes"
+    )
+    protocol_log: ProtocolLogSection = Field(
+        default_factory=ProtocolLogSection, description="protocol log"
+    )
+    access: AccessSection = Field(
+        default_factory=AccessSection, description="client access control"
+    )
