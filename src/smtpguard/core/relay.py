@@ -1,0 +1,155 @@
+"""The DATA phase: relay chunks as they stream, watch framing and content.
+
+Chunks are forwarded as received while :class:`~smtpguard.core.data.DataScanner`
+finds the end of data on the raw stream and :class:`~smtpguard.core.message.
+MessageInspector` runs the content checks. A message found invalid part-way is
+never completed upstream: its connection is aborted without the terminator, the rest
+is read and dropped to the client's real end of data, the client gets a 5xx naming
+the reason, and a fresh upstream connection carries on.
+"""
+
+from __future__ import annotations
+
+from smtpguard.core import replies
+from smtpguard.core.actions import CloseServer, Direction, ToServer, Trace
+from smtpguard.core.data import normalize
+from smtpguard.core.grammar import END_OF_DATA
+from smtpguard.core.policy import Smuggling, Verdict
+from smtpguard.core.state import END_OF_DATA_VERB, Phase, SessionBase, Slot, Upstream
+
+
+class DataPhase(SessionBase):
+    def _data(self, chunk: bytes, now: float) -> None:
+        """Relay one chunk of message data; at the end, queue the final reply."""
+        scanner = self._scanner
+        assert scanner is not None
+        scan = scanner.scan(chunk)
+        stop = len(chunk) if scan.end < 0 else scan.end
+        # A CR ending a chunk is held back until the next byte shows it is part of a
+        # CRLF, so the server gets exactly the bytes before the first bad one,
+        # whatever the segmentation.
+        if self._emulation.split_eod_bug and 0 <= scan.end < len(END_OF_DATA) < scanner.size:
+            self._split_eod_bug(chunk, scan.end)
+            return
+        held, self._held_cr = self._held_cr, False
+        if self._refusal is None:
+            self._inspect(chunk if stop == len(chunk) else chunk[:stop], now)
+        if self._refusal is None and self.phase is Phase.CLOSED:
+            return
+        if (
+            self._refusal is None
+            and self.policy.smuggling is Smuggling.NORMALIZE
+            and (scan.invalid_at >= 0 or held or self._bare_break)
+            and scan.reason != "NUL"
+        ):
+            self._normalized(chunk[:stop], held, scan.end < 0)
+        elif self._refusal is None and scan.invalid_at >= 0:
+            if held and scan.invalid_at > 0:
+                self._emit(ToServer(b"\r"))
+            self._refuse_message(
+                replies.message_rejected(scan.reason),
+                "SG-DATA-BAD-BYTES",
+                f"{scan.reason} in message data: message refused",
+                memoryview(chunk)[: scan.invalid_at],
+            )
+        elif self._refusal is None:
+            if held:
+                self._emit(ToServer(b"\r"))
+            send = stop
+            if scan.end < 0 and chunk.endswith(b"\r"):
+                send -= 1
+                self._held_cr = True
+            if send == len(chunk):
+                self._emit(ToServer(chunk))
+            elif send:
+                self._emit(ToServer(memoryview(chunk)[:send]))
+        if scan.end < 0:
+            return
+        self._scanner = None
+        self._inspector = None
+        self._bare_break = False
+        self._rcpt_count = 0
+        self.phase = Phase.COMMAND
+        self.message_octets += scanner.size
+        if self.trace:
+            self._emit(Trace(Direction.CLIENT_TO_GW, "", size=scanner.size))
+        if self._refusal is not None:
+            self.messages_refused += 1
+            self._local_reply(END_OF_DATA_VERB, self._refusal)
+            self._refusal = None
+            self._reconnect(now)
+        else:
+            slot = Slot(END_OF_DATA_VERB)
+            self._slots.append(slot)
+            self._awaiting.append(slot)
+            self._server_deadline = now + self.policy.timeouts.data_end
+        if stop < len(chunk):
+            self._cbuf[:0] = chunk[stop:]
+
+    def _split_eod_bug(self, chunk: bytes, end: int) -> None:
+        """CSCds90792, reproduced for labs: an end-of-data sequence split over more
+        than one received segment is never passed on. The server waits for the rest,
+        the client for a reply that never comes: both time out, the sender re-sends."""
+        self._policy_event(
+            "SG-EMULATE-SPLIT-EOD", "PIX emulation: split end-of-data swallowed (CSCds90792)", "log"
+        )
+        self._held_cr = False
+        self._scanner = None
+        self._inspector = None
+        self.phase = Phase.QUIT  # nothing more is read; no reply will come
+        self._cbuf.clear()
+
+    def _inspect(self, part: bytes, now: float) -> None:
+        """Content checks on the message bytes of one chunk, verdicts applied."""
+        inspector = self._inspector
+        if inspector is None:
+            return
+        for f in inspector.feed(part):
+            verdict = f.verdict
+            if verdict is Verdict.RATE_LIMIT:
+                verdict = Verdict.LOG if self._within_rate(f, now) else Verdict.REJECT
+            if verdict is Verdict.LOG:
+                self._policy_event(f.event_id, f.message, "log")
+            elif verdict is Verdict.REJECT:
+                self._refuse_message(
+                    f.reply, f.event_id, f.message + ": message refused", memoryview(b"")
+                )
+                return
+            elif verdict is Verdict.DROP:
+                self._policy_event(f.event_id, f.message, verdict.value)
+                self._refusal = replies.dropped(f.message)
+                self._emit(CloseServer(abort=True))
+                self.upstream = Upstream.DOWN
+                self._server_deadline = None
+                self._scanner = None
+                self.phase = Phase.COMMAND
+                self._close_after(self._refusal)
+                return
+            else:
+                self._policy_event(f.event_id, f.message, verdict.value)
+                self._reset_both()
+                return
+
+    def _normalized(self, part: bytes, held: bool, more: bool) -> None:
+        """Smuggling ``normalize`` mode: CRLF line ends and re-stuffed dots, on bytes
+        whose end of data was already fixed on the raw stream."""
+        if held:
+            part = b"\r" + part
+        if more and part.endswith(b"\r"):
+            part = part[:-1]
+            self._held_cr = True
+        out, self._bare_break = normalize(part, self._bare_break)
+        if out != part:
+            self._policy_event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
+        if out:
+            self._emit(ToServer(out))
+
+    def _refuse_message(self, reply: bytes, event_id: str, message: str, clean: memoryview) -> None:
+        self._policy_event(event_id, message, "reject")
+        self._refusal = reply
+        if len(clean):
+            self._emit(ToServer(clean))
+        # The server must never see the terminator: abort its connection now.
+        self._emit(CloseServer(abort=True))
+        self.upstream = Upstream.DOWN
+        self._server_deadline = None
