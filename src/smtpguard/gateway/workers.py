@@ -3,7 +3,8 @@
 The parent binds every listening socket itself, so a bad ``--listen`` fails once,
 with one line, before anything forks; each worker gets its own socket and the kernel
 spreads connections across them. The parent forwards SIGTERM/SIGINT to the workers
-(each drains its own sessions) and exits when all of them have.
+(each drains its own sessions) and exits when all of them have; it forwards SIGHUP
+as is (each worker re-reads the config file itself).
 """
 
 from __future__ import annotations
@@ -65,8 +66,14 @@ def run_workers(socks: list[socket.socket], worker: Callable[[socket.socket, int
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def forward_hup(signum: int, _frame: object) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
     status = 0
     for pid in pids:
         while True:
