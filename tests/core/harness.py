@@ -17,6 +17,7 @@ from smtpguard.core.actions import (
     OpenServer,
     PolicyEvent,
     SetTimer,
+    StartTls,
     ToClient,
     ToServer,
     Trace,
@@ -37,12 +38,17 @@ class FakeServer:
     aborted: bool = False
     closed: bool = False
     refuse_data: bool = False
+    tls_raw: bool = False  # after STARTTLS, take everything as opaque TLS bytes
+    in_tls: bool = False
+    xclient: list[bytes] = field(default_factory=list)
     _buf: bytearray = field(default_factory=bytearray)
     _in_data: bytearray | None = None
     _queue: int = 0
 
     def feed(self, data: bytes) -> bytes:
         self.received += data
+        if self.in_tls and self.tls_raw:
+            return b""
         self._buf += data
         out = bytearray()
         while True:
@@ -85,6 +91,12 @@ class FakeServer:
             self._in_data = bytearray()
             # what follows in the buffer is message data
             return b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        if line.upper().startswith(b"STARTTLS"):
+            self.in_tls = True
+            return b"220 2.0.0 Ready to start TLS\r\n"
+        if line.upper().startswith(b"XCLIENT"):
+            self.xclient.append(line)
+            return b"220 mx.example.test ESMTP FakeMTA 1.0\r\n"
         if verb in (b"RSET", b"NOOP"):
             return b"250 2.0.0 Ok\r\n"
         if verb == b"QUIT":
@@ -100,6 +112,7 @@ class Run:
     servers: list[FakeServer] = field(default_factory=list)
     events: list[PolicyEvent] = field(default_factory=list)
     traces: list[Trace] = field(default_factory=list)
+    tls: list[str] = field(default_factory=list)
     client_closed: bool = False
     client_reset: bool = False
     timer: float | None = None
@@ -127,8 +140,9 @@ class Harness:
         connect_fails: bool = False,
         trace: bool = True,
         server_chunks: int = 0,
+        peer: tuple[str, int] | None = None,
     ) -> None:
-        self.session = Session(policy or Policy(hostname="gw.example.test"), trace=trace)
+        self.session = Session(policy or Policy(hostname="gw.example.test"), trace=trace, peer=peer)
         self.run = Run()
         self.auto = auto
         self.connect_fails = connect_fails
@@ -161,6 +175,10 @@ class Harness:
 
     def server_says(self, data: bytes) -> Harness:
         self._server_says(data)
+        return self
+
+    def tls_started(self, side: str) -> Harness:
+        self._do(self.session.tls_started(side, self.now))
         return self
 
     def server_drops(self) -> Harness:
@@ -198,6 +216,8 @@ class Harness:
             elif isinstance(a, CloseClient):
                 self.run.client_closed = True
                 self.run.client_reset = a.reset
+            elif isinstance(a, StartTls):
+                self.run.tls.append(a.side)
             elif isinstance(a, SetTimer):
                 self.run.timer = a.deadline
             elif isinstance(a, PolicyEvent):
@@ -212,7 +232,11 @@ class Harness:
             self._do(self.session.server_closed(self.now))
             return
         t = self.template
-        srv = FakeServer(greeting=t.greeting, refuse_data=t.refuse_data) if t else FakeServer()
+        srv = (
+            FakeServer(greeting=t.greeting, refuse_data=t.refuse_data, tls_raw=t.tls_raw)
+            if t
+            else FakeServer()
+        )
         self.run.servers.append(srv)
         self.live = True
         self._do(self.session.server_connected(self.now))

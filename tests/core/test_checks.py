@@ -240,12 +240,17 @@ def test_check_under_and_over(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), idx=st.integers(0, len(CASES) - 1), side=st.booleans())
 def test_checks_under_random_segmentation(data: st.DataObject, idx: int, side: bool) -> None:
-    _, policy, under, over, _, _ = CASES[idx]
+    name, policy, under, over, _, _ = CASES[idx]
     script = over if side else under
     cuts = data.draw(st.lists(st.integers(1, max(1, len(script) - 1)), max_size=30))
-    assert _outcome(converse(script, cuts, policy=policy)) == _outcome(
-        converse(script, policy=policy)
-    )
+    got = _outcome(converse(script, cuts, policy=policy))
+    want = _outcome(converse(script, policy=policy))
+    if name == "invalid_recipients":
+        # Decided on the server's replies: how many pipelined commands had already
+        # gone upstream depends on when those replies came back, not on framing.
+        # What the client sees and what is delivered must not change.
+        got, want = got[:1] + got[2:], want[:1] + want[2:]
+    assert got == want
 
 
 def test_body_line_length_default_only_logs() -> None:

@@ -6,13 +6,16 @@ from smtpguard.core.banner import pix_rewrite
 from smtpguard.core.policy import BannerPolicy, Emulation, PixRewrite, Policy
 from tests.core.harness import Harness, converse
 
-TXN = (b"HELO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n"
-       b".\r\nQUIT\r\n")
+TXN = (
+    b"HELO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n"
+    b".\r\nQUIT\r\n"
+)
 
 
 def pix(rewrite: PixRewrite = PixRewrite.NOOP, bug: bool = False) -> Policy:
-    return Policy(banner=BannerPolicy.PIX,
-                  emulation=Emulation(pix=True, rewrite=rewrite, split_eod_bug=bug))
+    return Policy(
+        banner=BannerPolicy.PIX, emulation=Emulation(pix=True, rewrite=rewrite, split_eod_bug=bug)
+    )
 
 
 def test_rewrite_in_place() -> None:

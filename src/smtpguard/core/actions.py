@@ -52,6 +52,15 @@ class CloseClient:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTls:
+    """Start a TLS handshake on one side (``"client"``: as a server with the
+    gateway's certificate; ``"server"``: as a client). Answer with ``tls_started``
+    or ``tls_failed``. No bytes are sent on that side until then."""
+
+    side: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetTimer:
     """Call ``timer(now)`` at ``deadline`` (same clock as the ``now`` arguments);
     ``None`` cancels the timer."""
@@ -81,5 +90,13 @@ class PolicyEvent:
 
 
 Action = (
-    ToServer | ToClient | OpenServer | CloseServer | CloseClient | SetTimer | Trace | PolicyEvent
+    ToServer
+    | ToClient
+    | OpenServer
+    | CloseServer
+    | CloseClient
+    | StartTls
+    | SetTimer
+    | Trace
+    | PolicyEvent
 )

@@ -10,7 +10,7 @@ it was never offered is refused (RFC 5321 §4.1.1.11: 555).
 from __future__ import annotations
 
 from smtpguard.core.grammar import Reply, make_reply
-from smtpguard.core.policy import ALWAYS_STRIPPED_KEYWORDS, Policy, StartTls
+from smtpguard.core.policy import ALWAYS_STRIPPED_KEYWORDS, Policy
 
 # RFC 1870 SIZE, RFC 6152 8BITMIME (BODY=), RFC 3461 DSN, RFC 6531 SMTPUTF8,
 # RFC 4954 AUTH, RFC 3030 BINARYMIME (BODY=BINARYMIME), RFC 4865 FUTURERELEASE ...
@@ -25,13 +25,17 @@ _MAIL_PARAMS = {
 _RCPT_PARAMS = {"NOTIFY": "DSN", "ORCPT": "DSN"}
 
 
-def filter_ehlo(reply: Reply, policy: Policy) -> tuple[bytes, frozenset[str], list[str]]:
+def filter_ehlo(
+    reply: Reply, policy: Policy, tls: str = "strip"
+) -> tuple[bytes, frozenset[str], list[str]]:
     """Return the reply bytes for the client, the keywords it was shown, and the
-    keywords removed. Non-2xx replies pass unchanged."""
+    keywords removed. Non-2xx replies pass unchanged. ``tls``: ``strip`` the
+    server's STARTTLS, ``keep`` it (passthrough), or ``offer`` the gateway's own
+    (terminate: shown whether or not the server has it)."""
     if reply.code != 250:
         return reply.raw, frozenset(), []
     allowed = policy.ehlo_keywords
-    keep_tls = policy.starttls is not StartTls.STRIP
+    keep_tls = tls == "keep"
     kept_lines = [reply.lines[0]]
     shown: set[str] = set()
     removed: list[str] = []
@@ -45,6 +49,11 @@ def filter_ehlo(reply: Reply, policy: Policy) -> tuple[bytes, frozenset[str], li
             shown.add(keyword)
         else:
             removed.append(keyword)
+    if tls == "offer":
+        kept_lines.append("STARTTLS")
+        shown.add("STARTTLS")
+        removed = [k for k in removed if k != "STARTTLS"]
+        return make_reply(250, *kept_lines).raw, frozenset(shown), removed
     if not removed:
         return reply.raw, frozenset(shown), []
     return make_reply(250, *kept_lines).raw, frozenset(shown), removed

@@ -48,6 +48,10 @@ class EnvelopeChecks(SessionBase):
                 self._rcpt_blocked = True
             else:
                 self._local_reply(verb, f.reply)
+        elif verdict is Verdict.DROP and after:
+            # Decided on a server reply: commands pipelined behind it are not
+            # answered, whatever the timing, so the outcome never depends on it.
+            self._abort_with(replies.dropped(f.message))
         elif verdict is Verdict.DROP:
             self._close_after(replies.dropped(f.message))
         else:

@@ -154,6 +154,9 @@ class Policy:
     hostname: str = "smtpguard.invalid"
     smuggling: Smuggling = Smuggling.REJECT
     starttls: StartTls = StartTls.STRIP
+    # Tell the server the real client address with XCLIENT (Postfix
+    # smtpd_authorized_xclient_hosts) on every upstream connection.
+    xclient: bool = False
     checks: Checks = field(default_factory=Checks)
     # Pipelined commands awaiting replies before we stop reading (RFC 2920 §3.1 lets
     # a client send a whole group; 100 covers the RCPT default limit).

@@ -19,6 +19,8 @@ MESSAGE_UPSTREAM_LOST = make_reply(
 ).raw
 CLIENT_TIMEOUT = make_reply(421, "4.4.2 Idle timeout exceeded, closing connection").raw
 TOO_MANY_INVALID = make_reply(550, "5.7.1 Too many invalid recipients").raw
+TLS_READY = make_reply(220, "2.0.0 Ready to start TLS").raw
+TLS_ACTIVE = make_reply(503, "5.5.1 TLS already active").raw
 SHUTTING_DOWN = make_reply(421, "4.3.2 Service shutting down, closing connection").raw
 
 

@@ -35,6 +35,7 @@ from smtpguard.core.actions import (
     CloseServer,
     Direction,
     OpenServer,
+    ToClient,
     ToServer,
     Trace,
 )
@@ -52,11 +53,13 @@ from smtpguard.core.grammar import (
 )
 from smtpguard.core.message import MessageInspector
 from smtpguard.core.policy import Policy, Verdict
+from smtpguard.core.policy import StartTls as StartTlsPolicy
 from smtpguard.core.relay import DataPhase
 from smtpguard.core.state import (
     AFTER_REPLY,
     END_OF_DATA_VERB,
     HOLD_VERBS,
+    TLS_SLOT,
     Phase,
     Slot,
     Upstream,
@@ -69,8 +72,15 @@ __all__ = ["Phase", "Session", "Upstream"]
 class Session(DataPhase, EnvelopeChecks, UpstreamLink):
     """Inspector state machine for one client session. See the module docstring."""
 
-    def __init__(self, policy: Policy, *, trace: bool = False) -> None:
-        super().__init__(policy, trace=trace)
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        trace: bool = False,
+        peer: tuple[str, int] | None = None,
+        client_tls: bool = False,
+    ) -> None:
+        super().__init__(policy, trace=trace, peer=peer, client_tls=client_tls)
 
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> list[Action]:
@@ -88,6 +98,9 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
     def server_data(self, data: bytes, now: float) -> list[Action]:
         if self.phase is Phase.CLOSED or self.upstream is Upstream.DOWN:
             return []
+        if self.phase is Phase.TUNNEL:
+            self._emit(ToClient(data))
+            return self._finish(now)
         if self._sbuf:  # a partial reply line is pending
             self._sbuf += data
             if b"\n" not in data:
@@ -126,6 +139,9 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
     def client_data(self, data: bytes, now: float) -> list[Action]:
         if self.phase is Phase.CLOSED or self._client_eof:
             return []
+        if self.phase is Phase.TUNNEL:
+            self._emit(ToServer(data))
+            return self._finish(now)
         self._client_deadline = now + self.policy.timeouts.client_idle
         if self.phase is Phase.DATA and not self._cbuf:
             self._data(data, now)  # hot path: no copy into the buffer
@@ -177,12 +193,8 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
         up = self.upstream
         if up is Upstream.GREETING:
             self._on_greeting(reply, now)
-        elif up is Upstream.REPLAY:
-            if reply.positive:
-                self.upstream = Upstream.READY
-                self._server_deadline = None
-            else:
-                self._reconnect_failed("replayed HELO/EHLO refused")
+        elif self._handlers:
+            self._handlers.popleft()(reply, now)
         elif not self._awaiting:
             if reply.code == 421:  # the server is closing the session on its own
                 self._slots.append(Slot("", reply=reply.raw))
@@ -194,6 +206,17 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
             self._on_command_reply(self._awaiting.popleft(), reply, now)
 
     def _on_command_reply(self, slot: Slot, reply: Reply, now: float) -> None:
+        if slot.verb == "EHLO" and reply.code == 250:
+            self._ehlo_line = slot.raw
+            # terminate mode: secure the upstream first, answer with the EHLO after TLS
+            if self._upstream_tls_first(reply, lambda r, n: self._complete(slot, r, n), now):
+                return
+        self._complete(slot, reply, now)
+
+    def _complete(self, slot: Slot, reply: Reply, now: float) -> None:
+        """Fill ``slot`` with the server's ``reply`` (as the client is to see it)."""
+        if self.upstream is Upstream.HANDSHAKE:
+            self._upstream_ready()
         verb = slot.verb
         cls = reply.code // 100
         raw = reply.raw
@@ -201,7 +224,7 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
             self._helo = slot.raw
             self._in_transaction = False
             if verb == "EHLO":
-                raw, self._shown, removed = filter_ehlo(reply, self.policy)
+                raw, self._shown, removed = filter_ehlo(reply, self.policy, self._tls_offer())
                 if removed:
                     self._policy_event(
                         "SG-EHLO-MASKED", f"EHLO keywords removed: {' '.join(removed)}", "mask"
@@ -238,12 +261,60 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
                 self._scanner = DataScanner()
                 self._inspector = MessageInspector(self.policy.checks)
         slot.reply = raw
+        if self.phase is Phase.TUNNEL:
+            self._policy_event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
+            self._drop_injected()
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
             self._abort_with(None)
         self._server_deadline = (
             now + self._reply_timeout(self._awaiting[0].verb) if self._awaiting else None
         )
         self._flush()
+
+    def _tls_offer(self) -> str:
+        """How the EHLO reply shows STARTTLS: strip it, keep the server's, or offer
+        the gateway's own (terminate mode, client not yet encrypted)."""
+        mode = self.policy.starttls
+        if mode is StartTlsPolicy.STRIP:
+            return "strip"
+        if mode is StartTlsPolicy.PASSTHROUGH:
+            return "keep"
+        return "strip" if self.client_tls else "offer"
+
+    def _starttls(self, line: bytes, now: float) -> None:
+        if self.client_tls:
+            self._local_reply("STARTTLS", replies.TLS_ACTIVE)
+        elif self.policy.starttls is StartTlsPolicy.TERMINATE:
+            # Answered by the gateway; the handshake starts once the 220 is written.
+            self._slots.append(Slot(TLS_SLOT, reply=replies.TLS_READY))
+            self.phase = Phase.TLS
+            self._flush()
+        else:
+            self._forward_command("STARTTLS", line, now)
+
+    def tls_started(self, side: str, now: float) -> list[Action]:
+        """The TLS handshake on ``side`` ("client" or "server") completed."""
+        if self.phase is Phase.CLOSED:
+            return []
+        if side == "server":
+            self._upstream_tls_started(now)
+        else:
+            self.client_tls = True
+            self._shown = frozenset()  # RFC 3207 §4.2: the client starts over with EHLO
+            self.phase = Phase.COMMAND
+            self._pump(now)
+        return self._finish(now)
+
+    def tls_failed(self, side: str, now: float) -> list[Action]:
+        if self.phase is Phase.CLOSED:
+            return []
+        if side == "server":
+            self._upstream_failed("TLS handshake with the server failed", now)
+            self._pump(now)
+        else:
+            self._policy_event("SG-TLS-CLIENT-FAILED", "TLS handshake with the client failed")
+            self._reset_both()
+        return self._finish(now)
 
     def _reply_timeout(self, verb: str) -> float:
         t = self.policy.timeouts
@@ -352,6 +423,9 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
         verb = cmd.verb
         if verb == "BDAT":
             self._refuse_bdat(cmd.args)
+            return
+        if verb == "STARTTLS" and self.policy.starttls is not StartTlsPolicy.STRIP:
+            self._starttls(line, now)
             return
         if verb not in self.policy.allowed_verbs and self._emulation.pix:
             # PIX 6.x Mailguard (lab emulation): the verb is overwritten in place and

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 
 from smtpguard.core.actions import (
     Action,
@@ -20,13 +21,14 @@ from smtpguard.core.actions import (
     OpenServer,
     PolicyEvent,
     SetTimer,
+    StartTls,
     ToClient,
     ToServer,
     Trace,
 )
 from smtpguard.core.checks import Finding
 from smtpguard.core.data import DataScanner
-from smtpguard.core.grammar import ReplyAssembler
+from smtpguard.core.grammar import Reply, ReplyAssembler
 from smtpguard.core.message import MessageInspector
 from smtpguard.core.policy import Policy
 
@@ -38,13 +40,15 @@ class Phase(enum.Enum):
     DATA = "data"  # relaying message data
     BDAT = "bdat"  # draining a refused BDAT chunk
     QUIT = "quit"  # QUIT forwarded: nothing more is read
+    TLS = "tls"  # a TLS handshake with the client is under way: nothing is read
+    TUNNEL = "tunnel"  # STARTTLS passthrough: bytes relayed, no longer inspected
     CLOSED = "closed"
 
 
 class Upstream(enum.Enum):
     CONNECTING = "connecting"
     GREETING = "greeting"  # connected, waiting for the 220
-    REPLAY = "replay"  # a fresh connection: the client's HELO/EHLO was replayed
+    HANDSHAKE = "handshake"  # the gateway's own exchanges: XCLIENT, STARTTLS, replay
     READY = "ready"
     DOWN = "down"
 
@@ -53,6 +57,7 @@ class Upstream(enum.Enum):
 AFTER_REPLY: dict[tuple[str, int], Phase] = {
     ("DATA", 3): Phase.DATA,
     ("AUTH", 3): Phase.AUTH,
+    ("STARTTLS", 2): Phase.TUNNEL,  # passthrough: the client and server go TLS
 }
 
 CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
@@ -60,9 +65,10 @@ CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
 # Client input is held after these until the server answers: DATA and AUTH change
 # how the next bytes are read; HELO/EHLO decide which extensions (and so which
 # MAIL parameters) the client may use, and RFC 2920 §3.1 makes them end a group.
-HOLD_VERBS = frozenset({"DATA", "AUTH", "EHLO", "HELO"})
+HOLD_VERBS = frozenset({"DATA", "AUTH", "EHLO", "HELO", "STARTTLS"})
 
 END_OF_DATA_VERB = "."  # slot name for the final reply to a message
+TLS_SLOT = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mode)
 
 
 class Slot:
@@ -76,12 +82,29 @@ class Slot:
         self.reply = reply
 
 
+Handler = Callable[[Reply, float], None]  # receives the reply to an internal command
+
+
 class SessionBase:
     """State and primitives shared by the session's parts."""
 
-    def __init__(self, policy: Policy, *, trace: bool = False) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        trace: bool = False,
+        peer: tuple[str, int] | None = None,
+        client_tls: bool = False,
+    ) -> None:
         self.policy = policy
         self.trace = trace
+        self._peer = peer  # the client's address, for XCLIENT
+        self.client_tls = client_tls  # the client side is encrypted (STARTTLS or 465)
+        self.server_tls = False
+        self._handlers: deque[Handler] = deque()  # replies owed to internal commands
+        self._tls_then: Handler | None = None
+        self._tls_fallback: Reply | None = None
+        self._ehlo_line: bytes | None = None  # the client's EHLO, re-sent after TLS
         self._emulation = policy.emulation
         line_check = policy.checks.command_line_length
         # A disabled check still keeps a hard cap: the buffer must stay bounded.
@@ -154,11 +177,26 @@ class SessionBase:
     def _flush(self) -> None:
         slots = self._slots
         while slots and slots[0].reply is not None:
-            reply = slots.popleft().reply
-            assert reply is not None
-            self._send_client(reply)
+            slot = slots.popleft()
+            assert slot.reply is not None
+            self._send_client(slot.reply)
             self._client_deadline = None  # the client's turn starts now
+            if slot.verb == TLS_SLOT:
+                self._drop_injected()
+                self._emit(StartTls("client"))
         self._finish_if_done()
+
+    def _drop_injected(self) -> None:
+        """Bytes the client sent after STARTTLS but before TLS are plaintext
+        injected into the encrypted session (CVE-2011-0411 class): discard them."""
+        if self._cbuf:
+            self._policy_event(
+                "SG-TLS-INJECTION",
+                f"{len(self._cbuf)} octets pipelined after STARTTLS discarded",
+                "reject",
+            )
+            self._cbuf.clear()
+            self._csearch = 0
 
     def _finish_if_done(self) -> None:
         if self.phase is Phase.CLOSED or self._slots:
