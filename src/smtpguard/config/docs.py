@@ -180,7 +180,7 @@ def _policy_default(policy: core.Policy, name: str) -> str:
         return f"mailguard: {_toml(core.MAILGUARD_VERBS)}; esmtp: {_toml(core.ESMTP_VERBS)}"
     if name == "hostname":
         return "this host's name"
-    return _toml(getattr(policy, name))
+    return _toml(getattr(policy, name, None))
 
 
 def _table(model: type[BaseModel], names: list[str], default: Any) -> list[str]:

@@ -156,7 +156,7 @@ def default_hostname() -> str:
 def policy_from(cfg: schema.ConfigFile) -> core.Policy:
     base = core.Policy.for_mode(cfg.mode or core.Mode.MAILGUARD)
     top: dict[str, Any] = {}
-    for name in ("banner", "banner_text", "smuggling", "starttls", "max_pending"):
+    for name in ("banner", "banner_text", "smuggling", "starttls", "xclient", "max_pending"):
         if getattr(cfg, name) is not None:
             top[name] = getattr(cfg, name)
     if cfg.bdat_drain_limit is not None:
@@ -269,9 +269,23 @@ def _unknown_key(loc: Loc) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return f'unknown key (did you mean "{close[0]}"?)'
+    # The right key in the wrong table (a top-level "workers" for "gateway.workers").
+    elsewhere = [".".join(p) for p in _all_keys(schema.ConfigFile) if p[-1] == name]
+    if elsewhere:
+        return f'unknown key (did you mean "{elsewhere[0]}"?)'
     if known and len(known) <= 16:
         return f"unknown key (expected one of: {', '.join(known)})"
     return "unknown key"
+
+
+def _all_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        out.append((*prefix, name))
+        sub = _model_type(info.annotation)
+        if sub is not None:
+            out += _all_keys(sub, (*prefix, name))
+    return out
 
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:

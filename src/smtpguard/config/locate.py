@@ -139,8 +139,8 @@ class _Skeleton:
         out: list[str] = []
         while j < self.n and self.s[j] != quote and self.s[j] != "\n":
             if quote == '"' and self.s[j] == "\\" and j + 1 < self.n:
-                out.append(self.s[j + 1])
-                j += 2
+                char, j = _unescape(self.s, j)
+                out.append(char)
                 continue
             out.append(self.s[j])
             j += 1
@@ -187,6 +187,22 @@ class _Skeleton:
         else:
             while self.i < self.n and self.s[self.i] not in ",]}\r\n#":
                 self.i += 1
+
+
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", "e": "\x1b"}
+
+
+def _unescape(s: str, j: int) -> tuple[str, int]:
+    """Decode the escape at ``s[j]`` (a backslash); return it and the next index."""
+    c = s[j + 1]
+    width = {"u": 4, "U": 8, "x": 2}.get(c)
+    if width is not None:
+        digits = s[j + 2 : j + 2 + width]
+        try:
+            return chr(int(digits, 16)), j + 2 + width
+        except ValueError:
+            return c, j + 2
+    return _ESCAPES.get(c, c), j + 2
 
 
 def _escaped(s: str, pos: int) -> bool:

@@ -285,6 +285,11 @@ class ConfigFile(Section):
         description="bare CR/LF/NUL: reject, or normalize (prefer access.normalize_networks)",
     )
     starttls: StartTls | None = Field(default=None, description="STARTTLS handling")
+    xclient: StrictBool | None = Field(
+        default=None,
+        description="send the real client address to the server with XCLIENT "
+        "(Postfix smtpd_authorized_xclient_hosts)",
+    )
     max_pending: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description="pipelined commands awaiting replies before reading pauses"
     )
