@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -25,6 +27,7 @@ from smtpguard.core.actions import (
     OpenServer,
     PolicyEvent,
     SetTimer,
+    StartTls,
     ToClient,
     ToServer,
     Trace,
@@ -34,6 +37,9 @@ from smtpguard.core.session import Session
 if TYPE_CHECKING:
     from smtpguard.gateway.server import Gateway
 
+log = logging.getLogger("smtpguard.gateway")
+
+TLS_HANDSHAKE_TIMEOUT = 30.0
 # Held, unparsed client bytes above which the client is not read (pipelining bound).
 BACKLOG_HIGH = 64 * 1024
 # Transport write buffer marks: big enough to stream a message without stalls.
@@ -44,11 +50,12 @@ WRITE_LOW = 256 * 1024
 class ClientConnection(asyncio.Protocol):
     """Accepted client connection; owns the session and its upstream."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, tls_listener: bool = False) -> None:
         self.gw = gateway
         self.loop = gateway.loop
         self.sid = gateway.next_session_id()
-        self.session = Session(gateway.policy, trace=gateway.protocol_log is not None)
+        self.tls_listener = tls_listener  # accepted on an implicit-TLS port (465)
+        self.session = Session(gateway.policy)  # replaced once the peer is known
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -66,6 +73,13 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.session = Session(
+            self.gw.policy_for(addr[0]) if addr else self.gw.policy,
+            trace=self.gw.protocol_log is not None,
+            peer=addr,
+            client_tls=self.tls_listener,
+        )
         if not self.gw.admit(self):
             return
         if self.gw.protocol_log is not None:
@@ -154,6 +168,51 @@ class ClientConnection(asyncio.Protocol):
     def _do_close_client(self, a: CloseClient) -> None:
         self._close_client(a.reset)
 
+    def _do_start_tls(self, a: StartTls) -> None:
+        task = self.loop.create_task(self._start_tls(a.side))
+        task.add_done_callback(_log_failure)
+
+    async def _start_tls(self, side: str) -> None:
+        """Upgrade one side in place; the core hears ``tls_started``/``tls_failed``."""
+        tls = self.gw.tls
+        try:
+            if tls is None:
+                raise ssl.SSLError("no TLS configuration")
+            if side == "client":
+                if tls.server is None or self.transport is None:
+                    raise ssl.SSLError("the gateway has no certificate")
+                self.transport = cast(
+                    asyncio.Transport,
+                    await self.loop.start_tls(
+                        self.transport,
+                        self,
+                        tls.server,
+                        server_side=True,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                    ),
+                )
+            else:
+                up = self.upstream
+                if up is None or up.transport is None:
+                    raise ConnectionError("no upstream connection")
+                up.transport = cast(
+                    asyncio.Transport,
+                    await self.loop.start_tls(
+                        up.transport,
+                        up,
+                        tls.client,
+                        server_hostname=tls.upstream_hostname,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                    ),
+                )
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.info("%s TLS handshake with the %s failed: %s", self.sid, side, exc)
+            if not self._done:
+                self._run(self.session.tls_failed(side, self.loop.time()))
+            return
+        if not self._done:
+            self._run(self.session.tls_started(side, self.loop.time()))
+
     def _open_upstream(self) -> None:
         self._close_upstream(abort=True)
         up = UpstreamConnection(self)
@@ -239,7 +298,13 @@ _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
     OpenServer: ClientConnection._do_open_server,
     CloseServer: ClientConnection._do_close_server,
     CloseClient: ClientConnection._do_close_client,
+    StartTls: ClientConnection._do_start_tls,
 }
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("TLS task failed", exc_info=task.exception())
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -1,0 +1,50 @@
+"""TLS contexts for the gateway: its own certificate towards clients, and the client
+side towards the upstream server. TLS 1.2 is the floor (RFC 8996 retired 1.0/1.1).
+
+Towards the upstream the default is opportunistic encryption without certificate
+checks, as between MTAs (Postfix ``smtp_tls_security_level = may``); ``verify``
+turns on certificate and host name checks.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TlsContexts:
+    server: ssl.SSLContext | None  # None: the gateway has no certificate
+    client: ssl.SSLContext
+    upstream_hostname: str | None = None  # for SNI and checks when verifying
+
+
+def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def client_context(verify: bool = False, cafile: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def contexts(
+    certfile: str | None,
+    keyfile: str | None,
+    verify_upstream: bool = False,
+    cafile: str | None = None,
+    upstream_hostname: str | None = None,
+) -> TlsContexts:
+    server = server_context(certfile, keyfile) if certfile else None
+    return TlsContexts(
+        server,
+        client_context(verify_upstream, cafile),
+        upstream_hostname if verify_upstream else None,
+    )
