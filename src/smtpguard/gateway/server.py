@@ -33,6 +33,7 @@ from smtpguard.core.policy import Policy, Smuggling
 from smtpguard.gateway.access import AccessControl, AccessPolicy, parse_ip, peer_ip
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 
 log = logging.getLogger("smtpguard.gateway")
@@ -87,6 +88,7 @@ class Gateway:
         self.protocol_log = protocol_log
         self.metrics = metrics or Metrics()
         self.access = AccessControl(access or AccessPolicy())
+        self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
         self.policy = policy
         self._normalized = self._derive_normalized(policy)
         # Set by the CLI when there is a config file: returns a Reload or raises
