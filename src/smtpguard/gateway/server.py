@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
@@ -154,7 +155,12 @@ class Gateway:
         try:
             new = self.reloader()
         except ConfigError as exc:
-            log.error("%s reload refused, previous configuration kept: %s", CONFIG_REFUSED, exc)
+            log.error(
+                "%s reload refused (pid %d), previous configuration kept: %s",
+                CONFIG_REFUSED,
+                os.getpid(),
+                exc,
+            )
             return False
         self.set_policy(new.policy, new.access)
         self.config = dataclasses.replace(
@@ -164,7 +170,9 @@ class Gateway:
             log.warning(
                 "changed settings need a restart to apply: %s", ", ".join(new.needs_restart)
             )
-        log.warning("%s configuration reloaded; new sessions use it", CONFIG_RELOADED)
+        log.warning(
+            "%s configuration reloaded (pid %d); new sessions use it", CONFIG_RELOADED, os.getpid()
+        )
         return True
 
     # -- sessions --------------------------------------------------------------------
