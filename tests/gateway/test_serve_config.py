@@ -278,3 +278,32 @@ def test_sighup_with_workers_reloads_every_worker(serve, sink: SmtpSink) -> None
     assert c.reply() == b"220 new.example.test ESMTP"
     c.close()
     assert g.proc.poll() is None
+
+
+@needs_alias
+def test_normalize_only_for_listed_networks(serve, sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
+    g = serve(
+        config(sink, "gw.example.test", f'[access]\nnormalize_networks = ["{OTHER_CLIENT}/32"]\n')
+    )
+    body = b"Subject: bare\r\n\r\nline one\nline two\r\n.\r\n"
+
+    def send(source: str) -> bytes:
+        c = Client(g.port, source)
+        assert c.reply().startswith(b"220 ")
+        assert c.cmd(b"HELO client.example").startswith(b"250")
+        assert c.cmd(b"MAIL FROM:<a@example.org>").startswith(b"250")
+        assert c.cmd(b"RCPT TO:<b@example.net>").startswith(b"250")
+        assert c.cmd(b"DATA").startswith(b"354")
+        c.sock.sendall(body)
+        reply = c.reply()
+        c.cmd(b"QUIT")
+        c.close()
+        return reply
+
+    assert send(LOOPBACK).startswith(b"550 5.6.0")  # everyone else: rejected
+    assert send(OTHER_CLIENT).startswith(b"250")  # the listed network: normalised
+    deadline = time.monotonic() + 10
+    while not sink.messages() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (msg,) = sink.messages()
+    assert b"line one\nline two\n" in msg  # smtp-sink stores LF line ends
