@@ -73,3 +73,11 @@ def test_serve_flag_error_names_the_flag(tmp_path: Path) -> None:
     r = _cli("serve", "--config", str(cfg), "--max-sessions", "0")
     assert r.returncode == 2
     assert "--max-sessions: got 0, expected an integer >= 1" in r.stderr
+
+
+def test_serve_with_unloadable_certificate_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(f'starttls = "terminate"\n[tls]\ncertfile = "{tmp_path}/missing.pem"\n')
+    r = _cli("serve", "--config", str(cfg), "--listen", "127.0.0.1:0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "tls: cannot load certificate" in r.stderr and "missing.pem" in r.stderr

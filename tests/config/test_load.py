@@ -205,6 +205,8 @@ def test_the_issue_example(tmp_path: Path) -> None:
             '[protocol_log]\nformat = "csv"',
             ':2: protocol_log.format: got "csv", expected one of "ims", "jsonl"',
         ),
+        ('starttls = "terminate"', ':1: starttls: got "terminate", expected tls.certfile'),
+        ("[tls]\nverify_upstream = 1", ":2: tls.verify_upstream: got 1, expected true or false"),
         ('hostname = "two words"', ':1: hostname: got "two words", expected a host name'),
     ],
 )

@@ -46,7 +46,7 @@ INTRO = """\
   Sessions that start afterwards use the new policy and access rules; sessions in
   flight keep the policy they started with. An invalid file is refused with an
   `SG-CONFIG-REFUSED` log line and the running configuration kept. `gateway.listen`,
-  `gateway.workers`, `gateway.upstream`, `gateway.maildir` and `[protocol_log]` need
+  `gateway.workers`, `gateway.upstream`, `gateway.maildir`, `[protocol_log]` and `[tls]` need
   a restart (a reload that changes them says so in the log). With `--workers N` the
   parent passes SIGHUP to every worker.
 """
@@ -93,6 +93,8 @@ SECTION_TEXT = {
     "emulation": "Faithful PIX Mailguard emulation, for labs. Never on by default.",
     "gateway": "The listener, the upstream and the processes.",
     "protocol_log": "The protocol log (message content is never logged, only sizes).",
+    "tls": 'Certificates for STARTTLS. Needed for `starttls = "terminate"`; a '
+    "restart applies changes.",
     "access": "Client access control.",
 }
 
@@ -149,6 +151,7 @@ def render() -> str:
         ("emulation", schema.EmulationSection, core.Emulation()),
         ("gateway", schema.GatewaySection, None),
         ("protocol_log", schema.ProtocolLogSection, None),
+        ("tls", schema.TlsSection, None),
         ("access", schema.AccessSection, None),
     ]
     for name, model, defaults in sections:

@@ -46,6 +46,14 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    certfile: str | None = None
+    keyfile: str | None = None
+    verify_upstream: bool = False
+    cafile: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything ``serve`` needs, validated."""
 
@@ -60,6 +68,7 @@ class Settings:
     log_level: str
     protocol_log: str | None
     protocol_log_format: str
+    tls: TlsFiles = TlsFiles()
     source: str | None = None  # the config file, if any
 
 
@@ -120,6 +129,8 @@ class _Invalid(Exception):
 def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings:
     g = cfg.gateway
     lhost, lport = split_hostport(g.listen)
+    if cfg.starttls is core.StartTls.TERMINATE and not cfg.tls.certfile:
+        raise _Invalid(("starttls",), "terminate", 'tls.certfile = "..." set too')
     a = cfg.access
     return Settings(
         policy=policy_from(cfg),
@@ -140,6 +151,7 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
         log_level=g.log_level,
         protocol_log=cfg.protocol_log.path,
         protocol_log_format=cfg.protocol_log.format,
+        tls=TlsFiles(**dict(cfg.tls)),
         source=source,
     )
 

@@ -27,6 +27,7 @@ def to_data(settings: Settings) -> dict[str, Any]:
             "path": settings.protocol_log,
             "format": settings.protocol_log_format,
         },
+        "tls": dataclasses.asdict(settings.tls),
         "access": _plain(dataclasses.asdict(settings.access)),
         "policy": _plain(_policy_dict(settings.policy)),
     }

@@ -240,6 +240,22 @@ class ProtocolLogSection(Section):
     )
 
 
+class TlsSection(Section):
+    certfile: Str | None = Field(
+        default=None,
+        description='PEM certificate chain the gateway shows clients (starttls = "terminate")',
+    )
+    keyfile: Str | None = Field(default=None, description="PEM private key, if not in certfile")
+    verify_upstream: StrictBool = Field(
+        default=False,
+        description="check the upstream's certificate and name (default: encrypt "
+        "without checks, as MTAs do)",
+    )
+    cafile: Str | None = Field(
+        default=None, description="CA bundle for verify_upstream (default: the system's)"
+    )
+
+
 class AccessSection(Section):
     allow: list[NetworkStr] = Field(
         default=[], description="client networks allowed to connect; empty: all not denied"
@@ -309,6 +325,7 @@ class ConfigFile(Section):
     protocol_log: ProtocolLogSection = Field(
         default_factory=ProtocolLogSection, description="protocol log"
     )
+    tls: TlsSection = Field(default_factory=TlsSection, description="TLS certificates")
     access: AccessSection = Field(
         default_factory=AccessSection, description="client access control"
     )

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from smtpguard.logs import FORMATS, open_protocol_log
 if TYPE_CHECKING:
     from smtpguard.config.load import Override, Settings
     from smtpguard.gateway.server import Reload
+    from smtpguard.gateway.tls import TlsContexts
 
 TIMEOUT_KEYS = tuple(f.name for f in dataclasses.fields(Timeouts))
 
@@ -203,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=settings.max_sessions,
         drain_grace=settings.drain_grace,
     )
+    tls = _tls_contexts(settings, upstream[0])
     host, port = socks[0].getsockname()[:2]
     _print_banner(settings, host, port, target, sink_sock is not None)
 
@@ -212,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         if sink_sock is not None and mine is None:
             sink_sock.close()
         _use_uvloop()
-        return asyncio.run(_serve(args, settings, config, sock, mine))
+        return asyncio.run(_serve(args, settings, config, sock, mine, tls))
 
     if settings.workers == 1:
         return worker(socks[0], 0)
@@ -235,6 +238,7 @@ async def _serve(
     config: Any,
     sock: socket.socket,
     sink_sock: socket.socket | None,
+    tls: TlsContexts | None = None,
 ) -> int:
     from smtpguard.gateway.server import Gateway
     from smtpguard.sink import start_sink
@@ -248,6 +252,7 @@ async def _serve(
         else None
     )
     gateway = Gateway(config, settings.policy, plog, access=settings.access)
+    gateway.tls = tls
     if args.config is not None:
         gateway.reloader = _reloader(args, settings)
     await gateway.start(sock)
@@ -264,7 +269,15 @@ def _reloader(args: argparse.Namespace, first: Settings) -> Callable[[], Reload]
     from smtpguard.config.load import load
     from smtpguard.gateway.server import Reload
 
-    fixed = ("listen", "workers", "upstream", "maildir", "protocol_log", "protocol_log_format")
+    fixed = (
+        "listen",
+        "workers",
+        "upstream",
+        "maildir",
+        "protocol_log",
+        "protocol_log_format",
+        "tls",
+    )
 
     def reload() -> Reload:
         new = load(args.config, overrides(args))  # ConfigError: the caller keeps the old
@@ -281,6 +294,26 @@ def _reloader(args: argparse.Namespace, first: Settings) -> Callable[[], Reload]
     return reload
 
 
+def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
+    """TLS contexts when STARTTLS is relayed or terminated, loaded once before any
+    worker starts so a bad certificate fails at start with one line."""
+    from smtpguard.cli import CliError
+    from smtpguard.core.policy import StartTls
+    from smtpguard.gateway.tls import contexts
+
+    t = settings.tls
+    if settings.policy.starttls is StartTls.STRIP and not t.certfile:
+        return None
+    try:
+        return contexts(t.certfile, t.keyfile, t.verify_upstream, t.cafile, upstream_host)
+    except (OSError, ssl.SSLError) as exc:
+        where = settings.source or "--config"
+        raise CliError(
+            f"{where}: tls: cannot load certificate {t.certfile or ''} / CA "
+            f"{t.cafile or '(system)'}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
 def _check_reachable(host: str, port: int) -> None:
     from smtpguard.cli import CliError
 
@@ -291,9 +324,7 @@ def _check_reachable(host: str, port: int) -> None:
         raise CliError(f"--upstream {host}:{port}: not reachable ({reason})") from None
 
 
-def _print_banner(
-    settings: Settings, host: str, port: int, target: str, builtin: bool
-) -> None:
+def _print_banner(settings: Settings, host: str, port: int, target: str, builtin: bool) -> None:
     policy = settings.policy
     shown = f"[{host}]" if ":" in host else host
     lines = [
@@ -306,9 +337,7 @@ def _print_banner(
     if builtin:
         lines.append(f"  mail lands in {os.path.abspath(settings.maildir)} (Maildir)")
     if settings.protocol_log:
-        lines.append(
-            f"  protocol log  {settings.protocol_log} ({settings.protocol_log_format})"
-        )
+        lines.append(f"  protocol log  {settings.protocol_log} ({settings.protocol_log_format})")
     lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
     lines.append("  stop with     Ctrl-C (drains sessions in flight)")
     print("\n".join(lines), flush=True)
