@@ -80,6 +80,26 @@ def postfix(**settings: str) -> Peer:
     return start
 
 
+def gateway(*args: str) -> Peer:
+    """``smtpguard serve`` (the real CLI) in front of smtp-sink."""
+
+    @contextlib.contextmanager
+    def start(tmp: Path) -> Iterator[tuple[str, int]]:
+        from tests.peers import GatewayProcess, SmtpSink
+
+        sink = SmtpSink(tmp)
+        try:
+            gw = GatewayProcess("--upstream", sink.address, *args, workdir=tmp)
+            try:
+                yield "127.0.0.1", gw.port
+            finally:
+                gw.stop()
+        finally:
+            sink.stop()
+
+    return start
+
+
 def fake(behaviour: Behaviour) -> Peer:
     def start(_tmp: Path) -> AbstractContextManager[tuple[str, int]]:
         return FakeSmtpServer(behaviour)
@@ -121,6 +141,11 @@ PEERS: dict[str, Peer] = {
     # Receivers that take bare-LF / bare-CR end-of-data (SMTP smuggling).
     "fake-lf-eod": fake(Behaviour(eod="lf")),
     "fake-cr-eod": fake(Behaviour(eod="cr")),
+    # (b) the gateway in mailguard mode: a Mailguard-style filter by design (EHLO 500),
+    # but with a clear generic banner, a working split end of data and no smuggling.
+    "gateway-mailguard": gateway(),
+    # (c) the gateway in esmtp mode: EHLO with filtered keywords, nothing to flag.
+    "gateway-esmtp": gateway("--mode", "esmtp"),
     # A real Postfix 3.x with its defaults (bare LF is a line end unless patched/set).
     "postfix": postfix(),
     # The same with the SMTP smuggling fix switched on: bare LF is refused. Its

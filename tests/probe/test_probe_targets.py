@@ -85,6 +85,13 @@ TARGETS = [
         Expect({**CLEAN, "smuggling": "problem"}, False, accepted=frozenset(VARIANTS)),
         id="fake-cr-eod",
     ),
+    pytest.param(
+        "gateway-mailguard",
+        Expect({**CLEAN, "ehlo": "problem", "pipelining": "info"}, True,
+               extra={"ehlo": "500 5.5.1 Unrecognized command", "banner": "clear"}),
+        marks=e2e, id="gateway-mailguard",
+    ),
+    pytest.param("gateway-esmtp", Expect(CLEAN, False), marks=e2e, id="gateway-esmtp"),
     # Postfix before 3.9 takes a bare LF as a line end by default (CVE-2023-51764).
     pytest.param(
         "postfix",
