@@ -146,6 +146,9 @@ PEERS: dict[str, Peer] = {
     "gateway-mailguard": gateway(),
     # (c) the gateway in esmtp mode: EHLO with filtered keywords, nothing to flag.
     "gateway-esmtp": gateway("--mode", "esmtp"),
+    # (d) the gateway's PIX 6.x lab emulation, without and with CSCds90792.
+    "gateway-emulate-pix": gateway("--emulate", "pix"),
+    "gateway-emulate-pix-bug": gateway("--emulate", "pix", "--emulate-bug", "split-eod"),
     # A real Postfix 3.x with its defaults (bare LF is a line end unless patched/set).
     "postfix": postfix(),
     # The same with the SMTP smuggling fix switched on: bare LF is refused. Its

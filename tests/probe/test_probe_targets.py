@@ -92,6 +92,18 @@ TARGETS = [
         marks=e2e, id="gateway-mailguard",
     ),
     pytest.param("gateway-esmtp", Expect(CLEAN, False), marks=e2e, id="gateway-esmtp"),
+    pytest.param(
+        "gateway-emulate-pix",
+        Expect({**PIX, "commands": "problem"}, True,
+               extra={"commands": "NOOP", "ehlo": "bare", "banner": "masked"}),
+        marks=e2e, id="gateway-emulate-pix",
+    ),
+    pytest.param(
+        "gateway-emulate-pix-bug",
+        Expect({**PIX, "commands": "problem", "split-terminator": "problem"}, True,
+               split="failed", timeout=4.0, extra={"split-terminator": "duplicates"}),
+        marks=e2e, id="gateway-emulate-pix-bug",
+    ),
     # Postfix before 3.9 takes a bare LF as a line end by default (CVE-2023-51764).
     pytest.param(
         "postfix",

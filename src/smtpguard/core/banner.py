@@ -32,6 +32,8 @@ def greeting(reply: Reply, policy: Policy) -> bytes:
     Only a 220 is rewritten: a 554 or 421 greeting is the server's decision and
     reaches the client unchanged.
     """
+    if policy.emulation.pix and reply.code == 220:  # the lab emulation masks, always
+        return pix_mask(reply.raw)
     if reply.code != 220 or policy.banner is BannerPolicy.PASS:
         return reply.raw
     if policy.banner is BannerPolicy.PIX:

@@ -96,6 +96,38 @@ def register(sub: Any) -> None:
         help=f"override a timeout; NAME is one of {', '.join(TIMEOUT_KEYS)}",
     )
     p.add_argument(
+        "--starttls",
+        choices=["strip", "passthrough", "terminate"],
+        help="STARTTLS: strip (default), passthrough (stop inspecting), terminate "
+        "(TLS on both sides, inspected in between; needs --tls-cert)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for terminate")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key, if not in --tls-cert")
+    p.add_argument(
+        "--xclient",
+        action="store_const",
+        const=True,
+        help="tell the server the real client address with XCLIENT (Postfix)",
+    )
+    lab = p.add_argument_group("lab emulation (never in production)")
+    lab.add_argument(
+        "--emulate",
+        choices=["pix"],
+        help="reproduce PIX 6.x Mailguard faithfully: masked banner, refused verbs "
+        "rewritten and passed on, one command at a time",
+    )
+    lab.add_argument(
+        "--emulate-rewrite",
+        choices=["noop", "xxxx"],
+        help="how --emulate pix rewrites a refused verb: noop (6.x, default) or xxxx (7.x)",
+    )
+    lab.add_argument(
+        "--emulate-bug",
+        choices=["split-eod"],
+        help="with --emulate pix, reproduce CSCds90792: an end of data split across "
+        "TCP segments is never passed on (senders time out and re-send)",
+    )
+    p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="application log level on stderr (default warning)",
@@ -116,6 +148,11 @@ _FLAG_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "workers": (("gateway", "workers"), "--workers"),
     "drain_grace": (("gateway", "drain_grace"), "--drain-grace"),
     "log_level": (("gateway", "log_level"), "--log-level"),
+    "starttls": (("starttls",), "--starttls"),
+    "tls_cert": (("tls", "certfile"), "--tls-cert"),
+    "tls_key": (("tls", "keyfile"), "--tls-key"),
+    "xclient": (("xclient",), "--xclient"),
+    "emulate_rewrite": (("emulation", "rewrite"), "--emulate-rewrite"),
 }
 
 
@@ -128,6 +165,12 @@ def overrides(args: argparse.Namespace) -> list[Override]:
         value = getattr(args, attr, None)
         if value is not None:
             out.append((keypath, value, flag))
+    if args.emulate == "pix":
+        out.append((("emulation", "pix"), True, "--emulate"))
+    if args.emulate_bug == "split-eod":
+        if args.emulate != "pix":
+            raise CliError("--emulate-bug: only with --emulate pix")
+        out.append((("emulation", "split_eod_bug"), True, "--emulate-bug"))
     if args.banner is not None:
         banner_names = {b.value for b in BannerPolicy} - {"custom"}
         if args.banner in banner_names:
@@ -338,6 +381,20 @@ def _print_banner(settings: Settings, host: str, port: int, target: str, builtin
         lines.append(f"  mail lands in {os.path.abspath(settings.maildir)} (Maildir)")
     if settings.protocol_log:
         lines.append(f"  protocol log  {settings.protocol_log} ({settings.protocol_log_format})")
+    emu = policy.emulation
+    if emu.pix:
+        bug = (
+            ", BUG split-eod (CSCds90792) ON: split end of data is swallowed"
+            if emu.split_eod_bug
+            else ""
+        )
+        lines.insert(
+            0, f"*** PIX EMULATION for labs: rewrite {emu.rewrite.value}, lock-step{bug} ***"
+        )
+    if policy.starttls.value != "strip":
+        lines.append(f"  STARTTLS      {policy.starttls.value}")
+    if policy.xclient:
+        lines.append("  XCLIENT       on (the server sees the real client address)")
     lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
     lines.append("  stop with     Ctrl-C (drains sessions in flight)")
     print("\n".join(lines), flush=True)
