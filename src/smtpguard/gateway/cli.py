@@ -350,9 +350,10 @@ def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
     try:
         return contexts(t.certfile, t.keyfile, t.verify_upstream, t.cafile, upstream_host)
     except (OSError, ssl.SSLError) as exc:
-        where = settings.source or "--config"
+        where = f"{settings.source}: tls" if settings.source else "--tls-cert"
+        key = f" with key {t.keyfile}" if t.keyfile else " (key expected in the same file)"
         raise CliError(
-            f"{where}: tls: cannot load certificate {t.certfile or ''} / CA "
+            f"{where}: cannot load certificate {t.certfile or ''}{key}, CA "
             f"{t.cafile or '(system)'}: {getattr(exc, 'strerror', None) or exc}"
         ) from None
 

@@ -1,0 +1,179 @@
+"""STARTTLS through the gateway with real clients: terminate (swaks --tls, smtplib),
+passthrough, and the gateway's own STARTTLS towards a TLS-capable server."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need
+
+pytestmark = pytest.mark.e2e
+
+MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: tls\r\n\r\nsecret\r\n"
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    d = tmp_path_factory.mktemp("tls")
+    certfile, keyfile = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(keyfile), "-out", str(certfile)],
+        check=True, capture_output=True,
+    )
+    return str(certfile), str(keyfile)
+
+
+class Recorder:
+    """aiosmtpd handler remembering each message and whether it came over TLS."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bool]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.original_content, session.ssl is not None))
+        return "250 2.0.0 Ok: stored"
+
+
+@pytest.fixture
+def tls_server(cert: tuple[str, str]) -> Iterator[tuple[int, Recorder]]:
+    """A TLS-capable upstream (aiosmtpd offering STARTTLS) on loopback."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*cert)
+    rec = Recorder()
+    port = free_port()
+    controller = Controller(rec, hostname=LOOPBACK, port=port, tls_context=ctx,
+                            require_starttls=False, ident="tls-upstream")
+    controller.start()
+    try:
+        yield port, rec
+    finally:
+        controller.stop()
+
+
+def _client_ctx() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _wait(cond: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> None:
+    sink = SmtpSink(tmp_path)
+    gw = GatewayProcess("--upstream", sink.address, "--mode", "esmtp", "--starttls",
+                        "terminate", "--tls-cert", cert[0], "--tls-key", cert[1],
+                        workdir=tmp_path)
+    try:
+        out = subprocess.run(
+            [need("swaks"), "--server", gw.address, "--tls", "--from", "a@example.org",
+             "--to", "b@example.net", "--timeout", "20"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "220 2.0.0 Ready to start TLS" in out.stdout
+        assert "TLS started" in out.stdout
+        _wait(lambda: len(sink.messages()) == 1)
+        assert len(sink.messages()) == 1
+    finally:
+        gw.stop()
+        sink.stop()
+
+
+def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str, str]) -> None:
+    sink = SmtpSink(tmp_path)
+    gw = GatewayProcess("--upstream", sink.address, "--mode", "esmtp", "--starttls",
+                        "terminate", "--tls-cert", cert[0], "--tls-key", cert[1],
+                        workdir=tmp_path)
+    try:
+        with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
+            s.ehlo()
+            assert s.has_extn("starttls")
+            s.starttls(context=_client_ctx())
+            s.ehlo()
+            assert not s.has_extn("starttls")
+            assert s.docmd("STARTTLS")[0] == 503
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+        _wait(lambda: len(sink.messages()) == 1)
+        assert len(sink.messages()) == 1
+    finally:
+        gw.stop()
+        sink.stop()
+
+
+def test_terminate_secures_the_upstream_too(tmp_path: Path, cert: tuple[str, str],
+                                           tls_server: tuple[int, Recorder]) -> None:
+    port, rec = tls_server
+    gw = GatewayProcess("--upstream", f"{LOOPBACK}:{port}", "--mode", "esmtp", "--starttls",
+                        "terminate", "--tls-cert", cert[0], "--tls-key", cert[1],
+                        workdir=tmp_path)
+    try:
+        with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
+            s.starttls(context=_client_ctx())
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+        _wait(lambda: len(rec.messages) == 1)
+        assert len(rec.messages) == 1
+        assert rec.messages[0][1] is True  # the gateway spoke TLS to the server
+    finally:
+        gw.stop()
+
+
+def test_passthrough_tunnels_tls_end_to_end(tmp_path: Path,
+                                            tls_server: tuple[int, Recorder]) -> None:
+    port, rec = tls_server
+    gw = GatewayProcess("--upstream", f"{LOOPBACK}:{port}", "--mode", "esmtp", "--starttls",
+                        "passthrough", workdir=tmp_path)
+    try:
+        with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
+            s.ehlo()
+            assert s.has_extn("starttls")
+            s.starttls(context=_client_ctx())
+            # the certificate is the upstream's own: the gateway only relays bytes
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+        _wait(lambda: len(rec.messages) == 1)
+        assert rec.messages[0][1] is True
+    finally:
+        gw.stop()
+
+
+def test_certificate_without_its_key_is_a_clear_error(tmp_path: Path,
+                                                       cert: tuple[str, str]) -> None:
+    sink = SmtpSink(tmp_path)
+    try:
+        r = subprocess.run(
+            ["python3", "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{free_port()}",
+             "--upstream", sink.address, "--starttls", "terminate", "--tls-cert", cert[0]],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.startswith("smtpguard serve: error: --tls-cert: cannot load")
+    finally:
+        sink.stop()
+
+
+def test_terminate_without_certificate_is_a_clear_error(tmp_path: Path) -> None:
+    sink = SmtpSink(tmp_path)
+    try:
+        r = subprocess.run(
+            ["python3", "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{free_port()}",
+             "--upstream", sink.address, "--starttls", "terminate"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "tls" in r.stderr.lower() and r.stderr.strip().count("\n") == 0
+    finally:
+        sink.stop()
