@@ -177,3 +177,23 @@ def test_terminate_without_certificate_is_a_clear_error(tmp_path: Path) -> None:
         assert "tls" in r.stderr.lower() and r.stderr.strip().count("\n") == 0
     finally:
         sink.stop()
+
+
+def test_implicit_tls_listener(tmp_path: Path, cert: tuple[str, str]) -> None:
+    sink = SmtpSink(tmp_path)
+    tls_port = free_port()
+    gw = GatewayProcess("--upstream", sink.address, "--mode", "esmtp", "--tls-cert", cert[0],
+                        "--tls-key", cert[1], "--tls-listen", f"{LOOPBACK}:{tls_port}",
+                        workdir=tmp_path)
+    try:
+        with smtplib.SMTP_SSL(LOOPBACK, tls_port, timeout=10, context=_client_ctx()) as s:
+            s.ehlo()
+            assert not s.has_extn("starttls")  # already encrypted
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+        with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:  # the plain port still works
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+        _wait(lambda: len(sink.messages()) == 2)
+        assert len(sink.messages()) == 2
+    finally:
+        gw.stop()
+        sink.stop()

@@ -51,6 +51,7 @@ class TlsFiles:
     keyfile: str | None = None
     verify_upstream: bool = False
     cafile: str | None = None
+    implicit_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
     lhost, lport = split_hostport(g.listen)
     if cfg.starttls is core.StartTls.TERMINATE and not cfg.tls.certfile:
         raise _Invalid(("starttls",), "terminate", 'tls.certfile = "..." set too')
+    if cfg.tls.implicit_listen and not cfg.tls.certfile:
+        raise _Invalid(
+            ("tls", "implicit_listen"), cfg.tls.implicit_listen, 'tls.certfile = "..." set too'
+        )
     a = cfg.access
     return Settings(
         policy=policy_from(cfg),

@@ -254,6 +254,11 @@ class TlsSection(Section):
     cafile: Str | None = Field(
         default=None, description="CA bundle for verify_upstream (default: the system's)"
     )
+    implicit_listen: HostPort | None = Field(
+        default=None,
+        description="also listen here with TLS from the first byte (port 465 style, "
+        "RFC 8314); needs certfile",
+    )
 
 
 class AccessSection(Section):

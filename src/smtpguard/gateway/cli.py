@@ -104,6 +104,11 @@ def register(sub: Any) -> None:
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for terminate")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key, if not in --tls-cert")
     p.add_argument(
+        "--tls-listen",
+        metavar="HOST:PORT",
+        help="also listen with implicit TLS (port 465 style); needs --tls-cert",
+    )
+    p.add_argument(
         "--xclient",
         action="store_const",
         const=True,
@@ -151,6 +156,7 @@ _FLAG_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "starttls": (("starttls",), "--starttls"),
     "tls_cert": (("tls", "certfile"), "--tls-cert"),
     "tls_key": (("tls", "keyfile"), "--tls-key"),
+    "tls_listen": (("tls", "implicit_listen"), "--tls-listen"),
     "xclient": (("xclient",), "--xclient"),
     "emulate_rewrite": (("emulation", "rewrite"), "--emulate-rewrite"),
 }
@@ -240,6 +246,15 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         listen = f"{lhost}:{lport}"
         raise CliError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
+    tls_socks: list[socket.socket] = []
+    if settings.tls.implicit_listen:
+        thost, _, tport = settings.tls.implicit_listen.rpartition(":")
+        try:
+            tls_socks = bind_listeners(thost.strip("[]"), int(tport), settings.workers)
+        except OSError as exc:
+            raise CliError(
+                f"--tls-listen {settings.tls.implicit_listen}: cannot listen: {exc.strerror or exc}"
+            ) from None
     config = GatewayConfig(
         listen_host=lhost,
         listen_port=lport,
@@ -250,19 +265,24 @@ def run(args: argparse.Namespace) -> int:
     )
     tls = _tls_contexts(settings, upstream[0])
     host, port = socks[0].getsockname()[:2]
-    _print_banner(settings, host, port, target, sink_sock is not None)
+    implicit = tls_socks[0].getsockname()[:2] if tls_socks else None
+    _print_banner(settings, host, port, target, sink_sock is not None, implicit)
 
     def worker(sock: socket.socket, index: int) -> int:
         # The built-in mailbox runs in the first worker's event loop.
         mine = sink_sock if index == 0 else None
         if sink_sock is not None and mine is None:
             sink_sock.close()
+        mine_tls = tls_socks[index] if tls_socks else None
+        for other in tls_socks:
+            if other is not mine_tls:
+                other.close()
         _use_uvloop()
-        return asyncio.run(_serve(args, settings, config, sock, mine, tls))
+        return asyncio.run(_serve(args, settings, config, sock, mine, tls, mine_tls))
 
     if settings.workers == 1:
         return worker(socks[0], 0)
-    return run_workers(socks, worker)
+    return run_workers(socks, worker, parent_close=tls_socks)
 
 
 def _use_uvloop() -> None:
@@ -282,6 +302,7 @@ async def _serve(
     sock: socket.socket,
     sink_sock: socket.socket | None,
     tls: TlsContexts | None = None,
+    tls_sock: socket.socket | None = None,
 ) -> int:
     from smtpguard.gateway.server import Gateway
     from smtpguard.sink import start_sink
@@ -299,6 +320,8 @@ async def _serve(
     if args.config is not None:
         gateway.reloader = _reloader(args, settings)
     await gateway.start(sock)
+    if tls_sock is not None and tls is not None and tls.server is not None:
+        await gateway.start_implicit_tls(tls_sock, tls.server)
     await gateway.serve_until_signalled()
     if sink_server is not None:
         sink_server.close()
@@ -345,7 +368,7 @@ def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
     from smtpguard.gateway.tls import contexts
 
     t = settings.tls
-    if settings.policy.starttls is StartTls.STRIP and not t.certfile:
+    if settings.policy.starttls is StartTls.STRIP and not t.certfile and not t.implicit_listen:
         return None
     try:
         return contexts(t.certfile, t.keyfile, t.verify_upstream, t.cafile, upstream_host)
@@ -368,7 +391,14 @@ def _check_reachable(host: str, port: int) -> None:
         raise CliError(f"--upstream {host}:{port}: not reachable ({reason})") from None
 
 
-def _print_banner(settings: Settings, host: str, port: int, target: str, builtin: bool) -> None:
+def _print_banner(
+    settings: Settings,
+    host: str,
+    port: int,
+    target: str,
+    builtin: bool,
+    implicit: tuple[str, int] | None = None,
+) -> None:
     policy = settings.policy
     shown = f"[{host}]" if ":" in host else host
     lines = [
@@ -392,6 +422,8 @@ def _print_banner(settings: Settings, host: str, port: int, target: str, builtin
         lines.insert(
             0, f"*** PIX EMULATION for labs: rewrite {emu.rewrite.value}, lock-step{bug} ***"
         )
+    if implicit is not None:
+        lines.append(f"  implicit TLS  {implicit[0]}:{implicit[1]}")
     if policy.starttls.value != "strip":
         lines.append(f"  STARTTLS      {policy.starttls.value}")
     if policy.xclient:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class Gateway:
         self.stats = Stats()
         self._ids = count(1)
         self._server: asyncio.base_events.Server | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -122,13 +124,20 @@ class Gateway:
         host, port = sock.getsockname()[:2]
         return host, port
 
+    async def start_implicit_tls(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        """Also accept clients that speak TLS from the first byte (RFC 8314)."""
+        self._tls_server = await self.loop.create_server(
+            lambda: ClientConnection(self, tls_listener=True),
+            sock=sock,
+            ssl=ctx,
+            ssl_handshake_timeout=30.0,
+        )
+
     # -- policy ----------------------------------------------------------------------
     def policy_for(self, peer_ip: str) -> Policy:
         """The policy for a new session from ``peer_ip`` (an address, no port):
         clients in ``access.normalize_networks`` get ``smuggling = normalize``."""
-        if self._normalized is not self.policy and self.access.policy.normalizes(
-            parse_ip(peer_ip)
-        ):
+        if self._normalized is not self.policy and self.access.policy.normalizes(parse_ip(peer_ip)):
             return self._normalized
         return self.policy
 
@@ -244,8 +253,9 @@ class Gateway:
     # -- drain -------------------------------------------------------------------------
     async def drain(self) -> None:
         """Stop accepting, let transactions finish within the grace period, close."""
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self.sessions):
             conn.shutdown()
         with contextlib.suppress(TimeoutError):

@@ -39,8 +39,14 @@ def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def run_workers(socks: list[socket.socket], worker: Callable[[socket.socket, int], int]) -> int:
-    """Fork one process per socket running ``worker(sock, index)``; wait for all."""
+def run_workers(
+    socks: list[socket.socket],
+    worker: Callable[[socket.socket, int], int],
+    parent_close: list[socket.socket] | None = None,
+) -> int:
+    """Fork one process per socket running ``worker(sock, index)``; wait for all.
+    ``parent_close``: more listening sockets the workers own, closed in the parent
+    after forking (a listener left open here would get connections nobody accepts)."""
     pids: list[int] = []
     for index, sock in enumerate(socks):
         pid = os.fork()
@@ -58,7 +64,7 @@ def run_workers(socks: list[socket.socket], worker: Callable[[socket.socket, int
                 sys.stderr.flush()
                 os._exit(code)
         pids.append(pid)
-    for sock in socks:
+    for sock in [*socks, *(parent_close or [])]:
         sock.close()
 
     def forward(signum: int, _frame: object) -> None:
