@@ -36,7 +36,9 @@ INTRO = """\
 - **Command line.** Flags given to `serve` override the file: `--listen`,
   `--upstream`, `--mode`, `--banner`, `--hostname`, `--protocol-log`,
   `--protocol-log-format`, `--maildir`, `--max-sessions`, `--workers`,
-  `--drain-grace`, `--timeout NAME=SECONDS`, `--log-level`.
+  `--drain-grace`, `--timeout NAME=SECONDS`, `--log-level`, `--starttls`,
+  `--tls-cert`, `--tls-key`, `--tls-listen`, `--xclient`, `--emulate pix`,
+  `--emulate-rewrite`, `--emulate-bug split-eod`.
 - **Types are strict.** `limit = "100"` is a string, not an integer; unknown keys
   are errors (with a "did you mean" hint).
 - **Errors** are one line, exit status 2, naming the file, line, key, the value and
