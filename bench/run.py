@@ -126,8 +126,15 @@ def _reply(sock: socket.socket) -> bytes:
 
 def send_big(port: int, megabytes: int) -> float:
     """Relay one message of ``megabytes`` MB; returns MB/s from DATA to final reply."""
-    line = b"x" * 76 + b"\r\n"
+    # A realistic big message: headers, then a MIME attachment in base64 lines, so
+    # the content checks (header, MIME boundary and body line scans) do their work.
+    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
     block = line * (1024 * 1024 // len(line))
+    head = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: big\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n"
+            b"--B\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"big.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n")
     with socket.create_connection((LOOPBACK, port), 30) as s:
         s.settimeout(300)
         _reply(s)
@@ -140,9 +147,10 @@ def send_big(port: int, megabytes: int) -> float:
             s.sendall(cmd + b"\r\n")
             _reply(s)
         start = time.perf_counter()
+        s.sendall(head)
         for _ in range(megabytes):
             s.sendall(block)
-        s.sendall(b".\r\n")
+        s.sendall(b"--B--\r\n.\r\n")
         final = _reply(s)
         elapsed = time.perf_counter() - start
         if not final.startswith(b"250"):

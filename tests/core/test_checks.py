@@ -363,3 +363,19 @@ def test_server_with_dropped_rcpt_replies_keeps_order() -> None:
         server=FakeServer(),
     )
     assert run.replies()[-3:] == [b"550 5.1.1 User unknown", b"250 2.1.5 Ok", b"221 2.0.0 Bye"]
+
+
+def test_a_non_field_line_ends_the_header_section() -> None:
+    policy = esmtp(header_line_length=Check(Verdict.DROP, 50))
+    body = b"x" * 60 + b"\r\n"
+    # no empty line: the first non-field line is body, so the header limit does not apply
+    run = converse(
+        EHLO + MAIL + RCPT + b"DATA\r\nSubject: s\r\n" + body + b".\r\nQUIT\r\n", policy=policy
+    )
+    assert "SG-CHK-HEADER-LINE" not in run.event_ids()
+    assert len(run.server.messages) == 1
+    run = converse(
+        EHLO + MAIL + RCPT + b"DATA\r\nX-Long: " + b"h" * 50 + b"\r\n\r\nok\r\n" + b".\r\nQUIT\r\n",
+        policy=policy,
+    )
+    assert "SG-CHK-HEADER-LINE" in run.event_ids()

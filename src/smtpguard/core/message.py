@@ -24,6 +24,7 @@ KEEP = 2048  # octets of a line kept for parsing; the rest is only counted
 FIELD_CAP = 16 * 1024  # unfolded header field kept for parsing
 _PARAM = re.compile(r"""([A-Za-z0-9_.-]+\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)""")
 _ADDR_FIELDS = {"to", "cc"}
+_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")  # RFC 5322 §3.6.8 field-name ":"
 
 
 def _params(value: str) -> dict[str, str]:
@@ -178,6 +179,13 @@ class MessageInspector:
 
     def _header_line(self, line: bytes, length: int) -> None:
         c = self.c
+        if line[:1] not in (b" ", b"\t", b"\r", b"\n") and not _FIELD.match(line):
+            # RFC 5322 §2.2: the first line that is neither a field nor a continuation
+            # starts the body, as MTAs read it (no empty line needed).
+            self._end_field()
+            self._end_header()
+            self._body_line(line, length)
+            return
         if self._top:
             self._header_size += length
             if over(c.header_size, self._header_size):
