@@ -62,8 +62,9 @@ class StartTls:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
-    """Call ``timer(now)`` at ``deadline`` (same clock as the ``now`` arguments);
-    ``None`` cancels the timer."""
+    """Call ``timer(now)`` at ``deadline`` (same clock as the ``now`` arguments),
+    replacing the armed timer. The core only ever moves it earlier; a timer that
+    fires before anything expired makes the core arm the next deadline."""
 
     deadline: float | None
 

@@ -157,6 +157,8 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
         return self._finish(now)
 
     def timer(self, now: float) -> list[Action]:
+        """The armed timer fired: act on what expired, re-arm for the rest."""
+        self._timer = None
         if self.phase is Phase.CLOSED:
             return []
         if self._server_deadline is not None and now >= self._server_deadline:

@@ -283,7 +283,9 @@ class SessionBase:
                     client = self._client_deadline = now + self.policy.timeouts.client_idle
                 if deadline is None or client < deadline:
                     deadline = client
-        if deadline != self._timer:
+        # Deadlines mostly move later (each command pushes the idle timeout), so the
+        # armed timer is only moved earlier; when it fires early, timer() re-arms it.
+        if deadline is not None and (self._timer is None or deadline < self._timer):
             self._timer = deadline
             self._out.append(SetTimer(deadline))
         out, self._out = self._out, []
