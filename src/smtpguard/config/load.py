@@ -71,6 +71,8 @@ class Settings:
     protocol_log_format: str
     tls: TlsFiles = TlsFiles()
     source: str | None = None  # the config file, if any
+    metrics_listen: tuple[str, int] | None = None
+    log_format: str = "text"
 
 
 def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
@@ -158,6 +160,8 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
         protocol_log_format=cfg.protocol_log.format,
         tls=TlsFiles(**dict(cfg.tls)),
         source=source,
+        metrics_listen=split_hostport(g.metrics_listen) if g.metrics_listen else None,
+        log_format=g.log_format,
     )
 
 

@@ -228,6 +228,13 @@ class GatewaySection(Section):
     maildir: Str = Field(
         default="./smtpguard-mail", description="Maildir of the built-in mailbox (no upstream)"
     )
+    metrics_listen: HostPort | None = Field(
+        default=None,
+        description="serve Prometheus /metrics here (all workers summed); not set: off",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="application log on stderr: text lines or JSON lines"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="warning", description="application log level on stderr"
     )

@@ -10,11 +10,11 @@ import os
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smtpguard import __version__
+from smtpguard.applog import setup_logging
 from smtpguard.core.policy import BannerPolicy, Mode, Policy, Timeouts
 from smtpguard.logs import FORMATS, open_protocol_log
 
@@ -133,6 +133,16 @@ def register(sub: Any) -> None:
         "TCP segments is never passed on (senders time out and re-send)",
     )
     p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here (all workers summed)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="application log on stderr: text (default) or JSON lines",
+    )
+    p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="application log level on stderr (default warning)",
@@ -153,6 +163,8 @@ _FLAG_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "workers": (("gateway", "workers"), "--workers"),
     "drain_grace": (("gateway", "drain_grace"), "--drain-grace"),
     "log_level": (("gateway", "log_level"), "--log-level"),
+    "log_format": (("gateway", "log_format"), "--log-format"),
+    "metrics_listen": (("gateway", "metrics_listen"), "--metrics-listen"),
     "starttls": (("starttls",), "--starttls"),
     "tls_cert": (("tls", "certfile"), "--tls-cert"),
     "tls_key": (("tls", "keyfile"), "--tls-key"),
@@ -226,11 +238,8 @@ def run(args: argparse.Namespace) -> int:
     # forked workers inherit this.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load_settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format)
+    metrics_dir = _metrics_setup(settings)
     lhost, lport = settings.listen
     upstream = settings.upstream
     sink_sock = None
@@ -269,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
     _print_banner(settings, host, port, target, sink_sock is not None, implicit)
 
     def worker(sock: socket.socket, index: int) -> int:
+        if metrics_dir is not None and settings.workers == 1:
+            _metrics_serve(settings)  # no fork: the endpoint lives in this process
         # The built-in mailbox runs in the first worker's event loop.
         mine = sink_sock if index == 0 else None
         if sink_sock is not None and mine is None:
@@ -280,9 +291,21 @@ def run(args: argparse.Namespace) -> int:
         _use_uvloop()
         return asyncio.run(_serve(args, settings, config, sock, mine, tls, mine_tls))
 
-    if settings.workers == 1:
-        return worker(socks[0], 0)
-    return run_workers(socks, worker, parent_close=tls_socks)
+    try:
+        if settings.workers == 1:
+            return worker(socks[0], 0)
+        return run_workers(
+            socks,
+            worker,
+            parent_close=tls_socks,
+            after_fork=(lambda: _metrics_serve(settings)) if metrics_dir else None,
+            on_exit=_metrics_worker_exited if metrics_dir else None,
+        )
+    finally:
+        if metrics_dir is not None:
+            from smtpguard.gateway import metrics_prom
+
+            metrics_prom.cleanup(metrics_dir)
 
 
 def _use_uvloop() -> None:
@@ -315,7 +338,12 @@ async def _serve(
         if settings.protocol_log
         else None
     )
-    gateway = Gateway(config, settings.policy, plog, access=settings.access)
+    metrics = None
+    if settings.metrics_listen is not None:
+        from smtpguard.gateway.metrics_prom import PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+    gateway = Gateway(config, settings.policy, plog, metrics=metrics, access=settings.access)
     gateway.tls = tls
     if args.config is not None:
         gateway.reloader = _reloader(args, settings)
@@ -381,6 +409,39 @@ def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
         ) from None
 
 
+def _metrics_setup(settings: Settings) -> str | None:
+    """Before any fork: check the metrics address is free and pick the directory the
+    processes share their samples through."""
+    from smtpguard.cli import CliError
+
+    if settings.metrics_listen is None:
+        return None
+    host, port = settings.metrics_listen
+    try:
+        probe = socket.create_server((host, port))
+        probe.close()
+    except OSError as exc:
+        raise CliError(
+            f"--metrics-listen {host}:{port}: cannot listen: {exc.strerror or exc}"
+        ) from None
+    from smtpguard.gateway import metrics_prom
+
+    return metrics_prom.setup()
+
+
+def _metrics_serve(settings: Settings) -> None:
+    from smtpguard.gateway import metrics_prom
+
+    assert settings.metrics_listen is not None
+    metrics_prom.serve(*settings.metrics_listen)
+
+
+def _metrics_worker_exited(pid: int) -> None:
+    from smtpguard.gateway import metrics_prom
+
+    metrics_prom.worker_exited(pid)
+
+
 def _check_reachable(host: str, port: int) -> None:
     from smtpguard.cli import CliError
 
@@ -426,6 +487,9 @@ def _print_banner(
         lines.append(f"  implicit TLS  {implicit[0]}:{implicit[1]}")
     if policy.starttls.value != "strip":
         lines.append(f"  STARTTLS      {policy.starttls.value}")
+    if settings.metrics_listen is not None:
+        mh, mp = settings.metrics_listen
+        lines.append(f"  metrics       http://{mh}:{mp}/metrics")
     if policy.xclient:
         lines.append("  XCLIENT       on (the server sees the real client address)")
     lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")

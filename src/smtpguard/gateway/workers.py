@@ -43,6 +43,8 @@ def run_workers(
     socks: list[socket.socket],
     worker: Callable[[socket.socket, int], int],
     parent_close: list[socket.socket] | None = None,
+    after_fork: Callable[[], None] | None = None,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Fork one process per socket running ``worker(sock, index)``; wait for all.
     ``parent_close``: more listening sockets the workers own, closed in the parent
@@ -66,6 +68,8 @@ def run_workers(
         pids.append(pid)
     for sock in [*socks, *(parent_close or [])]:
         sock.close()
+    if after_fork is not None:  # threads only now: never fork a threaded process
+        after_fork()
 
     def forward(signum: int, _frame: object) -> None:
         for pid in pids:
@@ -88,6 +92,8 @@ def run_workers(
                 break
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                 continue
+        if on_exit is not None:
+            on_exit(pid)
         code = os.waitstatus_to_exitcode(st)
         if code not in (0, -signal.SIGTERM):
             status = 1
