@@ -42,8 +42,12 @@ class Sender:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.settimeout(10)
             self._reply(s)
-            for cmd in (b"HELO sender.example", b"MAIL FROM:<a@example.org>",
-                        b"RCPT TO:<b@example.net>", b"DATA"):
+            for cmd in (
+                b"HELO sender.example",
+                b"MAIL FROM:<a@example.org>",
+                b"RCPT TO:<b@example.net>",
+                b"DATA",
+            ):
                 s.sendall(cmd + b"\r\n")
                 self._reply(s)
             s.sendall(BODY)
@@ -69,8 +73,15 @@ class Sender:
 
 def test_split_bug_emulation_shows_the_seed_symptom(tmp_path: Path) -> None:
     sink = SmtpSink(tmp_path)
-    gw = GatewayProcess("--upstream", sink.address, "--emulate", "pix",
-                        "--emulate-bug", "split-eod", workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--emulate",
+        "pix",
+        "--emulate-bug",
+        "split-eod",
+        workdir=tmp_path,
+    )
     try:
         sender = Sender(gw.port, reply_timeout=1.0)
         assert sender.deliver(tries=3) == 0

@@ -305,9 +305,23 @@ def test_sink_command_runs_alone(tmp_path: Path) -> None:
 def test_two_workers_share_the_port(sink: SmtpSink, gateway_factory) -> None:  # type: ignore[no-untyped-def]
     g = gateway_factory("--upstream", sink.address, "--workers", "2")
     out = subprocess.run(
-        [need("smtp-source"), "-s", "10", "-m", "60", "-l", "500", "-f", "a@example.org",
-         "-t", "b@example.net", g.address],
-        capture_output=True, text=True, timeout=120,
+        [
+            need("smtp-source"),
+            "-s",
+            "10",
+            "-m",
+            "60",
+            "-l",
+            "500",
+            "-f",
+            "a@example.org",
+            "-t",
+            "b@example.net",
+            g.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert len(_wait_messages(sink, 60)) == 60

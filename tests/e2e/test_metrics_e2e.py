@@ -31,13 +31,34 @@ def _value(text: str, name: str, labels: str = "") -> float:
 def test_metrics_count_what_was_sent(tmp_path: Path, workers: int) -> None:
     sink = SmtpSink(tmp_path)
     mport = free_port()
-    gw = GatewayProcess("--upstream", sink.address, "--workers", str(workers),
-                        "--metrics-listen", f"{LOOPBACK}:{mport}", workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--workers",
+        str(workers),
+        "--metrics-listen",
+        f"{LOOPBACK}:{mport}",
+        workdir=tmp_path,
+    )
     try:
         out = subprocess.run(
-            [need("smtp-source"), "-s", "5", "-m", "50", "-l", "500", "-f", "a@example.org",
-             "-t", "b@example.net", gw.address],
-            capture_output=True, text=True, timeout=120,
+            [
+                need("smtp-source"),
+                "-s",
+                "5",
+                "-m",
+                "50",
+                "-l",
+                "500",
+                "-f",
+                "a@example.org",
+                "-t",
+                "b@example.net",
+                gw.address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert out.returncode == 0, out.stderr
         deadline = time.monotonic() + 10
@@ -77,8 +98,19 @@ def test_metrics_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     with socket.create_server((LOOPBACK, 0)) as busy:
         port = busy.getsockname()[1]
         r = subprocess.run(
-            ["python3", "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{free_port()}",
-             "--metrics-listen", f"{LOOPBACK}:{port}"],
-            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+            [
+                "python3",
+                "-m",
+                "smtpguard",
+                "serve",
+                "--listen",
+                f"{LOOPBACK}:{free_port()}",
+                "--metrics-listen",
+                f"{LOOPBACK}:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
         )
     assert r.returncode == 2 and "--metrics-listen" in r.stderr and "Traceback" not in r.stderr

@@ -26,9 +26,24 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     d = tmp_path_factory.mktemp("tls")
     certfile, keyfile = d / "cert.pem", d / "key.pem"
     subprocess.run(
-        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-keyout", str(keyfile), "-out", str(certfile)],
-        check=True, capture_output=True,
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(keyfile),
+            "-out",
+            str(certfile),
+        ],
+        check=True,
+        capture_output=True,
     )
     return str(certfile), str(keyfile)
 
@@ -51,8 +66,14 @@ def tls_server(cert: tuple[str, str]) -> Iterator[tuple[int, Recorder]]:
     ctx.load_cert_chain(*cert)
     rec = Recorder()
     port = free_port()
-    controller = Controller(rec, hostname=LOOPBACK, port=port, tls_context=ctx,
-                            require_starttls=False, ident="tls-upstream")
+    controller = Controller(
+        rec,
+        hostname=LOOPBACK,
+        port=port,
+        tls_context=ctx,
+        require_starttls=False,
+        ident="tls-upstream",
+    )
     controller.start()
     try:
         yield port, rec
@@ -75,14 +96,36 @@ def _wait(cond: Any, timeout: float = 10) -> None:
 
 def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> None:
     sink = SmtpSink(tmp_path)
-    gw = GatewayProcess("--upstream", sink.address, "--mode", "esmtp", "--starttls",
-                        "terminate", "--tls-cert", cert[0], "--tls-key", cert[1],
-                        workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--mode",
+        "esmtp",
+        "--starttls",
+        "terminate",
+        "--tls-cert",
+        cert[0],
+        "--tls-key",
+        cert[1],
+        workdir=tmp_path,
+    )
     try:
         out = subprocess.run(
-            [need("swaks"), "--server", gw.address, "--tls", "--from", "a@example.org",
-             "--to", "b@example.net", "--timeout", "20"],
-            capture_output=True, text=True, timeout=60,
+            [
+                need("swaks"),
+                "--server",
+                gw.address,
+                "--tls",
+                "--from",
+                "a@example.org",
+                "--to",
+                "b@example.net",
+                "--timeout",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "220 2.0.0 Ready to start TLS" in out.stdout
@@ -96,9 +139,19 @@ def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> N
 
 def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str, str]) -> None:
     sink = SmtpSink(tmp_path)
-    gw = GatewayProcess("--upstream", sink.address, "--mode", "esmtp", "--starttls",
-                        "terminate", "--tls-cert", cert[0], "--tls-key", cert[1],
-                        workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--mode",
+        "esmtp",
+        "--starttls",
+        "terminate",
+        "--tls-cert",
+        cert[0],
+        "--tls-key",
+        cert[1],
+        workdir=tmp_path,
+    )
     try:
         with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
             s.ehlo()
@@ -115,12 +168,23 @@ def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str
         sink.stop()
 
 
-def test_terminate_secures_the_upstream_too(tmp_path: Path, cert: tuple[str, str],
-                                           tls_server: tuple[int, Recorder]) -> None:
+def test_terminate_secures_the_upstream_too(
+    tmp_path: Path, cert: tuple[str, str], tls_server: tuple[int, Recorder]
+) -> None:
     port, rec = tls_server
-    gw = GatewayProcess("--upstream", f"{LOOPBACK}:{port}", "--mode", "esmtp", "--starttls",
-                        "terminate", "--tls-cert", cert[0], "--tls-key", cert[1],
-                        workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        f"{LOOPBACK}:{port}",
+        "--mode",
+        "esmtp",
+        "--starttls",
+        "terminate",
+        "--tls-cert",
+        cert[0],
+        "--tls-key",
+        cert[1],
+        workdir=tmp_path,
+    )
     try:
         with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
             s.starttls(context=_client_ctx())
@@ -132,11 +196,19 @@ def test_terminate_secures_the_upstream_too(tmp_path: Path, cert: tuple[str, str
         gw.stop()
 
 
-def test_passthrough_tunnels_tls_end_to_end(tmp_path: Path,
-                                            tls_server: tuple[int, Recorder]) -> None:
+def test_passthrough_tunnels_tls_end_to_end(
+    tmp_path: Path, tls_server: tuple[int, Recorder]
+) -> None:
     port, rec = tls_server
-    gw = GatewayProcess("--upstream", f"{LOOPBACK}:{port}", "--mode", "esmtp", "--starttls",
-                        "passthrough", workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        f"{LOOPBACK}:{port}",
+        "--mode",
+        "esmtp",
+        "--starttls",
+        "passthrough",
+        workdir=tmp_path,
+    )
     try:
         with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
             s.ehlo()
@@ -150,14 +222,29 @@ def test_passthrough_tunnels_tls_end_to_end(tmp_path: Path,
         gw.stop()
 
 
-def test_certificate_without_its_key_is_a_clear_error(tmp_path: Path,
-                                                       cert: tuple[str, str]) -> None:
+def test_certificate_without_its_key_is_a_clear_error(
+    tmp_path: Path, cert: tuple[str, str]
+) -> None:
     sink = SmtpSink(tmp_path)
     try:
         r = subprocess.run(
-            ["python3", "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{free_port()}",
-             "--upstream", sink.address, "--starttls", "terminate", "--tls-cert", cert[0]],
-            capture_output=True, text=True, timeout=30,
+            [
+                "python3",
+                "-m",
+                "smtpguard",
+                "serve",
+                "--listen",
+                f"{LOOPBACK}:{free_port()}",
+                "--upstream",
+                sink.address,
+                "--starttls",
+                "terminate",
+                "--tls-cert",
+                cert[0],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.startswith("smtpguard serve: error: --tls-cert: cannot load")
@@ -169,9 +256,21 @@ def test_terminate_without_certificate_is_a_clear_error(tmp_path: Path) -> None:
     sink = SmtpSink(tmp_path)
     try:
         r = subprocess.run(
-            ["python3", "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{free_port()}",
-             "--upstream", sink.address, "--starttls", "terminate"],
-            capture_output=True, text=True, timeout=30,
+            [
+                "python3",
+                "-m",
+                "smtpguard",
+                "serve",
+                "--listen",
+                f"{LOOPBACK}:{free_port()}",
+                "--upstream",
+                sink.address,
+                "--starttls",
+                "terminate",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert "tls" in r.stderr.lower() and r.stderr.strip().count("\n") == 0
@@ -182,9 +281,19 @@ def test_terminate_without_certificate_is_a_clear_error(tmp_path: Path) -> None:
 def test_implicit_tls_listener(tmp_path: Path, cert: tuple[str, str]) -> None:
     sink = SmtpSink(tmp_path)
     tls_port = free_port()
-    gw = GatewayProcess("--upstream", sink.address, "--mode", "esmtp", "--tls-cert", cert[0],
-                        "--tls-key", cert[1], "--tls-listen", f"{LOOPBACK}:{tls_port}",
-                        workdir=tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--mode",
+        "esmtp",
+        "--tls-cert",
+        cert[0],
+        "--tls-key",
+        cert[1],
+        "--tls-listen",
+        f"{LOOPBACK}:{tls_port}",
+        workdir=tmp_path,
+    )
     try:
         with smtplib.SMTP_SSL(LOOPBACK, tls_port, timeout=10, context=_client_ctx()) as s:
             s.ehlo()

@@ -38,7 +38,8 @@ INTRO = """\
   `--protocol-log-format`, `--maildir`, `--max-sessions`, `--workers`,
   `--drain-grace`, `--timeout NAME=SECONDS`, `--log-level`, `--starttls`,
   `--tls-cert`, `--tls-key`, `--tls-listen`, `--xclient`, `--emulate pix`,
-  `--emulate-rewrite`, `--emulate-bug split-eod`.
+  `--emulate-rewrite`, `--emulate-bug split-eod`, `--metrics-listen`, `--log-format`,
+  `--proxy-from`, `--upstream-proxy`.
 - **Types are strict.** `limit = "100"` is a string, not an integer; unknown keys
   are errors (with a "did you mean" hint).
 - **Errors** are one line, exit status 2, naming the file, line, key, the value and

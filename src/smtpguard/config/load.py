@@ -73,6 +73,7 @@ class Settings:
     source: str | None = None  # the config file, if any
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"
+    upstream_proxy: str = "off"
 
 
 def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
@@ -148,6 +149,7 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
             connection_rate=a.connection_rate,
             rate_period=a.rate_period,
             normalize_networks=tuple(a.normalize_networks),  # type: ignore[arg-type]
+            proxy_from=tuple(a.proxy_protocol_from),  # type: ignore[arg-type]
         ),
         listen=(lhost, lport),
         upstream=split_hostport(g.upstream) if g.upstream else None,
@@ -162,6 +164,7 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
         source=source,
         metrics_listen=split_hostport(g.metrics_listen) if g.metrics_listen else None,
         log_format=g.log_format,
+        upstream_proxy=g.upstream_proxy_protocol,
     )
 
 

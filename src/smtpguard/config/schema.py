@@ -228,6 +228,10 @@ class GatewaySection(Section):
     maildir: Str = Field(
         default="./smtpguard-mail", description="Maildir of the built-in mailbox (no upstream)"
     )
+    upstream_proxy_protocol: Literal["off", "v1", "v2"] = Field(
+        default="off",
+        description="send a PROXY protocol header to the upstream so it sees the real client",
+    )
     metrics_listen: HostPort | None = Field(
         default=None,
         description="serve Prometheus /metrics here (all workers summed); not set: off",
@@ -285,6 +289,11 @@ class AccessSection(Section):
     normalize_networks: list[NetworkStr] = Field(
         default=[],
         description='client networks whose bare CR/LF are normalised (smuggling = "normalize")',
+    )
+    proxy_protocol_from: list[NetworkStr] = Field(
+        default=[],
+        description="load balancers that must send a PROXY protocol v1/v2 header; the real "
+        "client is taken from it (other peers are never trusted with one)",
     )
 
 

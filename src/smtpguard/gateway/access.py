@@ -41,6 +41,10 @@ class AccessPolicy:
     connection_rate: int = 0  # connections per address per rate_period; 0: off
     rate_period: float = 60.0
     normalize_networks: tuple[Network, ...] = ()  # smuggling = normalize for these
+    proxy_from: tuple[Network, ...] = ()  # load balancers that send a PROXY header
+
+    def expects_proxy(self, ip: Address | None) -> bool:
+        return ip is not None and _longest(self.proxy_from, ip) >= 0
 
     def permits(self, ip: Address | None) -> bool:
         if ip is None:  # not an IP peer (e.g. a Unix socket): local, trusted

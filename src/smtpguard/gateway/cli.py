@@ -109,6 +109,17 @@ def register(sub: Any) -> None:
         help="also listen with implicit TLS (port 465 style); needs --tls-cert",
     )
     p.add_argument(
+        "--proxy-from",
+        action="append",
+        metavar="NETWORK",
+        help="load balancer network whose connections start with a PROXY v1/v2 header (repeatable)",
+    )
+    p.add_argument(
+        "--upstream-proxy",
+        choices=["off", "v1", "v2"],
+        help="send a PROXY protocol header to the upstream (the real client address)",
+    )
+    p.add_argument(
         "--xclient",
         action="store_const",
         const=True,
@@ -165,6 +176,8 @@ _FLAG_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "log_level": (("gateway", "log_level"), "--log-level"),
     "log_format": (("gateway", "log_format"), "--log-format"),
     "metrics_listen": (("gateway", "metrics_listen"), "--metrics-listen"),
+    "proxy_from": (("access", "proxy_protocol_from"), "--proxy-from"),
+    "upstream_proxy": (("gateway", "upstream_proxy_protocol"), "--upstream-proxy"),
     "starttls": (("starttls",), "--starttls"),
     "tls_cert": (("tls", "certfile"), "--tls-cert"),
     "tls_key": (("tls", "keyfile"), "--tls-key"),
@@ -345,6 +358,7 @@ async def _serve(
         metrics = PrometheusMetrics()
     gateway = Gateway(config, settings.policy, plog, metrics=metrics, access=settings.access)
     gateway.tls = tls
+    gateway.upstream_proxy = settings.upstream_proxy
     if args.config is not None:
         gateway.reloader = _reloader(args, settings)
     await gateway.start(sock)

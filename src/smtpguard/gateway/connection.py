@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from smtpguard import proxyproto
 from smtpguard.core.actions import (
     Action,
     CloseClient,
@@ -33,6 +34,7 @@ from smtpguard.core.actions import (
     Trace,
 )
 from smtpguard.core.session import Session
+from smtpguard.gateway.access import parse_ip
 
 if TYPE_CHECKING:
     from smtpguard.gateway.server import Gateway
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtpguard.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
+PROXY_HEADER_TIMEOUT = 10.0  # seconds a load balancer has to send its PROXY header
 # Held, unparsed client bytes above which the client is not read (pipelining bound).
 BACKLOG_HIGH = 64 * 1024
 # Transport write buffer marks: big enough to stream a message without stalls.
@@ -55,7 +58,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = gateway.loop
         self.sid = gateway.next_session_id()
         self.tls_listener = tls_listener  # accepted on an implicit-TLS port (465)
-        self.session = Session(gateway.policy)  # replaced once the peer is known
+        self.session: Session  # created once the client is known (after PROXY, if any)
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -65,6 +68,9 @@ class ClientConnection(asyncio.Protocol):
         self._reading = True
         self._done = False
         self.peer = ""
+        self.addr: tuple[str, int] | None = None  # the client (from PROXY if trusted)
+        self.local: tuple[str, int] | None = None  # the address the client connected to
+        self._proxy_buf: bytearray | None = None  # PROXY header being read
 
     # -- client transport callbacks --------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +80,19 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        local = transport.get_extra_info("sockname")
+        self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        if addr is not None and self.gw.access.policy.expects_proxy(parse_ip(addr[0])):
+            # A trusted load balancer: the real client is in the PROXY header first.
+            self._proxy_buf = bytearray()
+            self._timer = self.loop.call_later(
+                PROXY_HEADER_TIMEOUT, self._proxy_failed, "no PROXY header in time"
+            )
+            return
+        self._begin(addr)
+
+    def _begin(self, addr: tuple[str, int] | None) -> None:
+        self.addr = addr
         self.session = Session(
             self.gw.policy_for(addr[0]) if addr else self.gw.policy,
             trace=self.gw.protocol_log is not None,
@@ -87,14 +106,57 @@ class ClientConnection(asyncio.Protocol):
         self._run(self.session.start(self.loop.time()))
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy_buf is not None:
+            self._proxy_header(data)
+            return
         self._run(self.session.client_data(data, self.loop.time()))
         self._update_reading()
+
+    def _proxy_header(self, data: bytes) -> None:
+        assert self._proxy_buf is not None
+        self._proxy_buf += data
+        try:
+            header = proxyproto.parse(bytes(self._proxy_buf))
+        except proxyproto.ProxyError as exc:
+            self._proxy_failed(str(exc))
+            return
+        if header is None:
+            return
+        rest = bytes(self._proxy_buf[header.length :])
+        self._proxy_buf = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        addr = self.addr if header.local or header.source is None else header.source
+        if addr is not None and not header.local:
+            self.peer = f"{addr[0]}:{addr[1]}"
+            self.local = header.dest
+        self._begin(addr)
+        if rest and not self._done and self.transport is not None:
+            self.data_received(rest)
+
+    def _proxy_failed(self, why: str) -> None:
+        self._timer = None
+        self.gw.policy_event(
+            self.sid,
+            self.peer,
+            PolicyEvent(
+                "SG-PROXY-INVALID", f"connection from a load balancer refused: {why}", "drop"
+            ),
+        )
+        if self.transport is not None:
+            self.transport.abort()
 
     def eof_received(self) -> bool:
         self._run(self.session.client_eof(self.loop.time()))
         return True  # keep the write side open for owed replies
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._proxy_buf is not None:  # never got as far as a session
+            self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
+            return
         if not self.session.closed:
             self._run(self.session.client_eof(self.loop.time()))
         self._teardown(abort_upstream=True)
@@ -108,6 +170,14 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.resume()
 
     # -- upstream callbacks --------------------------------------------------------
+    def upstream_proxy_header(self) -> bytes:
+        """The PROXY header the upstream gets first, if configured (the real client)."""
+        version = self.gw.upstream_proxy
+        if version == "off" or self.addr is None or self.local is None:
+            return b""
+        build = proxyproto.build_v1 if version == "v1" else proxyproto.build_v2
+        return build(self.addr, self.local)
+
     def upstream_made(self, up: UpstreamConnection) -> None:
         if up is self.upstream:
             self._run(self.session.server_connected(self.loop.time()))
@@ -325,6 +395,9 @@ class UpstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         if self._paused:
             transport.pause_reading()
+        header = self.client.upstream_proxy_header()
+        if header:
+            transport.write(header)
         self.client.upstream_made(self)
 
     def connect_failed(self) -> None:

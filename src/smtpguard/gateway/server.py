@@ -91,6 +91,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.access = AccessControl(access or AccessPolicy())
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
+        self.upstream_proxy = "off"  # PROXY protocol header towards the server: v1, v2
         self.policy = policy
         self._normalized = self._derive_normalized(policy)
         # Set by the CLI when there is a config file: returns a Reload or raises

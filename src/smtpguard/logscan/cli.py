@@ -29,16 +29,28 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="log file, .gz, or - for stdin")
-    p.add_argument("--format", choices=FORMATS, default="auto",
-                   help="log format (default: detect from content)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="log format (default: detect from content)",
+    )
     p.add_argument("--json", action="store_true", help="print findings and summary as JSON")
     p.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
     p.add_argument("--since", metavar="TIME", help="ignore findings before this ISO time")
     p.add_argument("--until", metavar="TIME", help="ignore findings after this ISO time")
-    p.add_argument("--window", metavar="DURATION", default="24h",
-                   help="duplicate window, e.g. 30m, 2h, 1d (default 24h)")
-    p.add_argument("--year", type=int, metavar="YYYY",
-                   help="year for syslog stamps without one (default: current year)")
+    p.add_argument(
+        "--window",
+        metavar="DURATION",
+        default="24h",
+        help="duplicate window, e.g. 30m, 2h, 1d (default 24h)",
+    )
+    p.add_argument(
+        "--year",
+        type=int,
+        metavar="YYYY",
+        help="year for syslog stamps without one (default: current year)",
+    )
     p.set_defaults(func=run)
 
 
@@ -128,9 +140,13 @@ class _Progress:
         )
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._task = self._progress.add_task("scanning", total=total)
         self._done = 0

@@ -35,9 +35,7 @@ def figure_html(findings: list[Finding]) -> str:
     try:
         import plotly.graph_objects as go
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise HtmlUnavailable(
-            "--html needs plotly: pip install 'smtpguard[logscan]'"
-        ) from exc
+        raise HtmlUnavailable("--html needs plotly: pip install 'smtpguard[logscan]'") from exc
     timed = [f for f in findings if f.time is not None]
     peers = [p for p, _ in Counter(f.peer or "?" for f in timed).most_common(MAX_PEERS)]
     shown = set(peers)
@@ -51,9 +49,17 @@ def figure_html(findings: list[Finding]) -> str:
             ys.append(f.peer or "?")
             texts.append(f"{f.file}:{f.line}<br>{html.escape(f.detail[:200])}")
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=str(kind),
-                                     text=texts, hoverinfo="x+y+text",
-                                     marker={"symbol": symbol, "size": 12, "color": color}))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="markers",
+                    name=str(kind),
+                    text=texts,
+                    hoverinfo="x+y+text",
+                    marker={"symbol": symbol, "size": 12, "color": color},
+                )
+            )
     first_dup = True
     for f in timed:
         if f.kind is not Kind.DUPLICATE:
@@ -62,20 +68,28 @@ def figure_html(findings: list[Finding]) -> str:
         ys = [c.peer or "?" for c in copies]
         if not copies or not any(y in shown for y in ys):
             continue
-        fig.add_trace(go.Scatter(
-            x=[c.time for c in copies], y=ys, mode="lines+markers",
-            name="duplicate (copies joined)", legendgroup="duplicate", showlegend=first_dup,
-            text=[f"copy {i + 1}: {c.file}:{c.line}" for i, c in enumerate(copies)],
-            hoverinfo="x+y+text",
-            marker={"symbol": "circle", "size": 10, "color": _STYLE[Kind.DUPLICATE][1]},
-            line={"color": _STYLE[Kind.DUPLICATE][1], "dash": "dot"},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[c.time for c in copies],
+                y=ys,
+                mode="lines+markers",
+                name="duplicate (copies joined)",
+                legendgroup="duplicate",
+                showlegend=first_dup,
+                text=[f"copy {i + 1}: {c.file}:{c.line}" for i, c in enumerate(copies)],
+                hoverinfo="x+y+text",
+                marker={"symbol": "circle", "size": 10, "color": _STYLE[Kind.DUPLICATE][1]},
+                line={"color": _STYLE[Kind.DUPLICATE][1], "dash": "dot"},
+            )
+        )
         first_dup = False
     fig.update_layout(
         title="Findings per peer over time",
-        xaxis_title="time", yaxis_title="peer",
+        xaxis_title="time",
+        yaxis_title="peer",
         yaxis={"categoryorder": "array", "categoryarray": list(reversed(peers))},
-        height=max(320, 40 * len(peers) + 160), template="plotly_white",
+        height=max(320, 40 * len(peers) + 160),
+        template="plotly_white",
     )
     return str(fig.to_html(full_html=False, include_plotlyjs=True))
 
@@ -87,9 +101,10 @@ def write(result: Result, path: Path) -> None:
         when = f"{f.time:%Y-%m-%d %H:%M:%S}" if f.time else "-"
         cells = (when, str(f.kind), f.peer or "-", f.session, f"{f.file}:{f.line}", f.detail)
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    counts = "".join(
-        f"<li><b>{html.escape(k)}</b>: {n}</li>" for k, n in sorted(result.counts.items())
-    ) or "<li>no findings</li>"
+    counts = (
+        "".join(f"<li><b>{html.escape(k)}</b>: {n}</li>" for k, n in sorted(result.counts.items()))
+        or "<li>no findings</li>"
+    )
     files = "".join(
         f"<li>{html.escape(f.file)} — {html.escape(f.format)}, {f.lines:,} lines, "
         f"{f.sessions:,} sessions</li>"

@@ -22,8 +22,9 @@ def render(result: Result, console: Console) -> None:
     console.print(files)
 
     if not result.counts:
-        console.print("[green]No findings.[/green] "
-                      f"{result.deliveries:,} deliveries checked for duplicates.")
+        console.print(
+            f"[green]No findings.[/green] {result.deliveries:,} deliveries checked for duplicates."
+        )
         return
     kinds = Table(title="Findings by kind and peer", title_justify="left")
     kinds.add_column("kind")

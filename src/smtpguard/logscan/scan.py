@@ -122,8 +122,9 @@ class Scanner:
             if isinstance(ev, Delivered):
                 self._delivered(src.display, ev)
             elif isinstance(ev, Flag):
-                self._add(Finding(ev.kind, src.display, ev.line, ev.time, ev.peer,
-                                  ev.session, ev.detail))
+                self._add(
+                    Finding(ev.kind, src.display, ev.line, ev.time, ev.peer, ev.session, ev.detail)
+                )
             else:
                 if ev.time is not None:
                     self._seen(ev.time)
@@ -135,8 +136,14 @@ class Scanner:
         for _ in tracker.close():
             pass
         self.result.files.append(
-            FileStats(src.display, fmt, src.lines_read, src.bytes_read,
-                      tracker.sessions_seen, tracker.open_in_data_at_end)
+            FileStats(
+                src.display,
+                fmt,
+                src.lines_read,
+                src.bytes_read,
+                tracker.sessions_seen,
+                tracker.open_in_data_at_end,
+            )
         )
 
     def finish(self) -> Result:

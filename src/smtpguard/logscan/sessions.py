@@ -204,9 +204,7 @@ class SessionTracker:
                 f"ended{when} (line {line}); the end-of-data CRLF.CRLF never got an "
                 f"answer (Mailguard signature) — the sender times out and re-sends"
             )
-        yield Finding(
-            Kind.STALLED_DATA, self.file, s.data_line, s.data_time, s.peer, s.sid, detail
-        )
+        yield Finding(Kind.STALLED_DATA, self.file, s.data_line, s.data_time, s.peer, s.sid, detail)
         if s.mail_from or s.rcpt_to or s.message_id:
             yield Delivered(
                 line=s.data_line,

@@ -69,7 +69,9 @@ def banner_check(reply: Reply) -> Check:
             data={"kind": "asterisks", "banner": text},
         )
     return Check(
-        "banner", Verdict.OK, f"clear greeting: {reply_summary(reply)}",
+        "banner",
+        Verdict.OK,
+        f"clear greeting: {reply_summary(reply)}",
         data={"kind": "clear", "banner": text},
     )
 
@@ -86,7 +88,8 @@ def ehlo_check(ehlo: Reply | None, helo: Reply | None, error: str | None = None)
     helo_note = ""
     if helo is not None:
         helo_note = (
-            f"; HELO works ({reply_summary(helo)})" if helo.code == 250
+            f"; HELO works ({reply_summary(helo)})"
+            if helo.code == 250
             else f"; HELO also refused ({reply_summary(helo)})"
         )
     if ehlo is None:
@@ -102,14 +105,20 @@ def ehlo_check(ehlo: Reply | None, helo: Reply | None, error: str | None = None)
         )
     if ehlo.code != 250:
         return Check(
-            "ehlo", Verdict.PROBLEM, f"EHLO not accepted ({reply_summary(ehlo)}){helo_note}",
+            "ehlo",
+            Verdict.PROBLEM,
+            f"EHLO not accepted ({reply_summary(ehlo)}){helo_note}",
             data={"reply": reply_summary(ehlo), "keywords": []},
         )
     keywords = ehlo_keywords(ehlo)
     masked = [k for k in keywords if _MASKED_KEYWORD.fullmatch(k)]
     missing = [k for k in COMMON_KEYWORDS if k not in keywords]
-    data = {"reply": reply_summary(ehlo), "keywords": keywords, "masked": masked,
-            "missing_common": missing}
+    data = {
+        "reply": reply_summary(ehlo),
+        "keywords": keywords,
+        "masked": masked,
+        "missing_common": missing,
+    }
     if masked:
         return Check(
             "ehlo",
@@ -143,12 +152,12 @@ def commands_check(replies: Mapping[str, Reply | str]) -> Check:
     unknown = replies.get(UNKNOWN_VERB)
     noop_reply = noop if isinstance(noop, Reply) else None
     rewrites_noop = (
-        isinstance(unknown, Reply) and unknown.positive
-        and noop_reply is not None and _same_reply(unknown, noop_reply)
+        isinstance(unknown, Reply)
+        and unknown.positive
+        and noop_reply is not None
+        and _same_reply(unknown, noop_reply)
     )
-    rewrites_xxxx = any(
-        isinstance(r, Reply) and _XXXX.search(r.text) for r in replies.values()
-    )
+    rewrites_xxxx = any(isinstance(r, Reply) and _XXXX.search(r.text) for r in replies.values())
     parts: list[str] = []
     data: dict[str, str] = {}
     for verb, reply in replies.items():
@@ -175,7 +184,8 @@ def commands_check(replies: Mapping[str, Reply | str]) -> Check:
         )
     if not (isinstance(noop, Reply) and noop.code == 250):
         return Check(
-            "commands", Verdict.PROBLEM,
+            "commands",
+            Verdict.PROBLEM,
             "NOOP does not work, though every server must accept it; " + "; ".join(parts),
             data=data,
         )
@@ -188,10 +198,10 @@ def pipelining_check(
     if not offered:
         why = (
             "EHLO is refused, so no extension is visible"
-            if ehlo_refused else "not offered; senders wait for each reply (slower, works)"
+            if ehlo_refused
+            else "not offered; senders wait for each reply (slower, works)"
         )
-        return Check("pipelining", Verdict.INFO, f"PIPELINING {why}",
-                     data={"offered": False})
+        return Check("pipelining", Verdict.INFO, f"PIPELINING {why}", data={"offered": False})
     if replies is None:
         return Check(
             "pipelining",
@@ -202,7 +212,8 @@ def pipelining_check(
         )
     codes = ", ".join(str(r.code) for r in replies)
     return Check(
-        "pipelining", Verdict.OK,
+        "pipelining",
+        Verdict.OK,
         f"offered and working: {len(replies)} commands in one write got {codes} in order",
         data={"offered": True, "working": True},
     )
@@ -220,24 +231,42 @@ class TlsResult:
 def starttls_check(result: TlsResult, ehlo_refused: bool) -> Check:
     if not result.offered:
         if result.tried:
-            return Check("starttls", Verdict.PROBLEM,
-                         "--tls asked for STARTTLS but the server does not offer it",
-                         data={"offered": False})
-        why = "EHLO is refused, so STARTTLS is not visible" if ehlo_refused else (
-            "STARTTLS not offered: mail to this host travels unencrypted "
-            "(a filter may strip it)")
+            return Check(
+                "starttls",
+                Verdict.PROBLEM,
+                "--tls asked for STARTTLS but the server does not offer it",
+                data={"offered": False},
+            )
+        why = (
+            "EHLO is refused, so STARTTLS is not visible"
+            if ehlo_refused
+            else (
+                "STARTTLS not offered: mail to this host travels unencrypted "
+                "(a filter may strip it)"
+            )
+        )
         return Check("starttls", Verdict.INFO, why, data={"offered": False})
     if not result.tried:
-        return Check("starttls", Verdict.INFO,
-                     "STARTTLS offered; handshake not tried (use --tls)",
-                     data={"offered": True})
+        return Check(
+            "starttls",
+            Verdict.INFO,
+            "STARTTLS offered; handshake not tried (use --tls)",
+            data={"offered": True},
+        )
     if result.cipher is None:
         what = result.error or (reply_summary(result.reply) if result.reply else "unknown")
-        return Check("starttls", Verdict.PROBLEM,
-                     f"STARTTLS offered but it does not work: {what}",
-                     data={"offered": True, "working": False})
-    return Check("starttls", Verdict.OK, f"STARTTLS works ({result.cipher})",
-                 data={"offered": True, "working": True, "cipher": result.cipher})
+        return Check(
+            "starttls",
+            Verdict.PROBLEM,
+            f"STARTTLS offered but it does not work: {what}",
+            data={"offered": True, "working": False},
+        )
+    return Check(
+        "starttls",
+        Verdict.OK,
+        f"STARTTLS works ({result.cipher})",
+        data={"offered": True, "working": True, "cipher": result.cipher},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +286,13 @@ class Delivery:
 
 def control_check(d: Delivery | None, mail_from: str, rcpt_to: str) -> Check:
     if d is None:
-        return Check("control-message", Verdict.SKIPPED,
-                     "not sent (--no-send): no message is delivered")
+        return Check(
+            "control-message", Verdict.SKIPPED, "not sent (--no-send): no message is delivered"
+        )
     if d.refused is not None:
         return Check(
-            "control-message", Verdict.SKIPPED,
+            "control-message",
+            Verdict.SKIPPED,
             f"server refused {d.refused_at} ({reply_summary(d.refused)}); "
             f"pass --from/--to addresses it accepts (now <{mail_from}> -> <{rcpt_to}>)",
         )
@@ -269,13 +300,15 @@ def control_check(d: Delivery | None, mail_from: str, rcpt_to: str) -> Check:
         return Check("control-message", Verdict.SKIPPED, f"not sent: {d.error}")
     if d.reply is None:
         return Check(
-            "control-message", Verdict.PROBLEM,
+            "control-message",
+            Verdict.PROBLEM,
             f"a message whose end-of-data went in one segment got no final reply "
             f"({d.error}): the path does not deliver mail",
         )
     verdict = Verdict.OK if d.reply.code == 250 else Verdict.INFO
     return Check(
-        "control-message", verdict,
+        "control-message",
+        verdict,
         f"end-of-data in one segment answered in {d.seconds:.3f} s: {reply_summary(d.reply)}",
         data={"seconds": round(d.seconds or 0.0, 3), "reply": reply_summary(d.reply)},
     )
@@ -285,29 +318,38 @@ def split_check(
     control: Delivery | None, split: Delivery | None, gap: float
 ) -> tuple[Check, Outcome]:
     if control is None or split is None or control.reply is None:
-        why = "not sent (--no-send)" if control is None else (
-            "untested: the control message did not get through")
+        why = (
+            "not sent (--no-send)"
+            if control is None
+            else ("untested: the control message did not get through")
+        )
         return Check("split-terminator", Verdict.SKIPPED, why), Outcome.UNTESTED
     if split.refused_at is not None:
         cause = reply_summary(split.refused) if split.refused else (split.error or "")
         return Check(
-            "split-terminator", Verdict.SKIPPED,
+            "split-terminator",
+            Verdict.SKIPPED,
             f"untested: the message could not start ({split.refused_at}: {cause})",
         ), Outcome.UNTESTED
     if split.reply is None:
         return Check(
-            "split-terminator", Verdict.PROBLEM,
+            "split-terminator",
+            Verdict.PROBLEM,
             "end-of-data split across packets is dropped: senders will time out and "
             f"deliver duplicates (CRLF . CRLF as 3 segments {gap:g} s apart: {split.error})",
             data={"gap": gap},
         ), Outcome.FAILED
     control_s = f"{control.seconds:.3f} s" if control.seconds is not None else "n/a"
     return Check(
-        "split-terminator", Verdict.OK,
+        "split-terminator",
+        Verdict.OK,
         f"end-of-data split into 3 segments {gap:g} s apart answered in "
         f"{split.seconds:.3f} s (one segment: {control_s}): {reply_summary(split.reply)}",
-        data={"gap": gap, "seconds": round(split.seconds or 0.0, 3),
-              "control_seconds": control.seconds and round(control.seconds, 3)},
+        data={
+            "gap": gap,
+            "seconds": round(split.seconds or 0.0, 3),
+            "control_seconds": control.seconds and round(control.seconds, 3),
+        },
     ), Outcome.PASSED
 
 
@@ -320,13 +362,15 @@ def smuggling_check(results: Mapping[str, tuple[Outcome, str]]) -> Check:
         return Check("smuggling", Verdict.SKIPPED, why, data=data)
     if accepted:
         return Check(
-            "smuggling", Verdict.PROBLEM,
+            "smuggling",
+            Verdict.PROBLEM,
             f"the path takes {', '.join(accepted)} as end of data: an attacker can "
             "smuggle a second, forged message past filters (SMTP smuggling)",
             data=data,
         )
     return Check(
-        "smuggling", Verdict.OK,
+        "smuggling",
+        Verdict.OK,
         f"bare CR/LF end-of-data variants are not taken as end of data ({len(tested)} tried)",
         data=data,
     )

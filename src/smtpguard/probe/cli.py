@@ -33,25 +33,56 @@ def register(sub: Any) -> None:
             "test messages to --to."
         ),
     )
-    p.add_argument("target", metavar="HOST[:PORT]", help="server to probe (port 25 default; "
-                   "IPv6 as [::1]:25)")
-    p.add_argument("--from", dest="mail_from", default="", metavar="ADDR",
-                   help="envelope sender of test messages (default: null sender <>)")
-    p.add_argument("--to", dest="rcpt_to", default="postmaster", metavar="ADDR",
-                   help="recipient of test messages (default: postmaster)")
-    p.add_argument("--helo", dest="helo_name", default=None, metavar="NAME",
-                   help="name to send in EHLO/HELO (default: this host's FQDN)")
-    p.add_argument("--no-send", action="store_true",
-                   help="never deliver anything: stop before DATA, use RSET")
+    p.add_argument(
+        "target", metavar="HOST[:PORT]", help="server to probe (port 25 default; IPv6 as [::1]:25)"
+    )
+    p.add_argument(
+        "--from",
+        dest="mail_from",
+        default="",
+        metavar="ADDR",
+        help="envelope sender of test messages (default: null sender <>)",
+    )
+    p.add_argument(
+        "--to",
+        dest="rcpt_to",
+        default="postmaster",
+        metavar="ADDR",
+        help="recipient of test messages (default: postmaster)",
+    )
+    p.add_argument(
+        "--helo",
+        dest="helo_name",
+        default=None,
+        metavar="NAME",
+        help="name to send in EHLO/HELO (default: this host's FQDN)",
+    )
+    p.add_argument(
+        "--no-send", action="store_true", help="never deliver anything: stop before DATA, use RSET"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
-                   help=f"seconds to wait for each reply (default {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--gap", type=float, default=DEFAULT_GAP, metavar="S",
-                   help=f"seconds between the split end-of-data segments "
-                   f"(default {DEFAULT_GAP:g})")
-    p.add_argument("--smuggle-wait", type=float, default=DEFAULT_SMUGGLE_WAIT, metavar="S",
-                   help="seconds to wait for an answer to a bogus end-of-data "
-                   f"(default {DEFAULT_SMUGGLE_WAIT:g})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for each reply (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--gap",
+        type=float,
+        default=DEFAULT_GAP,
+        metavar="S",
+        help=f"seconds between the split end-of-data segments (default {DEFAULT_GAP:g})",
+    )
+    p.add_argument(
+        "--smuggle-wait",
+        type=float,
+        default=DEFAULT_SMUGGLE_WAIT,
+        metavar="S",
+        help="seconds to wait for an answer to a bogus end-of-data "
+        f"(default {DEFAULT_SMUGGLE_WAIT:g})",
+    )
     p.add_argument("--tls", action="store_true", help="also try the STARTTLS handshake")
     p.set_defaults(func=run)
 
@@ -63,9 +94,9 @@ def parse_target(text: str) -> tuple[str, int]:
     host, port_text = text, ""
     if text.startswith("["):
         end = text.find("]")
-        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+        if end < 0 or (text[end + 1 :] and not text[end + 1 :].startswith(":")):
             raise CliError(f"bad target {text!r}: expected [ADDRESS]:PORT")
-        host, port_text = text[1:end], text[end + 2:]
+        host, port_text = text[1:end], text[end + 2 :]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     if not host:

@@ -33,14 +33,16 @@ def render_table(report: ProbeReport, out: TextIO) -> None:
     table.add_column("verdict", no_wrap=True)
     table.add_column("detail", overflow="fold")
     for check in report.checks:
-        table.add_row(check.id, Text(check.verdict.value, style=_STYLE[check.verdict]),
-                      check.detail)
+        table.add_row(
+            check.id, Text(check.verdict.value, style=_STYLE[check.verdict]), check.detail
+        )
     console.print(table)
     if report.smuggling:
         parts = [f"{name}: {outcome.value}" for name, outcome in report.smuggling.items()]
         console.print(Text("smuggling: ", style="bold") + Text(", ".join(parts)))
     console.print(
-        Text("split end-of-data: ", style="bold") + Text(report.split_terminator.value)
+        Text("split end-of-data: ", style="bold")
+        + Text(report.split_terminator.value)
         + Text("   filter detected: ", style="bold")
         + Text("yes" if report.filter_detected else "no")
     )

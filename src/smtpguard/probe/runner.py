@@ -57,9 +57,7 @@ async def open_session(opts: ProbeOptions) -> tuple[SmtpClient, Greeting]:
         raise ConnectFailed(f"no greeting from {opts.target}: {exc}") from exc
     if banner.code != 220:
         await client.close()
-        raise ConnectFailed(
-            f"{opts.target} refuses the session: {analyse.reply_summary(banner)}"
-        )
+        raise ConnectFailed(f"{opts.target} refuses the session: {analyse.reply_summary(banner)}")
     try:
         ehlo = await client.command(f"EHLO {opts.helo_name}")
     except ProbeError as exc:
@@ -88,9 +86,9 @@ async def _commands(client: SmtpClient) -> tuple[dict[str, Reply | str], bool]:
 
 async def _pipelining(client: SmtpClient, opts: ProbeOptions) -> Check | None:
     """Pipelined MAIL/RCPT/RSET in one write. ``None`` when not offered (no test)."""
-    batch = (
-        f"MAIL FROM:<{opts.mail_from}>\r\nRCPT TO:<{opts.rcpt_to}>\r\nRSET\r\n"
-    ).encode("utf-8", "surrogateescape")
+    batch = (f"MAIL FROM:<{opts.mail_from}>\r\nRCPT TO:<{opts.rcpt_to}>\r\nRSET\r\n").encode(
+        "utf-8", "surrogateescape"
+    )
     replies: list[Reply] = []
     try:
         await client.send(batch)
@@ -210,8 +208,9 @@ async def smuggle(opts: ProbeOptions, name: str, bogus: bytes) -> tuple[Outcome,
         if refused is not None:
             why = analyse.reply_summary(refused.refused) if refused.refused else refused.error
             return Outcome.UNTESTED, f"{refused.refused_at} refused: {why}"
-        body = probe_message(f"smuggling variant {name}", opts.mail_from, opts.rcpt_to,
-                             opts.helo_name)
+        body = probe_message(
+            f"smuggling variant {name}", opts.mail_from, opts.rcpt_to, opts.helo_name
+        )
         try:
             await client.send(body + bogus)
             early = await client.poll_reply(opts.smuggle_wait)
@@ -219,7 +218,8 @@ async def smuggle(opts: ProbeOptions, name: str, bogus: bytes) -> tuple[Outcome,
             return Outcome.REJECTED, f"session ended on the bare line ending ({exc})"
         if early is not None:
             return Outcome.ACCEPTED, (
-                f"answered {analyse.reply_summary(early)} right after the bogus end-of-data")
+                f"answered {analyse.reply_summary(early)} right after the bogus end-of-data"
+            )
         try:
             await client.send(END_OF_DATA)
             final = await client.read_reply()
@@ -233,9 +233,11 @@ async def smuggle(opts: ProbeOptions, name: str, bogus: bytes) -> tuple[Outcome,
         if not following.positive:
             return Outcome.ACCEPTED, (
                 f"two replies ({analyse.reply_summary(final)}, then "
-                f"{analyse.reply_summary(following)}): the bogus sequence ended the data")
+                f"{analyse.reply_summary(following)}): the bogus sequence ended the data"
+            )
         return Outcome.REJECTED, (
-            f"kept as content; one reply to the real end: {analyse.reply_summary(final)}")
+            f"kept as content; one reply to the real end: {analyse.reply_summary(final)}"
+        )
     finally:
         await client.quit()
 
@@ -248,8 +250,7 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
     if opts.send:
         control = await deliver(opts, "control, end-of-data in one segment", _end_whole)
         if control.reply is not None:
-            split = await deliver(opts, "end-of-data split over 3 segments",
-                                  _end_split(opts.gap))
+            split = await deliver(opts, "end-of-data split over 3 segments", _end_split(opts.gap))
     checks.append(analyse.control_check(control, opts.mail_from, opts.rcpt_to))
     split_result, split_outcome = analyse.split_check(control, split, opts.gap)
     checks.append(split_result)
@@ -258,8 +259,11 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
         for name, bogus in SMUGGLING_VARIANTS.items():
             smuggling[name] = await smuggle(opts, name, bogus)
     else:
-        why = "not sent (--no-send)" if control is None else (
-            "untested: the control message did not get through")
+        why = (
+            "not sent (--no-send)"
+            if control is None
+            else ("untested: the control message did not get through")
+        )
         smuggling = dict.fromkeys(SMUGGLING_VARIANTS, (Outcome.UNTESTED, why))
     checks.append(analyse.smuggling_check(smuggling))
     verdict, summary = analyse.summarise(checks)
@@ -272,4 +276,3 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
         verdict=verdict,
         summary=summary,
     )
-

@@ -22,8 +22,15 @@ from . import Context, Lines
 
 NAME = "exchange"
 _DEFAULT_FIELDS = [
-    "date-time", "connector-id", "session-id", "sequence-number", "local-endpoint",
-    "remote-endpoint", "event", "data", "context",
+    "date-time",
+    "connector-id",
+    "session-id",
+    "sequence-number",
+    "local-endpoint",
+    "remote-endpoint",
+    "event",
+    "data",
+    "context",
 ]
 
 

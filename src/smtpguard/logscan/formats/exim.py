@@ -21,9 +21,7 @@ from . import Context, Lines
 NAME = "exim"
 MAX_PENDING_MESSAGES = 100_000
 
-_HEAD = re.compile(
-    rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)?(?: ([+-]\d{4}))?(?: \[\d+\])? "
-)
+_HEAD = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)?(?: ([+-]\d{4}))?(?: \[\d+\])? ")
 _MSG = re.compile(
     rb"([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (<=|=>|->|\*>|==|\*\*|Completed)"
 )
@@ -35,9 +33,7 @@ _STALL_IN = re.compile(
     rb"SMTP (?:data timeout \(message abandoned\) on connection from (.*?\])"
     rb"|connection from (.*?\](?::\d+)?).*? lost while reading message data)"
 )
-_STALL_OUT = re.compile(
-    rb"timeout after end of data|closed connection in response to end of data"
-)
+_STALL_OUT = re.compile(rb"timeout after end of data|closed connection in response to end of data")
 
 
 class _Arrival:
@@ -83,10 +79,16 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             s = _STALL_IN.search(raw, h.end())
             if s is not None:
                 peer = _s(s.group(1) or s.group(2))
-                yield Flag(no, time, "", peer, Kind.STALLED_DATA,
-                           "the client got 354 but its end of data (CRLF.CRLF) never "
-                           "arrived and Exim gave up on the message — the Mailguard "
-                           "signature; the sender will time out and retry")
+                yield Flag(
+                    no,
+                    time,
+                    "",
+                    peer,
+                    Kind.STALLED_DATA,
+                    "the client got 354 but its end of data (CRLF.CRLF) never "
+                    "arrived and Exim gave up on the message — the Mailguard "
+                    "signature; the sender will time out and retry",
+                )
             continue
         mid, op = m.group(1), m.group(2)
         rest = raw[m.end() :]
@@ -115,11 +117,16 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 a_.rcpt_to.append(rcpt)
         elif op == b"==" and _STALL_OUT.search(rest):
             host = _HOST.search(rest)
-            yield Flag(no, time, session, _s(host.group(1)) if host else "",
-                       Kind.STALLED_DATA,
-                       f"message {session}: the remote server never answered our end of "
-                       f"data (CRLF.CRLF); the message may have been delivered and will be "
-                       f"sent again (Mailguard signature)")
+            yield Flag(
+                no,
+                time,
+                session,
+                _s(host.group(1)) if host else "",
+                Kind.STALLED_DATA,
+                f"message {session}: the remote server never answered our end of "
+                f"data (CRLF.CRLF); the message may have been delivered and will be "
+                f"sent again (Mailguard signature)",
+            )
         elif op == b"Completed":
             a_ = pending.pop(mid, None)
             if a_ is not None:
@@ -137,5 +144,13 @@ def _rcpt(rest: bytes) -> str:
 
 
 def _delivered(a: _Arrival) -> Delivered:
-    return Delivered(a.line, a.time, a.session, a.peer, message_id=a.message_id,
-                     mail_from=a.sender, rcpt_to=tuple(a.rcpt_to), size=a.size)
+    return Delivered(
+        a.line,
+        a.time,
+        a.session,
+        a.peer,
+        message_id=a.message_id,
+        mail_from=a.sender,
+        rcpt_to=tuple(a.rcpt_to),
+        size=a.size,
+    )

@@ -95,10 +95,16 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 if s is not None:
                     got = f", after {int(s.group(2)):,} bytes of data" if s.group(2) else ""
                     what = "timed out" if s.group(1) == b"timeout" else "was lost"
-                    yield Flag(no, time, session, _s(s.group(3)), Kind.STALLED_DATA,
-                               f"the connection {what} in the DATA phase{got}: the client "
-                               f"got 354 but its end of data (CRLF.CRLF) never arrived — the "
-                               f"Mailguard signature; the sender will retry")
+                    yield Flag(
+                        no,
+                        time,
+                        session,
+                        _s(s.group(3)),
+                        Kind.STALLED_DATA,
+                        f"the connection {what} in the DATA phase{got}: the client "
+                        f"got 354 but its end of data (CRLF.CRLF) never arrived — the "
+                        f"Mailguard signature; the sender will retry",
+                    )
             continue
         qid = q.group(1)
         rest = msg[q.end() :]
@@ -143,22 +149,42 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             attempt = qid + session.encode()
             if stalled and attempt != last_stall:  # one finding per attempt, not per rcpt
                 last_stall = attempt
-                yield Flag(no, time, session, relay, Kind.STALLED_DATA,
-                           f"queue {_s(qid)}: the remote server never answered our end of "
-                           f"data (CRLF.CRLF) — 'message may be sent more than once'; a "
-                           f"filter in the path is eating the terminator (Mailguard "
-                           f"signature)")
+                yield Flag(
+                    no,
+                    time,
+                    session,
+                    relay,
+                    Kind.STALLED_DATA,
+                    f"queue {_s(qid)}: the remote server never answered our end of "
+                    f"data (CRLF.CRLF) — 'message may be sent more than once'; a "
+                    f"filter in the path is eating the terminator (Mailguard "
+                    f"signature)",
+                )
             if stalled or status == b"sent":
-                yield Delivered(no, time, session, relay, message_id=msgids.get(qid, ""),
-                                rcpt_to=(rcpt,), stalled=stalled, side=Side.SENDING)
+                yield Delivered(
+                    no,
+                    time,
+                    session,
+                    relay,
+                    message_id=msgids.get(qid, ""),
+                    rcpt_to=(rcpt,),
+                    stalled=stalled,
+                    side=Side.SENDING,
+                )
         elif daemon == b"smtp":
             p = _PIX.match(rest)
             if p is not None:
-                yield Flag(no, time, session, _s(p.group(2)), Kind.PIX_WORKAROUND,
-                           f"queue {_s(qid)}: Postfix switched on its PIX work-arounds "
-                           f"({_s(p.group(1))}) because {_s(p.group(2))} greeted with a "
-                           f"masked banner; each message now ends with a delay before "
-                           f"CRLF.CRLF")
+                yield Flag(
+                    no,
+                    time,
+                    session,
+                    _s(p.group(2)),
+                    Kind.PIX_WORKAROUND,
+                    f"queue {_s(qid)}: Postfix switched on its PIX work-arounds "
+                    f"({_s(p.group(1))}) because {_s(p.group(2))} greeted with a "
+                    f"masked banner; each message now ends with a delay before "
+                    f"CRLF.CRLF",
+                )
     for entry in queue.values():
         yield from _emit(entry)
 
@@ -166,6 +192,13 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
 def _emit(entry: _Queued) -> Iterator[Delivered]:
     if entry.sender is None:
         return  # never made it to the queue manager: rejected or still in cleanup
-    yield Delivered(entry.line, entry.time, entry.session, entry.peer,
-                    message_id=entry.message_id, mail_from=entry.sender,
-                    rcpt_to=tuple(entry.rcpt_to), size=entry.size)
+    yield Delivered(
+        entry.line,
+        entry.time,
+        entry.session,
+        entry.peer,
+        message_id=entry.message_id,
+        mail_from=entry.sender,
+        rcpt_to=tuple(entry.rcpt_to),
+        size=entry.size,
+    )

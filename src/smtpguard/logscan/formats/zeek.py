@@ -87,13 +87,27 @@ def _transaction(no: int, r: dict[str, Any]) -> Iterator[Event]:
     msgid = str(r.get("msg_id", "")).strip().strip("<>")
     stalled = last.startswith("354")
     if stalled:
-        yield Flag(no, time, uid, peer, Kind.STALLED_DATA,
-                   f"{server} answered DATA with 354 but the transaction's last reply is "
-                   f"still that 354: the end of data (CRLF.CRLF) was never answered — the "
-                   f"Mailguard signature; the sender will retry")
+        yield Flag(
+            no,
+            time,
+            uid,
+            peer,
+            Kind.STALLED_DATA,
+            f"{server} answered DATA with 354 but the transaction's last reply is "
+            f"still that 354: the end of data (CRLF.CRLF) was never answered — the "
+            f"Mailguard signature; the sender will retry",
+        )
     if stalled or (last.startswith("2") and (msgid or r.get("fuids"))):
-        yield Delivered(no, time, uid, peer, message_id=msgid, mail_from=sender,
-                        rcpt_to=rcpt_to, stalled=stalled)
+        yield Delivered(
+            no,
+            time,
+            uid,
+            peer,
+            message_id=msgid,
+            mail_from=sender,
+            rcpt_to=rcpt_to,
+            stalled=stalled,
+        )
 
 
 def _is_number(s: str) -> bool:
