@@ -101,6 +101,9 @@ class GatewayProcess:
                 "--listen",
                 f"{LOOPBACK}:{self.port}",
                 *args,
+                # One process unless a test asks for more: per-process state (access
+                # counters, the order of log lines) stays predictable.
+                *(() if "--workers" in args else ("--workers", "1")),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -49,8 +49,14 @@ def test_example_sets_every_key() -> None:
             node = node[part]
     # Keys whose default is "not set" appear commented out in the example; rate and
     # period are only valid with action = "rate-limit", shown on one check.
-    commented = {"gateway.upstream", "protocol_log.path", "tls.certfile", "tls.keyfile",
-                 "tls.cafile", "tls.implicit_listen"}
+    commented = {
+        "gateway.upstream",
+        "protocol_log.path",
+        "tls.certfile",
+        "tls.keyfile",
+        "tls.cafile",
+        "tls.implicit_listen",
+    }
     rate_keys = {m for m in missing if m.endswith((".rate", ".period"))}
     assert "checks.invalid_recipients.rate" not in rate_keys
     assert "checks.invalid_recipients.period" not in rate_keys

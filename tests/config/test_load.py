@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def test_no_file_gives_the_built_in_policy() -> None:
     s = load(None)
     assert dataclasses.replace(s.policy, hostname="x") == core.Policy(hostname="x")
     assert s.listen == ("127.0.0.1", 2525) and s.upstream is None
-    assert s.workers == 1 and s.max_sessions == 1000
+    assert s.workers == (os.cpu_count() or 1) and s.max_sessions == 1000
 
 
 def test_example_file_is_valid_and_sets_what_it_says() -> None:
@@ -154,9 +155,9 @@ def test_the_issue_example(tmp_path: Path) -> None:
             '[gateway]\nlisten = "nowhere"',
             ':2: gateway.listen: got "nowhere", expected "HOST:PORT"',
         ),
-        ("[gateway]\nworkers = 0", ":2: gateway.workers: got 0, expected an integer >= 1"),
-        ("[gateway]\nworkers = 1.5", ":2: gateway.workers: got 1.5, expected an integer >= 1"),
-        ("[gateway]\nworkers = true", ":2: gateway.workers: got true, expected an integer >= 1"),
+        ("[gateway]\nworkers = -1", ":2: gateway.workers: got -1, expected an integer >= 0"),
+        ("[gateway]\nworkers = 1.5", ":2: gateway.workers: got 1.5, expected an integer >= 0"),
+        ("[gateway]\nworkers = true", ":2: gateway.workers: got true, expected an integer >= 0"),
         ("[gateway]\ndrain_grace = -1", ":2: gateway.drain_grace: got -1, expected a number >= 0"),
         ("[timeouts]\nconect = 3", ':2: timeouts.conect: unknown key (did you mean "connect"?)'),
         ("[timeouts]\nconnect = 0", ":2: timeouts.connect: got 0, expected a number > 0"),
@@ -226,7 +227,9 @@ def test_unknown_key_nowhere_close_lists_the_keys(tmp_path: Path) -> None:
 
 def test_several_errors_report_the_first_in_the_file(tmp_path: Path) -> None:
     msg = error_of(
-        write(tmp_path, '[gateway]\nworkers = 0\n[checks.rcpt_count]\nlimit = "x"\nmode_typo = 1\n')
+        write(
+            tmp_path, '[gateway]\nworkers = -1\n[checks.rcpt_count]\nlimit = "x"\nmode_typo = 1\n'
+        )
     )
     assert ":2: gateway.workers" in msg and msg.endswith("(2 more errors)")
 

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import os
 import re
 import socket
 import tomllib
@@ -153,7 +154,7 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
         ),
         listen=(lhost, lport),
         upstream=split_hostport(g.upstream) if g.upstream else None,
-        workers=g.workers,
+        workers=g.workers or os.cpu_count() or 1,
         max_sessions=g.max_sessions,
         drain_grace=g.drain_grace,
         maildir=g.maildir,

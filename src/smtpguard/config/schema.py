@@ -216,8 +216,9 @@ class GatewaySection(Section):
     upstream: HostPort | None = Field(
         default=None, description="the real mail server; not set: the built-in mailbox"
     )
-    workers: Annotated[StrictInt, Field(ge=1)] = Field(
-        default=1, description="worker processes sharing the port (SO_REUSEPORT)"
+    workers: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0,
+        description="worker processes sharing the port (SO_REUSEPORT); 0: one per CPU core",
     )
     max_sessions: Annotated[StrictInt, Field(ge=1)] = Field(
         default=1000, description="concurrent sessions per worker; more get 421"
