@@ -52,8 +52,12 @@ def test_jsonl_events() -> None:
     log.policy("s1", PolicyEvent("SG-CMD-BLOCKED", "EHLO refused", "reject"))
     log.disconnect("s1")
     objs = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert objs[0] == {"ts": "2026-01-02T03:04:05+00:00", "session": "s1", "event": "connect",
-                       "peer": "127.0.0.1:5000"}
+    assert objs[0] == {
+        "ts": "2026-01-02T03:04:05+00:00",
+        "session": "s1",
+        "event": "connect",
+        "peer": "127.0.0.1:5000",
+    }
     assert objs[1]["event"] == "reply" and objs[1]["code"] == 250 and objs[1]["dir"] == "server>gw"
     assert objs[2] == {**objs[2], "event": "data", "size": 10}
     assert objs[3]["id"] == "SG-CMD-BLOCKED" and objs[3]["action"] == "reject"

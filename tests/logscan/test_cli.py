@@ -91,12 +91,16 @@ def test_terminal_table_lists_findings() -> None:
 
 def test_html_report_is_self_contained(tmp_path: Path) -> None:
     report = tmp_path / "report.html"
-    code, _ = run_logscan("--html", str(report), str(FIXTURES / "postfix_maillog"),
-                          str(FIXTURES / "ims_mailguard.log"))
+    code, _ = run_logscan(
+        "--html",
+        str(report),
+        str(FIXTURES / "postfix_maillog"),
+        str(FIXTURES / "ims_mailguard.log"),
+    )
     assert code == 1
     html = report.read_text()
     assert "<script" in html and "plotly" in html.lower()
-    assert "src=\"http" not in html  # plotly.js embedded, opens offline
+    assert 'src="http' not in html  # plotly.js embedded, opens offline
     assert "mail.partner.example[203.0.113.25]" in html
     assert "duplicate (copies joined)" in html
 

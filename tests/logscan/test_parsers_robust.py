@@ -33,8 +33,15 @@ def test_sniff_never_raises(name: str, lines: list[bytes]) -> None:
 
 
 @pytest.mark.parametrize(
-    "fixture", ["ims_mailguard.log", "postfix_maillog", "exchange_RECV20240207-1.LOG",
-                "iis_ex240207.log", "exim_mainlog", "zeek_smtp.log"]
+    "fixture",
+    [
+        "ims_mailguard.log",
+        "postfix_maillog",
+        "exchange_RECV20240207-1.LOG",
+        "iis_ex240207.log",
+        "exim_mainlog",
+        "zeek_smtp.log",
+    ],
 )
 def test_crlf_line_endings_give_the_same_findings(tmp_path, fixture: str) -> None:
     crlf = tmp_path / fixture

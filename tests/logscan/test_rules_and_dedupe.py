@@ -43,8 +43,12 @@ def test_durations() -> None:
 
 def _copy(minutes: float, **kw: object) -> Delivered:
     base: dict[str, object] = {
-        "line": int(minutes) + 1, "time": T0 + timedelta(minutes=minutes), "session": "s",
-        "peer": "mx.sender.example", "message_id": "m1@x", "rcpt_to": ("a@b",),
+        "line": int(minutes) + 1,
+        "time": T0 + timedelta(minutes=minutes),
+        "session": "s",
+        "peer": "mx.sender.example",
+        "message_id": "m1@x",
+        "rcpt_to": ("a@b",),
     }
     base.update(kw)
     return Delivered(**base)  # type: ignore[arg-type]
@@ -76,8 +80,10 @@ def test_same_message_id_to_other_recipients_is_not_a_duplicate() -> None:
 def test_envelope_without_size_needs_a_stalled_copy() -> None:
     plain = [_copy(0, message_id="", mail_from="s@x"), _copy(5, message_id="", mail_from="s@x")]
     assert _run(DuplicateIndex(), plain) == []
-    stalled = [_copy(0, message_id="", mail_from="s@x", stalled=True),
-               _copy(5, message_id="", mail_from="s@x")]
+    stalled = [
+        _copy(0, message_id="", mail_from="s@x", stalled=True),
+        _copy(5, message_id="", mail_from="s@x"),
+    ]
     (f,) = _run(DuplicateIndex(), stalled)
     assert "without a final reply" in f.detail
 

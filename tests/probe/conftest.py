@@ -58,7 +58,8 @@ def smtp_sink(*options: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, *options, "-u", "root", f"127.0.0.1:{port}", "100"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_listening("127.0.0.1", port, proc)
@@ -112,9 +113,24 @@ def tls_context(tmp: Path) -> ssl.SSLContext:
     openssl = require_binary("openssl")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)

@@ -19,8 +19,21 @@ from pathlib import Path
 import pytest
 
 MASTER = "/usr/lib/postfix/sbin/master"
-QUEUE_SUBDIRS = ("public", "private", "maildrop", "incoming", "active", "deferred",
-                 "bounce", "defer", "flush", "hold", "corrupt", "saved", "trace")
+QUEUE_SUBDIRS = (
+    "public",
+    "private",
+    "maildrop",
+    "incoming",
+    "active",
+    "deferred",
+    "bounce",
+    "defer",
+    "flush",
+    "hold",
+    "corrupt",
+    "saved",
+    "trace",
+)
 
 MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd
@@ -102,8 +115,9 @@ def _instance(root: Path, port: int, extra: dict[str, str]) -> Iterator[Path]:
         sub.chmod({"public": 0o710, "maildrop": 0o730}.get(name, 0o700))
     (conf / "main.cf").write_text(_main_cf(root, extra))
     (conf / "master.cf").write_text(MASTER_CF.format(port=port))
-    proc = subprocess.Popen([MASTER, "-c", str(conf), "-d"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [MASTER, "-c", str(conf), "-d"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         from tests.probe.conftest import wait_listening
 

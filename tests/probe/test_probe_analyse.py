@@ -57,14 +57,18 @@ def test_ehlo_normal() -> None:
     check = analyse.ehlo_check(reply(POSTFIX_EHLO), None)
     assert check.verdict is Verdict.OK
     assert check.data["keywords"] == [
-        "PIPELINING", "SIZE", "STARTTLS", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"
+        "PIPELINING",
+        "SIZE",
+        "STARTTLS",
+        "ENHANCEDSTATUSCODES",
+        "8BITMIME",
+        "DSN",
     ]
     assert check.data["missing_common"] == []
 
 
 def test_ehlo_refused_like_the_seed() -> None:
-    check = analyse.ehlo_check(reply(b"500 Unrecognized command\r\n"),
-                               reply(b"250 mx.example\r\n"))
+    check = analyse.ehlo_check(reply(b"500 Unrecognized command\r\n"), reply(b"250 mx.example\r\n"))
     assert check.verdict is Verdict.PROBLEM and check.filter_sign
     assert "500 Unrecognized command" in check.detail and "HELO works" in check.detail
 
@@ -96,23 +100,30 @@ U = analyse.UNKNOWN_VERB
 
 
 def test_commands_plain_server() -> None:
-    check = analyse.commands_check({
-        "NOOP": reply(b"250 2.0.0 Ok\r\n"),
-        "VRFY": reply(b"252 2.0.0 postmaster\r\n"),
-        "EXPN": reply(b"502 5.5.1 EXPN not available\r\n"),
-        "HELP": reply(b"214 2.0.0 see RFC 5321\r\n"),
-        U: reply(b"502 5.5.2 Error: command not recognized\r\n"),
-    })
+    check = analyse.commands_check(
+        {
+            "NOOP": reply(b"250 2.0.0 Ok\r\n"),
+            "VRFY": reply(b"252 2.0.0 postmaster\r\n"),
+            "EXPN": reply(b"502 5.5.1 EXPN not available\r\n"),
+            "HELP": reply(b"214 2.0.0 see RFC 5321\r\n"),
+            U: reply(b"502 5.5.2 Error: command not recognized\r\n"),
+        }
+    )
     assert check.verdict is Verdict.OK and not check.filter_sign
     assert check.data["EXPN"].startswith("refused (502")
 
 
 def test_commands_rewritten_to_noop() -> None:
     ok = b"250 OK\r\n"
-    check = analyse.commands_check({
-        "NOOP": reply(ok), "VRFY": reply(ok), "EXPN": reply(ok), "HELP": reply(ok),
-        U: reply(ok),
-    })
+    check = analyse.commands_check(
+        {
+            "NOOP": reply(ok),
+            "VRFY": reply(ok),
+            "EXPN": reply(ok),
+            "HELP": reply(ok),
+            U: reply(ok),
+        }
+    )
     assert check.verdict is Verdict.PROBLEM and check.filter_sign
     assert check.data["VRFY"].startswith("rewritten to NOOP")
     assert "PIX 6.x" in check.detail
@@ -121,18 +132,25 @@ def test_commands_rewritten_to_noop() -> None:
 def test_vrfy_answered_like_noop_alone_is_not_a_filter() -> None:
     # smtp-sink answers VRFY exactly like NOOP; the unknown verb tells them apart
     ok = b"250 2.0.0 Ok\r\n"
-    check = analyse.commands_check({
-        "NOOP": reply(ok), "VRFY": reply(ok),
-        U: reply(b"500 5.5.1 Error: unknown command\r\n"),
-    })
+    check = analyse.commands_check(
+        {
+            "NOOP": reply(ok),
+            "VRFY": reply(ok),
+            U: reply(b"500 5.5.1 Error: unknown command\r\n"),
+        }
+    )
     assert not check.filter_sign
 
 
 def test_commands_rewritten_to_xxxx() -> None:
     xxxx = b"500 5.3.3 Unrecognized command 'XXXX'\r\n"
-    check = analyse.commands_check({
-        "NOOP": reply(b"250 OK\r\n"), "VRFY": reply(xxxx), U: reply(xxxx),
-    })
+    check = analyse.commands_check(
+        {
+            "NOOP": reply(b"250 OK\r\n"),
+            "VRFY": reply(xxxx),
+            U: reply(xxxx),
+        }
+    )
     assert check.verdict is Verdict.PROBLEM and check.filter_sign
     assert check.data["VRFY"].startswith("rewritten to XXXX")
 

@@ -104,8 +104,7 @@ def test_sending_run_delivers_control_split_and_variants(
 ) -> None:
     server = FakeSmtpServer(Behaviour())
     with server as (host, port):
-        assert run_probe_cli(["probe", f"{host}:{port}", "--json", "--timeout", "20",
-                              *FAST]) == 0
+        assert run_probe_cli(["probe", f"{host}:{port}", "--json", "--timeout", "20", *FAST]) == 0
     capsys.readouterr()
     # control + split + one message per smuggling variant, each ending once
     assert server.record.messages == 2 + 6
@@ -128,8 +127,9 @@ def test_starttls_handshake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ehlo = b"250-fake.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
     behaviour = Behaviour(ehlo=ehlo, tls=tls_context(tmp_path))
     with FakeSmtpServer(behaviour) as (host, port):
-        code = run_probe_cli(["probe", f"{host}:{port}", "--tls", "--no-send", "--json",
-                              "--timeout", "20"])
+        code = run_probe_cli(
+            ["probe", f"{host}:{port}", "--tls", "--no-send", "--json", "--timeout", "20"]
+        )
         report = json.loads(capsys.readouterr().out)
         check = next(c for c in report["checks"] if c["id"] == "starttls")
         assert check["verdict"] == "ok", check
@@ -144,8 +144,9 @@ def test_starttls_handshake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_tls_requested_but_not_offered(capsys: pytest.CaptureFixture[str]) -> None:
     with FakeSmtpServer(Behaviour()) as (host, port):
-        code = run_probe_cli(["probe", f"{host}:{port}", "--tls", "--no-send", "--json",
-                              "--timeout", "20"])
+        code = run_probe_cli(
+            ["probe", f"{host}:{port}", "--tls", "--no-send", "--json", "--timeout", "20"]
+        )
     report = json.loads(capsys.readouterr().out)
     check = next(c for c in report["checks"] if c["id"] == "starttls")
     assert check["verdict"] == "problem"
@@ -164,8 +165,7 @@ def _ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback in this sandbox")
 def test_ipv6_loopback_target(capsys: pytest.CaptureFixture[str]) -> None:
     with FakeSmtpServer(Behaviour(), host="::1") as (_, port):
-        code = run_probe_cli(["probe", f"[::1]:{port}", "--no-send", "--json",
-                              "--timeout", "20"])
+        code = run_probe_cli(["probe", f"[::1]:{port}", "--no-send", "--json", "--timeout", "20"])
     report = json.loads(capsys.readouterr().out)
     assert report["target"] == f"[::1]:{port}"
     assert code == 0

@@ -36,33 +36,47 @@ class Expect:
 
 
 CLEAN = {
-    "banner": "ok", "ehlo": "ok", "commands": "ok", "pipelining": "ok",
-    "starttls": "info", "control-message": "ok", "split-terminator": "ok",
+    "banner": "ok",
+    "ehlo": "ok",
+    "commands": "ok",
+    "pipelining": "ok",
+    "starttls": "info",
+    "control-message": "ok",
+    "split-terminator": "ok",
     "smuggling": "ok",
 }
 PIX = {
-    **CLEAN, "banner": "problem", "ehlo": "problem", "pipelining": "info",
+    **CLEAN,
+    "banner": "problem",
+    "ehlo": "problem",
+    "pipelining": "info",
 }
 
 e2e = pytest.mark.e2e
 TARGETS = [
     pytest.param("smtp-sink", Expect(CLEAN, False), marks=e2e, id="smtp-sink"),
     pytest.param(
-        "smtp-sink-pix", Expect(PIX, True, extra={"banner": "masked"}),
-        marks=e2e, id="smtp-sink-pix",
+        "smtp-sink-pix",
+        Expect(PIX, True, extra={"banner": "masked"}),
+        marks=e2e,
+        id="smtp-sink-pix",
     ),
     pytest.param("fake-clean", Expect(CLEAN, False), id="fake-clean"),
     pytest.param(
         "fake-seed-pix",
-        Expect({**PIX, "split-terminator": "problem"}, True, split="failed", timeout=4.0,
-               extra={"split-terminator": "duplicates", "ehlo": "500 Unrecognized"}),
+        Expect(
+            {**PIX, "split-terminator": "problem"},
+            True,
+            split="failed",
+            timeout=4.0,
+            extra={"split-terminator": "duplicates", "ehlo": "500 Unrecognized"},
+        ),
         id="fake-seed-pix",
     ),
     pytest.param("fake-pix-fixed", Expect(PIX, True), id="fake-pix-fixed"),
     pytest.param(
         "fake-pix-noop",
-        Expect({**PIX, "commands": "problem"}, True,
-               extra={"commands": "NOOP", "ehlo": "bare"}),
+        Expect({**PIX, "commands": "problem"}, True, extra={"commands": "NOOP", "ehlo": "bare"}),
         id="fake-pix-noop",
     ),
     pytest.param(
@@ -71,13 +85,17 @@ TARGETS = [
         id="fake-pix-xxxx",
     ),
     pytest.param(
-        "fake-lockstep", Expect({**CLEAN, "pipelining": "problem"}, False, timeout=4.0),
+        "fake-lockstep",
+        Expect({**CLEAN, "pipelining": "problem"}, False, timeout=4.0),
         id="fake-lockstep",
     ),
     pytest.param(
         "fake-lf-eod",
-        Expect({**CLEAN, "smuggling": "problem"}, False,
-               accepted=frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"})),
+        Expect(
+            {**CLEAN, "smuggling": "problem"},
+            False,
+            accepted=frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"}),
+        ),
         id="fake-lf-eod",
     ),
     pytest.param(
@@ -87,30 +105,48 @@ TARGETS = [
     ),
     pytest.param(
         "gateway-mailguard",
-        Expect({**CLEAN, "ehlo": "problem", "pipelining": "info"}, True,
-               extra={"ehlo": "500 5.5.1 Unrecognized command", "banner": "clear"}),
-        marks=e2e, id="gateway-mailguard",
+        Expect(
+            {**CLEAN, "ehlo": "problem", "pipelining": "info"},
+            True,
+            extra={"ehlo": "500 5.5.1 Unrecognized command", "banner": "clear"},
+        ),
+        marks=e2e,
+        id="gateway-mailguard",
     ),
     pytest.param("gateway-esmtp", Expect(CLEAN, False), marks=e2e, id="gateway-esmtp"),
     pytest.param(
         "gateway-emulate-pix",
-        Expect({**PIX, "commands": "problem"}, True,
-               extra={"commands": "NOOP", "ehlo": "bare", "banner": "masked"}),
-        marks=e2e, id="gateway-emulate-pix",
+        Expect(
+            {**PIX, "commands": "problem"},
+            True,
+            extra={"commands": "NOOP", "ehlo": "bare", "banner": "masked"},
+        ),
+        marks=e2e,
+        id="gateway-emulate-pix",
     ),
     pytest.param(
         "gateway-emulate-pix-bug",
-        Expect({**PIX, "commands": "problem", "split-terminator": "problem"}, True,
-               split="failed", timeout=4.0, extra={"split-terminator": "duplicates"}),
-        marks=e2e, id="gateway-emulate-pix-bug",
+        Expect(
+            {**PIX, "commands": "problem", "split-terminator": "problem"},
+            True,
+            split="failed",
+            timeout=4.0,
+            extra={"split-terminator": "duplicates"},
+        ),
+        marks=e2e,
+        id="gateway-emulate-pix-bug",
     ),
     # Postfix before 3.9 takes a bare LF as a line end by default (CVE-2023-51764).
     pytest.param(
         "postfix",
-        Expect({**CLEAN, "smuggling": "problem"}, False,
-               accepted=frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"}),
-               extra={"banner": "Postfix"}),
-        marks=e2e, id="postfix",
+        Expect(
+            {**CLEAN, "smuggling": "problem"},
+            False,
+            accepted=frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"}),
+            extra={"banner": "Postfix"},
+        ),
+        marks=e2e,
+        id="postfix",
     ),
     pytest.param("postfix-strict", Expect(CLEAN, False), marks=e2e, id="postfix-strict"),
 ]

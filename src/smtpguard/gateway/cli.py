@@ -80,8 +80,7 @@ def register(sub: Any) -> None:
         "--workers",
         type=int,
         metavar="N",
-        help="worker processes sharing the port with SO_REUSEPORT (default 0: one per "
-        "CPU core)",
+        help="worker processes sharing the port with SO_REUSEPORT (default 0: one per CPU core)",
     )
     p.add_argument(
         "--drain-grace",
