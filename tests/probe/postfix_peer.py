@@ -82,7 +82,7 @@ def _main_cf(root: Path, extra: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def private_postfix(port: int, **extra: str) -> Iterator[Path]:
+def private_postfix(port: int, master_extra: str = "", **extra: str) -> Iterator[Path]:
     """Start Postfix listening on 127.0.0.1:port; yields the log file path.
 
     The instance lives in a fresh directory under the system temp dir, not under
@@ -96,14 +96,16 @@ def private_postfix(port: int, **extra: str) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="smtpguard-probe-postfix-"))
     root.chmod(0o755)
     try:
-        with _instance(root, port, extra) as log:
+        with _instance(root, port, extra, master_extra) as log:
             yield log
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _instance(root: Path, port: int, extra: dict[str, str]) -> Iterator[Path]:
+def _instance(
+    root: Path, port: int, extra: dict[str, str], master_extra: str = ""
+) -> Iterator[Path]:
     conf, queue, data = root / "conf", root / "queue", root / "data"
     for d in (conf, queue / "pid", data):
         d.mkdir(parents=True)
@@ -114,7 +116,7 @@ def _instance(root: Path, port: int, extra: dict[str, str]) -> Iterator[Path]:
         shutil.chown(sub, "postfix", "postdrop" if name in ("public", "maildrop") else None)
         sub.chmod({"public": 0o710, "maildrop": 0o730}.get(name, 0o700))
     (conf / "main.cf").write_text(_main_cf(root, extra))
-    (conf / "master.cf").write_text(MASTER_CF.format(port=port))
+    (conf / "master.cf").write_text(MASTER_CF.format(port=port) + master_extra)
     proc = subprocess.Popen(
         [MASTER, "-c", str(conf), "-d"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -1,0 +1,116 @@
+"""A real Postfix as the sending MTA, relaying through the gateway (relayhost).
+
+With ``--banner pix`` Postfix recognises the PIX mask and logs "enabling PIX
+workarounds" (slower, ESMTP off); with the default ``generic`` banner it does not:
+the proof that smtpguard's default banner does not trigger senders' PIX work-arounds.
+Also STARTTLS terminate with Postfix as a TLS client (smtp_tls_security_level = may).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need
+from tests.probe.postfix_peer import private_postfix
+
+pytestmark = pytest.mark.e2e
+
+SMTP_CLIENT = "smtp      unix  - - n - - smtp\n"
+TLSMGR = "tlsmgr    unix  - - n 1000? 1 tlsmgr\n"
+MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: via postfix\r\n\r\nhello\r\n"
+
+
+def _relay_through(
+    tmp_path: Path, sink: SmtpSink, gw: GatewayProcess, master: str = "", **extra: str
+) -> str:
+    """Submit one message to a private Postfix whose relayhost is the gateway; wait
+    until Postfix logs the delivery; return its log."""
+    port = free_port()
+    settings = {
+        "relayhost": f"[{LOOPBACK}]:{gw.port}",
+        "default_transport": "smtp",
+        "smtp_host_lookup": "native",
+        "smtp_dns_support_level": "disabled",
+        "smtpd_relay_restrictions": "permit_mynetworks, reject",
+        **extra,
+    }
+    with private_postfix(port, master_extra=SMTP_CLIENT + master, **settings) as log:
+        with smtplib.SMTP(LOOPBACK, port, timeout=15) as s:
+            s.sendmail("a@example.org", ["b@example.net"], MSG)
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            text = log.read_text() if log.exists() else ""
+            if "status=sent" in text or "status=deferred" in text or "status=bounced" in text:
+                break
+            time.sleep(0.1)
+        return text
+
+
+@pytest.mark.parametrize(("banner", "pix"), [("pix", True), ("generic", False)])
+def test_pix_workarounds_only_with_the_pix_banner(tmp_path: Path, banner: str, pix: bool) -> None:
+    sink = SmtpSink(tmp_path)
+    gw = GatewayProcess("--upstream", sink.address, "--banner", banner, workdir=tmp_path)
+    try:
+        log = _relay_through(tmp_path, sink, gw)
+        assert "status=sent" in log, log[-3000:]
+        assert ("enabling PIX workarounds" in log) is pix, log[-3000:]
+        deadline = time.monotonic() + 5
+        while len(sink.messages()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(sink.messages()) == 1  # delivered once either way
+    finally:
+        gw.stop()
+        sink.stop()
+
+
+def test_postfix_tls_client_through_terminate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    sink = SmtpSink(tmp_path)
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--mode",
+        "esmtp",
+        "--starttls",
+        "terminate",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        workdir=tmp_path,
+    )
+    try:
+        log = _relay_through(
+            tmp_path, sink, gw, TLSMGR, smtp_tls_security_level="may", smtp_tls_loglevel="1"
+        )
+        assert "status=sent" in log, log[-3000:]
+        assert "TLS connection established to" in log, log[-3000:]
+    finally:
+        gw.stop()
+        sink.stop()
