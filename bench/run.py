@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,12 +76,27 @@ def start_haproxy(upstream: int, workdir: Path) -> tuple[subprocess.Popen[bytes]
 
 
 def start_gateway(
-    upstream: int, mode: str, workers: int = 1
+    upstream: int, mode: str, workers: int = 1, metrics: int | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{port}",
-           "--upstream", f"{LOOPBACK}:{upstream}", "--mode", mode, "--max-sessions", "5000",
-           "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smtpguard",
+        "serve",
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--upstream",
+        f"{LOOPBACK}:{upstream}",
+        "--mode",
+        mode,
+        "--max-sessions",
+        "5000",
+        "--workers",
+        str(workers),
+    ]
+    if metrics is not None:
+        cmd += ["--metrics-listen", f"{LOOPBACK}:{metrics}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port
@@ -130,11 +147,13 @@ def send_big(port: int, megabytes: int) -> float:
     # the content checks (header, MIME boundary and body line scans) do their work.
     line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
     block = line * (1024 * 1024 // len(line))
-    head = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: big\r\n"
-            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n"
-            b"--B\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Disposition: attachment; filename=\"big.bin\"\r\n"
-            b"Content-Transfer-Encoding: base64\r\n\r\n")
+    head = (
+        b"From: a@example.org\r\nTo: b@example.net\r\nSubject: big\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="big.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+    )
     with socket.create_connection((LOOPBACK, port), 30) as s:
         s.settimeout(300)
         _reply(s)
@@ -157,6 +176,14 @@ def send_big(port: int, megabytes: int) -> float:
             raise RuntimeError(f"big message refused: {final!r}")
         s.sendall(b"QUIT\r\n")
     return megabytes * len(block) / 1e6 / elapsed
+
+
+def scrape_relayed(port: int) -> float:
+    """smtpguard_messages_total{result="relayed"} from a gateway's /metrics."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r'^smtpguard_messages_total\{result="relayed"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -198,10 +225,14 @@ def main() -> int:
         hap, hap_port = start_haproxy(sink_port, workdir)
         procs.append(hap)
         targets = {"direct": sink_port, "haproxy": hap_port}
+        metrics_ports: dict[str, int] = {}
         for mode, workers in variants:
-            gw, gw_port = start_gateway(sink_port, mode, workers)
+            mport = free_port()
+            gw, gw_port = start_gateway(sink_port, mode, workers, mport)
             procs.append(gw)
-            targets[f"gateway-{mode}-w{workers}"] = gw_port
+            name = f"gateway-{mode}-w{workers}"
+            targets[name] = gw_port
+            metrics_ports[name] = mport
             message_rate(gw_port, 200, args.sessions, args.size)  # warm-up
         rates: dict[str, list[float]] = {name: [] for name in targets}
         for r in range(args.rounds):
@@ -223,6 +254,15 @@ def main() -> int:
                     f" {v / med[gw_names[0]]:.2f}x {gw_names[0]}"
                 )
             print(f"  {name:22s} {v:8.0f} msg/s{extra}")
+
+        sent = 200 + args.rounds * args.messages
+        print(f"\n/metrics after the run ({sent} messages sent to each gateway):")
+        for name, mport in metrics_ports.items():
+            relayed = scrape_relayed(mport)
+            print(
+                f'  {name:22s} smtpguard_messages_total{{result="relayed"}} = {relayed:.0f}'
+                f"  {'(matches)' if relayed == sent else '(MISMATCH)'}"
+            )
 
         if args.big_mb:
             for p in procs[2:]:
