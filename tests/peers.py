@@ -47,6 +47,57 @@ def need(binary: str) -> str:
     return path
 
 
+def self_signed_cert(directory: Path) -> tuple[str, str]:
+    """A throw-away self-signed certificate for localhost: (certfile, keyfile)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def smtp_source(address: str, sessions: int, messages: int, size: int) -> None:
+    """Postfix smtp-source: ``messages`` messages of ``size`` octets, ``sessions``
+    at a time; raises if it fails."""
+    out = subprocess.run(
+        [
+            need("smtp-source"),
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "a@example.org",
+            "-t",
+            "b@example.net",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 class SmtpSink:
     """Postfix smtp-sink dumping each message to its own file."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need, wait_port
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need, smtp_source, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -113,26 +113,7 @@ def test_swaks_through_mailguard(gateway: GatewayProcess, sink: SmtpSink) -> Non
 
 
 def test_smtp_source_many_sessions(gateway: GatewayProcess, sink: SmtpSink) -> None:
-    out = subprocess.run(
-        [
-            need("smtp-source"),
-            "-s",
-            "5",
-            "-m",
-            "40",
-            "-l",
-            "2000",
-            "-f",
-            "a@example.org",
-            "-t",
-            "b@example.net",
-            gateway.address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    smtp_source(gateway.address, 5, 40, 2000)
     assert len(_wait_messages(sink, 40)) == 40
 
 
@@ -309,26 +290,7 @@ def test_sink_command_runs_alone(tmp_path: Path) -> None:
 
 def test_two_workers_share_the_port(sink: SmtpSink, gateway_factory) -> None:  # type: ignore[no-untyped-def]
     g = gateway_factory("--upstream", sink.address, "--workers", "2")
-    out = subprocess.run(
-        [
-            need("smtp-source"),
-            "-s",
-            "10",
-            "-m",
-            "60",
-            "-l",
-            "500",
-            "-f",
-            "a@example.org",
-            "-t",
-            "b@example.net",
-            g.address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    smtp_source(g.address, 10, 60, 500)
     assert len(_wait_messages(sink, 60)) == 60
     code, _ = g.stop()
     assert code == 0

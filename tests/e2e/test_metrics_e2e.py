@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, smtp_source
 
 pytestmark = pytest.mark.e2e
 
@@ -41,26 +41,7 @@ def test_metrics_count_what_was_sent(tmp_path: Path, workers: int) -> None:
         workdir=tmp_path,
     )
     try:
-        out = subprocess.run(
-            [
-                need("smtp-source"),
-                "-s",
-                "5",
-                "-m",
-                "50",
-                "-l",
-                "500",
-                "-f",
-                "a@example.org",
-                "-t",
-                "b@example.net",
-                gw.address,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
+        smtp_source(gw.address, 5, 50, 500)
         deadline = time.monotonic() + 10
         text = ""
         while time.monotonic() < deadline:

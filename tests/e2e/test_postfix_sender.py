@@ -9,13 +9,12 @@ Also STARTTLS terminate with Postfix as a TLS client (smtp_tls_security_level = 
 from __future__ import annotations
 
 import smtplib
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, self_signed_cert
 from tests.probe.postfix_peer import private_postfix
 
 pytestmark = pytest.mark.e2e
@@ -70,27 +69,7 @@ def test_pix_workarounds_only_with_the_pix_banner(tmp_path: Path, banner: str, p
 
 
 def test_postfix_tls_client_through_terminate(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            need("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path)
     sink = SmtpSink(tmp_path)
     gw = GatewayProcess(
         "--upstream",
@@ -100,9 +79,9 @@ def test_postfix_tls_client_through_terminate(tmp_path: Path) -> None:
         "--starttls",
         "terminate",
         "--tls-cert",
-        str(cert),
+        cert,
         "--tls-key",
-        str(key),
+        key,
         workdir=tmp_path,
     )
     try:

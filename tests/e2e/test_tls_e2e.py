@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need, self_signed_cert
 
 pytestmark = pytest.mark.e2e
 
@@ -23,29 +23,7 @@ MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: tls\r\n\r\nsecret\r
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    d = tmp_path_factory.mktemp("tls")
-    certfile, keyfile = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            need("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(keyfile),
-            "-out",
-            str(certfile),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(certfile), str(keyfile)
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 class Recorder:

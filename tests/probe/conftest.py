@@ -110,28 +110,9 @@ def fake(behaviour: Behaviour) -> Peer:
 
 def tls_context(tmp: Path) -> ssl.SSLContext:
     """A server context with a throw-away self-signed certificate."""
-    openssl = require_binary("openssl")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    from tests.peers import self_signed_cert
+
+    cert, key = self_signed_cert(tmp)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     return ctx

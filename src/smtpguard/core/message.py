@@ -131,18 +131,22 @@ class MessageInspector:
         while end - pos > width:
             nl = chunk.rfind(b"\n", pos, pos + width)
             if nl < 0:
-                self._fire(
-                    finding(
-                        "body_line_length",
-                        "SG-CHK-BODY-LINE",
-                        f"body line over {check.limit} octets",
-                        check,
-                        554,
-                        "5.6.0 Message refused: body line too long",
-                    )
-                )
+                self._long_body_line()
                 return
             pos = nl + 1
+
+    def _long_body_line(self) -> None:
+        check = self.c.body_line_length
+        self._fire(
+            finding(
+                "body_line_length",
+                "SG-CHK-BODY-LINE",
+                f"body line over {check.limit} octets",
+                check,
+                554,
+                "5.6.0 Message refused: body line too long",
+            )
+        )
 
     # -- lines ------------------------------------------------------------------
     def _line(self, line: bytes, length: int) -> None:
@@ -152,18 +156,8 @@ class MessageInspector:
             self._body_line(line, length)
 
     def _body_line(self, line: bytes, length: int) -> None:
-        check = self.c.body_line_length
-        if over(check, length - 2):
-            self._fire(
-                finding(
-                    "body_line_length",
-                    "SG-CHK-BODY-LINE",
-                    f"body line over {check.limit} octets",
-                    check,
-                    554,
-                    "5.6.0 Message refused: body line too long",
-                )
-            )
+        if over(self.c.body_line_length, length - 2):
+            self._long_body_line()
         if not line.startswith(b"--") or not self._boundaries:
             return
         text = line.rstrip(b"\r\n")

@@ -52,8 +52,8 @@ from smtpguard.core.grammar import (
     parse_command,
 )
 from smtpguard.core.message import MessageInspector
-from smtpguard.core.policy import Policy, Verdict
 from smtpguard.core.policy import StartTls as StartTlsPolicy
+from smtpguard.core.policy import Verdict
 from smtpguard.core.relay import DataPhase
 from smtpguard.core.state import (
     AFTER_REPLY,
@@ -70,17 +70,11 @@ __all__ = ["Phase", "Session", "Upstream"]
 
 
 class Session(DataPhase, EnvelopeChecks, UpstreamLink):
-    """Inspector state machine for one client session. See the module docstring."""
+    """Inspector state machine for one client session. See the module docstring.
 
-    def __init__(
-        self,
-        policy: Policy,
-        *,
-        trace: bool = False,
-        peer: tuple[str, int] | None = None,
-        client_tls: bool = False,
-    ) -> None:
-        super().__init__(policy, trace=trace, peer=peer, client_tls=client_tls)
+    ``Session(policy, trace=False, peer=None, client_tls=False)``: ``peer`` is the
+    client's (address, port) for XCLIENT; ``client_tls`` marks an implicit-TLS port.
+    """
 
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> list[Action]:
