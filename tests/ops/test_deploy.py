@@ -43,10 +43,16 @@ def test_systemd_analyze_finds_nothing_but_the_missing_binary() -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:  # the static checks above still ran
         return
-    r = subprocess.run([tool, "verify", str(DEPLOY / "smtpguard.service")],
-                       capture_output=True, text=True, timeout=60)
-    noise = re.compile(r"is not executable|No such file or directory|Failed to .*user|"
-                       r"User .* not found|^$")
+    r = subprocess.run(
+        [tool, "verify", str(DEPLOY / "smtpguard.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    noise = re.compile(
+        r"is not executable|No such file or directory|Failed to .*user|"
+        r"User .* not found|^$"
+    )
     problems = [ln for ln in (r.stdout + r.stderr).splitlines() if not noise.search(ln)]
     assert problems == []
 
@@ -54,15 +60,22 @@ def test_systemd_analyze_finds_nothing_but_the_missing_binary() -> None:
 def test_haproxy_snippet_is_valid_and_sends_proxy_v2() -> None:
     text = (DEPLOY / "haproxy.cfg").read_text()
     assert "send-proxy-v2" in text and "mode tcp" in text
-    r = subprocess.run([need("haproxy"), "-c", "-f", str(DEPLOY / "haproxy.cfg")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [need("haproxy"), "-c", "-f", str(DEPLOY / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_deploy_config_is_valid() -> None:
-    r = subprocess.run([sys.executable, "-m", "smtpguard", "check-config",
-                        str(DEPLOY / "smtpguard.toml")], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "check-config", str(DEPLOY / "smtpguard.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "xclient" in r.stdout
 
