@@ -284,3 +284,45 @@ def test_implicit_tls_listener(tmp_path: Path, cert: tuple[str, str]) -> None:
     finally:
         gw.stop()
         sink.stop()
+
+
+def _peer_cert(port: int) -> bytes:
+    with smtplib.SMTP(LOOPBACK, port, timeout=10) as s:
+        s.starttls(context=_client_ctx())
+        der = s.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        assert der is not None
+        return der
+
+
+def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
+    import signal
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = self_signed_cert(tmp_path / "a")
+    second = self_signed_cert(tmp_path / "b")
+    sink = SmtpSink(tmp_path)
+    cfg = tmp_path / "smtpguard.toml"
+
+    def write(cert: tuple[str, str]) -> None:
+        cfg.write_text(
+            f'mode = "esmtp"\nstarttls = "terminate"\n[tls]\ncertfile = "{cert[0]}"\n'
+            f'keyfile = "{cert[1]}"\n[gateway]\nupstream = "{sink.address}"\n'
+        )
+
+    write(first)
+    gw = GatewayProcess("--config", str(cfg), workdir=tmp_path)
+    try:
+        before = _peer_cert(gw.port)
+        write(second)
+        gw.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        after = before
+        while after == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = _peer_cert(gw.port)
+        assert after != before  # new handshakes use the renewed certificate
+        assert Path(second[0]).read_text().strip()  # (the file the gateway now serves)
+    finally:
+        gw.stop()
+        sink.stop()

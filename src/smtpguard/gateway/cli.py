@@ -20,7 +20,7 @@ from smtpguard.logs import FORMATS, open_protocol_log
 
 if TYPE_CHECKING:
     from smtpguard.config.load import Override, Settings
-    from smtpguard.gateway.server import Reload
+    from smtpguard.gateway.server import Gateway, Reload
     from smtpguard.gateway.tls import TlsContexts
 
 TIMEOUT_KEYS = tuple(f.name for f in dataclasses.fields(Timeouts))
@@ -360,7 +360,7 @@ async def _serve(
     gateway.tls = tls
     gateway.upstream_proxy = settings.upstream_proxy
     if args.config is not None:
-        gateway.reloader = _reloader(args, settings)
+        gateway.reloader = _reloader(args, settings, gateway)
     await gateway.start(sock)
     if tls_sock is not None and tls is not None and tls.server is not None:
         await gateway.start_implicit_tls(tls_sock, tls.server)
@@ -370,10 +370,13 @@ async def _serve(
     return 0
 
 
-def _reloader(args: argparse.Namespace, first: Settings) -> Callable[[], Reload]:
+def _reloader(
+    args: argparse.Namespace, first: Settings, gateway: Gateway
+) -> Callable[[], Reload]:
     """Re-read the config file with the same command-line overrides. Settings that
-    need a new socket or process (listen, workers, upstream, maildir, protocol log)
-    keep their running values; a change to them is reported, not applied."""
+    need a new socket or process (listen, workers, upstream, maildir, protocol log,
+    the implicit-TLS port) keep their running values; a change to them is reported,
+    not applied. Certificates are re-read (renewals need no restart)."""
     from smtpguard.config.load import load
     from smtpguard.gateway.server import Reload
 
@@ -384,13 +387,15 @@ def _reloader(args: argparse.Namespace, first: Settings) -> Callable[[], Reload]
         "maildir",
         "protocol_log",
         "protocol_log_format",
-        "tls",
     )
 
     def reload() -> Reload:
         new = load(args.config, overrides(args))  # ConfigError: the caller keeps the old
+        _reload_tls(gateway, new)  # ConfigError too: nothing was changed yet
         logging.getLogger().setLevel(new.log_level.upper())
         ignored = tuple(k for k in fixed if getattr(new, k) != getattr(first, k))
+        if new.tls.implicit_listen != first.tls.implicit_listen:
+            ignored += ("tls.implicit_listen",)
         return Reload(
             policy=new.policy,
             access=new.access,
@@ -400,6 +405,29 @@ def _reloader(args: argparse.Namespace, first: Settings) -> Callable[[], Reload]
         )
 
     return reload
+
+
+def _reload_tls(gateway: Gateway, new: Settings) -> None:
+    """Load the (possibly renewed) certificate into the running server context, so
+    STARTTLS and the implicit-TLS port both use it for new handshakes, and rebuild
+    the upstream side. A file that does not load refuses the whole reload."""
+    from smtpguard.config.load import ConfigError
+    from smtpguard.gateway.tls import client_context, server_context
+
+    tls, t = gateway.tls, new.tls
+    if tls is None:
+        return
+    try:
+        if t.certfile and tls.server is not None:
+            server_context(t.certfile, t.keyfile)  # check it loads before touching anything
+            tls.server.load_cert_chain(t.certfile, t.keyfile)
+        client = client_context(t.verify_upstream, t.cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{new.source}: tls: cannot load certificate {t.certfile} "
+            f"({getattr(exc, 'strerror', None) or exc})"
+        ) from None
+    gateway.tls = dataclasses.replace(tls, client=client)
 
 
 def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
