@@ -49,9 +49,11 @@ INTRO = """\
   Sessions that start afterwards use the new policy and access rules; sessions in
   flight keep the policy they started with. An invalid file is refused with an
   `SG-CONFIG-REFUSED` log line and the running configuration kept. `gateway.listen`,
-  `gateway.workers`, `gateway.upstream`, `gateway.maildir`, `[protocol_log]` and `[tls]` need
-  a restart (a reload that changes them says so in the log). With `--workers N` the
-  parent passes SIGHUP to every worker.
+  `gateway.workers`, `gateway.upstream`, `gateway.maildir`, `[protocol_log]` and
+  `tls.implicit_listen` need a restart (a reload that changes them says so in the log).
+  Certificates in `[tls]` are re-read: a renewed certificate needs no restart, and one
+  that does not load refuses the reload. With `--workers N` the parent passes SIGHUP
+  to every worker.
 """
 
 ACCESS_NOTES = f"""\
