@@ -34,7 +34,7 @@ class DataPhase(SessionBase):
         held, self._held_cr = self._held_cr, False
         if self._refusal is None:
             self._inspect(chunk if stop == len(chunk) else chunk[:stop], now)
-        if self._refusal is None and self.phase is Phase.CLOSED:
+        if self._closing or self.phase is Phase.CLOSED:  # dropped or reset: nothing more
             return
         if (
             self._refusal is None
