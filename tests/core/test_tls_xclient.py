@@ -103,3 +103,19 @@ def _open_with(h: Harness, srv: FakeServer) -> None:
     h.live = True
     h._do(h.session.server_connected(h.now))
     h._server_says(srv.greeting)
+
+
+def test_fresh_upstream_after_a_refused_message_is_secured_again() -> None:
+    h = Harness(esmtp(StartTls.TERMINATE)).start()
+    h.client(b"EHLO c\r\n")
+    h.tls_started("server")
+    h.client(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
+    h.client(b"bad\nline\r\n.\r\n")  # refused: the upstream is dropped, a new one opened
+    assert len(h.run.servers) == 2
+    second = h.run.servers[1]
+    assert second.received == b"EHLO c\r\nSTARTTLS\r\n"  # replayed, then TLS first
+    assert h.run.tls == ["server", "server"]
+    h.tls_started("server")
+    assert second.received.endswith(b"STARTTLS\r\nEHLO c\r\n")
+    h.client(b"NOOP\r\n")
+    assert h.run.replies()[-1] == b"250 2.0.0 Ok"

@@ -269,6 +269,9 @@ class SessionBase:
             self._emit(CloseServer(abort=True))
         self._sbuf.clear()
         self._assembler = ReplyAssembler()
+        self._handlers.clear()  # nothing owed by the old connection carries over
+        self._tls_then = None
+        self.server_tls = False  # a new connection starts in clear (TLS again if offered)
         self.upstream = Upstream.CONNECTING
         self._server_deadline = now + self.policy.timeouts.connect
         self._emit(OpenServer())
