@@ -141,3 +141,41 @@ def test_upstream_gets_a_proxy_header(tmp_path: Path, version: str) -> None:
         assert real, rec.proxy
     finally:
         controller.stop()
+
+
+def test_proxy_local_header_keeps_the_balancer_address(tmp_path: Path) -> None:
+    """A LOCAL header (health checks) means: use the connection's own addresses."""
+    from smtpguard.proxyproto import V2_SIGNATURE
+
+    sink = SmtpSink(tmp_path)
+    log = tmp_path / "p.jsonl"
+    gw = GatewayProcess(
+        "--upstream",
+        sink.address,
+        "--proxy-from",
+        "127.0.0.0/8",
+        "--protocol-log",
+        str(log),
+        "--protocol-log-format",
+        "jsonl",
+        workdir=tmp_path,
+    )
+    try:
+        with socket.create_connection(
+            (LOOPBACK, gw.port), 10, source_address=("127.0.0.4", 0)
+        ) as c:
+            c.sendall(V2_SIGNATURE + b"\x20\x00\x00\x00" + b"NOOP\r\n")
+            c.settimeout(10)
+            data = b""
+            while data.count(b"\r\n") < 2:
+                chunk = c.recv(1000)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"220 ") and b"\r\n250" in data
+            c.sendall(b"QUIT\r\n")
+            c.recv(100)
+        assert any(p.startswith("127.0.0.4:") for p in _connects(log))
+    finally:
+        gw.stop()
+        sink.stop()

@@ -80,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.addr = addr  # replaced by the PROXY header's source, if a trusted one sends it
         local = transport.get_extra_info("sockname")
         self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
         if addr is not None and self.gw.access.policy.expects_proxy(parse_ip(addr[0])):
@@ -132,8 +133,8 @@ class ClientConnection(asyncio.Protocol):
             self.peer = f"{addr[0]}:{addr[1]}"
             self.local = header.dest
         self._begin(addr)
-        if rest and not self._done and self.transport is not None:
-            self.data_received(rest)
+        if rest and self.transport is not None and not self.transport.is_closing():
+            self.data_received(rest)  # (a refused client's transport is closing)
 
     def _proxy_failed(self, why: str) -> None:
         self._timer = None
