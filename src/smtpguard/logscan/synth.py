@@ -1,18 +1,45 @@
-"""Synthetic Postfix maillog for the memory test and ``bench/logscan_bench.py``.
+"""Synthetic Postfix maillog for the scale tests and ``bench/logscan_bench.py``.
 
 Realistic line shapes (smtpd, cleanup, qmgr, local), one message every ``step``
 seconds; every ``stall_every``-th session times out after DATA and every
 ``dup_every``-th message is delivered again 30 minutes later, so the scan has real
 work to do in the session and duplicate paths.
+
+The generator records what it actually wrote in a :class:`Planted`: a planted item
+whose slot was taken by another one, or whose second copy fell past the end of the
+output, is not counted. Tests compare a scan against it finding by finding.
+
+Every message, first copy or re-delivery, gets its own short (hex) Postfix queue
+id: a re-delivery is a new queue file, and an id outside Postfix's alphabets is not
+a queue id at all (an earlier ``R…`` prefix made the parser rightly skip those lines).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
 _MON = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+REDELIVERY_DELAY = timedelta(minutes=30)
+# Lines of one message written by _message(); the ``client=`` line is the second.
+_CLIENT_LINE = 1
+
+
+@dataclass(slots=True)
+class Planted:
+    """What the generator wrote: the ground truth a scan must reproduce."""
+
+    bytes: int = 0
+    lines: int = 0
+    messages: int = 0  # delivered copies, re-deliveries included
+    # Line numbers of the ``timeout after DATA`` lines.
+    stalls: list[int] = field(default_factory=list)
+    # Message-ID → line numbers of each copy's smtpd ``client=`` line, for the
+    # messages that really were written twice.
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _stamp(t: datetime) -> str:
@@ -38,6 +65,17 @@ def _message(t: datetime, n: int, qid: str, msgid: str, pid: int) -> list[str]:
     ]
 
 
+def _stall(t: datetime, n: int, pid: int) -> list[str]:
+    peer = f"mail{n}.stall.example[192.0.2.{n % 250 + 1}]"
+    s = _stamp(t)
+    return [
+        f"{s} mx1 postfix/smtpd[{pid}]: connect from {peer}\n",
+        f"{s} mx1 postfix/smtpd[{pid}]: timeout after DATA (2310 bytes) from {peer}\n",
+        f"{s} mx1 postfix/smtpd[{pid}]: disconnect from {peer} ehlo=1 mail=1 rcpt=1 "
+        f"data=0/1 commands=3/4\n",
+    ]
+
+
 def lines(
     size_bytes: int,
     *,
@@ -45,48 +83,51 @@ def lines(
     step: float = 1.0,
     stall_every: int = 5000,
     dup_every: int = 10000,
+    planted: Planted | None = None,
 ) -> Iterator[str]:
-    written = 0
+    """Log lines until about ``size_bytes``; records what was written in ``planted``."""
+    p = planted if planted is not None else Planted()
     n = 0
     t = start
-    redeliver: list[tuple[datetime, int, str]] = []
-    while written < size_bytes:
+    redeliver: deque[tuple[datetime, int, str]] = deque()
+    while p.bytes < size_bytes:
         n += 1
         t += timedelta(seconds=step)
         pid = 10000 + n % 50000
+        qid = f"{n:012X}"
+        client_line = p.lines + 1 + _CLIENT_LINE
         if redeliver and redeliver[0][0] <= t:
-            _, orig, msgid = redeliver.pop(0)
-            chunk = _message(t, orig, f"R{n:011X}", msgid, pid)
+            _, orig, msgid = redeliver.popleft()
+            chunk = _message(t, orig, qid, msgid, pid)
+            p.duplicates[msgid].append(client_line)
+            p.messages += 1
         elif n % stall_every == 0:
-            peer = f"mail{n}.stall.example[192.0.2.{n % 250 + 1}]"
-            s = _stamp(t)
-            chunk = [
-                f"{s} mx1 postfix/smtpd[{pid}]: connect from {peer}\n",
-                f"{s} mx1 postfix/smtpd[{pid}]: timeout after DATA (2310 bytes) from {peer}\n",
-                f"{s} mx1 postfix/smtpd[{pid}]: disconnect from {peer} ehlo=1 mail=1 rcpt=1 "
-                f"data=0/1 commands=3/4\n",
-            ]
+            chunk = _stall(t, n, pid)
+            p.stalls.append(p.lines + 2)
         else:
             msgid = f"{n}.{t:%Y%m%d%H%M%S}@sender{n % 997}.example"
-            chunk = _message(t, n, f"{n:012X}", msgid, pid)
+            chunk = _message(t, n, qid, msgid, pid)
+            p.messages += 1
             if n % dup_every == 7:
-                redeliver.append((t + timedelta(minutes=30), n, msgid))
+                redeliver.append((t + REDELIVERY_DELAY, n, msgid))
+                p.duplicates[msgid] = [client_line]
         for line in chunk:
-            written += len(line)
+            p.bytes += len(line)
+            p.lines += 1
             yield line
+    # Originals whose second copy never got written are not duplicates.
+    for _, _, msgid in redeliver:
+        del p.duplicates[msgid]
 
 
-def write(out: BinaryIO, size_bytes: int, **kw: object) -> int:
-    """Write about ``size_bytes`` of log to ``out``; returns the bytes written."""
-    total = 0
+def write(out: BinaryIO, size_bytes: int, **kw: object) -> Planted:
+    """Write about ``size_bytes`` of log to ``out``; returns what was planted."""
+    planted = Planted()
     buf: list[str] = []
-    for line in lines(size_bytes, **kw):  # type: ignore[arg-type]
+    for line in lines(size_bytes, planted=planted, **kw):  # type: ignore[arg-type]
         buf.append(line)
         if len(buf) >= 4096:
-            data = "".join(buf).encode()
-            out.write(data)
-            total += len(data)
+            out.write("".join(buf).encode())
             buf.clear()
-    data = "".join(buf).encode()
-    out.write(data)
-    return total + len(data)
+    out.write("".join(buf).encode())
+    return planted
