@@ -8,17 +8,22 @@ is the Mailguard retry pattern, while two ordinary messages between the same two
 people are not evidence of anything.
 
 A group starts at its first copy and collects every copy that arrives within
-``window`` of it. Groups live in an insertion-ordered dict keyed by a 16-byte
-digest; a group is flushed (and reported if it holds two or more copies) as soon as
-the newest time seen is past its window, or when the index is full. Memory is thus
-bounded by ``max_groups`` whatever the size of the log.
+``window`` of it. Groups live in a dict keyed by a 16-byte digest, and in a deque in
+the order they were opened; a group is flushed (and reported if it holds two or more
+copies) as soon as the newest time seen is past its window, or when the index is
+full. Memory is thus bounded by ``max_groups`` whatever the size of the log.
+
+Every delivery goes through :meth:`DuplicateIndex.add` and almost none is a
+duplicate, so the descriptive text and the :class:`Copy` records are only built
+when a group is reported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from . import rules
@@ -29,18 +34,30 @@ DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_MAX_GROUPS = 200_000
 # Copies kept per group for the report; the count goes on past it.
 MAX_COPIES = 50
+_NONE: tuple[Finding, ...] = ()
+
+
+_CopyAt = tuple[str, int, datetime, str]  # file, line, time, peer
 
 
 class _Group:
-    __slots__ = ("copies", "count", "desc", "first", "session", "stalled")
+    __slots__ = ("count", "digest", "file", "first", "more", "opened", "stalled", "weak")
 
-    def __init__(self, first: datetime, desc: str, session: str) -> None:
-        self.first = first
-        self.desc = desc
-        self.session = session
-        self.copies: list[Copy] = []
-        self.count = 0
-        self.stalled = 0
+    def __init__(
+        self, digest: bytes, file: str, first: Delivered, opened: datetime, weak: bool
+    ) -> None:
+        self.digest = digest
+        self.file = file
+        self.first = first  # the first copy; described only if the group is reported
+        self.opened = opened
+        self.weak = weak
+        self.more: list[_CopyAt] | None = None  # the other copies, once there are any
+        self.count = 1
+        self.stalled = int(first.stalled)
+
+    def copies(self) -> list[Copy]:
+        d = self.first
+        return [Copy(self.file, d.line, d.time, d.peer), *(Copy(*c) for c in self.more or ())]
 
 
 class DuplicateIndex:
@@ -50,41 +67,54 @@ class DuplicateIndex:
         self.window = window
         self.max_groups = max_groups
         self._groups: dict[bytes, _Group] = {}
+        # Groups in the order they were opened; one no longer in _groups is skipped.
+        self._order: deque[_Group] = deque()
         self._now: datetime | None = None
         self.deliveries = 0
         self.evicted_early = 0
 
-    def add(self, file: str, d: Delivered) -> Iterator[Finding]:
-        if d.time is None or rules.is_loopback(d.peer):
-            return
+    def add(self, file: str, d: Delivered) -> Sequence[Finding]:
+        """Index one copy; returns the findings of the groups it closed (usually none)."""
+        t = d.time
+        if t is None or rules.is_loopback(d.peer):
+            return _NONE
         self.deliveries += 1
-        if self._now is None or d.time > self._now:
-            self._now = d.time
-            yield from self._expire()
-        key, desc, weak = _identity(d)
+        out: Sequence[Finding] = _NONE
+        if self._now is None or t > self._now:
+            self._now = t
+            order = self._order
+            if order and order[0].opened < t - self.window:
+                out = self._expire()
+        key, weak = _identity(d)
         if key is None:
-            return
+            return out
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-        g = self._groups.get(digest)
-        if g is not None and d.time - g.first > self.window:
-            del self._groups[digest]
-            yield from self._report(g)
+        groups = self._groups
+        g = groups.get(digest)
+        if g is not None and t - g.opened > self.window:
+            del groups[digest]
+            out = [*out, *self._report(g)]
             g = None
         if g is None:
-            if len(self._groups) >= self.max_groups:
-                oldest = next(iter(self._groups))
+            if len(groups) >= self.max_groups:
                 self.evicted_early += 1
-                yield from self._report(self._groups.pop(oldest))
-            g = self._groups[digest] = _Group(d.time, desc, d.session)
-            if weak:
-                g.desc = "weak:" + desc
+                out = [*out, *self._report(self._pop_oldest())]
+            g = groups[digest] = _Group(digest, file, d, t, weak)
+            self._order.append(g)
+            if len(self._order) > 2 * self.max_groups:  # replaced groups, out-of-order times
+                self._order = deque(x for x in self._order if groups.get(x.digest) is x)
+            return out
         g.count += 1
         g.stalled += d.stalled
-        if len(g.copies) < MAX_COPIES:
-            g.copies.append(Copy(file, d.line, d.time, d.peer))
+        if g.more is None:
+            g.more = []
+        if len(g.more) < MAX_COPIES - 1:
+            g.more.append((file, d.line, t, d.peer))
+        return out
 
     def close(self) -> Iterator[Finding]:
         groups, self._groups = self._groups, {}
+        self._order.clear()
         for g in groups.values():
             yield from self._report(g)
 
@@ -92,67 +122,95 @@ class DuplicateIndex:
     def size(self) -> int:
         return len(self._groups)
 
-    def _expire(self) -> Iterator[Finding]:
+    def _pop_oldest(self) -> _Group:
+        groups, order = self._groups, self._order
+        while True:
+            g = order.popleft()
+            if groups.get(g.digest) is g:
+                del groups[g.digest]
+                return g
+
+    def _expire(self) -> Sequence[Finding]:
         assert self._now is not None
         limit = self._now - self.window
-        while self._groups:
-            digest = next(iter(self._groups))
-            g = self._groups[digest]
-            if g.first >= limit:
+        groups, order = self._groups, self._order
+        out: list[Finding] = []
+        while order:
+            g = order[0]
+            if g.opened >= limit:
                 break
-            del self._groups[digest]
-            yield from self._report(g)
+            order.popleft()
+            if groups.get(g.digest) is g:
+                del groups[g.digest]
+                out += self._report(g)
+        return out
 
-    def _report(self, g: _Group) -> Iterator[Finding]:
-        if g.count < 2:
-            return
-        desc = g.desc
-        if desc.startswith("weak:"):
-            if not g.stalled:
-                return
-            desc = desc[5:]
-        first = g.copies[0]
+    def _report(self, g: _Group) -> Sequence[Finding]:
+        if g.count < 2 or (g.weak and not g.stalled):
+            return _NONE
+        desc = _describe(g.first)
+        copies = g.copies()
+        first = copies[0]
         parts = []
         prev: datetime | None = None
-        for c in g.copies:
+        for c in copies:
             when = f"{c.time:%Y-%m-%d %H:%M:%S}" if c.time else "?"
             gap = f" ({human_delta(c.time - prev)})" if prev and c.time else ""
             parts.append(f"{when}{gap} {c.file}:{c.line}")
             prev = c.time
-        more = f" and {g.count - len(g.copies)} more" if g.count > len(g.copies) else ""
+        more = f" and {g.count - len(copies)} more" if g.count > len(copies) else ""
         stalled = f", {g.stalled} of them without a final reply" if g.stalled else ""
-        hint = _interval_hint(g.copies, g.stalled)
+        hint = _interval_hint(copies, g.stalled)
         detail = (
             f"{desc} was delivered {g.count} times within the window{stalled}: "
             f"{'; '.join(parts)}{more}.{hint}"
         )
-        peers = sorted({c.peer for c in g.copies if c.peer})
-        yield Finding(
-            Kind.DUPLICATE,
-            first.file,
-            first.line,
-            first.time,
-            ", ".join(peers),
-            g.session,
-            detail,
-            tuple(g.copies),
+        peers = sorted({c.peer for c in copies if c.peer})
+        return (
+            Finding(
+                Kind.DUPLICATE,
+                first.file,
+                first.line,
+                first.time,
+                ", ".join(peers),
+                g.first.session,
+                detail,
+                tuple(copies),
+            ),
         )
 
 
-def _identity(d: Delivered) -> tuple[str | None, str, bool]:
-    rcpts = ",".join(sorted(r.lower() for r in d.rcpt_to))
-    to = f" to {', '.join(d.rcpt_to)}" if d.rcpt_to else ""
-    sender = f" from <{d.mail_from}>" if d.mail_from or d.rcpt_to else ""
+def _rcpts(d: Delivered) -> str:
+    rcpt_to = d.rcpt_to
+    if len(rcpt_to) == 1:
+        rcpts = rcpt_to[0].lower()
+    else:
+        rcpts = ",".join(sorted(r.lower() for r in rcpt_to))
     if d.side is Side.SENDING:  # copies we sent never pair with copies we received
         rcpts = f"{rcpts}\0sent"
+    return rcpts
+
+
+def _identity(d: Delivered) -> tuple[str | None, bool]:
+    """The key copies of one message share, and whether it is weak (see above)."""
+    rcpts = _rcpts(d)
     if d.message_id:
-        return f"m\0{d.message_id}\0{rcpts}", f"Message <{d.message_id}>{sender}{to}", False
+        return f"m\0{d.message_id}\0{rcpts}", False
     if not d.mail_from and not rcpts:
-        return None, "", False
+        return None, False
     if d.size is not None:
-        desc = f"A message{sender}{to} ({d.size} bytes)"
-        return f"e\0{d.mail_from.lower()}\0{rcpts}\0{d.size}", desc, False
-    return f"w\0{d.mail_from.lower()}\0{rcpts}", f"A message{sender}{to}", True
+        return f"e\0{d.mail_from.lower()}\0{rcpts}\0{d.size}", False
+    return f"w\0{d.mail_from.lower()}\0{rcpts}", True
+
+
+def _describe(d: Delivered) -> str:
+    to = f" to {', '.join(d.rcpt_to)}" if d.rcpt_to else ""
+    sender = f" from <{d.mail_from}>" if d.mail_from or d.rcpt_to else ""
+    if d.message_id:
+        return f"Message <{d.message_id}>{sender}{to}"
+    if d.size is not None:
+        return f"A message{sender}{to} ({d.size} bytes)"
+    return f"A message{sender}{to}"
 
 
 def _interval_hint(copies: list[Copy], stalled: int) -> str:

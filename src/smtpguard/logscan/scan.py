@@ -118,9 +118,10 @@ class Scanner:
         tracker = SessionTracker(src.display)
         ctx = Context(file=src.display, year=self.options.year)
         stream = self._progress(itertools.chain(head, lines), src)
+        delivered = self._delivered
         for ev in module.parse(stream, ctx):
             if isinstance(ev, Delivered):
-                self._delivered(src.display, ev)
+                delivered(src.display, ev)
             elif isinstance(ev, Flag):
                 self._add(
                     Finding(ev.kind, src.display, ev.line, ev.time, ev.peer, ev.session, ev.detail)
@@ -160,8 +161,13 @@ class Scanner:
     ) -> Iterator[tuple[int, bytes]]:
         cb = self._on_progress
         if cb is None:
-            yield from it
-            return
+            return it  # no generator layer on the per-line path
+        return self._report_progress(it, src, cb)
+
+    @staticmethod
+    def _report_progress(
+        it: Iterator[tuple[int, bytes]], src: Source, cb: Callable[[int], None]
+    ) -> Iterator[tuple[int, bytes]]:
         for item in it:
             if item[0] & 0x3FFF == 0:
                 cb(src.position)

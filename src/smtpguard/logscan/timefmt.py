@@ -22,6 +22,9 @@ _MONTHS = {
 }
 
 
+_MONTHS_B = {m.encode(): i for m, i in _MONTHS.items()}
+
+
 def parse_duration(text: str) -> timedelta:
     """``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` → timedelta; ValueError else."""
     text = text.strip().lower()
@@ -89,7 +92,8 @@ class SyslogClock:
     """Classic syslog stamps (``Feb  7 17:01:20``) carry no year.
 
     The year starts at ``year`` (default: the current one) and advances when the
-    month goes backwards (December → January), as a rotated maillog does.
+    month goes backwards (December → January), as a rotated maillog does. Fields
+    come as the bytes of the log line: a maillog is read without decoding.
     """
 
     __slots__ = ("_last_month", "_year")
@@ -98,16 +102,17 @@ class SyslogClock:
         self._year = year or datetime.now().year
         self._last_month = 0
 
-    def parse(self, mon: str, day: str, clock: str) -> datetime | None:
-        month = _MONTHS.get(mon)
+    def parse(self, mon: bytes, day: bytes, clock: bytes) -> datetime | None:
+        """``b"Feb"``, ``b" 7"``, ``b"17:01:20"`` (a fraction of a second is dropped)."""
+        month = _MONTHS_B.get(mon)
         if month is None:
             return None
         if month < self._last_month - 6:
             self._year += 1
         self._last_month = month
         try:
-            h, mi, s = clock.split(":")
-            return datetime(self._year, month, int(day), int(h), int(mi), int(float(s)))
+            h, mi, s = clock.split(b":")
+            return datetime(self._year, month, int(day), int(h), int(mi), int(s.partition(b".")[0]))
         except ValueError:
             return None
 

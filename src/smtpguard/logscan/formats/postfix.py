@@ -14,8 +14,11 @@ Deliveries for the duplicate index come from the queue-id trail: smtpd
 ↔ delivery agents' ``to=`` ↔ qmgr ``removed``. On the sending side every smtp
 attempt that reached end of data (``status=sent`` or a stall) is one copy.
 
-Hot path: one compiled bytes regex per line and a dispatch on the daemon name;
-stamps are parsed once per distinct second. Pending queue ids are capped.
+Hot path: one compiled bytes regex per line reads the stamp, daemon, pid and queue
+id together; the field regexes then match in place from that offset (no slicing,
+no decoding) and only on lines whose daemon and keyword can yield something. Text
+is decoded only for what goes into an event. Stamps are parsed once per distinct
+second. Pending queue ids are capped.
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ NAME = "postfix"
 # Queue ids waiting for "removed"; a truncated log must not grow this forever.
 MAX_PENDING_QUEUE_IDS = 100_000
 
+# Possessive quantifiers: a line that is not Postfix's fails without backtracking.
 _HEAD = re.compile(
-    rb"(?:([A-Z][a-z]{2}) +(\d{1,2}) (\d\d:\d\d:\d\d)(?:\.\d+)?"
-    rb"|(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?))"
-    rb" \S+ postfix[\w.-]*/(?:[\w.-]+/)?([\w-]+)\[(\d+)\]: "
+    rb"([A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?"
+    rb"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+    rb" \S++ postfix[\w.-]*+/(?:[\w.-]++/)?([\w-]++)\[(\d++)\]: "
+    # Queue id: short (hex) or long (enable_long_queue_ids, base 52 without vowels).
+    rb"(?:([0-9A-F]{6,}+|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}+): )?"
 )
-_QID = re.compile(rb"([0-9A-F]{6,}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}): ")
 _STALL_IN = re.compile(rb"(timeout|lost connection) after DATA(?: \((\d+) bytes\))? from (\S+)")
-_CONNECT = re.compile(rb"connect from (\S+)")
+_STALL_IN_PREFIX = (b"timeout after DATA", b"lost connection after DATA")
 _CLIENT = re.compile(rb"client=([^,\s]+)")
 _MSGID = re.compile(rb"message-id=<?([^>\s]*)>?")
 _FROM = re.compile(rb"from=<([^>]*)>, size=(\d+)")
@@ -67,132 +72,171 @@ def _s(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
+def _session(raw: bytes, m: re.Match[bytes]) -> str:
+    """``smtpd[2117]``: daemon and pid are adjacent in the line."""
+    return _s(raw[m.start(2) : m.end(3) + 1])
+
+
+def _time(clock: SyslogClock, stamp: bytes) -> datetime | None:
+    if stamp[:1].isdigit():  # RFC 3339
+        return parse_iso(stamp.decode())
+    mon, day, hms = stamp.split(None, 2)
+    return clock.parse(mon, day, hms)
+
+
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
     clock = SyslogClock(ctx.year)
-    stamp_key = b""
+    head = _HEAD.match
+    stamp_key = b"\0"  # never a prefix of a line the regex matched
     time: datetime | None = None
     queue: dict[bytes, _Queued] = {}
     msgids: dict[bytes, str] = {}  # queue id → Message-ID, for outbound copies
     last_stall = b""
     for no, raw in lines:
-        m = _HEAD.match(raw)
+        m = head(raw)
         if m is None:
             continue
-        key = raw[: m.start(5)]
-        if key != stamp_key:
-            stamp_key = key
-            if m.group(4):
-                time = parse_iso(m.group(4).decode())
-            else:
-                time = clock.parse(m.group(1).decode(), m.group(2).decode(), m.group(3).decode())
-        daemon = m.group(5)
-        msg = raw[m.end() :].rstrip(b"\r\n")
-        session = f"{_s(daemon)}[{_s(m.group(6))}]"
-        q = _QID.match(msg)
-        if q is None:
-            if daemon == b"smtpd":
-                s = _STALL_IN.match(msg)
-                if s is not None:
-                    got = f", after {int(s.group(2)):,} bytes of data" if s.group(2) else ""
-                    what = "timed out" if s.group(1) == b"timeout" else "was lost"
-                    yield Flag(
-                        no,
-                        time,
-                        session,
-                        _s(s.group(3)),
-                        Kind.STALLED_DATA,
-                        f"the connection {what} in the DATA phase{got}: the client "
-                        f"got 354 but its end of data (CRLF.CRLF) never arrived — the "
-                        f"Mailguard signature; the sender will retry",
-                    )
+        if not raw.startswith(stamp_key):  # the previous line's stamp and host
+            stamp_key = raw[: m.start(2)]
+            time = _time(clock, m.group(1))
+        daemon, qid = m.group(2, 4)
+        pos = m.end()
+        if qid is None:
+            if daemon == b"smtpd" and raw.startswith(_STALL_IN_PREFIX, pos):
+                st = _STALL_IN.match(raw, pos)
+                if st is not None:
+                    yield _stall_in(no, time, _session(raw, m), st)
             continue
-        qid = q.group(1)
-        rest = msg[q.end() :]
         if daemon == b"smtpd":
-            c = _CLIENT.match(rest)
+            c = _CLIENT.match(raw, pos)
             if c is not None:
-                if len(queue) >= MAX_PENDING_QUEUE_IDS:
-                    oldest = next(iter(queue))
-                    yield from _emit(queue.pop(oldest))
-                queue[qid] = _Queued(no, time, _s(c.group(1)), session)
+                old = queue.pop(qid, None)
+                if old is None and len(queue) >= MAX_PENDING_QUEUE_IDS:
+                    old = queue.pop(next(iter(queue)))
+                if old is not None:  # evicted, or a reused id whose "removed" is missing
+                    d = _delivered(old)
+                    if d is not None:
+                        yield d
+                queue[qid] = _Queued(no, time, _s(c.group(1)), _session(raw, m))
         elif daemon == b"cleanup":
-            mi = _MSGID.match(rest)
+            mi = _MSGID.match(raw, pos)
             if mi is not None:
+                message_id = _s(mi.group(1))
                 entry = queue.get(qid)
                 if entry is not None:
-                    entry.message_id = _s(mi.group(1))
+                    entry.message_id = message_id
                 if len(msgids) >= MAX_PENDING_QUEUE_IDS:
                     del msgids[next(iter(msgids))]
-                msgids[qid] = _s(mi.group(1))
+                msgids[qid] = message_id
         elif daemon == b"qmgr":
-            if rest.startswith(b"removed"):
+            if raw.startswith(b"removed", pos):
                 msgids.pop(qid, None)
                 entry = queue.pop(qid, None)
                 if entry is not None:
-                    yield from _emit(entry)
+                    d = _delivered(entry)
+                    if d is not None:
+                        yield d
             else:
-                f = _FROM.match(rest)
                 entry = queue.get(qid)
-                if f is not None and entry is not None:
-                    entry.sender, entry.size = _s(f.group(1)), int(f.group(2))
-        elif rest.startswith(b"to=<"):
-            t = _TO.match(rest)
+                if entry is not None:
+                    f = _FROM.match(raw, pos)
+                    if f is not None:
+                        entry.sender, entry.size = _s(f.group(1)), int(f.group(2))
+        elif raw.startswith(b"to=<", pos):
+            entry = queue.get(qid)
+            if daemon != b"smtp":
+                # Local, lmtp, virtual, pipe: only the recipient list of a queued entry.
+                if entry is not None:
+                    t = _TO.match(raw, pos)
+                    if t is not None:
+                        _add_rcpt(entry, _s(t.group(1)))
+                continue
+            t = _TO.match(raw, pos)
             if t is None:
                 continue
-            rcpt, relay, status = _s(t.group(1)), _s(t.group(2)), t.group(3)
-            entry = queue.get(qid)
-            if entry is not None and rcpt not in entry.rcpt_to and len(entry.rcpt_to) < 1000:
-                entry.rcpt_to.append(rcpt)
-            if daemon != b"smtp":
+            rcpt, status = _s(t.group(1)), t.group(3)
+            if entry is not None:
+                _add_rcpt(entry, rcpt)
+            stalled = raw.find(_END_OF_DATA, pos) >= 0
+            if not stalled and status != b"sent":
                 continue
-            stalled = _END_OF_DATA in rest
-            attempt = qid + session.encode()
+            session, relay = _session(raw, m), _s(t.group(2))
+            attempt = raw[m.start(2) : m.end(4)]  # b"smtp[2140]: 4Tq1pS2Wb0z9rKD"
             if stalled and attempt != last_stall:  # one finding per attempt, not per rcpt
                 last_stall = attempt
-                yield Flag(
-                    no,
-                    time,
-                    session,
-                    relay,
-                    Kind.STALLED_DATA,
-                    f"queue {_s(qid)}: the remote server never answered our end of "
-                    f"data (CRLF.CRLF) — 'message may be sent more than once'; a "
-                    f"filter in the path is eating the terminator (Mailguard "
-                    f"signature)",
-                )
-            if stalled or status == b"sent":
-                yield Delivered(
-                    no,
-                    time,
-                    session,
-                    relay,
-                    message_id=msgids.get(qid, ""),
-                    rcpt_to=(rcpt,),
-                    stalled=stalled,
-                    side=Side.SENDING,
-                )
-        elif daemon == b"smtp":
-            p = _PIX.match(rest)
+                yield _stall_out(no, time, session, relay, qid)
+            yield Delivered(
+                no,
+                time,
+                session,
+                relay,
+                message_id=msgids.get(qid, ""),
+                rcpt_to=(rcpt,),
+                stalled=stalled,
+                side=Side.SENDING,
+            )
+        elif daemon == b"smtp" and raw.startswith(b"enabling PIX", pos):
+            p = _PIX.match(raw, pos)
             if p is not None:
-                yield Flag(
-                    no,
-                    time,
-                    session,
-                    _s(p.group(2)),
-                    Kind.PIX_WORKAROUND,
-                    f"queue {_s(qid)}: Postfix switched on its PIX work-arounds "
-                    f"({_s(p.group(1))}) because {_s(p.group(2))} greeted with a "
-                    f"masked banner; each message now ends with a delay before "
-                    f"CRLF.CRLF",
-                )
+                yield _pix(no, time, _session(raw, m), qid, p)
     for entry in queue.values():
-        yield from _emit(entry)
+        d = _delivered(entry)
+        if d is not None:
+            yield d
 
 
-def _emit(entry: _Queued) -> Iterator[Delivered]:
+def _add_rcpt(entry: _Queued, rcpt: str) -> None:
+    if rcpt not in entry.rcpt_to and len(entry.rcpt_to) < 1000:
+        entry.rcpt_to.append(rcpt)
+
+
+def _stall_in(no: int, time: datetime | None, session: str, st: re.Match[bytes]) -> Flag:
+    got = f", after {int(st.group(2)):,} bytes of data" if st.group(2) else ""
+    what = "timed out" if st.group(1) == b"timeout" else "was lost"
+    return Flag(
+        no,
+        time,
+        session,
+        _s(st.group(3)),
+        Kind.STALLED_DATA,
+        f"the connection {what} in the DATA phase{got}: the client "
+        f"got 354 but its end of data (CRLF.CRLF) never arrived — the "
+        f"Mailguard signature; the sender will retry",
+    )
+
+
+def _stall_out(no: int, time: datetime | None, session: str, relay: str, qid: bytes) -> Flag:
+    return Flag(
+        no,
+        time,
+        session,
+        relay,
+        Kind.STALLED_DATA,
+        f"queue {_s(qid)}: the remote server never answered our end of "
+        f"data (CRLF.CRLF) — 'message may be sent more than once'; a "
+        f"filter in the path is eating the terminator (Mailguard "
+        f"signature)",
+    )
+
+
+def _pix(no: int, time: datetime | None, session: str, qid: bytes, p: re.Match[bytes]) -> Flag:
+    return Flag(
+        no,
+        time,
+        session,
+        _s(p.group(2)),
+        Kind.PIX_WORKAROUND,
+        f"queue {_s(qid)}: Postfix switched on its PIX work-arounds "
+        f"({_s(p.group(1))}) because {_s(p.group(2))} greeted with a "
+        f"masked banner; each message now ends with a delay before "
+        f"CRLF.CRLF",
+    )
+
+
+def _delivered(entry: _Queued) -> Delivered | None:
     if entry.sender is None:
-        return  # never made it to the queue manager: rejected or still in cleanup
-    yield Delivered(
+        return None  # never made it to the queue manager: rejected or still in cleanup
+    return Delivered(
         entry.line,
         entry.time,
         entry.session,
