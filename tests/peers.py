@@ -179,6 +179,21 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
+def sink_and_gateway(workdir: Path, *args: str) -> Iterator[tuple[SmtpSink, GatewayProcess]]:
+    """smtp-sink with ``smtpguard serve --upstream <sink> ARGS`` in front of it;
+    both are stopped afterwards."""
+    sink = SmtpSink(workdir)
+    try:
+        gw = GatewayProcess("--upstream", sink.address, *args, workdir=workdir)
+        try:
+            yield sink, gw
+        finally:
+            gw.stop()
+    finally:
+        sink.stop()
+
+
+@contextlib.contextmanager
 def running(obj: SmtpSink | GatewayProcess) -> Iterator[SmtpSink | GatewayProcess]:
     try:
         yield obj

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink
+from tests.peers import LOOPBACK, sink_and_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -72,17 +72,8 @@ class Sender:
 
 
 def test_split_bug_emulation_shows_the_seed_symptom(tmp_path: Path) -> None:
-    sink = SmtpSink(tmp_path)
-    gw = GatewayProcess(
-        "--upstream",
-        sink.address,
-        "--emulate",
-        "pix",
-        "--emulate-bug",
-        "split-eod",
-        workdir=tmp_path,
-    )
-    try:
+    args = ("--emulate", "pix", "--emulate-bug", "split-eod")
+    with sink_and_gateway(tmp_path, *args) as (sink, gw):
         sender = Sender(gw.port, reply_timeout=1.0)
         assert sender.deliver(tries=3) == 0
         assert sender.log == ["no reply after the dot: timed out"] * 3  # re-sent, in vain
@@ -90,15 +81,10 @@ def test_split_bug_emulation_shows_the_seed_symptom(tmp_path: Path) -> None:
         assert sink.messages() == []
         _, out = gw.stop()
         assert "PIX EMULATION" in out and "split-eod" in out  # loudly labelled
-    finally:
-        gw.stop()
-        sink.stop()
 
 
 def test_real_gateway_answers_the_split_dot_at_once(tmp_path: Path) -> None:
-    sink = SmtpSink(tmp_path)
-    gw = GatewayProcess("--upstream", sink.address, workdir=tmp_path)
-    try:
+    with sink_and_gateway(tmp_path) as (sink, gw):
         sender = Sender(gw.port, reply_timeout=10.0)
         assert sender.deliver(tries=3) == 1
         assert sender.log[0].startswith("250")
@@ -106,16 +92,8 @@ def test_real_gateway_answers_the_split_dot_at_once(tmp_path: Path) -> None:
         while not sink.messages() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(sink.messages()) == 1
-    finally:
-        gw.stop()
-        sink.stop()
 
 
 def test_emulation_without_the_bug_passes_the_split_dot(tmp_path: Path) -> None:
-    sink = SmtpSink(tmp_path)
-    gw = GatewayProcess("--upstream", sink.address, "--emulate", "pix", workdir=tmp_path)
-    try:
+    with sink_and_gateway(tmp_path, "--emulate", "pix") as (_, gw):
         assert Sender(gw.port, reply_timeout=10.0).deliver(tries=1) == 1
-    finally:
-        gw.stop()
-        sink.stop()

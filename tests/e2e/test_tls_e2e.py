@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need, self_signed_cert
+from tests.peers import (
+    LOOPBACK,
+    GatewayProcess,
+    SmtpSink,
+    free_port,
+    need,
+    self_signed_cert,
+    sink_and_gateway,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +67,20 @@ def tls_server(cert: tuple[str, str]) -> Iterator[tuple[int, Recorder]]:
         controller.stop()
 
 
+def terminate(cert: tuple[str, str]) -> tuple[str, ...]:
+    """serve flags for esmtp mode with STARTTLS terminated with ``cert``."""
+    return (
+        "--mode",
+        "esmtp",
+        "--starttls",
+        "terminate",
+        "--tls-cert",
+        cert[0],
+        "--tls-key",
+        cert[1],
+    )
+
+
 def _client_ctx() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -73,21 +95,7 @@ def _wait(cond: Any, timeout: float = 10) -> None:
 
 
 def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> None:
-    sink = SmtpSink(tmp_path)
-    gw = GatewayProcess(
-        "--upstream",
-        sink.address,
-        "--mode",
-        "esmtp",
-        "--starttls",
-        "terminate",
-        "--tls-cert",
-        cert[0],
-        "--tls-key",
-        cert[1],
-        workdir=tmp_path,
-    )
-    try:
+    with sink_and_gateway(tmp_path, *terminate(cert)) as (sink, gw):
         out = subprocess.run(
             [
                 need("swaks"),
@@ -110,27 +118,10 @@ def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> N
         assert "TLS started" in out.stdout
         _wait(lambda: len(sink.messages()) == 1)
         assert len(sink.messages()) == 1
-    finally:
-        gw.stop()
-        sink.stop()
 
 
 def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str, str]) -> None:
-    sink = SmtpSink(tmp_path)
-    gw = GatewayProcess(
-        "--upstream",
-        sink.address,
-        "--mode",
-        "esmtp",
-        "--starttls",
-        "terminate",
-        "--tls-cert",
-        cert[0],
-        "--tls-key",
-        cert[1],
-        workdir=tmp_path,
-    )
-    try:
+    with sink_and_gateway(tmp_path, *terminate(cert)) as (sink, gw):
         with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
             s.ehlo()
             assert s.has_extn("starttls")
@@ -141,9 +132,6 @@ def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str
             s.sendmail("a@example.org", ["b@example.net"], MSG)
         _wait(lambda: len(sink.messages()) == 1)
         assert len(sink.messages()) == 1
-    finally:
-        gw.stop()
-        sink.stop()
 
 
 def test_terminate_secures_the_upstream_too(
@@ -257,11 +245,8 @@ def test_terminate_without_certificate_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_implicit_tls_listener(tmp_path: Path, cert: tuple[str, str]) -> None:
-    sink = SmtpSink(tmp_path)
     tls_port = free_port()
-    gw = GatewayProcess(
-        "--upstream",
-        sink.address,
+    args = (
         "--mode",
         "esmtp",
         "--tls-cert",
@@ -270,9 +255,8 @@ def test_implicit_tls_listener(tmp_path: Path, cert: tuple[str, str]) -> None:
         cert[1],
         "--tls-listen",
         f"{LOOPBACK}:{tls_port}",
-        workdir=tmp_path,
     )
-    try:
+    with sink_and_gateway(tmp_path, *args) as (sink, gw):
         with smtplib.SMTP_SSL(LOOPBACK, tls_port, timeout=10, context=_client_ctx()) as s:
             s.ehlo()
             assert not s.has_extn("starttls")  # already encrypted
@@ -281,9 +265,6 @@ def test_implicit_tls_listener(tmp_path: Path, cert: tuple[str, str]) -> None:
             s.sendmail("a@example.org", ["b@example.net"], MSG)
         _wait(lambda: len(sink.messages()) == 2)
         assert len(sink.messages()) == 2
-    finally:
-        gw.stop()
-        sink.stop()
 
 
 def _peer_cert(port: int) -> bytes:
