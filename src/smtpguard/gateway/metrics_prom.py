@@ -1,17 +1,31 @@
 """Prometheus metrics for the gateway, correct across worker processes.
 
 prometheus_client's multiprocess mode is used whatever the worker count: every
-process writes its samples to files in a private directory, and the ``/metrics``
-endpoint (a thread of the parent process, on its own listen address) adds them up.
-``setup`` must run before prometheus_client is imported anywhere and before the
-workers fork; ``serve`` starts the endpoint once forking is done; ``worker_exited``
-drops a finished worker's live gauges.
+process writes its samples to memory-mapped files in one private directory
+(``PROMETHEUS_MULTIPROC_DIR``), and the ``/metrics`` endpoint — a thread of the
+parent process on its own listen address — adds them up at each scrape.
+
+Lifecycle (docs/metrics.md has the full recipe for the serve command):
+
+1. parent, before any fork: ``setup_metrics(listen, workers)`` (or ``setup()``),
+   which picks a fresh directory and returns a ``PrometheusMetrics``;
+2. parent, after forking (a thread must not be started before ``fork``):
+   ``start_metrics_server(host, port)``; with one worker there is no fork and
+   ``setup_metrics`` has already started it;
+3. each worker passes a ``PrometheusMetrics`` to the gateway (the one inherited from
+   the parent or a new one: values follow the process ID either way);
+4. parent, when a worker exits: ``worker_exited(pid)`` drops its live gauge;
+5. parent, at shutdown: ``cleanup(directory)``.
+
+Counters survive a worker's exit (totals never go backwards); the open-sessions
+gauge (``livesum``) counts live processes only.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
@@ -65,28 +79,79 @@ LATENCY_BUCKETS = (
 
 
 def setup() -> str:
-    """Point prometheus_client at a fresh multiprocess directory; returns it."""
+    """Point prometheus_client at a fresh multiprocess directory; returns it.
+
+    Call before forking. Works even if prometheus_client was imported already: its
+    value class is chosen from the environment at import, so it is re-chosen here.
+    """
     path = tempfile.mkdtemp(prefix="smtpguard-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return path
+
+
+def setup_metrics(listen: str | None, workers: int) -> PrometheusMetrics | None:
+    """Metrics for ``serve``: ``None`` when ``listen`` (``HOST:PORT``) is not set.
+
+    Call once in the parent before forking. Prepares the shared directory and
+    returns the ``PrometheusMetrics`` to hand to the gateway (valid in the parent and
+    in every forked worker). With ``workers <= 1`` nothing forks, so the endpoint is
+    started here; otherwise the parent calls ``start_metrics_server`` after forking.
+    Raises ``OSError`` if the address cannot be listened on, before any fork.
+    """
+    if listen is None:
+        return None
+    host, port = parse_listen(listen)
+    if workers > 1:
+        probe = _bind_probe(host, port)
+        probe.close()
+    setup()
+    metrics = PrometheusMetrics()
+    if workers <= 1:
+        start_metrics_server(host, port)
+    return metrics
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces is not implied:
+    an empty host means loopback, metrics are not for the internet)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"metrics listen address: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _bind_probe(host: str, port: int) -> Any:
+    import socket
+
+    return socket.create_server((host, port))
 
 
 def cleanup(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def serve(host: str, port: int) -> Any:
-    """Serve ``/metrics`` (all processes summed) from a daemon thread."""
+def start_metrics_server(host: str, port: int) -> Any:
+    """Serve ``/metrics`` (all processes summed) from a daemon thread of this
+    process; returns the HTTP server (``server_address``, ``shutdown()``)."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        raise RuntimeError("start_metrics_server: call setup() (or setup_metrics) first")
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
 
 
+serve = start_metrics_server  # the name gateway/cli.py uses
+
+
 def worker_exited(pid: int) -> None:
+    """In the parent, once a worker has exited: drop its live gauge samples."""
     from prometheus_client.multiprocess import mark_process_dead
 
     mark_process_dead(pid)  # type: ignore[no-untyped-call]
@@ -96,30 +161,46 @@ class PrometheusMetrics(Metrics):
     """The gateway's hooks, recorded as Prometheus metrics (created per process)."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+        # In multiprocess mode the samples live in files that the endpoint's
+        # collector reads: the metrics are not registered anywhere, so a process can
+        # create this object more than once (reload, tests).
+        multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        reg = None if multiprocess else REGISTRY
         self.sessions_open = Gauge(
-            "smtpguard_sessions_open", "client sessions open", multiprocess_mode="livesum"
+            "smtpguard_sessions_open",
+            "client sessions open",
+            multiprocess_mode="livesum",
+            registry=reg,
         )
-        self.sessions = Counter("smtpguard_sessions", "client sessions accepted")
+        self.sessions = Counter("smtpguard_sessions", "client sessions accepted", registry=reg)
         self.refused = Counter(
-            "smtpguard_sessions_refused", "client connections refused", ["reason"]
+            "smtpguard_sessions_refused", "client connections refused", ["reason"], registry=reg
         )
         self.commands = Counter(
-            "smtpguard_commands", "client commands by verb and verdict", ["verb", "verdict"]
+            "smtpguard_commands",
+            "client commands by verb and verdict",
+            ["verb", "verdict"],
+            registry=reg,
         )
-        self.messages = Counter("smtpguard_messages", "messages by outcome", ["result"])
+        self.messages = Counter(
+            "smtpguard_messages", "messages by outcome", ["result"], registry=reg
+        )
         self.message_bytes = Counter(
-            "smtpguard_message_bytes", "message data octets received from clients"
+            "smtpguard_message_bytes", "message data octets received from clients", registry=reg
         )
-        self.events = Counter("smtpguard_policy_events", "policy events by ID", ["id"])
+        self.events = Counter(
+            "smtpguard_policy_events", "policy events by ID", ["id"], registry=reg
+        )
         self.upstream_errors = Counter(
-            "smtpguard_upstream_errors", "upstream connection errors", ["kind"]
+            "smtpguard_upstream_errors", "upstream connection errors", ["kind"], registry=reg
         )
         self.latency = Histogram(
             "smtpguard_reply_latency_seconds",
             "time from a write to the server to its first reply bytes",
             buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
 
     def session_opened(self) -> None:
