@@ -4,6 +4,18 @@ and build one to send to the mail server. Pure functions on bytes, no I/O.
 Specification: "The PROXY protocol, versions 1 & 2" (haproxy doc/proxy-protocol.txt).
 v1 is one text line of at most 107 octets; v2 is a 16-octet binary header followed by
 the address block and optional TLVs (skipped here).
+
+Incremental use: call :func:`parse` on everything received so far. It returns
+``None`` while the header is incomplete, a :class:`ProxyHeader` once it is whole
+(``length`` octets belong to it; the rest is the client's SMTP stream), or raises
+:class:`ProxyError` as soon as the bytes cannot become a valid header. A header is
+at most ``V1_MAX`` or ``16 + V2_MAX_BLOCK`` octets, so re-parsing the growing prefix
+costs a bounded amount per call and a peer cannot make the caller buffer more.
+
+Addresses are returned as the header states them (an IPv4-mapped IPv6 address
+stays IPv6; access rules unmap it). ``local`` means "use the connection's own
+addresses": v2 LOCAL (the balancer's health check), v1 UNKNOWN, v2 AF_UNSPEC, and
+v2 AF_UNIX (a Unix-socket client has no IP address to report).
 """
 
 from __future__ import annotations
@@ -15,6 +27,9 @@ from dataclasses import dataclass
 V1_MAX = 107  # "PROXY TCP6 ffff:...:ffff ffff:...:ffff 65535 65535\r\n"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_MAX_BLOCK = 2048  # address block + TLVs we are willing to read
+V2_HEADER = 16  # signature, version/command, family/protocol, length
+# Address block sizes by family (spec 2.2): a longer block carries TLVs.
+_V2_INET, _V2_INET6, _V2_UNIX = 12, 36, 216
 
 
 class ProxyError(ValueError):
@@ -30,13 +45,14 @@ class ProxyHeader:
     length: int  # octets consumed
 
 
-def parse(buf: bytes) -> ProxyHeader | None:
+def parse(buf: bytes | bytearray | memoryview) -> ProxyHeader | None:
     """Parse a header at the start of ``buf``; ``None`` if more bytes are needed."""
+    buf = bytes(buf[: V2_HEADER + V2_MAX_BLOCK])
     if buf[:12] == V2_SIGNATURE[: len(buf[:12])] and buf[:1] == b"\r":
         return _parse_v2(buf) if len(buf) >= 12 else None
     if b"PROXY "[: len(buf)] == buf[:6]:
         return _parse_v1(buf) if len(buf) >= 6 else None
-    raise ProxyError("no PROXY protocol header")
+    raise ProxyError("no PROXY protocol header: neither 'PROXY ' (v1) nor the v2 signature")
 
 
 def _parse_v1(buf: bytes) -> ProxyHeader | None:
@@ -56,40 +72,41 @@ def _parse_v1(buf: bytes) -> ProxyHeader | None:
 
 
 def _parse_v2(buf: bytes) -> ProxyHeader | None:
-    if len(buf) < 16:
+    if len(buf) < V2_HEADER:
         return None
     if buf[:12] != V2_SIGNATURE:
-        raise ProxyError("bad v2 signature")
+        raise ProxyError("v2 header: bad signature")
     ver_cmd, fam, length = buf[12], buf[13], struct.unpack("!H", buf[14:16])[0]
-    if ver_cmd >> 4 != 2 or ver_cmd & 0x0F not in (0, 1):
-        raise ProxyError("v2 header: unsupported version or command")
+    if ver_cmd >> 4 != 2:
+        raise ProxyError(f"v2 header: version {ver_cmd >> 4}, expected 2")
+    command = ver_cmd & 0x0F
+    if command not in (0, 1):
+        raise ProxyError(f"v2 header: unknown command {command} (0 LOCAL, 1 PROXY)")
+    family, transport = fam >> 4, fam & 0x0F
+    if family > 3 or transport > 2:
+        raise ProxyError(f"v2 header: unknown address family/protocol 0x{fam:02x}")
     if length > V2_MAX_BLOCK:
-        raise ProxyError("v2 header: address block too long")
-    if len(buf) < 16 + length:
+        raise ProxyError(f"v2 header: address block of {length} octets (limit {V2_MAX_BLOCK})")
+    if len(buf) < V2_HEADER + length:
         return None
-    total = 16 + length
-    if ver_cmd & 0x0F == 0 or fam >> 4 == 0:  # LOCAL, or AF_UNSPEC
+    total = V2_HEADER + length
+    if command == 0 or family == 0:  # LOCAL (addresses ignored), or AF_UNSPEC
         return ProxyHeader(2, True, None, None, total)
-    block = buf[16:total]
-    if fam == 0x11 and length >= 12:  # TCP over IPv4
-        src4, dst4, sport, dport = struct.unpack("!4s4sHH", block[:12])
-        return ProxyHeader(
-            2,
-            False,
-            (str(ipaddress.IPv4Address(src4)), sport),
-            (str(ipaddress.IPv4Address(dst4)), dport),
-            total,
-        )
-    if fam == 0x21 and length >= 36:  # TCP over IPv6
-        src6, dst6, sport, dport = struct.unpack("!16s16sHH", block[:36])
-        return ProxyHeader(
-            2,
-            False,
-            (str(ipaddress.IPv6Address(src6)), sport),
-            (str(ipaddress.IPv6Address(dst6)), dport),
-            total,
-        )
-    raise ProxyError("v2 header: unsupported address family or short address block")
+    if transport != 1:
+        raise ProxyError("v2 header: not a stream (TCP) connection")
+    block = buf[V2_HEADER:total]
+    if family == 3:  # AF_UNIX: no IP address to report
+        if length < _V2_UNIX:
+            raise ProxyError(f"v2 header: AF_UNIX block of {length} octets, need {_V2_UNIX}")
+        return ProxyHeader(2, True, None, None, total)
+    need = _V2_INET if family == 1 else _V2_INET6
+    if length < need:
+        raise ProxyError(f"v2 header: address block of {length} octets, need {need}")
+    n = need // 2 - 2  # bytes per address
+    src, dst = block[:n], block[n : 2 * n]
+    sport, dport = struct.unpack("!HH", block[2 * n : need])
+    make = ipaddress.IPv4Address if family == 1 else ipaddress.IPv6Address
+    return ProxyHeader(2, False, (str(make(src)), sport), (str(make(dst)), dport), total)
 
 
 def _ip(text: str, version: int) -> str:
@@ -109,17 +126,41 @@ def _port(text: str) -> int:
 
 
 def build_v1(source: tuple[str, int], dest: tuple[str, int]) -> bytes:
-    family = "TCP6" if ":" in source[0] else "TCP4"
-    return f"PROXY {family} {source[0]} {dest[0]} {source[1]} {dest[1]}\r\n".encode()
+    """``PROXY TCP4|TCP6 ...`` for a connection from ``source`` to ``dest``."""
+    src, dst = _same_family(source, dest)
+    family = "TCP4" if src.version == 4 else "TCP6"
+    return f"PROXY {family} {src} {dst} {source[1]} {dest[1]}\r\n".encode()
+
+
+def build_v1_unknown() -> bytes:
+    """v1 header that tells the receiver to use the connection's own addresses."""
+    return b"PROXY UNKNOWN\r\n"
 
 
 def build_v2(source: tuple[str, int], dest: tuple[str, int]) -> bytes:
-    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(dest[0])
-    if src.version != dst.version:  # mixed families: map to IPv6
-        src, dst = (
-            ipaddress.IPv6Address(f"::ffff:{src}") if src.version == 4 else src,
-            ipaddress.IPv6Address(f"::ffff:{dst}") if dst.version == 4 else dst,
-        )
+    """v2 PROXY command over TCP for a connection from ``source`` to ``dest``."""
+    src, dst = _same_family(source, dest)
     fam = 0x11 if src.version == 4 else 0x21
     block = src.packed + dst.packed + struct.pack("!HH", source[1], dest[1])
     return V2_SIGNATURE + bytes([0x21, fam]) + struct.pack("!H", len(block)) + block
+
+
+def build_v2_local() -> bytes:
+    """v2 LOCAL command (a health check from the proxy itself, no addresses)."""
+    return V2_SIGNATURE + b"\x20\x00\x00\x00"
+
+
+def _same_family(
+    source: tuple[str, int], dest: tuple[str, int]
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """Both addresses in one family (a header has one): mixed ones become IPv6,
+    with the IPv4 one mapped (``::ffff:a.b.c.d``)."""
+    for _host, port in (source, dest):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range")
+    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(dest[0])
+    if src.version != dst.version:
+        src, dst = (
+            ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a for a in (src, dst)
+        )
+    return src, dst
