@@ -1,8 +1,16 @@
 """Application logging on stderr: human text lines or JSON lines.
 
-JSON lines carry ``ts``, ``level``, ``logger``, ``message`` and any extra fields a
-caller passes (``extra={"session": ..., "peer": ..., "event": ...}``), so a log
-shipper can index them without parsing prose.
+``setup_logging`` gives the ``smtpguard`` logger hierarchy one stderr handler at the
+chosen level. Other libraries' records (asyncio's "Task exception was never
+retrieved", aiosmtpd) go through the same formatter at WARNING and above, so stderr
+is in one format and a log shipper never meets a stray line.
+
+JSON lines carry ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+``pid`` (which worker) and any extra fields a caller passes
+(``extra={"session": ..., "peer": ..., "event": ...}``), so they can be indexed
+without parsing prose. Text lines append the same extra fields as ``key=value``.
+The application log is about the gateway's own life (start, reload, drain, errors);
+the SMTP dialogue goes to the protocol log (``smtpguard.logs``).
 """
 
 from __future__ import annotations
@@ -11,32 +19,68 @@ import datetime as dt
 import json
 import logging
 import sys
+from typing import TextIO
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+LEVELS = ("debug", "info", "warning", "error", "critical")
+FORMATS = ("text", "json")
+LOGGER = "smtpguard"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, object] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                obj[key] = value
+        for key, value in extra_fields(record).items():
+            obj.setdefault(key, value)  # an extra field never hides a standard one
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
         return json.dumps(obj, default=str, ensure_ascii=False)
 
 
-def setup_logging(level: str = "warning", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = extra_fields(record)
+        if not extra:
+            return line
+        first, nl, rest = line.partition("\n")  # keep a traceback below the fields
+        fields = " ".join(f"{k}={v}" for k, v in extra.items())
+        return f"{first} {fields}{nl}{rest}"
+
+
+def setup_logging(level: str = "warning", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Log ``smtpguard.*`` at ``level`` to stderr as ``fmt`` ("text" or "json").
+
+    Safe to call again (reload): the handler is replaced, never added twice.
+    Raises ``ValueError`` naming the bad value.
+    """
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level {level!r}: expected one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"log format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    ours = logging.getLogger(LOGGER)
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(logging.WARNING)
