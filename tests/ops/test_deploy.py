@@ -4,13 +4,17 @@ Containerfile. (No container engine runs here; its file is checked statically.)"
 from __future__ import annotations
 
 import configparser
+import contextlib
 import re
 import shutil
+import smtplib
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.peers import need
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 HARDENING = {
@@ -80,6 +84,28 @@ def test_deploy_config_is_valid() -> None:
     assert "xclient" in r.stdout
 
 
+def test_stop_timeout_outlasts_the_drain_and_paths_are_writable() -> None:
+    import tomllib
+
+    cfg = tomllib.loads((DEPLOY / "smtpguard.toml").read_text())
+    service = _unit()["Service"]
+    assert int(service["TimeoutStopSec"]) > cfg["gateway"]["drain_grace"]
+    writable = service["ReadWritePaths"].split()
+    log_dir = str(Path(cfg["protocol_log"]["path"]).parent)
+    assert log_dir in writable
+    assert service["Restart"] == "on-failure" and service["KillMode"] == "mixed"
+    assert "examples/smtpguard.toml" in (DEPLOY / "smtpguard.toml").read_text()
+
+
+def test_containerfile_is_slim_non_root_on_port_25_with_a_health_check() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    assert re.search(r"^FROM \S*python:[\d.]+-slim$", text, re.M)
+    assert re.search(r"^EXPOSE 25\b", text, re.M)
+    assert "HEALTHCHECK" in text and "QUIT" in text
+    assert '"--listen", "0.0.0.0:25"' in text
+    assert text.index("USER smtpguard") < text.index("ENTRYPOINT")
+
+
 def test_containerfile_copies_only_what_exists() -> None:
     root = DEPLOY.parent
     for line in (DEPLOY / "Containerfile").read_text().splitlines():
@@ -88,3 +114,65 @@ def test_containerfile_copies_only_what_exists() -> None:
             for src in sources:
                 assert (root / src).exists(), src
     assert "USER smtpguard" in (DEPLOY / "Containerfile").read_text()
+
+
+def test_haproxy_snippet_health_check_passes_through_the_gateway(tmp_path: Path) -> None:
+    """deploy/haproxy.cfg's backend (smtpchk, send-proxy-v2) against a real gateway
+    that trusts the balancer: HAProxy's check reaches L7OK and mail goes through."""
+    sink = SmtpSink(tmp_path)
+    gw = GatewayProcess(
+        "--upstream", sink.address, "--proxy-from", "127.0.0.1/32", workdir=tmp_path
+    )
+    port, stats = free_port(), tmp_path / "stats.sock"
+    text = (DEPLOY / "haproxy.cfg").read_text()
+    text = text.replace("global\n", f"global\n    stats socket {stats}\n", 1)
+    text = text.replace("bind :25", f"bind {LOOPBACK}:{port}")
+    text = text.replace("inter 10s", "inter 200ms")
+    text = re.sub(r"maxconn \d+", "maxconn 100", text)  # this host's FD limit may be low
+    text = re.sub(r"10\.0\.0\.1[12]:25", gw.address, text)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    hap = subprocess.Popen(
+        [need("haproxy"), "-db", "-f", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, status = time.monotonic() + 20, ""
+        while time.monotonic() < deadline:
+            status = _check_status(stats)
+            if status == "L7OK,L7OK":
+                break
+            time.sleep(0.1)
+        assert status == "L7OK,L7OK"
+        with smtplib.SMTP(LOOPBACK, port, timeout=15) as s:
+            s.sendmail("a@example.org", ["b@example.net"], b"Subject: via haproxy\r\n\r\nhi\r\n")
+        deadline = time.monotonic() + 10
+        while not sink.messages() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(sink.messages()) == 1
+    finally:
+        hap.terminate()
+        hap.wait(15)
+        gw.stop()
+        sink.stop()
+
+
+def _check_status(stats: Path) -> str:
+    """check_status of the backend's servers, from HAProxy's stats socket."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(stats))
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:] if ln]
+        return ",".join(
+            r["check_status"]
+            for r in rows
+            if r["pxname"] == "smtpguard" and r["svname"] != "BACKEND"
+        )
+    return ""
