@@ -27,11 +27,14 @@ def _connects(log: Path) -> list[str]:
     peers: list[str] = []
     while time.monotonic() < deadline:
         if log.exists():
-            peers = [
-                json.loads(line).get("peer", "")
-                for line in log.read_text().splitlines()
-                if '"connect"' in line
-            ]
+            peers = []
+            for line in log.read_text().splitlines():
+                try:  # the gateway may be writing the last line right now
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if obj.get("event") == "connect":
+                    peers.append(obj.get("peer", ""))
             if peers:
                 return peers
         time.sleep(0.05)
