@@ -81,9 +81,11 @@ class AccessControl:
     def admit(self, peer_ip: str, now: float) -> Refusal | None:
         """Decide for a new connection from ``peer_ip``. When admitted, the session is
         counted until :meth:`release`."""
+        p = self.policy
+        if not (p.allow or p.deny or p.connection_rate > 0 or p.max_sessions_per_ip > 0):
+            return None  # no rule needs the address: skip parsing it on every accept
         ip = parse_ip(peer_ip)
         key = str(ip) if ip is not None else peer_ip
-        p = self.policy
         if not p.permits(ip):
             return Refusal(
                 DENIED,
@@ -114,6 +116,8 @@ class AccessControl:
         return None
 
     def release(self, peer_ip: str) -> None:
+        if not self.sessions:  # nothing is being counted
+            return
         ip = parse_ip(peer_ip)
         key = str(ip) if ip is not None else peer_ip
         live = self.sessions.get(key, 0) - 1

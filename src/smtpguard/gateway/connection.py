@@ -83,7 +83,8 @@ class ClientConnection(asyncio.Protocol):
         self.addr = addr  # replaced by the PROXY header's source, if a trusted one sends it
         local = transport.get_extra_info("sockname")
         self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        if addr is not None and self.gw.access.policy.expects_proxy(parse_ip(addr[0])):
+        access = self.gw.access.policy
+        if addr is not None and access.proxy_from and access.expects_proxy(parse_ip(addr[0])):
             # A trusted load balancer: the real client is in the PROXY header first.
             self._proxy_buf = bytearray()
             self._timer = self.loop.call_later(

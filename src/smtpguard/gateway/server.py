@@ -138,7 +138,9 @@ class Gateway:
     def policy_for(self, peer_ip: str) -> Policy:
         """The policy for a new session from ``peer_ip`` (an address, no port):
         clients in ``access.normalize_networks`` get ``smuggling = normalize``."""
-        if self._normalized is not self.policy and self.access.policy.normalizes(parse_ip(peer_ip)):
+        if self.access.policy.normalize_networks and self.access.policy.normalizes(
+            parse_ip(peer_ip)
+        ):
             return self._normalized
         return self.policy
 
