@@ -370,9 +370,7 @@ async def _serve(
     return 0
 
 
-def _reloader(
-    args: argparse.Namespace, first: Settings, gateway: Gateway
-) -> Callable[[], Reload]:
+def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Callable[[], Reload]:
     """Re-read the config file with the same command-line overrides. Settings that
     need a new socket or process (listen, workers, upstream, maildir, protocol log,
     the implicit-TLS port) keep their running values; a change to them is reported,
