@@ -25,12 +25,12 @@ class DataPhase(SessionBase):
         assert scanner is not None
         scan = scanner.scan(chunk)
         stop = len(chunk) if scan.end < 0 else scan.end
+        if self._emulation.split_eod_bug and 0 <= scan.end < len(END_OF_DATA) < scanner.size:
+            self._split_eod_bug()  # the terminator began in an earlier segment
+            return
         # A CR ending a chunk is held back until the next byte shows it is part of a
         # CRLF, so the server gets exactly the bytes before the first bad one,
         # whatever the segmentation.
-        if self._emulation.split_eod_bug and 0 <= scan.end < len(END_OF_DATA) < scanner.size:
-            self._split_eod_bug(chunk, scan.end)
-            return
         held, self._held_cr = self._held_cr, False
         if self._refusal is None:
             self._inspect(chunk if stop == len(chunk) else chunk[:stop], now)
@@ -86,7 +86,7 @@ class DataPhase(SessionBase):
         if stop < len(chunk):
             self._cbuf[:0] = chunk[stop:]
 
-    def _split_eod_bug(self, chunk: bytes, end: int) -> None:
+    def _split_eod_bug(self) -> None:
         """CSCds90792, reproduced for labs: an end-of-data sequence split over more
         than one received segment is never passed on. The server waits for the rest,
         the client for a reply that never comes: both time out, the sender re-sends."""
