@@ -4,71 +4,34 @@ work-around check with Postfix as sender is in test_postfix.py.)"""
 
 from __future__ import annotations
 
+import re
 import smtplib
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, self_signed_cert
-from tests.probe.postfix_peer import private_postfix
+from tests.peers import LOOPBACK, GatewayProcess, self_signed_cert, sink_and_gateway
+from tests.postfix import PrivatePostfix
 
 pytestmark = pytest.mark.e2e
 
-SMTP_CLIENT = "smtp      unix  - - n - - smtp\n"
-TLSMGR = "tlsmgr    unix  - - n 1000? 1 tlsmgr\n"
-MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: via postfix\r\n\r\nhello\r\n"
+MSG = b"From: a@example.org\r\nTo: b@relay.example\r\nSubject: via postfix\r\n\r\nhello\r\n"
 
 
-def _relay_through(
-    tmp_path: Path, sink: SmtpSink, gw: GatewayProcess, master: str = "", **extra: str
-) -> str:
+def _relay_through(gw: GatewayProcess, **extra: str) -> str:
     """Submit one message to a private Postfix whose relayhost is the gateway; wait
-    until Postfix logs the delivery; return its log."""
-    port = free_port()
-    settings = {
-        "relayhost": f"[{LOOPBACK}]:{gw.port}",
-        "default_transport": "smtp",
-        "smtp_host_lookup": "native",
-        "smtp_dns_support_level": "disabled",
-        "smtpd_relay_restrictions": "permit_mynetworks, reject",
-        **extra,
-    }
-    with private_postfix(port, master_extra=SMTP_CLIENT + master, **settings) as log:
-        with smtplib.SMTP(LOOPBACK, port, timeout=15) as s:
-            s.sendmail("a@example.org", ["b@example.net"], MSG)
-        deadline = time.monotonic() + 30
-        text = ""
-        while time.monotonic() < deadline:
-            text = log.read_text() if log.exists() else ""
-            if "status=sent" in text or "status=deferred" in text or "status=bounced" in text:
-                break
-            time.sleep(0.1)
-        return text
+    until Postfix logs its delivery; return the log."""
+    settings = {"relayhost": f"[{LOOPBACK}]:{gw.port}", "default_transport": "smtp", **extra}
+    with PrivatePostfix("smtpguard-sender", **settings) as pf:
+        with smtplib.SMTP(LOOPBACK, pf.port, timeout=15) as s:
+            s.sendmail("a@example.org", ["b@relay.example"], MSG)
+        return pf.wait_log(lambda t: re.search(r"status=(sent|deferred|bounced)", t) is not None)
 
 
 def test_postfix_tls_client_through_terminate(tmp_path: Path) -> None:
     cert, key = self_signed_cert(tmp_path)
-    sink = SmtpSink(tmp_path)
-    gw = GatewayProcess(
-        "--upstream",
-        sink.address,
-        "--mode",
-        "esmtp",
-        "--starttls",
-        "terminate",
-        "--tls-cert",
-        cert,
-        "--tls-key",
-        key,
-        workdir=tmp_path,
-    )
-    try:
-        log = _relay_through(
-            tmp_path, sink, gw, TLSMGR, smtp_tls_security_level="may", smtp_tls_loglevel="1"
-        )
+    args = ("--mode", "esmtp", "--starttls", "terminate", "--tls-cert", cert, "--tls-key", key)
+    with sink_and_gateway(tmp_path, *args) as (_, gw):
+        log = _relay_through(gw, smtp_tls_security_level="may", smtp_tls_loglevel="1")
         assert "status=sent" in log, log[-3000:]
         assert "TLS connection established to" in log, log[-3000:]
-    finally:
-        gw.stop()
-        sink.stop()

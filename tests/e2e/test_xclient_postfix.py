@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import smtplib
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, free_port
-from tests.probe.postfix_peer import private_postfix
+from tests.peers import LOOPBACK, GatewayProcess
+from tests.postfix import PrivatePostfix
 
 pytestmark = pytest.mark.e2e
 
@@ -21,28 +20,16 @@ def _send_from(source: str, port: int) -> None:
         s.sendmail("a@example.org", ["b@example.net"], MSG)
 
 
-def _wait_log(log: Path, needle: str, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        if needle in text:
-            return text
-        time.sleep(0.1)
-    return text
-
-
 @pytest.mark.parametrize("xclient", [True, False], ids=["xclient", "no-xclient"])
 def test_postfix_sees_the_real_client(tmp_path: Path, xclient: bool) -> None:
-    port = free_port()
-    with private_postfix(port, smtpd_authorized_xclient_hosts="127.0.0.1") as log:
-        args = ["--upstream", f"{LOOPBACK}:{port}", "--mode", "esmtp"]
+    with PrivatePostfix(smtpd_authorized_xclient_hosts=LOOPBACK) as pf:
+        args = ["--upstream", pf.address, "--mode", "esmtp"]
         gw = GatewayProcess(*args, *(["--xclient"] if xclient else []), workdir=tmp_path)
         try:
             _send_from("127.0.0.2", gw.port)
         finally:
             gw.stop()
-        text = _wait_log(log, "client=")
+        text = pf.wait_log(lambda t: "client=" in t, 15)
         clients = [line for line in text.splitlines() if ": client=" in line]
         assert len(clients) == 1, text[-3000:]  # exactly one message
         if xclient:

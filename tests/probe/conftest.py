@@ -72,11 +72,10 @@ def smtp_sink(*options: str) -> Iterator[tuple[str, int]]:
 def postfix(**settings: str) -> Peer:
     @contextlib.contextmanager
     def start(_tmp: Path) -> Iterator[tuple[str, int]]:
-        from tests.probe.postfix_peer import private_postfix
+        from tests.postfix import PrivatePostfix
 
-        port = free_port()
-        with private_postfix(port, **settings):
-            yield "127.0.0.1", port
+        with PrivatePostfix("smtpguard-probe", **settings) as pf:
+            yield "127.0.0.1", pf.port
 
     return start
 
