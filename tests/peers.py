@@ -47,6 +47,17 @@ def need(binary: str) -> str:
     return path
 
 
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m smtpguard ARGS`` to completion (for commands expected to exit)."""
+    return subprocess.run(
+        [sys.executable, "-m", "smtpguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+    )
+
+
 def self_signed_cert(directory: Path) -> tuple[str, str]:
     """A throw-away self-signed certificate for localhost: (certfile, keyfile)."""
     cert, key = directory / "cert.pem", directory / "key.pem"

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, need, smtp_source, wait_port
+from tests.peers import (
+    LOOPBACK,
+    GatewayProcess,
+    SmtpSink,
+    free_port,
+    need,
+    run_cli,
+    smtp_source,
+    wait_port,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -224,15 +233,11 @@ def test_drain_lets_transaction_finish(gateway: GatewayProcess, sink: SmtpSink) 
     assert len(_wait_messages(sink, 1)) == 1
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smtpguard", *args], capture_output=True, text=True, timeout=30
-    )
-
-
 def test_unreachable_upstream_exits_2_with_one_line() -> None:
     port = free_port()
-    r = _cli("serve", "--listen", f"{LOOPBACK}:{free_port()}", "--upstream", f"{LOOPBACK}:{port}")
+    r = run_cli(
+        "serve", "--listen", f"{LOOPBACK}:{free_port()}", "--upstream", f"{LOOPBACK}:{port}"
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "not reachable" in r.stderr
     assert "Traceback" not in r.stderr
@@ -249,7 +254,7 @@ def test_unreachable_upstream_exits_2_with_one_line() -> None:
     ],
 )
 def test_bad_flags_exit_2(args: list[str], needle: str) -> None:
-    r = _cli("serve", *args)
+    r = run_cli("serve", *args)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
 
 

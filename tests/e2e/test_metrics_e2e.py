@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, smtp_source
+from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, run_cli, smtp_source
 
 pytestmark = pytest.mark.e2e
 
@@ -78,20 +77,12 @@ def test_metrics_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
     with socket.create_server((LOOPBACK, 0)) as busy:
         port = busy.getsockname()[1]
-        r = subprocess.run(
-            [
-                "python3",
-                "-m",
-                "smtpguard",
-                "serve",
-                "--listen",
-                f"{LOOPBACK}:{free_port()}",
-                "--metrics-listen",
-                f"{LOOPBACK}:{port}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
+        r = run_cli(
+            "serve",
+            "--listen",
+            f"{LOOPBACK}:{free_port()}",
+            "--metrics-listen",
+            f"{LOOPBACK}:{port}",
             cwd=tmp_path,
         )
     assert r.returncode == 2 and "--metrics-listen" in r.stderr and "Traceback" not in r.stderr

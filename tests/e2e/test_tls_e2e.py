@@ -20,6 +20,7 @@ from tests.peers import (
     SmtpSink,
     free_port,
     need,
+    run_cli,
     self_signed_cert,
     sink_and_gateway,
 )
@@ -193,24 +194,16 @@ def test_certificate_without_its_key_is_a_clear_error(
 ) -> None:
     sink = SmtpSink(tmp_path)
     try:
-        r = subprocess.run(
-            [
-                "python3",
-                "-m",
-                "smtpguard",
-                "serve",
-                "--listen",
-                f"{LOOPBACK}:{free_port()}",
-                "--upstream",
-                sink.address,
-                "--starttls",
-                "terminate",
-                "--tls-cert",
-                cert[0],
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
+        r = run_cli(
+            "serve",
+            "--listen",
+            f"{LOOPBACK}:{free_port()}",
+            "--upstream",
+            sink.address,
+            "--starttls",
+            "terminate",
+            "--tls-cert",
+            cert[0],
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.startswith("smtpguard serve: error: --tls-cert: cannot load")
@@ -221,22 +214,14 @@ def test_certificate_without_its_key_is_a_clear_error(
 def test_terminate_without_certificate_is_a_clear_error(tmp_path: Path) -> None:
     sink = SmtpSink(tmp_path)
     try:
-        r = subprocess.run(
-            [
-                "python3",
-                "-m",
-                "smtpguard",
-                "serve",
-                "--listen",
-                f"{LOOPBACK}:{free_port()}",
-                "--upstream",
-                sink.address,
-                "--starttls",
-                "terminate",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
+        r = run_cli(
+            "serve",
+            "--listen",
+            f"{LOOPBACK}:{free_port()}",
+            "--upstream",
+            sink.address,
+            "--starttls",
+            "terminate",
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert "tls" in r.stderr.lower() and r.stderr.strip().count("\n") == 0
