@@ -58,6 +58,30 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def swaks(server: str, *args: str, to: str = "b@example.net") -> str:
+    """Send one message with swaks through ``server``; assert it succeeded and return
+    the transcript (what swaks printed)."""
+    out = subprocess.run(
+        [
+            need("swaks"),
+            "--server",
+            server,
+            "--from",
+            "a@example.org",
+            "--to",
+            to,
+            "--timeout",
+            "20",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
 def self_signed_cert(directory: Path) -> tuple[str, str]:
     """A throw-away self-signed certificate for localhost: (certfile, keyfile)."""
     cert, key = directory / "cert.pem", directory / "key.pem"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,10 @@ from tests.peers import (
     GatewayProcess,
     SmtpSink,
     free_port,
-    need,
     run_cli,
     self_signed_cert,
     sink_and_gateway,
+    swaks,
 )
 
 pytestmark = pytest.mark.e2e
@@ -97,26 +96,9 @@ def _wait(cond: Any, timeout: float = 10) -> None:
 
 def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> None:
     with sink_and_gateway(tmp_path, *terminate(cert)) as (sink, gw):
-        out = subprocess.run(
-            [
-                need("swaks"),
-                "--server",
-                gw.address,
-                "--tls",
-                "--from",
-                "a@example.org",
-                "--to",
-                "b@example.net",
-                "--timeout",
-                "20",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "220 2.0.0 Ready to start TLS" in out.stdout
-        assert "TLS started" in out.stdout
+        transcript = swaks(gw.address, "--tls")
+        assert "220 2.0.0 Ready to start TLS" in transcript
+        assert "TLS started" in transcript
         _wait(lambda: len(sink.messages()) == 1)
         assert len(sink.messages()) == 1
 
