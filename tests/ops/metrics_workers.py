@@ -41,6 +41,7 @@ def worker_a(metrics: metrics_prom.PrometheusMetrics, ready: int, go: int) -> No
     metrics.policy_event("SG-CMD-BLOCKED")
     metrics.upstream_error("connect")
     metrics.reply_latency(0.002)
+    metrics.flush()
     os.write(ready, b"r")
     os.read(go, 1)  # one session still open until the parent says so
 
@@ -53,6 +54,7 @@ def worker_b(metrics: metrics_prom.PrometheusMetrics) -> None:
     metrics.session_refused("max-sessions")
     metrics.policy_event("SG-CMD-BLOCKED")
     metrics.reply_latency(0.2)
+    metrics.flush()
 
 
 def fork(run: Any, *args: Any) -> int:

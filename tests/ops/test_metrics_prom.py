@@ -97,3 +97,16 @@ def test_listen_address_forms() -> None:
     assert metrics_prom.parse_listen("[::1]:9125") == ("::1", 9125)
     assert metrics_prom.parse_listen(":9125") == ("127.0.0.1", 9125)
     assert metrics_prom.parse_listen("0.0.0.0:9125") == ("0.0.0.0", 9125)
+
+
+def test_counts_are_published_at_flush_and_match_observe() -> None:
+    # Hooks only count; flush() publishes: nothing before, exactly observe()'s
+    # buckets, count and sum after (tests/ops/metrics_batch.py).
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.ops.metrics_batch"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr

@@ -3,7 +3,8 @@
 The shell calls these at a few points (session start and end, policy events,
 upstream errors, reply latency); counters that change per command are kept by the
 core session and handed over once, when the session ends, so the hot path pays
-nothing for metrics.
+nothing for metrics. An implementation may only count in the hooks and publish in
+:meth:`Metrics.flush`, which the gateway calls once a second and when it stops.
 """
 
 from __future__ import annotations
@@ -31,3 +32,6 @@ class Metrics:
 
     def reply_latency(self, seconds: float) -> None:
         pass
+
+    def flush(self) -> None:
+        """Publish what was counted since the last call (every second, and at stop)."""

@@ -19,6 +19,12 @@ Lifecycle (docs/metrics.md has the full recipe for the serve command):
 
 Counters survive a worker's exit (totals never go backwards); the open-sessions
 gauge (``livesum``) counts live processes only.
+
+The hooks only count, in plain dicts of the process; :meth:`PrometheusMetrics.flush`
+adds the counts to the shared samples. A multiprocess sample update takes a lock and
+writes a memory-mapped file, and a labelled one looks its child up first: done per
+event, that cost more CPU than the rest of a session's bookkeeping. The gateway calls
+``flush`` once a second and when it stops, so ``/metrics`` lags by at most a second.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from smtpguard.gateway.metrics import Metrics
@@ -158,7 +165,10 @@ def worker_exited(pid: int) -> None:
 
 
 class PrometheusMetrics(Metrics):
-    """The gateway's hooks, recorded as Prometheus metrics (created per process)."""
+    """The gateway's hooks, recorded as Prometheus metrics (created per process).
+
+    Counts wait in the process until :meth:`flush` (see the module docstring).
+    """
 
     def __init__(self) -> None:
         from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -202,30 +212,68 @@ class PrometheusMetrics(Metrics):
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        # Pending counts, keyed by (metric, label values); the gauge's is a delta.
+        self._pending: dict[tuple[Any, tuple[str, ...]], float] = {}
+        self._bounds = (*LATENCY_BUCKETS, float("inf"))
+        self._latency_counts = [0] * len(self._bounds)
+        self._latency_sum = 0.0
+        # prometheus_client keeps a histogram's buckets as one value per bucket
+        # (_buckets, not cumulative) plus _sum; adding a batch to them is what
+        # observe() does one sample at a time. Should a release keep them otherwise,
+        # each sample goes to observe() as it comes.
+        buckets = getattr(self.latency, "_buckets", None)
+        self._batch_latency = (
+            isinstance(buckets, list)
+            and len(buckets) == len(self._bounds)
+            and hasattr(self.latency, "_sum")
+        )
+
+    def _add(self, metric: Any, labels: tuple[str, ...], n: float) -> None:
+        key = (metric, labels)
+        self._pending[key] = self._pending.get(key, 0) + n
+
+    def flush(self) -> None:
+        """Add the counts gathered since the last flush to the shared samples."""
+        pending, self._pending = self._pending, {}
+        for (metric, labels), n in pending.items():
+            if n:
+                (metric.labels(*labels) if labels else metric).inc(n)
+        if self._latency_sum or any(self._latency_counts):
+            hist: Any = self.latency
+            hist._sum.inc(self._latency_sum)
+            for i, n in enumerate(self._latency_counts):
+                if n:
+                    hist._buckets[i].inc(n)
+                    self._latency_counts[i] = 0
+            self._latency_sum = 0.0
 
     def session_opened(self) -> None:
-        self.sessions.inc()
-        self.sessions_open.inc()
+        self._add(self.sessions, (), 1)
+        self._add(self.sessions_open, (), 1)
 
     def session_refused(self, reason: str) -> None:
-        self.refused.labels(reason).inc()
+        self._add(self.refused, (reason,), 1)
 
     def session_closed(self, session: Session) -> None:
-        self.sessions_open.dec()
+        self._add(self.sessions_open, (), -1)
         for (verb, verdict), n in session.commands.items():
-            self.commands.labels(verb if verb in KNOWN_VERBS else "OTHER", verdict).inc(n)
+            self._add(self.commands, (verb if verb in KNOWN_VERBS else "OTHER", verdict), n)
         if session.messages_relayed:
-            self.messages.labels("relayed").inc(session.messages_relayed)
+            self._add(self.messages, ("relayed",), session.messages_relayed)
         if session.messages_refused:
-            self.messages.labels("refused").inc(session.messages_refused)
+            self._add(self.messages, ("refused",), session.messages_refused)
         if session.message_octets:
-            self.message_bytes.inc(session.message_octets)
+            self._add(self.message_bytes, (), session.message_octets)
 
     def policy_event(self, event_id: str) -> None:
-        self.events.labels(event_id).inc()
+        self._add(self.events, (event_id,), 1)
 
     def upstream_error(self, kind: str) -> None:
-        self.upstream_errors.labels(kind).inc()
+        self._add(self.upstream_errors, (kind,), 1)
 
     def reply_latency(self, seconds: float) -> None:
-        self.latency.observe(seconds)
+        if self._batch_latency:
+            self._latency_counts[bisect_left(self._bounds, seconds)] += 1
+            self._latency_sum += seconds
+        else:
+            self.latency.observe(seconds)

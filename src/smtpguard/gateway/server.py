@@ -40,6 +40,8 @@ from smtpguard.logs import ProtocolLog
 
 log = logging.getLogger("smtpguard.gateway")
 
+# Seconds between publishing the metrics counted in the process (see metrics.py).
+METRICS_FLUSH = 1.0
 TOO_MANY_SESSIONS = make_reply(421, "4.3.2 Too many sessions, try again later").raw
 
 
@@ -105,6 +107,13 @@ class Gateway:
         self._tls_server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._metrics_timer: asyncio.TimerHandle | None = None
+        if metrics is not None:
+            self._metrics_timer = self.loop.call_later(METRICS_FLUSH, self._flush_metrics)
+
+    def _flush_metrics(self) -> None:
+        self.metrics.flush()
+        self._metrics_timer = self.loop.call_later(METRICS_FLUSH, self._flush_metrics)
 
     def next_session_id(self) -> str:
         return f"{next(self._ids):08x}"
@@ -267,6 +276,10 @@ class Gateway:
             if conn.transport is not None:
                 conn.transport.abort()
             conn.connection_lost(None)
+        if self._metrics_timer is not None:
+            self._metrics_timer.cancel()
+            self._metrics_timer = None
+        self.metrics.flush()
         if self.protocol_log is not None:
             self.protocol_log.flush()
 
