@@ -6,10 +6,10 @@ from smtpguard.core import replies
 from smtpguard.core.checks import Finding, check_mail, check_rcpt
 from smtpguard.core.ehlo import parameter_refused_reply, refused_parameter
 from smtpguard.core.policy import Verdict
-from smtpguard.core.state import SessionBase
+from smtpguard.core.upstream import UpstreamLink
 
 
-class EnvelopeChecks(SessionBase):
+class EnvelopeChecks(UpstreamLink):
     def _envelope_refused(self, verb: str, args: str, now: float) -> bool:
         """Run the MAIL/RCPT checks; True when the command must not be forwarded."""
         checks = self.policy.checks

@@ -13,12 +13,13 @@ from __future__ import annotations
 from smtpguard.core import replies
 from smtpguard.core.actions import CloseServer, Direction, ToServer, Trace
 from smtpguard.core.data import normalize
+from smtpguard.core.envelope import EnvelopeChecks
 from smtpguard.core.grammar import END_OF_DATA
 from smtpguard.core.policy import Smuggling, Verdict
-from smtpguard.core.state import END_OF_DATA_VERB, Phase, SessionBase, Slot, Upstream
+from smtpguard.core.state import END_OF_DATA_VERB, Phase, Slot, Upstream
 
 
-class DataPhase(SessionBase):
+class DataPhase(EnvelopeChecks):
     def _data(self, chunk: bytes, now: float) -> None:
         """Relay one chunk of message data; at the end, queue the final reply."""
         scanner = self._scanner

@@ -43,7 +43,6 @@ from smtpguard.core.banner import pix_rewrite
 from smtpguard.core.checks import finding, over
 from smtpguard.core.data import DataScanner
 from smtpguard.core.ehlo import filter_ehlo
-from smtpguard.core.envelope import EnvelopeChecks
 from smtpguard.core.grammar import (
     REPLY_LINE_LIMIT,
     LineError,
@@ -64,12 +63,11 @@ from smtpguard.core.state import (
     Slot,
     Upstream,
 )
-from smtpguard.core.upstream import UpstreamLink
 
 __all__ = ["Phase", "Session", "Upstream"]
 
 
-class Session(DataPhase, EnvelopeChecks, UpstreamLink):
+class Session(DataPhase):
     """Inspector state machine for one client session. See the module docstring.
 
     ``Session(policy, trace=False, peer=None, client_tls=False)``: ``peer`` is the
@@ -371,18 +369,18 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
             return self._next_line()
         if nl < 0:
             self._csearch = len(buf)
-            if len(buf) > limit:
-                self._line_too_long()
-            return self._next_line() if self._skip_line else None
+            if len(buf) > limit and self._line_too_long():
+                return self._next_line()
+            return None
         if nl + 1 > limit:
-            self._line_too_long()
-            return self._next_line() if self._skip_line else None
+            return self._next_line() if self._line_too_long() else None
         line = bytes(buf[: nl + 1])
         del buf[: nl + 1]
         self._csearch = 0
         return line
 
-    def _line_too_long(self) -> None:
+    def _line_too_long(self) -> bool:
+        """Act on an over-long command line; True if the rest of it is to be skipped."""
         limit = self._line_limit
         verdict = self.policy.checks.command_line_length.action
         self._policy_event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
@@ -396,6 +394,7 @@ class Session(DataPhase, EnvelopeChecks, UpstreamLink):
             self.phase = Phase.CLOSED
         else:
             self._close_after(replies.line_too_long_drop(limit))
+        return self._skip_line
 
     def _command(self, line: bytes, now: float) -> None:
         body = line[:-2] if line.endswith(b"\r\n") else line  # keeps a bare LF visible

@@ -86,7 +86,13 @@ Handler = Callable[[Reply, float], None]  # receives the reply to an internal co
 
 
 class SessionBase:
-    """State and primitives shared by the session's parts."""
+    """State and primitives shared by the session's parts.
+
+    The parts form one chain, a concern each: ``SessionBase`` → ``UpstreamLink``
+    (upstream.py) → ``EnvelopeChecks`` (envelope.py) → ``DataPhase`` (relay.py) →
+    ``Session`` (session.py). Single inheritance, because mypyc, which compiles the
+    core, supports no other.
+    """
 
     def __init__(
         self,
