@@ -258,7 +258,12 @@ def main() -> int:
         sent = 200 + args.rounds * args.messages
         print(f"\n/metrics after the run ({sent} messages sent to each gateway):")
         for name, mport in metrics_ports.items():
+            # Workers publish their counts once a second: allow a few seconds.
+            deadline = time.monotonic() + 5
             relayed = scrape_relayed(mport)
+            while relayed != sent and time.monotonic() < deadline:
+                time.sleep(0.2)
+                relayed = scrape_relayed(mport)
             print(
                 f'  {name:22s} smtpguard_messages_total{{result="relayed"}} = {relayed:.0f}'
                 f"  {'(matches)' if relayed == sent else '(MISMATCH)'}"
