@@ -6,3 +6,10 @@ are tools built on the same parsers.
 """
 
 __version__ = "0.1.0"
+
+
+def core_build() -> str:
+    """How the inspection core is installed: compiled by mypyc or pure Python."""
+    from smtpguard.core import session
+
+    return "compiled" if not session.__file__.endswith(".py") else "pure Python"

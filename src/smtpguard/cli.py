@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from smtpguard import __version__
+from smtpguard import __version__, core_build
 
 
 class CliError(Exception):
@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="smtpguard",
         description="SMTP inspection gateway and diagnostic toolkit.",
     )
-    parser.add_argument("--version", action="version", version=f"smtpguard {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"smtpguard {__version__} (core: {core_build()})"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     gateway_cli.register(sub)
     config_cli.register(sub)
