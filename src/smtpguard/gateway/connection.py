@@ -18,7 +18,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from smtpguard import proxyproto
 from smtpguard.core.actions import (
@@ -33,11 +33,12 @@ from smtpguard.core.actions import (
     ToServer,
     Trace,
 )
+from smtpguard.core.policy import Policy
 from smtpguard.core.session import Session
-from smtpguard.gateway.access import parse_ip
-
-if TYPE_CHECKING:
-    from smtpguard.gateway.server import Gateway
+from smtpguard.gateway.access import AccessControl, parse_ip
+from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.tls import TlsContexts
+from smtpguard.logs import ProtocolLog
 
 log = logging.getLogger("smtpguard.gateway")
 
@@ -50,10 +51,33 @@ WRITE_HIGH = 1024 * 1024
 WRITE_LOW = 256 * 1024
 
 
+class GatewayView(Protocol):
+    """What a connection uses of its gateway (:class:`smtpguard.gateway.server.Gateway`).
+
+    Stated here so this module imports nothing of the server's: mypyc compiles it
+    with the core (setup.py), and its analysis must not reach the configuration code.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    policy: Policy
+    access: AccessControl
+    metrics: Metrics
+    protocol_log: ProtocolLog | None
+    tls: TlsContexts | None
+    upstream_proxy: str
+
+    def next_session_id(self) -> str: ...
+    def policy_for(self, peer_ip: str) -> Policy: ...
+    def admit(self, conn: ClientConnection) -> bool: ...
+    def release(self, conn: ClientConnection) -> None: ...
+    def open_upstream(self, up: UpstreamConnection) -> None: ...
+    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     """Accepted client connection; owns the session and its upstream."""
 
-    def __init__(self, gateway: Gateway, tls_listener: bool = False) -> None:
+    def __init__(self, gateway: GatewayView, tls_listener: bool = False) -> None:
         self.gw = gateway
         self.loop = gateway.loop
         self.sid = gateway.next_session_id()
