@@ -76,7 +76,11 @@ def start_haproxy(upstream: int, workdir: Path) -> tuple[subprocess.Popen[bytes]
 
 
 def start_gateway(
-    upstream: int, mode: str, workers: int = 1, metrics: int | None = None
+    upstream: int,
+    mode: str,
+    workers: int = 1,
+    metrics: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cmd = [
@@ -97,7 +101,7 @@ def start_gateway(
     ]
     if metrics is not None:
         cmd += ["--metrics-listen", f"{LOOPBACK}:{metrics}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_port(port, proc)
     return proc, port
 
