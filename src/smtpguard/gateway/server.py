@@ -112,8 +112,9 @@ class Gateway:
             self._metrics_timer = self.loop.call_later(METRICS_FLUSH, self._flush_metrics)
 
     def _flush_metrics(self) -> None:
-        self.metrics.flush()
+        # Re-armed first: a failing flush is reported by the loop and tried again.
         self._metrics_timer = self.loop.call_later(METRICS_FLUSH, self._flush_metrics)
+        self.metrics.flush()
 
     def next_session_id(self) -> str:
         return f"{next(self._ids):08x}"
