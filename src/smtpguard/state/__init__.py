@@ -1,0 +1,71 @@
+"""Shared state for limits and duplicate suppression (DESIGN §3.7).
+
+``open_store(settings)`` gives the store ``[state] url`` names: ``"local"`` (the
+default: SQLite in WAL mode under ``[state] directory``, shared by the workers of a
+host) or a Redis/Valkey URL (shared by a fleet). Callers use it through
+:class:`~smtpguard.state.guard.Guarded`, which fails open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smtpguard.state.base import Lease, Store, StoreError
+from smtpguard.state.guard import FAIL_OPEN, RECOVERED, UNAVAILABLE, Guarded
+
+__all__ = [
+    "FAIL_OPEN",
+    "RECOVERED",
+    "UNAVAILABLE",
+    "Guarded",
+    "Lease",
+    "StateSettings",
+    "Store",
+    "StoreError",
+    "open_store",
+    "prepare",
+]
+
+LOCAL = "local"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """``[state]``: where shared state lives and how long the gateway waits for it."""
+
+    url: str = LOCAL
+    directory: str = "./smtpguard-state"
+    timeout: float = 0.5  # seconds per store operation, then fail open
+    retry: float = 1.0  # after a failure, seconds before the store is tried again
+    lease: float = 30.0  # a session's slot expires this long after its last renewal
+    prefix: str = "smtpguard:"  # Redis key prefix
+
+    @property
+    def is_local(self) -> bool:
+        return self.url == LOCAL
+
+
+def prepare(settings: StateSettings) -> None:
+    """Before workers fork: create the embedded database (the directory must be
+    usable). A Redis URL is not contacted here: a fleet starts while its store is
+    down, and fails open until it answers."""
+    if settings.is_local:
+        from smtpguard.state.sqlite_store import prepare as prepare_sqlite
+
+        prepare_sqlite(settings.directory)
+
+
+def open_store(settings: StateSettings) -> Guarded:
+    """The store for this process (call it after forking: it owns a thread or
+    sockets)."""
+    store: Store
+    if settings.is_local:
+        from smtpguard.state.sqlite_store import SqliteStore
+
+        store = SqliteStore(settings.directory)
+    else:
+        from smtpguard.state.redis_store import RedisStore
+
+        store = RedisStore(settings.url, settings.timeout, settings.prefix)
+    return Guarded(store, settings.retry)
