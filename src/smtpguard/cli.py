@@ -2,7 +2,11 @@
 
 Every package exposes ``register(subparsers)``, which adds its sub-parser and sets
 ``func`` to a callable taking the parsed namespace and returning the exit code.
-Usage errors exit 2 with one line, never a traceback.
+Usage errors exit 2 with the usage of the command at fault, never a traceback; a
+:class:`CliError` prints one ``smtpguard COMMAND: error: ...`` line per problem.
+
+The man page and shell completions are generated from :func:`build_parser`
+(``argparse-manpage`` and ``shtab``; see the README).
 """
 
 from __future__ import annotations
@@ -41,13 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-command's own parser (for its usage line in an error)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser | None = action.choices.get(command)
+            if found is not None:
+                return found
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: an unknown option is reported by the sub-command's parser,
+    # with its usage ("smtpguard serve --bogus" shows serve's options, not the list
+    # of commands).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except CliError as exc:
-        print(f"smtpguard {args.command}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:
+            print(f"smtpguard {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -26,7 +26,7 @@ def write(tmp_path: Path, text: str, name: str = "smtpguard.toml") -> str:
     return str(p)
 
 
-def error_of(path: str, overrides: Any = ()) -> str:
+def error_of(path: str | None, overrides: Any = ()) -> str:
     with pytest.raises(ConfigError) as info:
         load(path, overrides)
     msg = str(info.value)
@@ -206,7 +206,11 @@ def test_the_issue_example(tmp_path: Path) -> None:
             '[protocol_log]\nformat = "csv"',
             ':2: protocol_log.format: got "csv", expected one of "ims", "jsonl"',
         ),
-        ('starttls = "terminate"', ':1: starttls: got "terminate", expected tls.certfile'),
+        (
+            'starttls = "terminate"',
+            ':1: starttls: got "terminate", expected a certificate too: '
+            'tls.certfile = "FILE" in the config file or --tls-cert FILE',
+        ),
         ("[tls]\nverify_upstream = 1", ":2: tls.verify_upstream: got 1, expected true or false"),
         ('hostname = "two words"', ':1: hostname: got "two words", expected a host name'),
     ],
@@ -225,13 +229,69 @@ def test_unknown_key_nowhere_close_lists_the_keys(tmp_path: Path) -> None:
     assert msg.endswith("protocol_log.zzz: unknown key (expected one of: path, format)")
 
 
-def test_several_errors_report_the_first_in_the_file(tmp_path: Path) -> None:
-    msg = error_of(
-        write(
-            tmp_path, '[gateway]\nworkers = -1\n[checks.rcpt_count]\nlimit = "x"\nmode_typo = 1\n'
-        )
+def test_several_errors_are_all_reported_one_a_line_in_file_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[checks.rcpt_count]\nlimit = "x"\n[gateway]\nworkers = -1\nmode_typo = 1\n',
     )
-    assert ":2: gateway.workers" in msg and msg.endswith("(2 more errors)")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    lines = str(info.value).splitlines()
+    assert list(info.value.lines) == lines
+    assert [ln.split(": ")[0] for ln in lines] == [f"{path}:2", f"{path}:4", f"{path}:5"]
+    assert "checks.rcpt_count.limit" in lines[0] and "gateway.workers" in lines[1]
+    assert "gateway.mode_typo: unknown key" in lines[2]
+    assert "more error" not in str(info.value)
+
+
+def test_contradictions_found_after_validation_are_all_reported(tmp_path: Path) -> None:
+    text = 'starttls = "terminate"\nbanner = "custom"\n[tls]\nimplicit_listen = "127.0.0.1:465"\n'
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    keys = [ln.split(": ")[1] for ln in info.value.lines]
+    assert keys == ["starttls", "banner", "tls.implicit_listen"]
+
+
+def test_a_top_level_key_inside_a_table_says_where_it_belongs(tmp_path: Path) -> None:
+    msg = error_of(write(tmp_path, '[gateway]\nlisten = "127.0.0.1:25"\nmode = "esmtp"\n'))
+    assert msg.endswith(
+        ':3: gateway.mode: unknown key: "mode" is a top-level key; move it above the '
+        "first [table] header (top-level keys must come before any table)"
+    )
+    assert "did you mean" not in msg
+
+
+def test_starttls_terminate_flag_without_certificate_names_flag_and_key() -> None:
+    msg = error_of(None, [(("starttls",), "terminate", "--starttls")])  # type: ignore[arg-type]
+    assert msg.startswith('--starttls: got "terminate", expected a certificate too')
+    assert "--tls-cert FILE" in msg and "tls.certfile" in msg
+
+
+def test_relative_paths_in_the_file_resolve_against_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    text = (
+        '[gateway]\nmaildir = "mail"\n[protocol_log]\npath = "../log/protocol.log"\n'
+        '[tls]\ncertfile = "tls/cert.pem"\nkeyfile = "/abs/key.pem"\n'
+    )
+    path = write(conf, text)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = load(path)
+    assert s.maildir == str(conf / "mail")
+    assert s.protocol_log == str(tmp_path / "log" / "protocol.log")
+    assert s.tls.certfile == str(conf / "tls" / "cert.pem") and s.tls.keyfile == "/abs/key.pem"
+    # A flag is relative to the current directory, as the user typed it.
+    s = load(path, [(("gateway", "maildir"), "here", "--maildir")])
+    assert s.maildir == "here"
+    # Without a file the default Maildir stays relative to the current directory.
+    assert load(None).maildir == "./smtpguard-mail"
+    # A relative --config path works the same.
+    monkeypatch.chdir(tmp_path)
+    assert load("etc/smtpguard.toml").maildir == str(conf / "mail")
 
 
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:

@@ -7,9 +7,15 @@ validates the whole; :func:`settings_from` turns the models into the immutable
 objects the gateway runs on (:class:`~smtpguard.core.policy.Policy`,
 :class:`~smtpguard.gateway.access.AccessPolicy`, :class:`Settings`).
 
-Every failure is a :class:`ConfigError` whose text is one line:
-``FILE:LINE: key.path: got VALUE, expected WHAT``. When several keys are wrong the
-first one in the file is reported.
+Every failure is a :class:`ConfigError` whose text is one line per problem:
+``FILE:LINE: key.path: got VALUE, expected WHAT``. When several keys are wrong, all
+of them are reported, in the order of the file.
+
+File paths written in a config file (:data:`PATH_KEYS`: ``protocol_log.path``,
+``gateway.maildir``, the ``[tls]`` files, ``state.directory``) are relative to the directory of
+that file, so a configuration means the same whatever the current directory; paths
+given as flags, and the built-in default Maildir, are relative to the current
+directory as usual.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pydantic.functional_validators import AfterValidator
 
 from smtpguard.config import schema
 from smtpguard.config.locate import find_line
+from smtpguard.config.safety import unsafe_combinations
 from smtpguard.core import policy as core
 from smtpguard.gateway.access import AccessPolicy
 
@@ -43,7 +50,12 @@ Override = tuple[tuple[str, ...], object, str]  # key path, value, flag that set
 
 
 class ConfigError(Exception):
-    """An invalid configuration; ``str()`` is the one-line message for the user."""
+    """An invalid configuration; ``str()`` is the message for the user, one line per
+    problem (``lines``)."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,29 @@ class Settings:
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"
     upstream_proxy: str = "off"
+    # gateway.log_level as set, or None: warning, or info when stderr is a terminal
+    # (see effective_log_level).
+    log_level_set: str | None = None
+
+
+def effective_log_level(settings: Settings, tty: bool) -> str:
+    """The application log level: as configured, else info on a terminal (one line
+    per session shows mail flowing) and warning for a daemon."""
+    if settings.log_level_set is not None:
+        return settings.log_level_set
+    return "info" if tty else "warning"
+
+
+# Keys holding file paths: relative ones written in a config file resolve against
+# the file's directory.
+PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("protocol_log", "path"),
+    ("gateway", "maildir"),
+    ("tls", "certfile"),
+    ("tls", "keyfile"),
+    ("tls", "cafile"),
+    ("state", "directory"),
+)
 
 
 def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
@@ -89,11 +124,25 @@ def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
     try:
         cfg = schema.ConfigFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(where.first(exc.errors())) from None
-    try:
-        return settings_from(cfg, path)
-    except _Invalid as exc:
-        raise ConfigError(where.message(exc.loc, exc.expected, exc.value)) from None
+        raise ConfigError(*where.all(exc.errors())) from None
+    if path is not None:
+        _resolve_paths(data, origins, os.path.dirname(os.path.abspath(path)))
+        cfg = schema.ConfigFile.model_validate(data)
+    problems: list[_Invalid] = []
+    settings = settings_from(cfg, path, problems)
+    if problems:
+        raise ConfigError(*where.sorted_messages(problems))
+    return settings
+
+
+def _resolve_paths(data: dict[str, Any], origins: dict[Loc, str], base: str) -> None:
+    """Make the relative paths the file set absolute, against ``base``."""
+    for keypath in PATH_KEYS:
+        if keypath in origins:  # a flag: relative to the current directory
+            continue
+        value = _get(data, keypath)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            _set(data, keypath, os.path.normpath(os.path.join(base, value)))
 
 
 def read_source(path: str) -> str:
@@ -131,18 +180,29 @@ class _Invalid(Exception):
         self.loc, self.value, self.expected = loc, value, expected
 
 
-def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings:
+# What a setting that needs a certificate expects, naming the config key and the flag.
+NEEDS_CERT = 'a certificate too: tls.certfile = "FILE" in the config file or --tls-cert FILE'
+
+
+def settings_from(
+    cfg: schema.ConfigFile, source: str | None = None, problems: list[_Invalid] | None = None
+) -> Settings:
+    """The settings of a validated file; a setting that contradicts another is added
+    to ``problems`` (raised at once when no list is given) and a default used."""
+    found: list[_Invalid] = [] if problems is None else problems
     g = cfg.gateway
     lhost, lport = split_hostport(g.listen)
     if cfg.starttls is core.StartTls.TERMINATE and not cfg.tls.certfile:
-        raise _Invalid(("starttls",), "terminate", 'tls.certfile = "..." set too')
+        found.append(_Invalid(("starttls",), "terminate", NEEDS_CERT))
     if cfg.tls.implicit_listen and not cfg.tls.certfile:
-        raise _Invalid(
-            ("tls", "implicit_listen"), cfg.tls.implicit_listen, 'tls.certfile = "..." set too'
-        )
+        found.append(_Invalid(("tls", "implicit_listen"), cfg.tls.implicit_listen, NEEDS_CERT))
+    found.extend(_Invalid(loc, value, why) for loc, value, why in unsafe_combinations(cfg))
     a = cfg.access
+    policy = policy_from(cfg, found)
+    if problems is None and found:
+        raise found[0]
     return Settings(
-        policy=policy_from(cfg),
+        policy=policy,
         access=AccessPolicy(
             allow=tuple(a.allow),  # type: ignore[arg-type]  # validated to networks
             deny=tuple(a.deny),  # type: ignore[arg-type]
@@ -158,7 +218,7 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
         max_sessions=g.max_sessions,
         drain_grace=g.drain_grace,
         maildir=g.maildir,
-        log_level=g.log_level,
+        log_level=g.log_level or "warning",
         protocol_log=cfg.protocol_log.path,
         protocol_log_format=cfg.protocol_log.format,
         tls=TlsFiles(**dict(cfg.tls)),
@@ -166,6 +226,7 @@ def settings_from(cfg: schema.ConfigFile, source: str | None = None) -> Settings
         metrics_listen=split_hostport(g.metrics_listen) if g.metrics_listen else None,
         log_format=g.log_format,
         upstream_proxy=g.upstream_proxy_protocol,
+        log_level_set=g.log_level,
     )
 
 
@@ -174,11 +235,46 @@ def split_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+# Names /etc/hosts gives the loopback addresses (Debian, Red Hat, systemd-resolved).
+_LOOPBACK_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "localhost4",
+        "localhost4.localdomain4",
+        "localhost6",
+        "localhost6.localdomain6",
+        "ip6-localhost",
+        "ip6-loopback",
+    }
+)
+
+
+def is_loopback_name(name: str) -> bool:
+    name = name.lower().rstrip(".")
+    return name in _LOOPBACK_NAMES or name.startswith("localhost.")
+
+
 def default_hostname() -> str:
-    return socket.getfqdn() or "localhost"
+    """The name in the generic banner: the host name the system reports, made fully
+    qualified only when the resolver's FQDN for it is a real name. (``getfqdn()``
+    alone returns the first alias of the address, which is "localhost" when
+    /etc/hosts lists the host name on a 127.0.0.1 line after it.)"""
+    name = socket.gethostname().strip()
+    if not name or is_loopback_name(name):
+        return "localhost"
+    if "." in name:
+        return name
+    try:
+        fqdn = socket.getfqdn(name)
+    except (OSError, UnicodeError):  # pragma: no cover - getfqdn swallows resolver errors
+        return name
+    if fqdn and "." in fqdn and not is_loopback_name(fqdn):
+        return fqdn
+    return name
 
 
-def policy_from(cfg: schema.ConfigFile) -> core.Policy:
+def policy_from(cfg: schema.ConfigFile, problems: list[_Invalid] | None = None) -> core.Policy:
     base = core.Policy.for_mode(cfg.mode or core.Mode.MAILGUARD)
     top: dict[str, Any] = {}
     for name in ("banner", "banner_text", "smuggling", "starttls", "xclient", "max_pending"):
@@ -186,6 +282,8 @@ def policy_from(cfg: schema.ConfigFile) -> core.Policy:
             top[name] = getattr(cfg, name)
     if cfg.bdat_drain_limit is not None:
         top["bdat_drain_limit"] = cfg.bdat_drain_limit
+    if cfg.bad_line_limit is not None:
+        top["bad_line_limit"] = cfg.bad_line_limit
     if cfg.allowed_verbs is not None:
         top["allowed_verbs"] = frozenset(cfg.allowed_verbs)
     if cfg.ehlo_keywords is not None:
@@ -193,14 +291,20 @@ def policy_from(cfg: schema.ConfigFile) -> core.Policy:
     top["hostname"] = cfg.hostname or default_hostname()
     banner = top.get("banner", base.banner)
     text = top.get("banner_text", "")
+    found: list[_Invalid] = [] if problems is None else problems
     if banner is core.BannerPolicy.CUSTOM and not text:
-        raise _Invalid(("banner",), "custom", 'banner_text = "..." set too')
+        found.append(_Invalid(("banner",), "custom", 'banner_text = "..." set too'))
+        top["banner"] = core.BannerPolicy.GENERIC
     if text and banner is not core.BannerPolicy.CUSTOM:
-        raise _Invalid(("banner_text",), text, 'banner = "custom" (or no banner_text)')
+        found.append(_Invalid(("banner_text",), text, 'banner = "custom" (or no banner_text)'))
+        top["banner_text"] = ""
+    checks = _checks(cfg.checks, found)
+    if problems is None and found:
+        raise found[0]
     return dataclasses.replace(
         base,
         **top,
-        checks=_checks(cfg.checks),
+        checks=checks,
         timeouts=dataclasses.replace(core.Timeouts(), **_set_fields(cfg.timeouts)),
         emulation=dataclasses.replace(core.Emulation(), **_set_fields(cfg.emulation)),
     )
@@ -210,7 +314,7 @@ def _set_fields(model: BaseModel) -> dict[str, Any]:
     return {k: v for k, v in model if v is not None}
 
 
-def _checks(model: schema.Checks) -> core.Checks:
+def _checks(model: schema.Checks, problems: list[_Invalid]) -> core.Checks:
     defaults = core.Checks()
     out: dict[str, Any] = {}
     for name, spec in model:
@@ -222,11 +326,18 @@ def _checks(model: schema.Checks) -> core.Checks:
                 kw["limit"] = None
             check = dataclasses.replace(default, **kw)
             if check.action is core.Verdict.RATE_LIMIT and check.rate < 1:
-                raise _Invalid((*loc, "action"), "rate-limit", "rate = N (events per period) too")
+                problems.append(
+                    _Invalid((*loc, "action"), "rate-limit", "rate = N (events per period) too")
+                )
+                continue
             if check.action is not core.Verdict.RATE_LIMIT:
-                for key in ("rate", "period"):
-                    if key in kw:
-                        raise _Invalid((*loc, key), kw[key], 'it only with action = "rate-limit"')
+                wrong = [key for key in ("rate", "period") if key in kw]
+                for key in wrong:
+                    problems.append(
+                        _Invalid((*loc, key), kw[key], 'it only with action = "rate-limit"')
+                    )
+                if wrong:
+                    continue
             out[name] = check
         elif isinstance(spec, schema.PatternCheck):
             kw = _set_fields(spec)
@@ -235,7 +346,9 @@ def _checks(model: schema.Checks) -> core.Checks:
             out[name] = dataclasses.replace(default, **kw)
         elif spec is not None:  # special_characters: a bare verdict
             if spec is core.Verdict.RATE_LIMIT:
-                raise _Invalid(loc, spec.value, _one_of(v for v in core.Verdict if v is not spec))
+                others = _one_of(v for v in core.Verdict if v is not spec)
+                problems.append(_Invalid(loc, spec.value, others))
+                continue
             out[name] = spec
     return dataclasses.replace(defaults, **out)
 
@@ -249,20 +362,24 @@ class _Where:
     ) -> None:
         self.path, self.source, self.origins, self.data = path, source, origins, data
 
-    def first(self, errors: Sequence[Any]) -> str:
-        def line(err: Any) -> int:
-            found = find_line(self.source, err["loc"]) if self.path else None
-            return found if found is not None else 1 << 30
+    def _line(self, loc: Loc) -> int:
+        found = find_line(self.source, loc) if self.path else None
+        return found if found is not None else 1 << 30
 
-        ordered = sorted(errors, key=line)
-        err = ordered[0]
-        loc: Loc = tuple(err["loc"])
-        more = len(ordered) - 1
-        tail = f" ({more} more {'error' if more == 1 else 'errors'})" if more else ""
-        if err["type"] == "extra_forbidden":
-            return self.message(loc, None, _unknown_key(loc)) + tail
-        value = _get(self.data, loc)
-        return self.message(loc, _expected(err, loc), value) + tail
+    def all(self, errors: Sequence[Any]) -> list[str]:
+        """One message per validation error, in the order of the file."""
+        out = []
+        for err in sorted(errors, key=lambda e: self._line(tuple(e["loc"]))):
+            loc: Loc = tuple(err["loc"])
+            if err["type"] == "extra_forbidden":
+                out.append(self.message(loc, None, _unknown_key(loc)))
+            else:
+                out.append(self.message(loc, _expected(err, loc), _get(self.data, loc)))
+        return out
+
+    def sorted_messages(self, problems: Sequence[_Invalid]) -> list[str]:
+        ordered = sorted(problems, key=lambda p: self._line(p.loc))
+        return [self.message(p.loc, p.expected, p.value) for p in ordered]
 
     def message(self, loc: Loc, expected: str | None, value: object) -> str:
         key = _dotted(loc)
@@ -291,6 +408,12 @@ def _unknown_key(loc: Loc) -> str:
     model = _model_at(loc[:-1])
     known = list(model.model_fields) if model is not None else []
     name = str(loc[-1])
+    if len(loc) > 1 and name in schema.ConfigFile.model_fields and name not in known:
+        # TOML puts every key after a [table] header into that table.
+        return (
+            f'unknown key: "{name}" is a top-level key; move it above the first '
+            f"[table] header (top-level keys must come before any table)"
+        )
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return f'unknown key (did you mean "{close[0]}"?)'

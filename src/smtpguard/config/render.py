@@ -21,7 +21,13 @@ def to_data(settings: Settings) -> dict[str, Any]:
             "max_sessions": settings.max_sessions,
             "drain_grace": settings.drain_grace,
             "maildir": settings.maildir,
-            "log_level": settings.log_level,
+            "upstream_proxy_protocol": settings.upstream_proxy,
+            "metrics_listen": (
+                _hostport(settings.metrics_listen) if settings.metrics_listen else None
+            ),
+            "log_format": settings.log_format,
+            # None: not set, warning (info when stderr is a terminal)
+            "log_level": settings.log_level_set,
         },
         "protocol_log": {
             "path": settings.protocol_log,
@@ -67,6 +73,14 @@ def _check_text(spec: Any) -> str:
     return f"{spec['action']} when {how} of {', '.join(spec['patterns'])}"
 
 
+# What a key that is not set means, where "(not set)" would not say it.
+NOT_SET = {
+    "log_level": "(not set: warning; info, one line per session, when stderr is a terminal)",
+    "upstream": "(not set: the built-in mailbox)",
+    "metrics_listen": "(not set: no metrics endpoint)",
+}
+
+
 def _rows(section: dict[str, Any]) -> list[str]:
     out = []
     for key, value in section.items():
@@ -77,7 +91,7 @@ def _rows(section: dict[str, Any]) -> list[str]:
         elif value == "":
             value = '""'
         elif value is None:
-            value = "(not set)"
+            value = NOT_SET.get(key, "(not set)")
         out.append(f"  {key:<26} {value}")
     return out
 

@@ -298,6 +298,51 @@ class AccessSection(Section):
     )
 
 
+def _state_url(value: str) -> str:
+    if value == "local" or value.startswith(("redis://", "rediss://", "unix://")):
+        return value
+    raise ValueError(
+        '"local" or a Redis/Valkey URL: "redis://HOST:PORT/DB", "rediss://..." '
+        'or "unix:///path/redis.sock"'
+    )
+
+
+class StateSection(Section):
+    url: Annotated[Str, AfterValidator(_state_url)] = Field(
+        default="local",
+        description='where limits and duplicate keys are shared: "local" (SQLite file, all '
+        'workers of this host) or "redis://HOST:PORT/DB" (Redis/Valkey, a whole fleet)',
+    )
+    directory: Str = Field(
+        default="./smtpguard-state",
+        description='with url = "local": directory of the database file, on a local disk '
+        "(relative: to this file's directory)",
+    )
+    timeout: Seconds = Field(
+        default=0.5, description="seconds a store operation may take; then the gateway fails open"
+    )
+    retry: Seconds = Field(
+        default=1.0, description="after a store failure, seconds before it is tried again"
+    )
+    lease: Annotated[StrictFloat, Field(ge=3)] = Field(
+        default=30.0,
+        description="a session's per-address slot lives this long past its last renewal "
+        "(renewed every third of it; frees the slots of a process that died)",
+    )
+    prefix: Str = Field(default="smtpguard:", description="prefix of every Redis key")
+
+
+class DedupeSection(Section):
+    enabled: StrictBool = Field(
+        default=False,
+        description="answer a re-sent copy of a message the server already accepted with "
+        "250 without relaying it again (envelope + SHA-256 of the message)",
+    )
+    window: Seconds = Field(
+        default=86400.0, description="seconds a message is remembered after the server's 250"
+    )
+
+
 class ConfigFile(Section):
     mode: Mode | None = Field(
         default=None,
@@ -350,4 +395,10 @@ class ConfigFile(Section):
     tls: TlsSection = Field(default_factory=TlsSection, description="TLS certificates")
     access: AccessSection = Field(
         default_factory=AccessSection, description="client access control"
+    )
+    state: StateSection = Field(
+        default_factory=StateSection, description="shared state: limits across workers and hosts"
+    )
+    dedupe: DedupeSection = Field(
+        default_factory=DedupeSection, description="suppression of re-sent duplicates"
     )

@@ -21,6 +21,15 @@ from aiosmtpd.smtp import Session as SmtpSession
 DATA_SIZE_LIMIT = None
 
 
+def return_path(mail_from: str | None) -> str:
+    """The reverse-path without its angle brackets: aiosmtpd hands the null sender
+    (``MAIL FROM:<>``) over as ``"<>"``, which must become ``Return-Path: <>``."""
+    path = (mail_from or "").strip()
+    if path.startswith("<") and path.endswith(">"):
+        path = path[1:-1]
+    return path
+
+
 class MaildirHandler:
     """aiosmtpd handler that files each message into a Maildir."""
 
@@ -34,7 +43,7 @@ class MaildirHandler:
         if isinstance(content, str):  # pragma: no cover - decode_data is off
             content = content.encode("utf-8", "surrogateescape")
         head = (
-            f"Return-Path: <{envelope.mail_from or ''}>\r\n"
+            f"Return-Path: <{return_path(envelope.mail_from)}>\r\n"
             f"X-Original-To: {', '.join(envelope.rcpt_tos)}\r\n"
         ).encode("utf-8", "surrogateescape")
         key = self.box.add((head + content).replace(b"\r\n", b"\n"))

@@ -13,7 +13,13 @@ from smtpguard.netaddr import parse_hostport
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "sink", help="run the built-in mailbox (SMTP server storing mail in a Maildir)"
+        "sink",
+        help="run the built-in mailbox (SMTP server storing mail in a Maildir)",
+        description="Run the built-in mailbox on its own: an SMTP server (aiosmtpd) that "
+        "accepts every message and files it into a Maildir, with Return-Path and "
+        "X-Original-To headers for the envelope. It is what 'smtpguard serve' relays to "
+        "when no --upstream is given; alone, it is a test target for the gateway or any "
+        "client. Stop it with Ctrl-C or SIGTERM.",
     )
     p.add_argument(
         "--listen",
