@@ -44,6 +44,7 @@ from smtpguard.config.locate import find_line
 from smtpguard.config.safety import unsafe_combinations
 from smtpguard.core import policy as core
 from smtpguard.gateway.access import AccessPolicy
+from smtpguard.state import DedupeSettings, StateSettings
 
 Loc = tuple[str | int, ...]
 Override = tuple[tuple[str, ...], object, str]  # key path, value, flag that set it
@@ -87,6 +88,8 @@ class Settings:
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"
     upstream_proxy: str = "off"
+    state: StateSettings = StateSettings()
+    dedupe: DedupeSettings = DedupeSettings()
     # gateway.log_level as set, or None: warning, or info when stderr is a terminal
     # (see effective_log_level).
     log_level_set: str | None = None
@@ -226,6 +229,8 @@ def settings_from(
         metrics_listen=split_hostport(g.metrics_listen) if g.metrics_listen else None,
         log_format=g.log_format,
         upstream_proxy=g.upstream_proxy_protocol,
+        state=state_settings(cfg.state),
+        dedupe=DedupeSettings(cfg.dedupe.enabled, cfg.dedupe.window),
         log_level_set=g.log_level,
     )
 
@@ -578,3 +583,8 @@ def _show(value: object, limit: int = 60) -> str:
     else:
         text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def state_settings(s: schema.StateSection) -> StateSettings:
+    """``[state]`` (a relative directory was resolved with the other paths)."""
+    return StateSettings(s.url, s.directory, s.timeout, s.retry, s.lease, s.prefix)

@@ -20,6 +20,7 @@ __all__ = [
     "Guarded",
     "Lease",
     "StateSettings",
+    "DedupeSettings",
     "Store",
     "StoreError",
     "open_store",
@@ -44,6 +45,14 @@ class StateSettings:
     @property
     def is_local(self) -> bool:
         return self.url == LOCAL
+
+
+@dataclass(frozen=True)
+class DedupeSettings:
+    """``[dedupe]``: duplicate suppression, off by default."""
+
+    enabled: bool = False
+    window: float = 86400.0  # seconds a message is remembered after the server's 250
 
 
 def prepare(settings: StateSettings) -> None:

@@ -1,0 +1,95 @@
+"""Duplicate suppression, the pure part: the message digest, the transaction key,
+the queue ID of a 250 reply, and the two actions the session emits.
+
+Theory of operation (DESIGN §3.7): the digest is a SHA-256 of the message octets as
+the client sent them (dot-stuffing and terminator included), fed chunk by chunk as
+they stream, so nothing is buffered. At the client's end of data the key is a
+SHA-256 over the sender, the recipients the server accepted (sorted: the same set in
+another order is the same transaction) and that digest. The session then emits
+:class:`DedupeLookup` and holds the final dot until the driver answers with the
+stored queue ID or None; only a server 250 to the final dot makes it emit
+:class:`DedupeRecord`. Addresses are compared as sent, except that the domain is
+case-insensitive (RFC 5321 §2.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+KEY_VERSION = b"smtpguard-dedupe-1"
+QUEUE_ID_LIMIT = 64  # octets of a queue ID kept (it is shown to the client again)
+_QUEUED = re.compile(
+    r"(?:queued as|queue id|\bid=|InternalId=)\s*<?([!-~]+?)[>,\]]?(?:\s|$)", re.IGNORECASE
+)
+_PRINTABLE = re.compile(r"[^!-~]")
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeLookup:
+    """Look ``key`` up in the shared store; answer with ``dedupe_result(queue_id or
+    None, now)``. The final dot is held until then."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeRecord:
+    """The server accepted the message: remember ``key`` with ``queue_id`` for the
+    configured window (fire and forget)."""
+
+    key: str
+    queue_id: str
+
+
+class MessageDigest:
+    """Streaming SHA-256 over one message's octets."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, part: bytes) -> None:
+        self._h.update(part)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def fold_address(addr: str) -> str:
+    """An address as compared for duplicates: the domain in lower case."""
+    local, at, domain = addr.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else addr
+
+
+def transaction_key(mail_from: str, rcpts: Iterable[str], digest: bytes) -> str:
+    """The key of one transaction: envelope and message digest, as hex."""
+    h = hashlib.sha256(KEY_VERSION)
+    h.update(b"\0" + fold_address(mail_from).encode("utf-8", "surrogateescape"))
+    for rcpt in sorted({fold_address(r) for r in rcpts}):
+        h.update(b"\0" + rcpt.encode("utf-8", "surrogateescape"))
+    h.update(b"\0" + digest)
+    return h.hexdigest()
+
+
+def queue_id(text: str) -> str:
+    """The queue ID in a 250 reply's text (Postfix ``Ok: queued as 4TqAbC1``, Exim
+    ``OK id=1rXyZ-0001``, Exchange ``[InternalId=123, ...]``), else the text's last
+    word; printable
+    ASCII only, bounded: it is sent back to a client in a reply."""
+    m = _QUEUED.search(text)
+    if m is not None:
+        found = m.group(1)
+    else:
+        words = text.split()
+        found = words[-1] if words else ""
+    found = _PRINTABLE.sub("", found)[:QUEUE_ID_LIMIT]
+    return found or "unknown"
+
+
+def already_accepted(queue: str) -> bytes:
+    """The reply to a suppressed copy."""
+    return f"250 2.0.0 Already accepted as {queue}\r\n".encode("ascii", "replace")
