@@ -101,6 +101,13 @@ SECTION_TEXT = {
     "tls": 'Certificates for STARTTLS. Needed for `starttls = "terminate"`; a '
     "restart applies changes.",
     "access": "Client access control.",
+    "state": "Shared state: per-address limits across all workers of a host (`local`, "
+    "the default) or a whole fleet (Redis/Valkey). Only used when a rule needs it. See "
+    "[scale-out.md](scale-out.md); a restart applies changes.",
+    "dedupe": "Duplicate suppression: a copy of a message the server already accepted "
+    "(same sender, accepted recipients and SHA-256 of the message) is answered "
+    "`250 2.0.0 Already accepted as <queue id>` and never relayed again. Off by default; "
+    "a restart applies changes.",
 }
 
 
@@ -158,6 +165,8 @@ def render() -> str:
         ("protocol_log", schema.ProtocolLogSection, None),
         ("tls", schema.TlsSection, None),
         ("access", schema.AccessSection, None),
+        ("state", schema.StateSection, None),
+        ("dedupe", schema.DedupeSection, None),
     ]
     for name, model, defaults in sections:
         out.append(f"\n## `[{name}]`\n")
