@@ -7,6 +7,7 @@ with the client and server byte streams cut at any points and the outputs compar
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ class Run:
     """What one conversation produced."""
 
     client_out: bytearray = field(default_factory=bytearray)
+    server_sent: bytearray = field(default_factory=bytearray)  # every server's replies
     servers: list[FakeServer] = field(default_factory=list)
     events: list[PolicyEvent] = field(default_factory=list)
     traces: list[Trace] = field(default_factory=list)
@@ -196,6 +198,7 @@ class Harness:
     def _server_says(self, data: bytes) -> None:
         if not self.live:
             return
+        self.run.server_sent += data
         for part in _split(data, range(1, len(data)) if self.server_chunks else ()):
             self._do(self.session.server_data(part, self.now))
 
@@ -231,12 +234,8 @@ class Harness:
         if self.connect_fails:
             self._do(self.session.server_closed(self.now))
             return
-        t = self.template
-        srv = (
-            FakeServer(greeting=t.greeting, refuse_data=t.refuse_data, tls_raw=t.tls_raw)
-            if t
-            else FakeServer()
-        )
+        # each connection gets a fresh copy of the template (subclasses included)
+        srv = copy.deepcopy(self.template) if self.template else FakeServer()
         self.run.servers.append(srv)
         self.live = True
         self._do(self.session.server_connected(self.now))

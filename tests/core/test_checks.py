@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtpguard.core.data import normalize
+from smtpguard.core.data import Normalizer
 from smtpguard.core.policy import Check, Checks, Mode, PatternCheck, Policy, Smuggling, Verdict
 from tests.core.harness import FakeServer, Run, converse
 
@@ -169,7 +169,7 @@ CASES = [
         esmtp(mime_filename_length=Check(Verdict.DROP, 255)),
         multipart("f" * 251 + ".txt"),
         multipart("f" * 252 + ".txt"),
-        b"421 4.7.0 MIME file name of 256 characters (limit 255), closing connection",
+        b"421 4.7.0 MIME file name of 256 octets (limit 255), closing connection",
         "SG-CHK-MIME-FILENAME-LENGTH",
     ),
     (
@@ -345,17 +345,21 @@ def test_normalize_still_refuses_nul() -> None:
 
 
 @pytest.mark.parametrize(
-    ("part", "before", "out", "bare"),
+    ("parts", "out"),
     [
-        (b"a\r\nb\r\n", False, b"a\r\nb\r\n", False),
-        (b"a\nb\n", False, b"a\r\nb\r\n", True),
-        (b"a\r.b\n", False, b"a\r\n..b\r\n", True),
-        (b".x\r\n", True, b"..x\r\n", False),
-        (b".x\r\n", False, b".x\r\n", False),
+        ([b"a\r\nb\r\n"], b"a\r\nb\r\n"),
+        ([b"a\nb\n"], b"a\r\nb\r\n"),
+        ([b"a\r.b\n"], b"a\r\n..b\r\n"),  # a dot line after a bare break is stuffed
+        ([b"a\n", b".x\r\n"], b"a\r\n..x\r\n"),
+        ([b"a\r\n", b".x\r\n"], b"a\r\n.x\r\n"),
+        ([b"a\r\n.", b"\n"], b"a\r\n..\r\n"),  # a lone dot ended by a bare LF
+        ([b"a\r\n.\r", b"x"], b"a\r\n..\r\nx"),  # ... by a bare CR
+        ([b"a\r", b"\n"], b"a\r\n"),  # a CR held over a chunk boundary
     ],
 )
-def test_normalize_function(part: bytes, before: bool, out: bytes, bare: bool) -> None:
-    assert normalize(part, before) == (out, bare)
+def test_normalizer_streams(parts: list[bytes], out: bytes) -> None:
+    n = Normalizer()
+    assert b"".join(n.feed(p) for p in parts) + n.feed(b"", final=True) == out
 
 
 def test_server_with_dropped_rcpt_replies_keeps_order() -> None:

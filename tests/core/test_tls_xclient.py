@@ -61,7 +61,11 @@ def test_terminate_offers_starttls_and_hands_over_to_the_shell() -> None:
     assert h.run.tls == ["server", "client"]
     assert "SG-TLS-INJECTION" in h.run.event_ids()  # the pipelined NOOP was dropped
     h.tls_started("client")
+    # RFC 3207 §4.2: the server's plaintext session is ended, a fresh one secured again
+    assert len(h.run.servers) == 2 and h.run.servers[0].aborted
     h.client(b"EHLO c\r\n")
+    assert h.run.tls == ["server", "client", "server"]
+    h.tls_started("server")
     assert b"STARTTLS" not in ehlo_lines(bytes(h.run.client_out))[-1]
     h.client(b"STARTTLS\r\n")
     assert h.run.replies()[-1] == b"503 5.5.1 TLS already active"

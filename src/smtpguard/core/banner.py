@@ -29,15 +29,20 @@ def pix_mask(raw: bytes) -> bytes:
 def greeting(reply: Reply, policy: Policy) -> bytes:
     """The bytes the client sees for the server's greeting ``reply``.
 
-    Only a 220 is rewritten: a 554 or 421 greeting is the server's decision and
-    reaches the client unchanged.
+    The banner policy applies to every greeting, a refusal (554, 421) too: its code is
+    the server's decision and is kept (with its enhanced status code), but its text
+    would name the server's software like a 220 does.
     """
     if policy.emulation.pix and reply.code == 220:  # the lab emulation masks, always
         return pix_mask(reply.raw)
-    if reply.code != 220 or policy.banner is BannerPolicy.PASS:
+    if policy.banner is BannerPolicy.PASS:
         return reply.raw
     if policy.banner is BannerPolicy.PIX:
         return pix_mask(reply.raw)
+    if reply.code != 220:
+        enhanced = reply.enhanced()
+        status = "{}.{}.{} ".format(*enhanced) if enhanced else ""
+        return make_reply(reply.code, f"{status}{policy.hostname} Service not available").raw
     if policy.banner is BannerPolicy.CUSTOM:
         return _banner(policy.banner_text)
     return _banner(f"{policy.hostname} ESMTP")

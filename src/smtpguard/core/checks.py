@@ -29,6 +29,13 @@ class Finding:
     period: float = 60.0
 
 
+def octets(text: str) -> int:
+    """Length of ``text`` in octets as it was on the wire (every length limit is in
+    octets: RFC 5321 §4.5.3.1). Arguments are decoded with ``surrogateescape``, so
+    this is their exact original size."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
 def over(check: Check, value: int) -> bool:
     return check.limit is not None and value > check.limit
 
@@ -90,12 +97,13 @@ def check_mail(args: str, checks: Checks) -> tuple[Finding | None, str, str]:
     if path is None:
         return None, "", ""  # the server answers the syntax error itself
     addr, params = path
-    if over(checks.sender_length, len(addr)):
+    size = octets(addr)
+    if over(checks.sender_length, size):
         return (
             finding(
                 "sender_length",
                 "SG-CHK-SENDER-LENGTH",
-                f"sender address of {len(addr)} octets (limit {checks.sender_length.limit})",
+                f"sender address of {size} octets (limit {checks.sender_length.limit})",
                 checks.sender_length,
                 553,
                 "5.1.7 Sender address too long",
@@ -116,13 +124,13 @@ def check_mail(args: str, checks: Checks) -> tuple[Finding | None, str, str]:
             addr,
             params,
         )
-    size = _size_param(params)
-    if size is not None and over(checks.message_size, size):
+    declared = _size_param(params)
+    if declared is not None and over(checks.message_size, declared):
         return (
             finding(
                 "message_size",
                 "SG-CHK-MESSAGE-SIZE",
-                f"declared SIZE={size} over {checks.message_size.limit}",
+                f"declared SIZE={declared} over {checks.message_size.limit}",
                 checks.message_size,
                 552,
                 "5.3.4 Message size exceeds fixed maximum message size",

@@ -97,22 +97,91 @@ def _check(body: bytes, pending_cr: bool) -> tuple[int, str]:
     return -1, ""  # pragma: no cover - the counts said otherwise
 
 
-_BREAK = re.compile(rb"\r\n|[\r\n](\.)?")
+_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
-def normalize(part: bytes, bare_before: bool) -> tuple[bytes, bool]:
-    """Rewrite bare CR and bare LF to CRLF and dot-stuff a line that follows a bare
-    break (so a smuggled ``LF . LF`` can never become an end of data upstream).
-    ``bare_before``: the previous chunk ended with a bare break. Returns the bytes
-    and whether this part ends with a bare break."""
+class Normalizer:
+    """Smuggling ``normalize`` mode: rewrite bare CR and bare LF line ends to CRLF,
+    as a stream, so that the output never holds an end of data the raw stream did not.
 
-    def sub(m: re.Match[bytes]) -> bytes:
-        if m.group() == b"\r\n":
-            return b"\r\n"
-        return b"\r\n.." if m.group(1) else b"\r\n"
+    The end of data is fixed on the raw stream first (:class:`DataScanner`); this only
+    rewrites the bytes before it. The upstream will read the output as CRLF lines and
+    end the message at the first line that is a lone ``.``, so a line that starts with
+    a dot is stuffed with a second dot
 
-    out = _BREAK.sub(sub, part)
-    if bare_before and part.startswith(b"."):
-        out = b"." + out
-    ends_bare = (part.endswith(b"\n") and not part.endswith(b"\r\n")) or part.endswith(b"\r")
-    return out, ends_bare
+    * when the break before it was bare (a legacy sender's ``LF . LF``), and
+    * when it is a lone dot ended by a bare break (``CRLF . LF``, ``CRLF . CR``,
+      ``CRLF . CR CR LF``, or ``. LF`` as the first line of the data).
+
+    A lone dot between two real CRLFs is the end of data itself, which the scanner
+    stops at, so it never reaches this class before the end. To decide the second case
+    the dot that starts a line (and a CR after it) is held back until the next byte
+    shows how the line goes on; a CR that ends a chunk is held the same way. At most
+    two octets are ever held.
+
+    ``feed(part, final)``: ``part`` is message data up to the client's end of data;
+    ``final`` says it includes the terminator, which flushes everything held.
+    """
+
+    __slots__ = ("_bare", "_bol", "_held", "changed")
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._bol = True  # the next byte starts a line (the 354 reply counts as one)
+        self._bare = False  # the break before the current line was bare
+        self.changed = False  # some line end or dot was rewritten
+
+    def feed(self, part: bytes, final: bool = False) -> bytes:
+        buf = self._held + part if self._held else part
+        cut = len(buf) if final else len(buf) - self._undecided(buf)
+        self._held = buf[cut:]
+        seg = buf[:cut] if cut < len(buf) else buf
+        out = self._rewrite(seg)
+        if out is not seg:
+            self.changed = True
+        return out
+
+    def _undecided(self, buf: bytes) -> int:
+        """How many octets at the end of ``buf`` cannot be rewritten yet."""
+        n = len(buf)
+        hold = 1 if buf.endswith(b"\r") else 0
+        dot = n - hold - 1  # where a line-start dot would be
+        if dot >= 0 and buf[dot] == 0x2E and self._starts_line(buf, dot):
+            hold += 1
+        return hold
+
+    def _starts_line(self, buf: bytes, pos: int) -> bool:
+        return (pos == 0 and self._bol) or (pos > 0 and buf[pos - 1] in (0x0A, 0x0D))
+
+    def _rewrite(self, seg: bytes) -> bytes:
+        if not seg:
+            return seg
+        pairs = seg.count(b"\r\n")
+        clean = seg.count(b"\r") == pairs and seg.count(b"\n") == pairs
+        if clean and not (self._bol and self._bare and seg[0] == 0x2E):
+            # Only CRLF breaks: nothing to rewrite (a lone dot between CRLFs would be
+            # the end of data, which the scanner stops at).
+            if pairs:
+                self._bare = False
+            self._bol = seg.endswith(b"\n")
+            return seg
+        out = bytearray()
+        pos = 0
+        bol, bare = self._bol, self._bare
+        for m in _BREAK.finditer(seg):
+            line = seg[pos : m.start()]
+            brk = m.group()
+            if bol and line[:1] == b"." and (bare or (line == b"." and brk != b"\r\n")):
+                out += b"."
+            out += line
+            out += b"\r\n"
+            bol, bare = True, brk != b"\r\n"
+            pos = m.end()
+        tail = seg[pos:]
+        if tail:
+            if bol and bare and tail[:1] == b".":
+                out += b"."
+            out += tail
+            bol = False
+        self._bol, self._bare = bol, bare
+        return bytes(out)

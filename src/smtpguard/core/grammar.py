@@ -54,6 +54,26 @@ def check_line_bytes(line: bytes) -> str | None:
     return None
 
 
+def frame_reply_line(raw: bytes) -> bytes:
+    """A server reply line (ending in LF) as the client may see it: CRLF-framed.
+
+    A line ended by a bare LF is re-framed with CRLF, so a client never gets a reply
+    it could frame differently from the gateway; a CR or NUL inside the line (a reply
+    that could be read as two) raises :class:`LineError`. Lines longer than
+    ``REPLY_LINE_LIMIT`` (terminator included) are refused, whatever the segmentation
+    they arrived in.
+    """
+    if len(raw) > REPLY_LINE_LIMIT:
+        raise LineError("reply line too long")
+    crlf = raw.endswith(CRLF)
+    body = raw[:-2] if crlf else raw[:-1]
+    if b"\r" in body:
+        raise LineError("bare CR in reply line")
+    if b"\x00" in body:
+        raise LineError("NUL in reply line")
+    return raw if crlf else body + CRLF
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A parsed command line. ``verb`` is upper-case ASCII; ``raw`` keeps the line

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from smtpguard.core.checks import Finding, finding, over, pattern_finding, pattern_fires
+from smtpguard.core.checks import Finding, finding, octets, over, pattern_finding, pattern_fires
 from smtpguard.core.policy import Checks
 
 KEEP = 2048  # octets of a line kept for parsing; the rest is only counted
@@ -280,13 +280,13 @@ class MessageInspector:
 
     def _filename(self, name: str) -> None:
         c = self.c
-        if over(c.mime_filename_length, len(name)):
+        size = octets(name)
+        if over(c.mime_filename_length, size):
             self._fire(
                 finding(
                     "mime_filename_length",
                     "SG-CHK-MIME-FILENAME-LENGTH",
-                    f"MIME file name of {len(name)} characters (limit "
-                    f"{c.mime_filename_length.limit})",
+                    f"MIME file name of {size} octets (limit {c.mime_filename_length.limit})",
                     c.mime_filename_length,
                     554,
                     "5.7.1 Message refused: attachment file name too long",

@@ -161,6 +161,9 @@ class Policy:
     # Pipelined commands awaiting replies before we stop reading (RFC 2920 §3.1 lets
     # a client send a whole group; 100 covers the RCPT default limit).
     max_pending: int = 128
+    # Client lines with a bare CR, bare LF or NUL refused in one session before the
+    # gateway closes it (Postfix's smtpd_forbid_bare_newline closes at the first).
+    bad_line_limit: int = 3
     # BDAT chunks larger than this close the connection instead of being drained.
     bdat_drain_limit: int = 64 * 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from smtpguard.core import replies
 from smtpguard.core.actions import CloseServer, Direction, ToServer, Trace
-from smtpguard.core.data import normalize
 from smtpguard.core.envelope import EnvelopeChecks
 from smtpguard.core.grammar import END_OF_DATA
-from smtpguard.core.policy import Smuggling, Verdict
+from smtpguard.core.policy import Verdict
 from smtpguard.core.state import END_OF_DATA_VERB, Phase, Slot, Upstream
 
 
@@ -33,17 +32,14 @@ class DataPhase(EnvelopeChecks):
         # CRLF, so the server gets exactly the bytes before the first bad one,
         # whatever the segmentation.
         held, self._held_cr = self._held_cr, False
+        body = chunk if stop == len(chunk) else chunk[:stop]
         if self._refusal is None:
-            self._inspect(chunk if stop == len(chunk) else chunk[:stop], now)
+            self._inspect(body, now)
         if self._closing or self.phase is Phase.CLOSED:  # dropped or reset: nothing more
             return
-        if (
-            self._refusal is None
-            and self.policy.smuggling is Smuggling.NORMALIZE
-            and (scan.invalid_at >= 0 or held or self._bare_break)
-            and scan.reason != "NUL"
-        ):
-            self._normalized(chunk[:stop], held, scan.end < 0)
+        normalizer = self._normalizer
+        if self._refusal is None and normalizer is not None:
+            self._normalized(body, scan.end >= 0)
         elif self._refusal is None and scan.invalid_at >= 0:
             if held and scan.invalid_at > 0:
                 self._emit(ToServer(b"\r"))
@@ -67,8 +63,8 @@ class DataPhase(EnvelopeChecks):
         if scan.end < 0:
             return
         self._scanner = None
+        self._normalizer = None
         self._inspector = None
-        self._bare_break = False
         self._rcpt_count = 0
         self.phase = Phase.COMMAND
         self.message_octets += scanner.size
@@ -96,6 +92,7 @@ class DataPhase(EnvelopeChecks):
         )
         self._held_cr = False
         self._scanner = None
+        self._normalizer = None
         self._inspector = None
         self.phase = Phase.QUIT  # nothing more is read; no reply will come
         self._cbuf.clear()
@@ -123,6 +120,7 @@ class DataPhase(EnvelopeChecks):
                 self.upstream = Upstream.DOWN
                 self._server_deadline = None
                 self._scanner = None
+                self._normalizer = None
                 self.phase = Phase.COMMAND
                 self._close_after(self._refusal)
                 return
@@ -131,16 +129,23 @@ class DataPhase(EnvelopeChecks):
                 self._reset_both()
                 return
 
-    def _normalized(self, part: bytes, held: bool, more: bool) -> None:
-        """Smuggling ``normalize`` mode: CRLF line ends and re-stuffed dots, on bytes
-        whose end of data was already fixed on the raw stream."""
-        if held:
-            part = b"\r" + part
-        if more and part.endswith(b"\r"):
-            part = part[:-1]
-            self._held_cr = True
-        out, self._bare_break = normalize(part, self._bare_break)
-        if out != part:
+    def _normalized(self, part: bytes, final: bool) -> None:
+        """Smuggling ``normalize`` mode: CRLF line ends and stuffed dots, on bytes
+        whose end of data was already fixed on the raw stream (see ``Normalizer``).
+        A NUL is refused as in ``reject`` mode: it is not a line end to repair."""
+        normalizer = self._normalizer
+        assert normalizer is not None
+        if b"\x00" in part:
+            self._refuse_message(
+                replies.message_rejected("NUL"),
+                "SG-DATA-BAD-BYTES",
+                "NUL in message data: message refused",
+                memoryview(b""),
+            )
+            return
+        was = normalizer.changed
+        out = normalizer.feed(part, final)
+        if normalizer.changed and not was:
             self._policy_event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
         if out:
             self._emit(ToServer(out))

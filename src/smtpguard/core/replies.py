@@ -46,3 +46,19 @@ def message_rejected(reason: str) -> bytes:
 
 def dropped(why: str) -> bytes:
     return make_reply(421, f"4.7.0 {why}, closing connection").raw
+
+
+def bad_lines_drop(reason: str) -> bytes:
+    return make_reply(
+        421, f"4.7.0 Repeated {reason} in command lines; lines must end in CRLF, closing connection"
+    ).raw
+
+
+def bad_auth_bytes(reason: str) -> bytes:
+    return make_reply(501, f"5.5.2 Authentication cancelled: {reason} in response line").raw
+
+
+UPSTREAM_DESYNC = make_reply(
+    451, "4.5.0 Mail server out of step during message data, message not delivered; try again later"
+).raw
+SEND_HELLO_FIRST = make_reply(503, "5.5.1 Send EHLO first: TLS started a new session").raw

@@ -41,18 +41,19 @@ from smtpguard.core.actions import (
 )
 from smtpguard.core.banner import pix_rewrite
 from smtpguard.core.checks import finding, over
-from smtpguard.core.data import DataScanner
+from smtpguard.core.data import DataScanner, Normalizer
 from smtpguard.core.ehlo import filter_ehlo
 from smtpguard.core.grammar import (
     REPLY_LINE_LIMIT,
     LineError,
     Reply,
     check_line_bytes,
+    frame_reply_line,
     parse_command,
 )
 from smtpguard.core.message import MessageInspector
+from smtpguard.core.policy import Smuggling, Verdict
 from smtpguard.core.policy import StartTls as StartTlsPolicy
-from smtpguard.core.policy import Verdict
 from smtpguard.core.relay import DataPhase
 from smtpguard.core.state import (
     AFTER_REPLY,
@@ -65,6 +66,9 @@ from smtpguard.core.state import (
 )
 
 __all__ = ["Phase", "Session", "Upstream"]
+
+# What a client may send before its new EHLO/HELO once TLS has started (RFC 3207 §4.2).
+HELLO_FREE_VERBS = frozenset({"EHLO", "HELO", "NOOP", "RSET", "QUIT"})
 
 
 class Session(DataPhase):
@@ -112,7 +116,7 @@ class Session(DataPhase):
             line = data if start == 0 and nl + 1 == end else data[start : nl + 1]
             start = nl + 1
             try:
-                reply = self._assembler.add(line)
+                reply = self._assembler.add(frame_reply_line(line))
             except LineError as exc:
                 self._upstream_failed(exc.reason, now)
                 break
@@ -189,13 +193,24 @@ class Session(DataPhase):
             self._on_greeting(reply, now)
         elif self._handlers:
             self._handlers.popleft()(reply, now)
+        elif self.phase is Phase.DATA:
+            # Nothing is owed while the message streams: the server has taken some of
+            # it as an end of data (or is broken). Out of step: partial-relay refusal.
+            self._refuse_message(
+                replies.UPSTREAM_DESYNC,
+                "SG-UPSTREAM-DESYNC",
+                f"mail server replied {reply.code} during message data: out of step, "
+                "its connection aborted",
+                memoryview(b""),
+            )
         elif not self._awaiting:
             if reply.code == 421:  # the server is closing the session on its own
                 self._slots.append(Slot("", reply=reply.raw))
                 self._closing = True
                 self._flush()
-            else:
+            else:  # a reply nothing asked for would be matched to the next command
                 self._policy_event("SG-UPSTREAM-UNSOLICITED", f"unexpected reply {reply.code}")
+                self._upstream_failed(f"unsolicited reply {reply.code}", now)
         else:
             self._on_command_reply(self._awaiting.popleft(), reply, now)
 
@@ -216,6 +231,7 @@ class Session(DataPhase):
         raw = reply.raw
         if verb in ("HELO", "EHLO") and cls == 2:
             self._helo = slot.raw
+            self._need_hello = False
             self._in_transaction = False
             if verb == "EHLO":
                 raw, self._shown, removed = filter_ehlo(reply, self.policy, self._tls_offer())
@@ -253,6 +269,8 @@ class Session(DataPhase):
             self.phase = AFTER_REPLY.get((verb, cls), Phase.COMMAND)
             if self.phase is Phase.DATA:
                 self._scanner = DataScanner()
+                if self.policy.smuggling is Smuggling.NORMALIZE:
+                    self._normalizer = Normalizer()
                 self._inspector = MessageInspector(self.policy.checks)
         slot.reply = raw
         if self.phase is Phase.TUNNEL:
@@ -294,10 +312,23 @@ class Session(DataPhase):
             self._upstream_tls_started(now)
         else:
             self.client_tls = True
-            self._shown = frozenset()  # RFC 3207 §4.2: the client starts over with EHLO
             self.phase = Phase.COMMAND
+            self._forget_plaintext(now)
             self._pump(now)
         return self._finish(now)
+
+    def _forget_plaintext(self, now: float) -> None:
+        """RFC 3207 §4.2: after the handshake nothing learnt in clear holds, on either
+        side. The gateway forgets the client's hello, the extensions it was shown and
+        the envelope, and requires a new EHLO/HELO; the server's session (envelope,
+        hello, any authentication) is ended by a fresh upstream connection."""
+        self._shown = frozenset()
+        self._helo = None
+        self._ehlo_line = None
+        self._in_transaction = False
+        self._rcpt_count = 0
+        self._need_hello = True
+        self._reconnect(now)
 
     def tls_failed(self, side: str, now: float) -> list[Action]:
         if self.phase is Phase.CLOSED:
@@ -336,7 +367,7 @@ class Session(DataPhase):
                 if line is None:
                     break
                 if phase is Phase.AUTH:
-                    self._auth_response(line)
+                    self._auth_response(line, now)
                 else:
                     self._command(line, now)
             elif phase is Phase.DATA:
@@ -354,28 +385,35 @@ class Session(DataPhase):
         self._finish_if_done()
 
     def _next_line(self) -> bytes | None:
+        """The next command line, CRLF included, or None until one is complete.
+
+        Lines are framed on CRLF only (RFC 5321 §2.3.8): a bare LF or bare CR inside
+        a line does not end it, so the whole line up to its CRLF is judged (and
+        refused) as one, and nothing after the stray byte runs as a command.
+        """
         buf = self._cbuf
         limit = self._line_limit
-        nl = buf.find(b"\n", self._csearch)
+        nl = buf.find(b"\r\n", self._csearch)
         if self._skip_line:
             if nl < 0:
-                buf.clear()
+                keep = 1 if buf.endswith(b"\r") else 0  # may be half of the CRLF
+                del buf[: len(buf) - keep]
                 self._csearch = 0
                 return None
-            del buf[: nl + 1]
+            del buf[: nl + 2]
             self._skip_line = False
             self._csearch = 0
             self._local_reply("", replies.LINE_TOO_LONG)
             return self._next_line()
         if nl < 0:
-            self._csearch = len(buf)
+            self._csearch = max(len(buf) - 1, 0)
             if len(buf) > limit and self._line_too_long():
                 return self._next_line()
             return None
-        if nl + 1 > limit:
+        if nl + 2 > limit:
             return self._next_line() if self._line_too_long() else None
-        line = bytes(buf[: nl + 1])
-        del buf[: nl + 1]
+        line = bytes(buf[: nl + 2])
+        del buf[: nl + 2]
         self._csearch = 0
         return line
 
@@ -397,7 +435,7 @@ class Session(DataPhase):
         return self._skip_line
 
     def _command(self, line: bytes, now: float) -> None:
-        body = line[:-2] if line.endswith(b"\r\n") else line  # keeps a bare LF visible
+        body = line[:-2]  # framed on CRLF: any other CR or LF is inside the line
         bad = check_line_bytes(body)
         cmd = parse_command(line) if bad is None else None
         if self.trace:
@@ -407,9 +445,8 @@ class Session(DataPhase):
                 text = "AUTH " + cmd.args.split(" ")[0] if cmd else text  # no credentials
             self._emit(Trace(Direction.CLIENT_TO_GW, text, verb=verb))
         if bad is not None:
-            self._policy_event("SG-CMD-BAD-BYTES", f"{bad} in command line", "reject")
-            self.commands_refused += 1
-            self._local_reply("", replies.bad_command_bytes(bad))
+            if not self._bad_line(bad, "command line"):
+                self._local_reply("", replies.bad_command_bytes(bad))
             return
         if cmd is None:
             self.commands_refused += 1
@@ -437,9 +474,26 @@ class Session(DataPhase):
             self.commands_refused += 1
             self._local_reply(verb, replies.UNRECOGNIZED)
             return
+        if self._need_hello and verb not in HELLO_FREE_VERBS:
+            self.commands_refused += 1
+            self._local_reply(verb, replies.SEND_HELLO_FIRST)
+            return
         if verb in ("MAIL", "RCPT") and self._envelope_refused(verb, cmd.args, now):
             return
         self._forward_command(verb, line, now)
+
+    def _bad_line(self, bad: str, what: str) -> bool:
+        """A client line with a bare CR, bare LF or NUL: refused whole. A client that
+        keeps sending them is dropped (Postfix ``smtpd_forbid_bare_newline`` drops at
+        the first). True when the session is being closed."""
+        self.commands_refused += 1
+        self._bad_lines += 1
+        if self._bad_lines >= self.policy.bad_line_limit:
+            self._policy_event("SG-CMD-BAD-BYTES", f"{bad} in {what}: closing", "drop-connection")
+            self._close_after(replies.bad_lines_drop(bad))
+            return True
+        self._policy_event("SG-CMD-BAD-BYTES", f"{bad} in {what}", "reject")
+        return False
 
     def _forward_command(self, verb: str, line: bytes, now: float) -> None:
         key = (verb, "forwarded")
@@ -458,15 +512,36 @@ class Session(DataPhase):
             self._in_transaction = False
             self._rcpt_count = 0
 
-    def _auth_response(self, line: bytes) -> None:
-        """A SASL response line (RFC 4954 §4): relayed, never parsed or logged."""
+    def _auth_response(self, line: bytes, now: float) -> None:
+        """A SASL response line (RFC 4954 §4): relayed, never parsed or logged; but
+        framed like every client line, so a bare CR, bare LF or NUL never reaches the
+        server. Such a line is replaced by ``*``, which cancels the exchange (§4), and
+        the client gets the gateway's 501 once the server has answered the ``*``."""
         if self.trace:
             self._emit(Trace(Direction.CLIENT_TO_GW, "(AUTH response)"))
-        slot = Slot("AUTH", line)
+        bad = check_line_bytes(line[:-2])
+        if bad is None:
+            slot = Slot("AUTH", line)
+            self._slots.append(slot)
+            self._awaiting.append(slot)
+            self._emit(ToServer(line))
+            self.phase = Phase.WAIT
+            return
+        if self._bad_line(bad, "AUTH response"):
+            return
+        slot = Slot("AUTH")
         self._slots.append(slot)
-        self._awaiting.append(slot)
-        self._emit(ToServer(line))
         self.phase = Phase.WAIT
+        self._internal(b"*\r\n", lambda r, n: self._auth_cancelled(slot, bad, r, n), now)
+
+    def _auth_cancelled(self, slot: Slot, bad: str, reply: Reply, now: float) -> None:
+        if reply.code == 334:  # still in the exchange after "*": out of step
+            self._upstream_failed("AUTH not cancelled by '*'", now)
+            return
+        self._server_deadline = None
+        slot.reply = replies.bad_auth_bytes(bad)
+        self.phase = Phase.COMMAND
+        self._flush()
 
     def _refuse_bdat(self, args: str) -> None:
         """BDAT is never relayed; its chunk is drained unparsed (RFC 3030 §2)."""

@@ -27,7 +27,7 @@ from smtpguard.core.actions import (
     Trace,
 )
 from smtpguard.core.checks import Finding
-from smtpguard.core.data import DataScanner
+from smtpguard.core.data import DataScanner, Normalizer
 from smtpguard.core.grammar import Reply, ReplyAssembler
 from smtpguard.core.message import MessageInspector
 from smtpguard.core.policy import Policy
@@ -129,7 +129,7 @@ class SessionBase:
         self._scanner: DataScanner | None = None
         self._refusal: bytes | None = None  # reply owed at end of a dropped message
         self._held_cr = False  # a chunk ended in CR that is not relayed yet
-        self._bare_break = False  # normalize mode: the last relayed line break was bare
+        self._normalizer: Normalizer | None = None  # smuggling = normalize, in DATA
         self._inspector: MessageInspector | None = None
         self._shown: frozenset[str] = frozenset()  # EHLO keywords the client was shown
         self._rcpt_count = 0  # RCPT commands in this transaction
@@ -137,11 +137,13 @@ class SessionBase:
         self._rcpt_blocked = False
         self._rates: dict[str, tuple[float, int]] = {}  # rate-limited checks
         self._bdat_left = 0
+        self._bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
         self._skip_line = False  # discarding the rest of an over-long command line
         self._closing = False  # close once every owed reply is flushed
         self._client_eof = False
         self._draining = False
         self._in_transaction = False
+        self._need_hello = False  # TLS started: only a new EHLO/HELO opens the session
         self._client_deadline: float | None = None
         self._server_deadline: float | None = None
         self._timer: float | None = None
@@ -211,7 +213,7 @@ class SessionBase:
         eof_done = (
             self._client_eof
             and self.phase is not Phase.WAIT
-            and (self.phase is Phase.DATA or b"\n" not in self._cbuf)
+            and (self.phase is Phase.DATA or b"\r\n" not in self._cbuf)
         )
         if self._closing or eof_done:
             if self.upstream is not Upstream.DOWN:
