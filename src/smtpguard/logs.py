@@ -12,6 +12,10 @@ per event with all four directions. Message content is never written, only its s
 Keys of ``jsonl`` objects: ``ts``, ``session``, ``event`` (connect, command, reply,
 data, policy, disconnect), ``dir``, ``peer``, ``verb``, ``code``, ``line``, ``size``,
 ``id``, ``message``, ``action``.
+
+A log opened by path can be re-opened by that path (:meth:`reopen`, on SIGHUP or
+SIGUSR1), so a logrotate that renames the file needs no ``copytruncate``: lines
+written after the signal go to the new file (``deploy/logrotate``).
 """
 
 from __future__ import annotations
@@ -38,15 +42,37 @@ class ProtocolLog(Protocol):
     def policy(self, sid: str, ev: PolicyEvent) -> None: ...
     def disconnect(self, sid: str) -> None: ...
     def flush(self) -> None: ...
+    def reopen(self) -> None: ...
+
+
+def _open(path: str) -> IO[str]:
+    # Line buffered: one write per line (jsonl) or per session (ims), appended
+    # atomically, so worker processes can share the file.
+    return open(path, "a", buffering=1, encoding="utf-8", errors="surrogateescape")
 
 
 class _Writer:
-    def __init__(self, out: IO[str], clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        out: IO[str],
+        clock: Callable[[], dt.datetime] | None = None,
+        path: str | None = None,
+    ) -> None:
         self.out = out
         self.clock = clock or (lambda: dt.datetime.now().astimezone())
+        self.path = path  # set when opened by path: then it can be re-opened
 
     def flush(self) -> None:
         self.out.flush()
+
+    def reopen(self) -> None:
+        """Open the path again and write there from now on; OSError keeps the old file."""
+        if self.path is None:
+            return
+        new = _open(self.path)
+        old, self.out = self.out, new
+        old.flush()
+        old.close()
 
 
 class ImsLog(_Writer):
@@ -56,8 +82,13 @@ class ImsLog(_Writer):
 
     FLUSH_LINES = 200
 
-    def __init__(self, out: IO[str], clock: Callable[[], dt.datetime] | None = None) -> None:
-        super().__init__(out, clock)
+    def __init__(
+        self,
+        out: IO[str],
+        clock: Callable[[], dt.datetime] | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(out, clock, path)
         self._pending: dict[str, list[str]] = {}
 
     def _line(self, sid: str, text: str) -> None:
@@ -122,9 +153,5 @@ class JsonlLog(_Writer):
 
 
 def open_protocol_log(path: str, fmt: str) -> ProtocolLog:
-    # Line buffered: one write per line (jsonl) or per session (ims), appended
-    # atomically, so worker processes can share the file.
-    out: IO[str] = open(  # noqa: SIM115
-        path, "a", buffering=1, encoding="utf-8", errors="surrogateescape"
-    )
-    return ImsLog(out) if fmt == "ims" else JsonlLog(out)
+    out = _open(path)
+    return ImsLog(out, path=path) if fmt == "ims" else JsonlLog(out, path=path)

@@ -10,11 +10,12 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smtpguard import __version__
-from smtpguard.applog import setup_logging
+from smtpguard.applog import LOGGER, setup_logging
 from smtpguard.core.policy import BannerPolicy, Mode, Policy, Timeouts
 from smtpguard.logs import FORMATS, open_protocol_log
 
@@ -243,15 +244,22 @@ def build_policy(args: argparse.Namespace) -> Policy:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check everything a worker needs, bind, start the workers, print the start-up
+    block once they all serve; then supervise them until a signal stops the service
+    (workers.py). A start-up problem is one line on stderr before the block."""
     from smtpguard.cli import CliError
     from smtpguard.gateway.server import GatewayConfig
-    from smtpguard.gateway.workers import bind_listeners, run_workers
+    from smtpguard.gateway.workers import Child, StartupFailed, bind_listeners, run_workers
 
     # Until the event loop handles it, a SIGHUP (reload) must not kill the process;
     # forked workers inherit this.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load_settings(args)
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(effective_log_level(settings, sys.stderr.isatty()), settings.log_format)
+    _check_files(settings)
+    from smtpguard.state.attach import prepare_for
+
+    prepare_for(settings)  # the shared store's database, before any fork
     metrics_dir = _metrics_setup(settings)
     lhost, lport = settings.listen
     upstream = settings.upstream
@@ -288,37 +296,131 @@ def run(args: argparse.Namespace) -> int:
     tls = _tls_contexts(settings, upstream[0])
     host, port = socks[0].getsockname()[:2]
     implicit = tls_socks[0].getsockname()[:2] if tls_socks else None
-    _print_banner(settings, host, port, target, sink_sock is not None, implicit)
 
-    def worker(sock: socket.socket, index: int) -> int:
-        if metrics_dir is not None and settings.workers == 1:
-            _metrics_serve(settings)  # no fork: the endpoint lives in this process
-        # The built-in mailbox runs in the first worker's event loop.
-        mine = sink_sock if index == 0 else None
-        if sink_sock is not None and mine is None:
-            sink_sock.close()
-        mine_tls = tls_socks[index] if tls_socks else None
-        for other in tls_socks:
-            if other is not mine_tls:
-                other.close()
-        _use_uvloop()
-        return asyncio.run(_serve(args, settings, config, sock, mine, tls, mine_tls))
+    def ready() -> None:
+        _print_banner(settings, host, port, target, sink_sock is not None, implicit)
+
+    def stopping() -> None:
+        print("smtpguard: draining sessions...", file=sys.stderr, flush=True)
+
+    def stopped(code: int) -> int:
+        print("smtpguard: stopped", file=sys.stderr, flush=True)
+        return code
 
     try:
         if settings.workers == 1:
-            return worker(socks[0], 0)
-        return run_workers(
-            socks,
-            worker,
-            parent_close=tls_socks,
-            after_fork=(lambda: _metrics_serve(settings)) if metrics_dir else None,
-            on_exit=_metrics_worker_exited if metrics_dir else None,
-        )
+            # One process: the built-in mailbox shares the worker's event loop and is
+            # closed after the drain.
+            if metrics_dir is not None:
+                _metrics_serve(settings)  # no fork: the endpoint lives in this process
+            _use_uvloop()
+            tls_sock = tls_socks[0] if tls_socks else None
+            try:
+                serve = _serve(
+                    args, settings, config, socks[0], sink_sock, tls, tls_sock, ready, stopping
+                )
+                code = asyncio.run(serve)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                print(f"smtpguard: cannot serve: {_describe(exc)}", file=sys.stderr, flush=True)
+                return 1
+            return stopped(code)
+
+        def worker(index: int) -> Callable[[Callable[[], None]], int]:
+            def main(ready: Callable[[], None]) -> int:
+                _use_uvloop()
+                mine_tls = tls_socks[index] if tls_socks else None
+                return asyncio.run(
+                    _serve(args, settings, config, socks[index], None, tls, mine_tls, ready)
+                )
+
+            return main
+
+        children = [
+            Child(f"worker {i}", worker(i), sockets=[s, *tls_socks[i : i + 1]])
+            for i, s in enumerate(socks)
+        ]
+        if sink_sock is not None:
+            # Its own process, stopped after the workers: not tied to any worker's life.
+            children.append(
+                Child(
+                    "built-in mailbox",
+                    lambda ready: _mailbox(settings.maildir, sink_sock, ready),
+                    sockets=[sink_sock],
+                    helper=True,
+                )
+            )
+        try:
+            code = run_workers(
+                children,
+                [*socks, *tls_socks, *([sink_sock] if sink_sock is not None else [])],
+                after_fork=(lambda: _metrics_serve(settings)) if metrics_dir else None,
+                on_exit=_metrics_worker_exited if metrics_dir else None,
+                on_ready=ready,
+                on_stop=stopping,
+            )
+        except StartupFailed as exc:
+            print(f"smtpguard: cannot serve: {exc}", file=sys.stderr, flush=True)
+            return 1
+        return stopped(code)
     finally:
         if metrics_dir is not None:
             from smtpguard.gateway import metrics_prom
 
             metrics_prom.cleanup(metrics_dir)
+
+
+def _describe(exc: BaseException) -> str:
+    from smtpguard.gateway.workers import describe
+
+    return describe(exc)
+
+
+def _check_files(settings: Settings) -> None:
+    """The protocol log and the built-in mailbox must be writable: checked before
+    anything listens, so the failure is one line and nothing half-starts."""
+    import mailbox
+
+    from smtpguard.cli import CliError
+
+    if settings.protocol_log:
+        try:
+            open_protocol_log(settings.protocol_log, settings.protocol_log_format).flush()
+        except OSError as exc:
+            raise CliError(
+                f"--protocol-log {settings.protocol_log}: cannot open: {exc.strerror or exc}"
+            ) from None
+    if settings.upstream is None:
+        try:
+            mailbox.Maildir(settings.maildir, create=True)
+            probe = os.path.join(settings.maildir, "tmp", f".smtpguard-check-{os.getpid()}")
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as exc:
+            raise CliError(
+                f"--maildir {settings.maildir}: cannot store mail there: {exc.strerror or exc}"
+            ) from None
+
+
+def _mailbox(maildir: str, sock: socket.socket, ready: Callable[[], None]) -> int:
+    """The built-in mailbox's own process: serves until SIGTERM (from the parent,
+    once every worker has drained)."""
+
+    async def main() -> int:
+        from smtpguard.sink import start_sink
+
+        server, _, _ = await start_sink("127.0.0.1", 0, maildir, sock=sock)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        ready()
+        await stop.wait()
+        server.close()
+        return 0
+
+    _use_uvloop()
+    return asyncio.run(main())
 
 
 def _use_uvloop() -> None:
@@ -339,6 +441,8 @@ async def _serve(
     sink_sock: socket.socket | None,
     tls: TlsContexts | None = None,
     tls_sock: socket.socket | None = None,
+    ready: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> int:
     from smtpguard.gateway.server import Gateway
     from smtpguard.sink import start_sink
@@ -359,14 +463,22 @@ async def _serve(
     gateway = Gateway(config, settings.policy, plog, metrics=metrics, access=settings.access)
     gateway.tls = tls
     gateway.upstream_proxy = settings.upstream_proxy
+    from smtpguard.state.attach import attach
+
+    shared = attach(gateway, settings)  # None: no rule needs the shared store
     if args.config is not None:
         gateway.reloader = _reloader(args, settings, gateway)
     await gateway.start(sock)
     if tls_sock is not None and tls is not None and tls.server is not None:
         await gateway.start_implicit_tls(tls_sock, tls.server)
-    await gateway.serve_until_signalled()
+    if ready is not None:
+        ready()
+    await gateway.serve_until_signalled(on_stop)
+    if shared is not None:
+        await shared.close()
     if sink_server is not None:
         sink_server.close()
+        await sink_server.wait_closed()
     return 0
 
 
@@ -390,7 +502,8 @@ def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Ca
     def reload() -> Reload:
         new = load(args.config, overrides(args))  # ConfigError: the caller keeps the old
         _reload_tls(gateway, new)  # ConfigError too: nothing was changed yet
-        logging.getLogger().setLevel(new.log_level.upper())
+        # smtpguard's own logger: it has its own level and does not propagate.
+        logging.getLogger(LOGGER).setLevel(new.log_level.upper())
         ignored = tuple(k for k in fixed if getattr(new, k) != getattr(first, k))
         if new.tls.implicit_listen != first.tls.implicit_listen:
             ignored += ("tls.implicit_listen",)

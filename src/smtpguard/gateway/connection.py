@@ -7,6 +7,18 @@ the client's write buffer is full the upstream is not read. Bytes the core holds
 unparsed (pipelined input waiting for a reply) also pause the client above a mark.
 TCP_NODELAY is left to the event loop: asyncio and uvloop both set it on TCP
 transports, which the one-byte-segment tests rely on.
+
+Per-session memory is bounded whatever the client does, and one session cannot
+starve the others on its worker: client bytes are fed to the core in slices of
+``FEED_SLICE``; outside the DATA phase (where every line may make a reply) at most
+``FEED_BUDGET`` bytes are fed per event-loop callback and the rest waits for the next
+turn with the client paused. Nothing is fed while the client's own write buffer is
+above its high mark (a client that sends commands without reading its replies stops
+being read), so the gateway never queues more than about ``WRITE_HIGH`` of replies.
+
+No exception skips the teardown: every entry point runs under :meth:`_guard`, which
+logs the failure, resets both connections and releases the session's slot and
+counts; ``connection_lost`` releases them in a ``finally``.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from smtpguard.core.actions import (
     Trace,
 )
 from smtpguard.core.policy import Policy
-from smtpguard.core.session import Session
+from smtpguard.core.session import Phase, Session
 from smtpguard.gateway.access import AccessControl, parse_ip
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.tls import TlsContexts
@@ -49,6 +61,13 @@ BACKLOG_HIGH = 64 * 1024
 # Transport write buffer marks: big enough to stream a message without stalls.
 WRITE_HIGH = 1024 * 1024
 WRITE_LOW = 256 * 1024
+# Client bytes fed to the core at a time, and per event-loop callback outside DATA.
+FEED_SLICE = 4 * 1024
+FEED_BUDGET = 16 * 1024
+# Phases in which the core only scans and relays (no reply per line): fed whole.
+_BULK = frozenset({Phase.DATA, Phase.TUNNEL})
+# Said to the client when the gateway itself fails (a bug): never a false 2xx.
+INTERNAL_ERROR = b"421 4.3.0 Gateway error, closing connection\r\n"
 
 
 class GatewayView(Protocol):
@@ -68,7 +87,7 @@ class GatewayView(Protocol):
 
     def next_session_id(self) -> str: ...
     def policy_for(self, peer_ip: str) -> Policy: ...
-    def admit(self, conn: ClientConnection) -> bool: ...
+    def admit(self, conn: ClientConnection) -> bool | None: ...
     def release(self, conn: ClientConnection) -> None: ...
     def open_upstream(self, up: UpstreamConnection) -> None: ...
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
@@ -82,15 +101,18 @@ class ClientConnection(asyncio.Protocol):
         self.loop = gateway.loop
         self.sid = gateway.next_session_id()
         self.tls_listener = tls_listener  # accepted on an implicit-TLS port (465)
-        self.session: Session  # created once the client is known (after PROXY, if any)
+        self.session: Session | None = None  # once the client is known (after PROXY)
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._sent_at: float | None = None  # when bytes last went upstream unanswered
         self._up_full = False  # upstream write buffer above its high mark
+        self._client_full = False  # our write buffer towards the client above its mark
         self._reading = True
         self._done = False
+        self._held = b""  # client bytes read but not yet fed to the core
+        self._feed_handle: asyncio.Handle | None = None  # the next turn's feed
         self.peer = ""
         self.addr: tuple[str, int] | None = None  # the client (from PROXY if trusted)
         self.local: tuple[str, int] | None = None  # the address the client connected to
@@ -100,43 +122,89 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        self.addr = addr  # replaced by the PROXY header's source, if a trusted one sends it
-        local = transport.get_extra_info("sockname")
-        self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        access = self.gw.access.policy
-        if addr is not None and access.proxy_from and access.expects_proxy(parse_ip(addr[0])):
-            # A trusted load balancer: the real client is in the PROXY header first.
-            self._proxy_buf = bytearray()
-            self._timer = self.loop.call_later(
-                PROXY_HEADER_TIMEOUT, self._proxy_failed, "no PROXY header in time"
-            )
-            return
-        self._begin(addr)
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+            peer = transport.get_extra_info("peername")
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+            self.addr = addr  # replaced by the PROXY header's source, if trusted
+            local = transport.get_extra_info("sockname")
+            self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+            access = self.gw.access.policy
+            if addr is not None and access.proxy_from and access.expects_proxy(parse_ip(addr[0])):
+                # A trusted load balancer: the real client is in the PROXY header first.
+                self._proxy_buf = bytearray()
+                self._timer = self.loop.call_later(
+                    PROXY_HEADER_TIMEOUT, self._proxy_failed, "no PROXY header in time"
+                )
+                return
+            self._begin(addr)
+        except Exception as exc:
+            self._crash(exc)
 
     def _begin(self, addr: tuple[str, int] | None) -> None:
         self.addr = addr
-        self.session = Session(
+        session = Session(
             self.gw.policy_for(addr[0]) if addr else self.gw.policy,
             trace=self.gw.protocol_log is not None,
             peer=addr,
             client_tls=self.tls_listener,
         )
-        if not self.gw.admit(self):
+        self.session = session
+        admitted = self.gw.admit(self)
+        if admitted is None:
+            return  # the shared store decides; the gateway calls admitted() then
+        if not admitted:
+            self._done = True  # refused: never registered, nothing to release
+            return
+        self.admitted()
+
+    def admitted(self) -> None:
+        """Start the admitted session: at once, or once the shared store said yes."""
+        session = self.session
+        if self._done or session is None:
             return
         if self.gw.protocol_log is not None:
             self.gw.protocol_log.connect(self.sid, self.peer)
-        self._run(self.session.start(self.loop.time()))
+        self._run(session.start(self.loop.time()))
 
     def data_received(self, data: bytes) -> None:
-        if self._proxy_buf is not None:
-            self._proxy_header(data)
-            return
-        self._run(self.session.client_data(data, self.loop.time()))
+        try:
+            if self._proxy_buf is not None:
+                self._proxy_header(data)
+            elif not self._done:
+                self._held = self._held + data if self._held else data
+                self._feed()
+        except Exception as exc:
+            self._crash(exc)
+
+    def _feed(self) -> None:
+        """Feed held client bytes to the core: slice by slice, at most ``FEED_BUDGET``
+        per turn outside DATA, and not while the client is not reading its replies."""
+        self._feed_handle = None
+        session = self.session
+        budget = FEED_BUDGET
+        while self._held and not self._client_full and not self._done and session is not None:
+            held = self._held
+            bulk = session.phase in _BULK
+            if not bulk and budget <= 0:
+                self._feed_handle = self.loop.call_soon(self._guarded_feed)
+                break
+            take = len(held) if bulk else min(len(held), FEED_SLICE, budget)
+            if take == len(held):
+                chunk, self._held = held, b""
+            else:
+                chunk, self._held = held[:take], held[take:]
+            if not bulk:
+                budget -= take
+            self._run(session.client_data(chunk, self.loop.time()))
         self._update_reading()
+
+    def _guarded_feed(self) -> None:
+        try:
+            self._feed()
+        except Exception as exc:
+            self._crash(exc)
 
     def _proxy_header(self, data: bytes) -> None:
         assert self._proxy_buf is not None
@@ -163,6 +231,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _proxy_failed(self, why: str) -> None:
         self._timer = None
+        self._proxy_buf = None
+        self._done = True
         self.gw.policy_event(
             self.sid,
             self.peer,
@@ -174,26 +244,55 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def eof_received(self) -> bool:
-        self._run(self.session.client_eof(self.loop.time()))
+        if self._proxy_buf is not None:  # a health check: connected, then closed
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._proxy_buf = None
+            self._done = True
+            return False  # nothing owed: close
+        try:
+            if self._done or self.session is None:
+                return False
+            if self._held:  # feed what was read first, whatever the write buffer says
+                held, self._held = self._held, b""
+                self._run(self.session.client_data(held, self.loop.time()))
+            self._run(self.session.client_eof(self.loop.time()))
+        except Exception as exc:
+            self._crash(exc)
+            return False
         return True  # keep the write side open for owed replies
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._proxy_buf is not None:  # never got as far as a session
+        if self._proxy_buf is not None or self.session is None:  # never got a session
+            self._proxy_buf = None
             self._done = True
             if self._timer is not None:
                 self._timer.cancel()
+                self._timer = None
             return
-        if not self.session.closed:
-            self._run(self.session.client_eof(self.loop.time()))
-        self._teardown(abort_upstream=True)
+        try:
+            if not self._done and not self.session.closed:
+                self._run(self.session.client_eof(self.loop.time()))
+        except Exception as err:
+            self._log_crash(err)
+        finally:
+            self.transport = None
+            self._teardown(abort_upstream=True)
 
     def pause_writing(self) -> None:
+        self._client_full = True
         if self.upstream is not None:
             self.upstream.pause()
 
     def resume_writing(self) -> None:
+        self._client_full = False
         if self.upstream is not None:
             self.upstream.resume()
+        if self._held and self._feed_handle is None and not self._done:
+            self._feed_handle = self.loop.call_soon(self._guarded_feed)
+        else:
+            self._update_reading()
 
     # -- upstream callbacks --------------------------------------------------------
     def upstream_proxy_header(self) -> bytes:
@@ -205,29 +304,58 @@ class ClientConnection(asyncio.Protocol):
         return build(self.addr, self.local)
 
     def upstream_made(self, up: UpstreamConnection) -> None:
-        if up is self.upstream:
-            self._run(self.session.server_connected(self.loop.time()))
+        if up is self.upstream and self.session is not None:
+            try:
+                self._run(self.session.server_connected(self.loop.time()))
+            except Exception as exc:
+                self._crash(exc)
 
     def upstream_data(self, up: UpstreamConnection, data: bytes) -> None:
-        if up is self.upstream:
-            if self._sent_at is not None:  # first bytes after a write: reply latency
-                self.gw.metrics.reply_latency(self.loop.time() - self._sent_at)
-                self._sent_at = None
-            self._run(self.session.server_data(data, self.loop.time()))
-            self._update_reading()
+        if up is self.upstream and self.session is not None:
+            try:
+                if self._sent_at is not None:  # first bytes after a write: reply latency
+                    self.gw.metrics.reply_latency(self.loop.time() - self._sent_at)
+                    self._sent_at = None
+                self._run(self.session.server_data(data, self.loop.time()))
+                self._update_reading()
+            except Exception as exc:
+                self._crash(exc)
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
-        if up is self.upstream:
-            self.gw.metrics.upstream_error("lost")
-            self.upstream = None
-            self._up_full = False
-            self._run(self.session.server_closed(self.loop.time()))
-            self._update_reading()
+        if up is self.upstream and self.session is not None:
+            try:
+                self.gw.metrics.upstream_error("lost")
+                self.upstream = None
+                self._up_full = False
+                self._run(self.session.server_closed(self.loop.time()))
+                self._update_reading()
+            except Exception as exc:
+                self._crash(exc)
 
     def upstream_full(self, up: UpstreamConnection, full: bool) -> None:
         if up is self.upstream:
             self._up_full = full
             self._update_reading()
+
+    # -- failures --------------------------------------------------------------------
+    def _log_crash(self, exc: BaseException) -> None:
+        log.error("%s %s session failed, connection reset: %r", self.sid, self.peer, exc)
+        log.debug("%s traceback", self.sid, exc_info=exc)
+
+    def _crash(self, exc: BaseException) -> None:
+        """A bug in the shell or the core: reset both sides and free everything the
+        session holds. The client gets a 421 if anything can still be written."""
+        self._log_crash(exc)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            with contextlib.suppress(Exception):
+                t.write(INTERNAL_ERROR)
+            with contextlib.suppress(Exception):
+                t.close()
+        try:
+            self._teardown(abort_upstream=True)
+        except Exception as err:  # the gateway's bookkeeping itself failed
+            log.error("%s teardown failed: %r", self.sid, err)
 
     # -- executing the core's actions ------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
@@ -277,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
             if side == "client":
                 if tls.server is None or self.transport is None:
                     raise ssl.SSLError("the gateway has no certificate")
-                self.transport = cast(
+                new = cast(
                     asyncio.Transport,
                     await self.loop.start_tls(
                         self.transport,
@@ -287,11 +415,17 @@ class ClientConnection(asyncio.Protocol):
                         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
                     ),
                 )
+                self.transport = new
+                # The new transport starts with default limits and reading: carry over.
+                new.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+                self._client_full = False
+                if not self._reading:
+                    new.pause_reading()
             else:
                 up = self.upstream
                 if up is None or up.transport is None:
                     raise ConnectionError("no upstream connection")
-                up.transport = cast(
+                new = cast(
                     asyncio.Transport,
                     await self.loop.start_tls(
                         up.transport,
@@ -301,13 +435,15 @@ class ClientConnection(asyncio.Protocol):
                         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
                     ),
                 )
+                up.upgraded(new)
         except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
             log.info("%s TLS handshake with the %s failed: %s", self.sid, side, exc)
-            if not self._done:
+            if not self._done and self.session is not None:
                 self._run(self.session.tls_failed(side, self.loop.time()))
             return
-        if not self._done:
+        if not self._done and self.session is not None:
             self._run(self.session.tls_started(side, self.loop.time()))
+            self._update_reading()
 
     def _open_upstream(self) -> None:
         self._close_upstream(abort=True)
@@ -352,23 +488,41 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or self._done:
+        if deadline is None or self._done or self.session is None:
             return
-        if self.loop.time() < deadline:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self._run(self.session.timer(self.loop.time()))
+        try:
+            if self.loop.time() < deadline:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+                return
+            self._run(self.session.timer(self.loop.time()))
+        except Exception as exc:
+            self._crash(exc)
 
     def shutdown(self) -> None:
         """Graceful drain requested by the gateway."""
-        if not self._done:
-            self._run(self.session.shutdown(self.loop.time()))
+        if not self._done and self.session is not None:
+            try:
+                self._run(self.session.shutdown(self.loop.time()))
+            except Exception as exc:
+                self._crash(exc)
+
+    def abort(self) -> None:
+        """End of the drain grace: reset the client and free the session now."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.abort()
+        self._teardown(abort_upstream=True)
 
     def _update_reading(self) -> None:
         t = self.transport
-        if t is None or self._done:
+        if t is None or self._done or self.session is None:
             return
-        want = not self._up_full and self.session.client_backlog <= BACKLOG_HIGH
+        want = (
+            not self._up_full
+            and not self._client_full
+            and not self._held
+            and self.session.client_backlog <= BACKLOG_HIGH
+        )
         if want != self._reading:
             self._reading = want
             if want:
@@ -380,9 +534,15 @@ class ClientConnection(asyncio.Protocol):
         if self._done:
             return
         self._done = True
-        self._set_timer(None)
-        self._close_upstream(abort_upstream)
-        self.gw.release(self)
+        self._held = b""
+        if self._feed_handle is not None:
+            self._feed_handle.cancel()
+            self._feed_handle = None
+        try:
+            self._set_timer(None)
+            self._close_upstream(abort_upstream)
+        finally:
+            self.gw.release(self)
 
 
 _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
@@ -404,13 +564,26 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """The gateway's connection to the real mail server for one client session."""
+    """The gateway's connection to the real mail server for one client session.
+
+    Bytes written before the connection exists are kept and sent first once it does
+    (after the PROXY header); ``connecting`` is the gateway's connect task, cancelled
+    when the session gives the connection up.
+    """
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
+        self.connecting: asyncio.Future[Any] | None = None
         self._closed = False
-        self._paused = False
+        self._paused = False  # the client asked us not to read the server
+        self._full = False  # told the client our write side is full
+        self._early: list[bytes] = []
+        self._early_size = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -418,15 +591,30 @@ class UpstreamConnection(asyncio.Protocol):
             transport.abort()
             return
         self.transport = transport
+        self.connecting = None
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         if self._paused:
             transport.pause_reading()
         header = self.client.upstream_proxy_header()
         if header:
             transport.write(header)
+        early, self._early, self._early_size = self._early, [], 0
+        was_full, self._full = self._full, False
+        for data in early:
+            transport.write(data)
+        if was_full and transport.get_write_buffer_size() <= WRITE_HIGH:
+            self.client.upstream_full(self, False)
         self.client.upstream_made(self)
 
+    def upgraded(self, transport: asyncio.Transport) -> None:
+        """STARTTLS towards the server succeeded: the same limits and pause apply."""
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        if self._paused:
+            transport.pause_reading()
+
     def connect_failed(self) -> None:
+        self.connecting = None
         if not self._closed:
             self._closed = True
             self.client.upstream_lost(self)
@@ -449,8 +637,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.client.upstream_full(self, False)
 
     def write(self, data: bytes | memoryview) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.write(data)
+        if self._closed:
+            return
+        if self.transport is None:
+            self._early.append(bytes(data))
+            self._early_size += len(data)
+            if self._early_size > WRITE_HIGH and not self._full:
+                self._full = True
+                self.client.upstream_full(self, True)
+            return
+        self.transport.write(data)
 
     def pause(self) -> None:
         self._paused = True
@@ -465,6 +661,10 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self, abort: bool) -> None:
         """Close on the core's request: no callbacks into the session after this."""
         self._closed = True
+        self._early = []
+        task, self.connecting = self.connecting, None
+        if task is not None and not task.done():
+            task.cancel()
         t = self.transport
         if t is not None and not t.is_closing():
             if abort:

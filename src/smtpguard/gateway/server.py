@@ -6,7 +6,14 @@ protocol log, the session table and counters. Each accepted socket gets a
 whether it may start (session cap, client networks, per-address caps), the core
 decides everything else. A drain (SIGTERM, Ctrl-C) stops accepting, asks every
 session to finish its transaction and say 421, waits up to the grace period, then
-closes what is left.
+closes what is left and cancels upstream connects still under way.
+
+Upstream connects are tasks of their own, bounded by the session's connect timeout
+and cancelled as soon as the session gives the connection up, so an abandoned
+connect never outlives its session.
+
+SIGHUP re-opens the protocol log (after a logrotate that renamed it) and then
+reloads the configuration; SIGUSR1 only re-opens the protocol log.
 
 Reload (SIGHUP) calls the ``reloader`` the CLI installed; on success the new policy
 and access settings are swapped in for sessions that start afterwards. A session
@@ -24,7 +31,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
@@ -32,11 +38,12 @@ from itertools import count
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.core.policy import Policy, Smuggling
-from smtpguard.gateway.access import AccessControl, AccessPolicy, parse_ip, peer_ip
+from smtpguard.gateway.access import AccessControl, AccessPolicy, SharedLimits, parse_ip, peer_ip
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
+from smtpguard.state.dedupe import Dedupe
 
 log = logging.getLogger("smtpguard.gateway")
 
@@ -92,6 +99,9 @@ class Gateway:
         self.protocol_log = protocol_log
         self.metrics = metrics or Metrics()
         self.access = AccessControl(access or AccessPolicy())
+        # Set by the CLI when a rule needs the shared store ([state], [dedupe]).
+        self.limits: SharedLimits | None = None
+        self.dedupe: Dedupe | None = None
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
         self.upstream_proxy = "off"  # PROXY protocol header towards the server: v1, v2
         self.policy = policy
@@ -105,6 +115,7 @@ class Gateway:
         self._ids = count(1)
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
+        self._connects: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._metrics_timer: asyncio.TimerHandle | None = None
@@ -198,10 +209,12 @@ class Gateway:
         return True
 
     # -- sessions --------------------------------------------------------------------
-    def admit(self, conn: ClientConnection) -> bool:
+    def admit(self, conn: ClientConnection) -> bool | None:
         """Register a new session, or refuse it: 421 at the session cap, then the
         access rules (554 for a denied network, 421 per-address caps). A refused
-        connection gets its reply, is closed and never reaches the upstream."""
+        connection gets its reply, is closed and never reaches the upstream. None:
+        the shared store decides, then calls :meth:`register` and ``conn.admitted()``
+        or refuses (access.SharedLimits)."""
         assert conn.transport is not None
         if len(self.sessions) >= self.config.max_sessions:
             self.stats.sessions_refused += 1
@@ -219,17 +232,27 @@ class Gateway:
             conn.transport.write(refusal.reply)
             conn.transport.close()
             return False
+        if self.limits is not None and self.limits.needed:
+            self.limits.admit(self, conn)
+            return None
+        self.register(conn)
+        return True
+
+    def register(self, conn: ClientConnection) -> None:
+        """Count an admitted session until :meth:`release`."""
         self.sessions.add(conn)
         self._idle.clear()
         self.stats.sessions_total += 1
         self.metrics.session_opened()
-        return True
 
     def release(self, conn: ClientConnection) -> None:
         if conn in self.sessions:
             self.sessions.discard(conn)
             self.access.release(peer_ip(conn.peer))
-            self.metrics.session_closed(conn.session)
+            if self.limits is not None:
+                self.limits.release(conn.sid)
+            if conn.session is not None:
+                self.metrics.session_closed(conn.session)
             if self.protocol_log is not None:
                 self.protocol_log.disconnect(conn.sid)
         if not self.sessions:
@@ -237,24 +260,48 @@ class Gateway:
 
     def open_upstream(self, up: UpstreamConnection) -> None:
         task = self.loop.create_task(self._connect(up))
-        task.add_done_callback(_consume)
+        up.connecting = task
+        self._connects.add(task)
+        task.add_done_callback(self._connect_done)
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        self._connects.discard(task)
+        _consume(task)
 
     async def _connect(self, up: UpstreamConnection) -> None:
-        # No wait_for here: the core's connect deadline bounds the attempt, and its
-        # CloseServer makes a late connection abort itself.
+        # The core's connect deadline closes the upstream (which cancels this task);
+        # the timeout here is the connect's own bound should that never happen.
+        session = up.client.session
+        limit = session.policy.timeouts.connect if session is not None else 30.0
         try:
-            await self.loop.create_connection(
-                lambda: up, self.config.upstream_host, self.config.upstream_port
-            )
-        except OSError as exc:
+            async with asyncio.timeout(limit + 1.0):
+                await self.loop.create_connection(
+                    lambda: up, self.config.upstream_host, self.config.upstream_port
+                )
+        except (OSError, TimeoutError) as exc:
             log.warning(
                 "upstream %s:%s unreachable: %s",
                 self.config.upstream_host,
                 self.config.upstream_port,
-                exc,
+                exc if str(exc) else "timed out",
             )
             self.metrics.upstream_error("connect")
             up.connect_failed()
+
+    def reopen_logs(self) -> None:
+        """Re-open the protocol log by its path (SIGHUP, SIGUSR1): after a rotation
+        that renamed the file, new lines go to a new file. A failure keeps the old."""
+        if self.protocol_log is None:
+            return
+        try:
+            self.protocol_log.reopen()
+        except OSError as exc:
+            log.error("protocol log not re-opened, still writing the old file: %s", exc)
+
+    def hangup(self) -> None:
+        """SIGHUP: re-open the protocol log, then reload the configuration."""
+        self.reopen_logs()
+        self.reload()
 
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None:
         self.stats.policy_events[ev.id] = self.stats.policy_events.get(ev.id, 0) + 1
@@ -274,9 +321,11 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.config.drain_grace)
         for conn in list(self.sessions):
-            if conn.transport is not None:
-                conn.transport.abort()
-            conn.connection_lost(None)
+            conn.abort()
+        for task in list(self._connects):
+            task.cancel()
+        if self._connects:
+            await asyncio.wait(list(self._connects), timeout=1.0)
         if self._metrics_timer is not None:
             self._metrics_timer.cancel()
             self._metrics_timer = None
@@ -284,15 +333,18 @@ class Gateway:
         if self.protocol_log is not None:
             self.protocol_log.flush()
 
-    async def serve_until_signalled(self) -> None:
+    async def serve_until_signalled(self, on_stop: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, then drain; ``on_stop`` runs once, first."""
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self.loop.add_signal_handler(sig, stop.set)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self.loop.add_signal_handler(signal.SIGHUP, self.hangup)
+            self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         await stop.wait()
-        print("smtpguard: draining sessions...", file=sys.stderr, flush=True)
+        if on_stop is not None:
+            on_stop()
         await self.drain()
 
 

@@ -1,25 +1,75 @@
-"""Worker processes sharing one listening port (SO_REUSEPORT).
+"""Worker processes sharing one listening port (SO_REUSEPORT), and their supervisor.
 
 The parent binds every listening socket itself, so a bad ``--listen`` fails once,
 with one line, before anything forks; each worker gets its own socket and the kernel
-spreads connections across them. The parent forwards SIGTERM/SIGINT to the workers
-(each drains its own sessions) and exits when all of them have; it forwards SIGHUP
-as is (each worker re-reads the config file itself).
+spreads connections across them. A port another process already listens on is
+refused even when that process set SO_REUSEPORT too: a second instance must never
+share the port with the first (two policies answering one port at random).
+
+Start-up: every child reports over a pipe that it serves, or one line saying why it
+cannot. The parent calls ``on_ready`` (the CLI prints its start-up block) only once
+all children are serving; if one fails, the others are stopped and
+:class:`StartupFailed` carries that line.
+
+Later, a child that dies is logged with its reason (exit status or signal) and
+forked again on the same socket, after 1, 2, 4 ... up to 30 seconds; the back-off
+starts over once a child has served for ``STABLE_AFTER`` seconds. A child that dies
+``MAX_QUICK_DEATHS`` times in a row stops the whole service with exit status 1 (the
+service manager, e.g. systemd's ``Restart=on-failure``, takes over from there).
+
+Stop: SIGTERM or SIGINT make the parent call ``on_stop`` once and send SIGTERM to
+the workers (each drains its own sessions); *helpers* (the built-in mailbox) get
+theirs only when every worker has exited, so a transaction in flight finishes in
+every topology. Helpers ignore SIGINT: a Ctrl-C reaches the whole process group.
+SIGHUP and SIGUSR1 are forwarded to the workers as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("smtpguard.gateway")
+
+STABLE_AFTER = 60.0  # seconds of service after which a death is not "quick"
+MAX_QUICK_DEATHS = 5
+MAX_BACKOFF = 30.0
+STARTUP_TIMEOUT = 60.0  # seconds a child has to report that it serves
+
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+
+
+class StartupFailed(Exception):
+    """A child could not start; the message is one line for the user."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: ``path: reason`` for OS errors, else type and text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
-    """Bind ``count`` sockets to the same address; port 0 picks one port for all."""
+    """Bind ``count`` sockets to the same address; port 0 picks one port for all.
+    OSError (EADDRINUSE) if anything already listens there, SO_REUSEPORT or not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if count > 1 and port != 0:
+        # Our sockets set SO_REUSEPORT, so a bind alone would join another process's
+        # group: first bind without it, which fails if anyone holds the address.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -39,62 +89,266 @@ def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def run_workers(
-    socks: list[socket.socket],
-    worker: Callable[[socket.socket, int], int],
-    parent_close: list[socket.socket] | None = None,
-    after_fork: Callable[[], None] | None = None,
-    on_exit: Callable[[int], None] | None = None,
-) -> int:
-    """Fork one process per socket running ``worker(sock, index)``; wait for all.
-    ``parent_close``: more listening sockets the workers own, closed in the parent
-    after forking (a listener left open here would get connections nobody accepts)."""
-    pids: list[int] = []
-    for index, sock in enumerate(socks):
-        pid = os.fork()
-        if pid == 0:  # child
-            for other in socks:
-                if other is not sock:
-                    other.close()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 1
+Ready = Callable[[], None]
+
+
+@dataclass(eq=False)
+class Child:
+    """One supervised process: ``target(ready)`` runs in it and returns the exit
+    status; it calls ``ready()`` once it serves. ``sockets``: the listening sockets
+    it keeps (the parent's others are closed in it)."""
+
+    name: str
+    target: Callable[[Ready], int]
+    sockets: list[socket.socket] = field(default_factory=list)
+    helper: bool = False  # stopped after the workers (the built-in mailbox)
+    pid: int = 0
+    started: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float | None = None
+    ready_fd: int = -1
+
+
+def _exit_reason(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"killed by {name}"
+    return f"exited with status {code}"
+
+
+def _child_main(child: Child, inherited: list[socket.socket], wfd: int) -> None:
+    """In the forked process: never returns, never lets an exception escape."""
+    code = 1
+    ready_sent = False
+
+    def ready() -> None:
+        nonlocal ready_sent
+        if not ready_sent:
+            ready_sent = True
+            with contextlib.suppress(OSError):
+                os.write(wfd, b"R")
+                os.close(wfd)
+
+    try:
+        for s in inherited:
+            if s not in child.sockets:
+                s.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if child.helper else signal.SIG_DFL)
+        for sig in (signal.SIGHUP, signal.SIGUSR1):  # until the event loop handles them
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        code = child.target(ready)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # the reason must reach the administrator
+        reason = describe(exc)
+        told = False
+        if not ready_sent:
             try:
-                code = worker(sock, index)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        pids.append(pid)
-    for sock in [*socks, *(parent_close or [])]:
-        sock.close()
-    if after_fork is not None:  # threads only now: never fork a threaded process
-        after_fork()
+                os.write(wfd, b"E" + reason.encode("utf-8", "replace"))
+                told = True
+            except OSError:
+                pass
+        if not told:
+            log.error("%s (pid %d) failed: %s", child.name, os.getpid(), reason)
+        log.debug("%s traceback", child.name, exc_info=exc)
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
 
-    def forward_hup(signum: int, _frame: object) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
+class Supervisor:
+    def __init__(
+        self,
+        children: list[Child],
+        inherited: list[socket.socket],
+        after_fork: Callable[[], None] | None = None,
+        on_exit: Callable[[int], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.children = children
+        self.inherited = inherited
+        self.after_fork = after_fork
+        self.on_exit = on_exit
+        self.on_ready = on_ready
+        self.on_stop = on_stop
+        self.stopping = False
+        self.status = 0
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward_hup)
-    status = 0
-    for pid in pids:
+    def _spawn(self, child: Child) -> None:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(rfd)
+            _child_main(child, self.inherited, wfd)
+        os.close(wfd)
+        child.pid = pid
+        child.started = time.monotonic()
+        child.restart_at = None
+        child.ready_fd = rfd
+
+    def _await_ready(self) -> str | None:
+        """Wait for every child's report; the first failure's line, or None."""
+        pending = {c.ready_fd: c for c in self.children}
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        failure: str | None = None
+        while pending and failure is None:
+            left = deadline - time.monotonic()
+            readable = select.select(list(pending), [], [], max(left, 0))[0] if left > 0 else []
+            if not readable:
+                names = ", ".join(c.name for c in pending.values())
+                failure = f"{names}: not serving after {STARTUP_TIMEOUT:.0f} s"
+                break
+            for fd in readable:
+                child = pending.pop(fd)
+                data = os.read(fd, 4096)
+                if data.startswith(b"R"):
+                    continue
+                reason = data[1:].decode("utf-8", "replace") if data else ""
+                if not reason:
+                    _, st = os.waitpid(child.pid, 0)
+                    self._reaped(child)
+                    reason = f"{_exit_reason(st)} during start-up"
+                failure = f"{child.name}: {reason}"
+                break
+        for c in self.children:
+            if c.ready_fd >= 0:
+                os.close(c.ready_fd)
+                c.ready_fd = -1
+        return failure
+
+    def _reaped(self, child: Child) -> None:
+        if self.on_exit is not None:
+            self.on_exit(child.pid)
+        child.pid = 0
+
+    def _signal(self, sig: int, helpers: bool = False) -> None:
+        for c in self.children:
+            if c.pid and c.helper == helpers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c.pid, sig)
+
+    def _stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for c in self.children:
+            c.restart_at = None
+        if self.on_stop is not None:
+            self.on_stop()
+        self._signal(signal.SIGTERM)
+        # No new connection may wait in a backlog nobody will accept from.
+        for s in self.inherited:
+            s.close()
+
+    def _died(self, child: Child, st: int) -> None:
+        self._reaped(child)
+        code = os.waitstatus_to_exitcode(st)
+        if self.stopping:
+            if code not in (0, -signal.SIGTERM):
+                log.error("%s %s while stopping", child.name, _exit_reason(st))
+                self.status = 1
+            return
+        now = time.monotonic()
+        child.quick_deaths = child.quick_deaths + 1 if now - child.started < STABLE_AFTER else 1
+        if child.quick_deaths >= MAX_QUICK_DEATHS:
+            log.error(
+                "%s %s, %d times in a row: stopping the service",
+                child.name,
+                _exit_reason(st),
+                child.quick_deaths,
+            )
+            self.status = 1
+            self._stop()
+            return
+        delay = min(MAX_BACKOFF, 2.0 ** (child.quick_deaths - 1))
+        log.error("%s %s; restarting it in %g s", child.name, _exit_reason(st), delay)
+        child.restart_at = now + delay
+
+    def _reap_all(self) -> None:
         while True:
             try:
-                _, st = os.waitpid(pid, 0)
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for c in self.children:
+                if c.pid == pid:
+                    self._died(c, st)
+
+    def run(self) -> int:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            return self._run()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def _run(self) -> int:
+        for child in self.children:
+            self._spawn(child)
+        failure = self._await_ready()
+        if failure is not None:
+            self.stopping = True
+            self._signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM, helpers=True)
+            for c in self.children:
+                if c.pid:
+                    os.waitpid(c.pid, 0)
+                    self._reaped(c)
+            for s in self.inherited:
+                s.close()
+            raise StartupFailed(failure)
+        if self.after_fork is not None:  # threads only now: never fork a threaded process
+            self.after_fork()
+        if self.on_ready is not None:
+            self.on_ready()
+        while True:
+            alive = [c for c in self.children if c.pid]
+            if self.stopping and not any(not c.helper for c in alive):
+                if not alive:
+                    return self.status
+                self._signal(signal.SIGTERM, helpers=True)
+            due = [c.restart_at for c in self.children if c.restart_at is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else 3600.0
+            info = signal.sigtimedwait(_SIGNALS, timeout)
+            if info is None:
+                now = time.monotonic()
+                for c in self.children:
+                    if c.restart_at is not None and c.restart_at <= now and not self.stopping:
+                        self._spawn(c)
+                        os.close(c.ready_fd)  # a restarted child reports in the log only
+                        c.ready_fd = -1
+                        log.warning("%s restarted (pid %d)", c.name, c.pid)
                 continue
-        if on_exit is not None:
-            on_exit(pid)
-        code = os.waitstatus_to_exitcode(st)
-        if code not in (0, -signal.SIGTERM):
-            status = 1
-    return status
+            sig = info.si_signo
+            if sig == signal.SIGCHLD:
+                self._reap_all()
+            elif sig in (signal.SIGTERM, signal.SIGINT):
+                self._stop()
+            elif not self.stopping:  # SIGHUP, SIGUSR1
+                self._signal(sig)
+
+
+def run_workers(
+    children: list[Child],
+    inherited: list[socket.socket],
+    after_fork: Callable[[], None] | None = None,
+    on_exit: Callable[[int], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> int:
+    """Supervise ``children`` (see the module docstring); returns the exit status,
+    0 after a clean stop. ``inherited``: every listening socket of the parent, each
+    closed in the children that do not keep it. Raises :class:`StartupFailed` if a
+    child cannot start."""
+    return Supervisor(children, inherited, after_fork, on_exit, on_ready, on_stop).run()

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smtpguard.core.grammar import Reply
-from smtpguard.probe.model import Check, Outcome, Verdict
+from smtpguard.probe.messages import CARRIER_TAIL, SMUGGLED_MAIL, escaped
+from smtpguard.probe.model import Check, Delivered, Outcome, VariantResult, Verdict
 
 # Postfix smtp(8) switches on its PIX workarounds when the whole greeting consists only
 # of these characters (smtp_proto.c: strspn(resp, "20 *\t\n") == strlen(resp)).
@@ -196,12 +197,12 @@ def pipelining_check(
     offered: bool, ehlo_refused: bool, replies: Sequence[Reply] | None, error: str | None
 ) -> Check:
     if not offered:
-        why = (
-            "EHLO is refused, so no extension is visible"
+        detail = (
+            "PIPELINING cannot be seen: EHLO is refused, so no extension is visible"
             if ehlo_refused
-            else "not offered; senders wait for each reply (slower, works)"
+            else "PIPELINING not offered: senders wait for each reply (slower, works)"
         )
-        return Check("pipelining", Verdict.INFO, f"PIPELINING {why}", data={"offered": False})
+        return Check("pipelining", Verdict.INFO, detail, data={"offered": False})
     if replies is None:
         return Check(
             "pipelining",
@@ -226,9 +227,17 @@ class TlsResult:
     reply: Reply | None = None
     cipher: str | None = None
     error: str | None = None
+    implicit: bool = False  # TLS from the first byte (port 465): no STARTTLS at all
 
 
 def starttls_check(result: TlsResult, ehlo_refused: bool) -> Check:
+    if result.implicit:
+        return Check(
+            "starttls",
+            Verdict.OK,
+            f"implicit TLS from the first byte ({result.cipher or 'TLS'}), no STARTTLS needed",
+            data={"implicit": True, "working": True, "cipher": result.cipher},
+        )
     if not result.offered:
         if result.tried:
             return Check(
@@ -278,6 +287,7 @@ class Delivery:
     reply: Reply | None = None  # final reply to the end of data
     seconds: float | None = None
     error: str | None = None  # no final reply: timeout or connection lost
+    message_id: str | None = None
 
     @property
     def answered(self) -> bool:
@@ -353,13 +363,142 @@ def split_check(
     ), Outcome.PASSED
 
 
-def smuggling_check(results: Mapping[str, tuple[Outcome, str]]) -> Check:
-    accepted = [v for v, (o, _) in results.items() if o is Outcome.ACCEPTED]
-    tested = [v for v, (o, _) in results.items() if o is not Outcome.UNTESTED]
-    data = {v: f"{o.value}: {why}" for v, (o, why) in results.items()}
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one smuggling session saw: carrier body + bogus sequence, then (after
+    ``early``) the smuggled transaction and the real end of data (``replies``)."""
+
+    carrier_id: str
+    smuggled_id: str
+    early: Reply | None = None  # answered right after the bogus sequence
+    replies: tuple[Reply, ...] = ()  # every reply after the rest was sent
+    error: str | None = None  # how the session ended early (timeout, closed)
+    untested: str | None = None  # why the carrier could not even start
+
+    @property
+    def all_replies(self) -> tuple[Reply, ...]:
+        return ((self.early,) if self.early else ()) + self.replies
+
+    @property
+    def carrier_expected(self) -> bool:
+        """The target acknowledged the carrier (the first reply after DATA is 2xx),
+        so it must show up in the mailbox, whole or cut at the bogus sequence."""
+        first = self.all_replies[:1]
+        return bool(first) and first[0].positive
+
+    @property
+    def smuggled_may_follow(self) -> bool:
+        """The replies do not show the smuggled transaction refused: either they hide
+        it (one reply only) or its message got a 354 and then a 2xx."""
+        replies = self.all_replies
+        if len(replies) <= 1:
+            return True
+        codes = [r.code for r in replies]
+        return 354 in codes and any(r.positive for r in replies[codes.index(354) + 1 :])
+
+
+def attempt_outcome(a: Attempt) -> tuple[Outcome, str]:
+    """The verdict from replies alone: more than one reply, or a positive one right
+    after the bogus sequence, means the sequence ended the data."""
+    if a.untested is not None:
+        return Outcome.UNTESTED, a.untested
+    replies = a.all_replies
+    shown = ", ".join(reply_summary(r) for r in replies)
+    ended = f"; then {a.error}" if a.error else ""
+    if a.early is not None and a.early.positive:
+        return Outcome.ACCEPTED, (
+            f"answered {reply_summary(a.early)} right after the bogus end-of-data{ended}"
+        )
+    if len(replies) >= 2:
+        return Outcome.ACCEPTED, (
+            f"{len(replies)} replies ({shown}): the bogus sequence ended the data and the "
+            "rest ran as commands"
+        )
+    if a.early is not None:
+        return Outcome.REJECTED, f"refused at the bogus sequence: {shown}{ended}"
+    if not replies:
+        return Outcome.REJECTED, f"no reply at all ({a.error or 'session ended'})"
+    if replies[0].positive:
+        return Outcome.REJECTED, f"kept as content; one reply to the real end: {shown}"
+    return Outcome.REJECTED, f"message refused: {shown}"
+
+
+def _arrived_as(carrier: bytes) -> str:
+    start = carrier.find(CARRIER_TAIL)
+    end = carrier.find(SMUGGLED_MAIL, start)
+    if start < 0 or end < 0:
+        return "?"
+    return escaped(carrier[start + len(CARRIER_TAIL) : end])
+
+
+def judge_variant(
+    name: str,
+    sequence: str,
+    a: Attempt,
+    mailbox: Mapping[str, bytes] | None,
+    complete: bool = True,
+) -> VariantResult:
+    """Replies and, when the mailbox is readable, what was delivered.
+
+    ``mailbox`` maps Message-IDs to the raw messages found; ``complete`` is false when
+    the probe gave up waiting for messages the target acknowledged. A delivered
+    smuggled message, or a carrier cut at the bogus sequence, makes the variant
+    accepted whatever the replies said: the mailbox is the truth."""
+    outcome, detail = attempt_outcome(a)
+    replies = tuple(reply_summary(r) for r in a.all_replies)
+
+    def result(o: Outcome, smuggled: Delivered, text: str) -> VariantResult:
+        return VariantResult(
+            name, sequence, o, smuggled, text, replies, a.carrier_id, a.smuggled_id
+        )
+
+    if mailbox is None or outcome is Outcome.UNTESTED:
+        return result(outcome, Delivered.UNCHECKED, detail)
+    carrier = mailbox.get(a.carrier_id)
+    if a.smuggled_id in mailbox:
+        if outcome is Outcome.REJECTED:
+            detail = f"the replies looked clean ({detail}), yet"
+        else:
+            detail += "; and"
+        return result(
+            Outcome.ACCEPTED, Delivered.DELIVERED, f"{detail} the smuggled message was delivered"
+        )
+    if carrier is not None and a.smuggled_id.encode() not in carrier:
+        return result(
+            Outcome.ACCEPTED,
+            Delivered.NOT_DELIVERED,
+            f"{detail}; the carrier was delivered cut at the bogus sequence (the smuggled "
+            "message itself did not arrive)",
+        )
+    if carrier is not None:
+        return result(
+            outcome,
+            Delivered.NOT_DELIVERED,
+            f"{detail}; delivered as one message, the sequence arrived as '{_arrived_as(carrier)}'",
+        )
+    if a.carrier_expected and not complete:
+        return result(
+            outcome, Delivered.UNCHECKED, f"{detail}; the acknowledged carrier never arrived"
+        )
+    return result(outcome, Delivered.NOT_DELIVERED, f"{detail}; nothing was delivered")
+
+
+def smuggling_check(results: Sequence[VariantResult]) -> Check:
+    accepted = [v.name for v in results if v.outcome is Outcome.ACCEPTED]
+    delivered = [v.name for v in results if v.smuggled is Delivered.DELIVERED]
+    tested = [v for v in results if v.outcome is not Outcome.UNTESTED]
+    data = {v.name: f"{v.outcome.value}: {v.detail}" for v in results}
     if not tested:
-        why = next(iter(results.values()))[1] if results else "not run"
+        why = results[0].detail if results else "not run"
         return Check("smuggling", Verdict.SKIPPED, why, data=data)
+    if delivered:
+        return Check(
+            "smuggling",
+            Verdict.PROBLEM,
+            f"smuggled messages were DELIVERED after {', '.join(delivered)}: an attacker "
+            "can inject a second, forged message past filters (SMTP smuggling)",
+            data=data,
+        )
     if accepted:
         return Check(
             "smuggling",
@@ -368,11 +507,101 @@ def smuggling_check(results: Mapping[str, tuple[Outcome, str]]) -> Check:
             "smuggle a second, forged message past filters (SMTP smuggling)",
             data=data,
         )
+    checked = all(v.smuggled is Delivered.NOT_DELIVERED for v in tested)
+    how = "; the mailbox confirms: nothing smuggled arrived" if checked else ""
     return Check(
         "smuggling",
         Verdict.OK,
-        f"bare CR/LF end-of-data variants are not taken as end of data ({len(tested)} tried)",
+        f"no bogus end-of-data sequence ends the data ({len(tested)} tried){how}",
         data=data,
+    )
+
+
+def pipelined_data_check(first: Reply | None, rest: Sequence[Reply], error: str | None) -> Check:
+    """A message, then MAIL/RCPT/DATA and a second message in the same write (the
+    ``pipelining`` test of smtpsmug). RFC 2920 §3.1 makes DATA the last command of a
+    group, so a strict server refuses the content sent before its 354; Postfix does
+    with ``smtpd_forbid_unauth_pipelining = yes``. Accepting it is not a hole by
+    itself, but it is what makes a smuggled transaction run."""
+    if first is None or not first.positive:
+        why = reply_summary(first) if first else error
+        return Check("pipelined-data", Verdict.SKIPPED, f"untested: first message: {why}")
+    codes = [r.code for r in rest]
+    shown = ", ".join(reply_summary(r) for r in rest) or "none"
+    data = {"replies": [reply_summary(r) for r in (first, *rest)]}
+    if len(rest) == 4 and all(r.positive or r.code == 354 for r in rest):
+        return Check(
+            "pipelined-data",
+            Verdict.INFO,
+            "a second transaction sent with its message before the 354 is accepted "
+            f"({shown}): commands after DATA are not held back (RFC 2920 §3.1)",
+            data=data,
+        )
+    if any(c >= 400 for c in codes) or error:
+        return Check(
+            "pipelined-data",
+            Verdict.OK,
+            "a message sent before the 354 to a pipelined DATA is refused "
+            f"({shown}{'; ' + error if error else ''})",
+            data=data,
+        )
+    return Check(
+        "pipelined-data",
+        Verdict.INFO,
+        f"a pipelined second transaction got {len(rest)} of 4 replies ({shown})",
+        data=data,
+    )
+
+
+def auth_mechanisms(ehlo: Reply | None) -> list[str]:
+    """SASL mechanisms of the EHLO ``AUTH`` keyword (RFC 4954 §3), upper-case."""
+    if ehlo is None or ehlo.code != 250:
+        return []
+    for line in ehlo.lines[1:]:
+        words = line.replace("=", " ", 1).split()
+        if words and words[0].upper() == "AUTH":
+            return [w.upper() for w in words[1:]]
+    return []
+
+
+def auth_check(mechanism: str | None, reply: Reply | None, error: str | None) -> Check:
+    if reply is not None and reply.code == 235:
+        return Check(
+            "auth",
+            Verdict.OK,
+            f"AUTH {mechanism} accepted ({reply_summary(reply)})",
+            data={"mechanism": mechanism, "reply": reply_summary(reply)},
+        )
+    what = reply_summary(reply) if reply is not None else error
+    return Check(
+        "auth",
+        Verdict.PROBLEM,
+        f"authentication failed{' with ' + mechanism if mechanism else ''}: {what}",
+        data={"mechanism": mechanism},
+    )
+
+
+def delivery_check(expected: int, missing: Sequence[str], where: str) -> Check:
+    if expected == 0:
+        return Check(
+            "delivery",
+            Verdict.SKIPPED,
+            f"the target acknowledged no message, nothing to look for in {where}",
+        )
+    if missing:
+        return Check(
+            "delivery",
+            Verdict.PROBLEM,
+            f"{len(missing)} of {expected} messages the target acknowledged did not arrive in "
+            f"{where} (is it the mailbox of --to?); smuggling verdicts without them are "
+            "from replies only",
+            data={"missing": list(missing)},
+        )
+    return Check(
+        "delivery",
+        Verdict.OK,
+        f"all {expected} messages the target acknowledged arrived in {where}",
+        data={"expected": expected},
     )
 
 
@@ -385,10 +614,16 @@ def summarise(checks: Sequence[Check]) -> tuple[Verdict, str]:
     if "split-terminator" in ids:
         notes.append("split end-of-data is dropped (duplicate deliveries)")
     if "smuggling" in ids:
-        notes.append("bare CR/LF end-of-data accepted (SMTP smuggling)")
+        notes.append("bogus end-of-data accepted (SMTP smuggling)")
     if not problems:
         return Verdict.OK, "no problem found"
-    explained = {c.id for c in checks if c.filter_sign} | {"split-terminator", "smuggling"}
+    if "delivery" in ids:
+        notes.append("acknowledged mail did not arrive in the mailbox")
+    explained = {c.id for c in checks if c.filter_sign} | {
+        "split-terminator",
+        "smuggling",
+        "delivery",
+    }
     others = sorted(ids - explained)
     if others:
         notes.append("problems in: " + ", ".join(others))

@@ -12,11 +12,14 @@ import socket
 import sys
 from typing import Any
 
+from smtpguard.probe.mailbox import Mailbox, MailboxError
 from smtpguard.probe.model import (
+    DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_GAP,
     DEFAULT_PORT,
     DEFAULT_SMUGGLE_WAIT,
     DEFAULT_TIMEOUT,
+    IMPLICIT_TLS_PORT,
     ProbeOptions,
 )
 
@@ -28,9 +31,10 @@ def register(sub: Any) -> None:
         description=(
             "Connect to an SMTP server like a sender would and report whether a "
             "Mailguard-style filter is in the path, whether a split CRLF.CRLF is "
-            "answered, whether bare CR/LF end-of-data is accepted, and whether "
-            "PIPELINING and STARTTLS work. Without --no-send it delivers a few small "
-            "test messages to --to."
+            "answered, which bogus end-of-data sequences smuggle a second message "
+            "through (checked in the mailbox with --maildir/--mbox), and whether "
+            "PIPELINING, STARTTLS and AUTH work. Without --no-send it delivers a few "
+            "small test messages to --to."
         ),
     )
     p.add_argument(
@@ -83,11 +87,39 @@ def register(sub: Any) -> None:
         help="seconds to wait for an answer to a bogus end-of-data "
         f"(default {DEFAULT_SMUGGLE_WAIT:g})",
     )
-    p.add_argument("--tls", action="store_true", help="also try the STARTTLS handshake")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="use STARTTLS in every session (the certificate is not verified)",
+    )
+    p.add_argument(
+        "--implicit-tls",
+        action="store_true",
+        help=f"TLS from the first byte (default on port {IMPLICIT_TLS_PORT}, which is "
+        "then also the default port)",
+    )
+    p.add_argument("--auth-user", metavar="USER", help="authenticate (AUTH PLAIN/LOGIN, TLS only)")
+    p.add_argument("--auth-pass", metavar="PASSWORD", help="password for --auth-user")
+    box = p.add_mutually_exclusive_group()
+    box.add_argument(
+        "--maildir",
+        metavar="DIR",
+        help="Maildir (or directory of message files) that mail for --to lands in: "
+        "smuggled messages are looked for there",
+    )
+    box.add_argument("--mbox", metavar="FILE", help="like --maildir, for an mbox file")
+    p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=DEFAULT_DELIVERY_TIMEOUT,
+        metavar="S",
+        help="seconds to wait for acknowledged messages to reach --maildir/--mbox "
+        f"(default {DEFAULT_DELIVERY_TIMEOUT:g})",
+    )
     p.set_defaults(func=run)
 
 
-def parse_target(text: str) -> tuple[str, int]:
+def parse_target(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
     from smtpguard.cli import CliError
 
@@ -102,7 +134,7 @@ def parse_target(text: str) -> tuple[str, int]:
     if not host:
         raise CliError(f"bad target {text!r}: no host")
     if not port_text:
-        return host, DEFAULT_PORT
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise CliError(f"bad port {port_text!r} in {text!r}")
     return host, int(port_text)
@@ -111,8 +143,30 @@ def parse_target(text: str) -> tuple[str, int]:
 def options_from_args(args: argparse.Namespace) -> ProbeOptions:
     from smtpguard.cli import CliError
 
-    host, port = parse_target(args.target)
-    for name in ("timeout", "gap", "smuggle_wait"):
+    host, port = parse_target(args.target, IMPLICIT_TLS_PORT if args.implicit_tls else DEFAULT_PORT)
+    implicit = args.implicit_tls or port == IMPLICIT_TLS_PORT
+    if implicit and args.tls:
+        raise CliError(
+            "--tls (STARTTLS) and implicit TLS (--implicit-tls, port 465) exclude each other"
+        )
+    if (args.auth_user is None) != (args.auth_pass is None):
+        raise CliError("--auth-user and --auth-pass go together")
+    if args.auth_user is not None and not (implicit or args.tls):
+        raise CliError(
+            "--auth-user needs TLS: add --tls (STARTTLS) or --implicit-tls; "
+            "credentials are never sent in clear"
+        )
+    mailbox = None
+    if args.maildir or args.mbox:
+        kind, path = ("maildir", args.maildir) if args.maildir else ("mbox", args.mbox)
+        if args.no_send:
+            raise CliError(f"--{kind} has nothing to check with --no-send")
+        try:
+            Mailbox(path, kind).check()
+        except MailboxError as exc:
+            raise CliError(str(exc)) from None
+        mailbox = (kind, path)
+    for name in ("timeout", "gap", "smuggle_wait", "delivery_timeout"):
         if not getattr(args, name) > 0:
             raise CliError(f"--{name.replace('_', '-')} must be a positive number of seconds")
     for flag, addr in (("--from", args.mail_from), ("--to", args.rcpt_to)):
@@ -131,19 +185,30 @@ def options_from_args(args: argparse.Namespace) -> ProbeOptions:
         timeout=args.timeout,
         gap=args.gap,
         smuggle_wait=args.smuggle_wait,
+        implicit_tls=implicit,
+        auth_user=args.auth_user,
+        auth_pass=args.auth_pass,
+        mailbox=mailbox,
+        delivery_timeout=args.delivery_timeout,
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    """With --json, stdout always gets one JSON object, an error too (exit 2)."""
     from smtpguard.cli import CliError
     from smtpguard.probe.client import ConnectFailed
-    from smtpguard.probe.render import render_json, render_table
+    from smtpguard.probe.render import render_error_json, render_json, render_table
     from smtpguard.probe.runner import run_probe
 
-    opts = options_from_args(args)
     try:
-        report = asyncio.run(run_probe(opts))
-    except ConnectFailed as exc:
-        raise CliError(str(exc)) from None
+        opts = options_from_args(args)
+        try:
+            report = asyncio.run(run_probe(opts))
+        except ConnectFailed as exc:
+            raise CliError(str(exc)) from None
+    except CliError as exc:
+        if args.json:
+            render_error_json(args.target, str(exc), sys.stdout)
+        raise
     (render_json if args.json else render_table)(report, sys.stdout)
     return report.exit_code

@@ -38,6 +38,15 @@ class BadReply(ProbeError):
     """The peer sent something that is not an SMTP reply."""
 
 
+def _unverified_context() -> ssl.SSLContext:
+    """The probe reports whether TLS works through the path, not whether the
+    certificate is trusted: no verification."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class SmtpClient:
     """One SMTP connection. Create with :meth:`connect`; always :meth:`close`."""
 
@@ -54,16 +63,28 @@ class SmtpClient:
         self.broken = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, timeout: float) -> SmtpClient:
+    async def connect(
+        cls, host: str, port: int, timeout: float, implicit_tls: bool = False
+    ) -> SmtpClient:
+        """TCP connection; with ``implicit_tls`` the TLS handshake comes first (port
+        465, RFC 8314), before the greeting."""
+        ctx = _unverified_context() if implicit_tls else None
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, limit=REPLY_LINE_LIMIT * 4
+                    host,
+                    port,
+                    limit=REPLY_LINE_LIMIT * 4,
+                    ssl=ctx,
+                    server_hostname=host if ctx else None,
                 )
         except TimeoutError as exc:
             raise ConnectFailed(f"connection to {host}:{port} timed out") from exc
         except ConnectionRefusedError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: connection refused") from exc
+        except ssl.SSLError as exc:
+            reason = exc.reason or str(exc)
+            raise ConnectFailed(f"TLS handshake with {host}:{port} failed: {reason}") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from exc
@@ -145,17 +166,18 @@ class SmtpClient:
         The certificate is not verified: the probe reports whether TLS works through
         the path, not whether the certificate is trusted.
         """
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         try:
             async with asyncio.timeout(self.timeout):
-                await self._writer.start_tls(ctx, server_hostname=server_hostname)
+                await self._writer.start_tls(_unverified_context(), server_hostname=server_hostname)
         except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
             raise ConnectFailed(f"TLS handshake failed: {exc or type(exc).__name__}") from exc
+        return self.tls_description() or "TLS"
+
+    def tls_description(self) -> str | None:
+        """``"TLSv1.3 CIPHER"`` on a TLS connection, else ``None``."""
         obj = self._writer.get_extra_info("ssl_object")
         if obj is None:
-            return "TLS"
+            return None
         cipher = obj.cipher()
         return f"{obj.version()} {cipher[0] if cipher else ''}".strip()
 

@@ -15,12 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_PORT = 25
+# SMTP submission over implicit TLS (RFC 8314 §3.3): a target on this port gets TLS
+# from the first byte unless told otherwise.
+IMPLICIT_TLS_PORT = 465
 DEFAULT_TIMEOUT = 30.0
 # Gap between the segments of the split end-of-data: long enough that no TCP stack or
 # middlebox coalesces them, short enough to keep a run brisk.
 DEFAULT_GAP = 0.5
 # How long to wait for a reply after a bogus end-of-data before sending the real one.
 DEFAULT_SMUGGLE_WAIT = 1.0
+# How long to wait for the probe's messages to show up in --maildir/--mbox.
+DEFAULT_DELIVERY_TIMEOUT = 60.0
 
 
 class Verdict(enum.Enum):
@@ -28,6 +33,14 @@ class Verdict(enum.Enum):
     PROBLEM = "problem"
     INFO = "info"
     SKIPPED = "skipped"
+
+
+class Delivered(enum.Enum):
+    """Whether a smuggled message reached the mailbox (``--maildir``/``--mbox``)."""
+
+    DELIVERED = "delivered"
+    NOT_DELIVERED = "not-delivered"
+    UNCHECKED = "unchecked"  # no mailbox given, or it could not be judged
 
 
 class Outcome(enum.Enum):
@@ -72,11 +85,42 @@ class ProbeOptions:
     timeout: float = DEFAULT_TIMEOUT
     gap: float = DEFAULT_GAP
     smuggle_wait: float = DEFAULT_SMUGGLE_WAIT
+    implicit_tls: bool = False
+    auth_user: str | None = None
+    auth_pass: str | None = None
+    # The mailbox the target delivers --to into: ("maildir" | "mbox", path).
+    mailbox: tuple[str, str] | None = None
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
 
     @property
     def target(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class VariantResult:
+    """One smuggling variant: what the replies said, and what the mailbox showed."""
+
+    name: str
+    sequence: str  # the bogus bytes, escaped: "\\r\\n.\\n"
+    outcome: Outcome  # accepted: the path took the sequence as end of data
+    smuggled: Delivered
+    detail: str
+    replies: tuple[str, ...] = ()
+    carrier_id: str | None = None
+    smuggled_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "end_of_data": self.outcome.value,
+            "smuggled": self.smuggled.value,
+            "detail": self.detail,
+            "replies": list(self.replies),
+            "carrier_message_id": self.carrier_id,
+            "smuggled_message_id": self.smuggled_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +132,8 @@ class ProbeReport:
     smuggling: Mapping[str, Outcome]
     verdict: Verdict
     summary: str
+    variants: tuple[VariantResult, ...] = ()
+    mailbox: str | None = None
 
     @property
     def filter_detected(self) -> bool:
@@ -110,6 +156,8 @@ class ProbeReport:
             "filter_detected": self.filter_detected,
             "split_terminator": self.split_terminator.value,
             "smuggling": {k: v.value for k, v in self.smuggling.items()},
+            "variants": {v.name: v.to_json() for v in self.variants},
+            "mailbox": self.mailbox,
             "verdict": self.verdict.value,
             "summary": self.summary,
             "checks": [c.to_json() for c in self.checks],

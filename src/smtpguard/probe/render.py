@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from smtpguard.probe.model import ProbeReport, Verdict
+from smtpguard.probe.model import Delivered, Outcome, ProbeReport, Verdict
 
 _STYLE = {
     Verdict.OK: "green",
@@ -21,6 +21,13 @@ _STYLE = {
 
 def render_json(report: ProbeReport, out: TextIO) -> None:
     json.dump(report.to_json(), out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+def render_error_json(target: str, error: str, out: TextIO) -> None:
+    """What ``--json`` prints when there is no report (exit status 2)."""
+    doc = {"target": target, "verdict": "error", "error": error}
+    json.dump(doc, out, indent=2, ensure_ascii=False)
     out.write("\n")
 
 
@@ -37,7 +44,28 @@ def render_table(report: ProbeReport, out: TextIO) -> None:
             check.id, Text(check.verdict.value, style=_STYLE[check.verdict]), check.detail
         )
     console.print(table)
-    if report.smuggling:
+    if report.variants and any(v.outcome is not Outcome.UNTESTED for v in report.variants):
+        smuggling = Table(title="smuggling variants", expand=False)
+        smuggling.add_column("variant", no_wrap=True)
+        smuggling.add_column("bytes", no_wrap=True)
+        smuggling.add_column("end of data", no_wrap=True)
+        smuggling.add_column("smuggled", no_wrap=True)
+        smuggling.add_column("detail", overflow="fold")
+        for v in report.variants:
+            bad = v.outcome is Outcome.ACCEPTED or v.smuggled is Delivered.DELIVERED
+            style = "bold red" if bad else "green"
+            smuggling.add_row(
+                v.name,
+                v.sequence,
+                Text(v.outcome.value, style=style),
+                Text(
+                    v.smuggled.value,
+                    style=style if v.smuggled is not Delivered.UNCHECKED else "dim",
+                ),
+                v.detail,
+            )
+        console.print(smuggling)
+    elif report.smuggling:
         parts = [f"{name}: {outcome.value}" for name, outcome in report.smuggling.items()]
         console.print(Text("smuggling: ", style="bold") + Text(", ".join(parts)))
     console.print(
