@@ -1,9 +1,20 @@
 """Client access control: networks, per-IP session cap, per-IP connection rate.
 
 Theory of operation: :class:`AccessPolicy` is plain, immutable data from the config
-file; :class:`AccessControl` holds the live counters (in memory, per process) and is
-asked once per accepted connection, before the session starts. It never reads the
-clock: ``now`` is an argument, so the rate limiter is tested with a fake clock.
+file; :class:`AccessControl` checks the networks and, when the gateway has no shared
+store, holds the counters itself (in memory, per process). It is asked once per
+accepted connection, before the session starts. It never reads the clock: ``now`` is
+an argument, so the rate limiter is tested with a fake clock.
+
+With a shared store (``[state]``, the default for ``serve``), :class:`SharedLimits`
+counts instead, exactly across all workers and instances that share it: the rate is
+a token bucket per address in the store, and each session holds a *lease* on its
+address (a member of a set with an expiry) that the process renews in one batch
+every third of the lease time, so a process that dies frees its slots when they
+expire. The store is asked only when ``max_sessions_per_ip`` or ``connection_rate``
+is set; the decision comes back asynchronously and the session starts (or gets its
+421) then. A store that fails lets the connection in (fail open), with a
+``SG-STATE-FAIL-OPEN`` event.
 
 Network matching is most-specific-wins: the longest ``allow`` or ``deny`` prefix that
 contains the address decides (a tie goes to ``deny``). An address that matches
@@ -15,10 +26,26 @@ and are closed by the caller; they never reach the inspector or the upstream.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
+from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
+
+if TYPE_CHECKING:
+    from smtpguard.gateway.connection import ClientConnection
+    from smtpguard.gateway.server import Gateway
+
+log = logging.getLogger("smtpguard.gateway")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -77,12 +104,14 @@ class AccessControl:
     # address -> (tokens left, time of last update)
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     _prune_at: int = PRUNE_FLOOR
+    counting: bool = True  # False: a SharedLimits counts sessions and rates instead
 
     def admit(self, peer_ip: str, now: float) -> Refusal | None:
         """Decide for a new connection from ``peer_ip``. When admitted, the session is
         counted until :meth:`release`."""
         p = self.policy
-        if not (p.allow or p.deny or p.connection_rate > 0 or p.max_sessions_per_ip > 0):
+        counting = self.counting and (p.connection_rate > 0 or p.max_sessions_per_ip > 0)
+        if not (p.allow or p.deny or counting):
             return None  # no rule needs the address: skip parsing it on every accept
         ip = parse_ip(peer_ip)
         key = str(ip) if ip is not None else peer_ip
@@ -94,24 +123,13 @@ class AccessControl:
                 "reject",
                 "access-denied",
             )
+        if not counting:
+            return None
         if p.connection_rate > 0 and not self._take_token(key, now):
-            return Refusal(
-                RATE_LIMITED,
-                f"client {key} refused: over {p.connection_rate} connections "
-                f"per {p.rate_period:g}s",
-                make_reply(421, f"4.7.0 Too many connections from {key}, try again later").raw,
-                "drop-connection",
-                "rate-limit",
-            )
+            return rate_refusal(key, p)
         live = self.sessions.get(key, 0)
         if p.max_sessions_per_ip > 0 and live >= p.max_sessions_per_ip:
-            return Refusal(
-                SESSION_CAP,
-                f"client {key} refused: already {live} sessions open",
-                make_reply(421, f"4.7.0 Too many sessions from {key}, try again later").raw,
-                "drop-connection",
-                "session-cap",
-            )
+            return cap_refusal(key, live)
         self.sessions[key] = live + 1
         return None
 
@@ -150,6 +168,145 @@ class AccessControl:
             if t + (now - last) * refill < capacity
         }
         self._prune_at = max(PRUNE_FLOOR, 2 * len(self.buckets))
+
+
+def rate_refusal(key: str, p: AccessPolicy) -> Refusal:
+    return Refusal(
+        RATE_LIMITED,
+        f"client {key} refused: over {p.connection_rate} connections per {p.rate_period:g}s",
+        make_reply(421, f"4.7.0 Too many connections from {key}, try again later").raw,
+        "drop-connection",
+        "rate-limit",
+    )
+
+
+def cap_refusal(key: str, live: int) -> Refusal:
+    return Refusal(
+        SESSION_CAP,
+        f"client {key} refused: already {live} sessions open",
+        make_reply(421, f"4.7.0 Too many sessions from {key}, try again later").raw,
+        "drop-connection",
+        "session-cap",
+    )
+
+
+def address_key(peer_ip: str) -> str:
+    """The address a limit counts: IPv4-mapped IPv6 folded, brackets and zone dropped."""
+    ip = parse_ip(peer_ip)
+    return str(ip) if ip is not None else peer_ip
+
+
+class SharedLimits:
+    """``max_sessions_per_ip`` and ``connection_rate`` in the shared store, for every
+    worker and instance that uses it (see the module docstring)."""
+
+    def __init__(self, store: Guarded, access: AccessControl, lease: float = 30.0) -> None:
+        self.store = store
+        self.access = access
+        access.counting = False
+        self.lease = lease
+        # Unique per process across a fleet and across restarts (a pid is reused).
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leases: dict[str, Lease] = {}  # session id -> its lease
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._renewal: asyncio.TimerHandle | None = None
+
+    @property
+    def needed(self) -> bool:
+        p = self.access.policy
+        return p.max_sessions_per_ip > 0 or p.connection_rate > 0
+
+    async def decide(self, peer_ip: str, sid: str) -> Refusal | None:
+        """The store's decision for a new session; a lease is taken when admitted.
+        Raises StoreError (the caller fails open)."""
+        p = self.access.policy
+        key = address_key(peer_ip)
+        if p.connection_rate > 0 and not await self.store.take_token(
+            key, p.connection_rate, p.rate_period
+        ):
+            return rate_refusal(key, p)
+        if p.max_sessions_per_ip > 0:
+            lease = (key, f"{self.instance}:{sid}")
+            if not await self.store.lease_acquire(*lease, p.max_sessions_per_ip, self.lease):
+                return cap_refusal(key, p.max_sessions_per_ip)
+            self.leases[sid] = lease
+            self._arm_renewal()
+        return None
+
+    def admit(self, gw: Gateway, conn: ClientConnection) -> None:
+        """Decide in the background; the session starts (``gw.register`` then
+        ``conn.admitted``) or is refused once the store has answered."""
+        self._spawn(self._admit(gw, conn))
+
+    async def _admit(self, gw: Gateway, conn: ClientConnection) -> None:
+        refusal = None
+        try:
+            refusal = await self.decide(peer_ip(conn.peer), conn.sid)
+        except StoreError as exc:
+            gw.policy_event(
+                conn.sid, conn.peer, PolicyEvent(FAIL_OPEN, f"limits not checked: {exc}", "log")
+            )
+        t = conn.transport
+        if t is None or t.is_closing():  # the client left while the store answered
+            self.release(conn.sid)
+            return
+        if refusal is not None:
+            gw.stats.sessions_refused += 1
+            gw.metrics.session_refused(refusal.reason)
+            gw.policy_event(
+                conn.sid, conn.peer, PolicyEvent(refusal.event_id, refusal.message, refusal.action)
+            )
+            t.write(refusal.reply)
+            t.close()
+            return
+        gw.register(conn)
+        conn.admitted()
+
+    def release(self, sid: str) -> None:
+        lease = self.leases.pop(sid, None)
+        if lease is not None:
+            self._spawn(self._release([lease]))
+
+    async def _release(self, leases: list[Lease]) -> None:
+        with contextlib.suppress(StoreError):  # the guard logged it; the lease expires
+            await self.store.lease_release(leases)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shared limits task failed", exc_info=task.exception())
+
+    def _arm_renewal(self) -> None:
+        if self._renewal is None:
+            loop = asyncio.get_running_loop()
+            self._renewal = loop.call_later(self.lease / 3, self._renew)
+
+    def _renew(self) -> None:
+        self._renewal = None
+        if self.leases:
+            self._spawn(self._renew_all(list(self.leases.values())))
+            self._arm_renewal()
+
+    async def _renew_all(self, leases: list[Lease]) -> None:
+        with contextlib.suppress(StoreError):  # logged by the guard; tried again next time
+            await self.store.lease_renew(leases, self.lease)
+
+    async def close(self) -> None:
+        """At shutdown: give back every lease still held, then close the store."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.store.retry + 1.0)
+        leases, self.leases = list(self.leases.values()), {}
+        if leases:
+            await self._release(leases)
+        await self.store.close()
 
 
 def parse_ip(text: str) -> Address | None:

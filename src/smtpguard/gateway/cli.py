@@ -497,6 +497,8 @@ def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Ca
         "maildir",
         "protocol_log",
         "protocol_log_format",
+        "state",
+        "dedupe",
     )
 
     def reload() -> Reload:

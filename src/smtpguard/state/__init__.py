@@ -17,10 +17,10 @@ __all__ = [
     "FAIL_OPEN",
     "RECOVERED",
     "UNAVAILABLE",
+    "DedupeSettings",
     "Guarded",
     "Lease",
     "StateSettings",
-    "DedupeSettings",
     "Store",
     "StoreError",
     "open_store",
@@ -77,4 +77,4 @@ def open_store(settings: StateSettings) -> Guarded:
         from smtpguard.state.redis_store import RedisStore
 
         store = RedisStore(settings.url, settings.timeout, settings.prefix)
-    return Guarded(store, settings.retry)
+    return Guarded(store, settings.retry, timeout=settings.timeout)

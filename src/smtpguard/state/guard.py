@@ -2,6 +2,7 @@
 logged once per outage, not once per session.
 
 :class:`Guarded` wraps a :class:`~smtpguard.state.base.Store`. After a failure it
+bounds every operation by ``timeout`` seconds; after a failure it
 answers every operation with :class:`StoreError` at once for ``retry`` seconds (no
 session waits on a store known to be down), then lets one operation through to see
 whether the store is back. The first failure logs ``SG-STATE-UNAVAILABLE`` (warning)
@@ -13,6 +14,7 @@ skipped, and a message is relayed as if there were no store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,10 +37,12 @@ class Guarded(Store):
         store: Store,
         retry: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        timeout: float = 0.5,
     ) -> None:
         self.store = store
         self.name = store.name
         self.retry = retry
+        self.timeout = timeout
         self._clock = clock
         self._down_until: float | None = None  # None: healthy
         self.failures = 0  # operations failed or skipped, in this process
@@ -53,7 +57,11 @@ class Guarded(Store):
             self.failures += 1
             raise StoreError(f"{self.name}: unavailable (next try in {down - self._clock():.1f}s)")
         try:
-            result = await what()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await what()
+            except TimeoutError:
+                raise StoreError(f"{self.name}: no answer within {self.timeout:g}s") from None
         except StoreError as exc:
             self.failures += 1
             if self._down_until is None:

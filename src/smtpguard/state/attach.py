@@ -1,0 +1,71 @@
+"""Wiring the shared store into ``serve``: opened only when a rule needs it.
+
+``prepare_for(settings)`` runs in the parent before any fork (the embedded database
+is created there, so an unusable ``[state] directory`` is one line at start);
+``attach(gateway, settings)`` runs in each worker and gives the gateway its
+:class:`~smtpguard.gateway.access.SharedLimits` and :class:`~smtpguard.state.dedupe.
+Dedupe` over one store per process. With no per-address limit and dedupe off, no
+store is opened and no session pays a round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smtpguard.state import Guarded, StoreError, open_store, prepare
+from smtpguard.state.dedupe import Dedupe
+
+if TYPE_CHECKING:
+    from smtpguard.config.load import Settings
+    from smtpguard.gateway.access import SharedLimits
+    from smtpguard.gateway.server import Gateway
+
+
+def needed(settings: Settings) -> bool:
+    """True when a configured rule counts across sessions or dedupe is on."""
+    a = settings.access
+    return a.max_sessions_per_ip > 0 or a.connection_rate > 0 or settings.dedupe.enabled
+
+
+def prepare_for(settings: Settings) -> None:
+    """Before forking; raises CliError (one line) if the store cannot be used."""
+    from smtpguard.cli import CliError
+
+    if not needed(settings):
+        return
+    try:
+        prepare(settings.state)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+@dataclass
+class Shared:
+    store: Guarded
+    limits: SharedLimits
+    dedupe: Dedupe | None
+
+    async def close(self) -> None:
+        if self.dedupe is not None:
+            await self.dedupe.close()
+        await self.limits.close()  # gives back the leases, closes the store
+
+
+def attach(gateway: Gateway, settings: Settings) -> Shared | None:
+    """In a worker: open the store and hand it to ``gateway``, if any rule needs it."""
+    from smtpguard.gateway.access import SharedLimits
+
+    if not needed(settings):
+        return None
+    try:
+        store = open_store(settings.state)
+    except StoreError as exc:
+        from smtpguard.cli import CliError
+
+        raise CliError(str(exc)) from None
+    limits = SharedLimits(store, gateway.access, settings.state.lease)
+    dedupe = Dedupe(store, settings.dedupe.window) if settings.dedupe.enabled else None
+    gateway.limits = limits
+    gateway.dedupe = dedupe
+    return Shared(store, limits, dedupe)
