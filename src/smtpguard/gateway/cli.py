@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from smtpguard import __version__
 from smtpguard.applog import LOGGER, setup_logging
+from smtpguard.config.load import effective_log_level
 from smtpguard.core.policy import BannerPolicy, Mode, Policy, Timeouts
 from smtpguard.logs import FORMATS, open_protocol_log
 
 if TYPE_CHECKING:
-    from smtpguard.config.load import Override, Settings
+    from smtpguard.config.load import Override, Settings, TlsFiles
     from smtpguard.gateway.server import Gateway, Reload
     from smtpguard.gateway.tls import TlsContexts
 
@@ -157,7 +158,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
-        help="application log level on stderr (default warning)",
+        help="application log level on stderr (default: warning; info, one line per "
+        "session, when stderr is a terminal)",
     )
     p.set_defaults(func=run)
 
@@ -293,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=settings.max_sessions,
         drain_grace=settings.drain_grace,
     )
-    tls = _tls_contexts(settings, upstream[0])
+    tls = _tls_contexts(settings, upstream[0], args)
     host, port = socks[0].getsockname()[:2]
     implicit = tls_socks[0].getsockname()[:2] if tls_socks else None
 
@@ -505,7 +507,7 @@ def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Ca
         new = load(args.config, overrides(args))  # ConfigError: the caller keeps the old
         _reload_tls(gateway, new)  # ConfigError too: nothing was changed yet
         # smtpguard's own logger: it has its own level and does not propagate.
-        logging.getLogger(LOGGER).setLevel(new.log_level.upper())
+        logging.getLogger(LOGGER).setLevel(effective_log_level(new, sys.stderr.isatty()).upper())
         ignored = tuple(k for k in fixed if getattr(new, k) != getattr(first, k))
         if new.tls.implicit_listen != first.tls.implicit_listen:
             ignored += ("tls.implicit_listen",)
@@ -536,14 +538,13 @@ def _reload_tls(gateway: Gateway, new: Settings) -> None:
             tls.server.load_cert_chain(t.certfile, t.keyfile)
         client = client_context(t.verify_upstream, t.cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"{new.source}: tls: cannot load certificate {t.certfile} "
-            f"({getattr(exc, 'strerror', None) or exc})"
-        ) from None
+        raise ConfigError(f"{new.source}: {tls_problem(t, exc)}") from None
     gateway.tls = dataclasses.replace(tls, client=client)
 
 
-def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
+def _tls_contexts(
+    settings: Settings, upstream_host: str, args: argparse.Namespace | None = None
+) -> TlsContexts | None:
     """TLS contexts when STARTTLS is relayed or terminated, loaded once before any
     worker starts so a bad certificate fails at start with one line."""
     from smtpguard.cli import CliError
@@ -556,12 +557,68 @@ def _tls_contexts(settings: Settings, upstream_host: str) -> TlsContexts | None:
     try:
         return contexts(t.certfile, t.keyfile, t.verify_upstream, t.cafile, upstream_host)
     except (OSError, ssl.SSLError) as exc:
-        where = f"{settings.source}: tls" if settings.source else "--tls-cert"
-        key = f" with key {t.keyfile}" if t.keyfile else " (key expected in the same file)"
-        raise CliError(
-            f"{where}: cannot load certificate {t.certfile or ''}{key}, CA "
-            f"{t.cafile or '(system)'}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
+        given = {
+            "certfile": args is not None and args.tls_cert is not None,
+            "keyfile": args is not None and args.tls_key is not None,
+        }
+        problem = tls_problem(t, exc, given)
+        raise CliError(f"{settings.source}: {problem}" if settings.source else problem) from None
+
+
+# TLS file keys -> the flag that sets them (None: config file only).
+_TLS_FLAGS = {"certfile": "--tls-cert", "keyfile": "--tls-key", "cafile": None}
+
+
+def tls_problem(t: TlsFiles, exc: BaseException, given: dict[str, bool] | None = None) -> str:
+    """Which TLS file is at fault and what is wrong with it, in one line, for an
+    error ``exc`` that loading them raised. ``given`` says which keys came from a
+    flag (named as the user typed it) rather than the file (``tls.KEY``)."""
+    given = given or {}
+
+    def name(key: str) -> str:
+        flag = _TLS_FLAGS[key]
+        return flag if flag is not None and given.get(key) else f"tls.{key}"
+
+    files = [(k, getattr(t, k)) for k in ("certfile", "keyfile", "cafile") if getattr(t, k)]
+    texts: dict[str, bytes] = {}
+    for key, path in files:
+        try:
+            with open(path, "rb") as f:
+                texts[key] = f.read()
+        except OSError as err:
+            return f"{name(key)} {path}: cannot read: {err.strerror or err}"
+    cert = texts.get("certfile", b"")
+    if t.certfile and b"-----BEGIN CERTIFICATE-----" not in cert:
+        return (
+            f"{name('certfile')} {t.certfile}: no PEM certificate in it "
+            "(expected a -----BEGIN CERTIFICATE----- block)"
+        )
+    key_text = texts.get("keyfile", cert)
+    key_where = (
+        name("keyfile") + f" {t.keyfile}" if t.keyfile else f"{name('certfile')} {t.certfile}"
+    )
+    if t.certfile and b"PRIVATE KEY-----" not in key_text:
+        if t.keyfile:
+            return f"{key_where}: no PEM private key in it (expected a PRIVATE KEY block)"
+        return (
+            f"{key_where}: no private key in it; put the key in the same file or name it "
+            "with --tls-key FILE (tls.keyfile)"
+        )
+    if b"ENCRYPTED" in key_text:
+        return (
+            f"{key_where}: the private key is encrypted (the gateway needs it without a passphrase)"
+        )
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    if "KEY_VALUES_MISMATCH" in str(reason) or "values mismatch" in str(exc):
+        return f"{key_where}: the private key does not match the certificate in {t.certfile}"
+    if t.cafile and isinstance(exc, ssl.SSLError) and "certfile" not in str(exc).lower():
+        try:
+            ssl.create_default_context(cafile=t.cafile)
+        except (OSError, ssl.SSLError) as err:
+            why = getattr(err, "reason", None) or err
+            return f"tls.cafile {t.cafile}: not a usable CA bundle ({why})"
+    what = t.certfile or t.cafile or "TLS"
+    return f"{name('certfile') if t.certfile else 'tls'} {what}: cannot load: {reason}"
 
 
 def _metrics_setup(settings: Settings) -> str | None:
@@ -607,6 +664,26 @@ def _check_reachable(host: str, port: int) -> None:
         raise CliError(f"--upstream {host}:{port}: not reachable ({reason})") from None
 
 
+def greeting_shown(policy: Policy) -> str:
+    """The greeting clients get, as the startup block shows it."""
+    if policy.emulation.pix or policy.banner is BannerPolicy.PIX:
+        return "the server's 220, masked PIX-style (2, 0 and *)"
+    if policy.banner is BannerPolicy.PASS:
+        return "the server's own"
+    if policy.banner is BannerPolicy.CUSTOM:
+        return f"220 {policy.banner_text}"
+    return f"220 {policy.hostname} ESMTP (--hostname or hostname = ... to change)"
+
+
+# At start-up when the upstream cannot learn the client's address (docs/servers.md).
+XCLIENT_OFF_WARNING = [
+    "  WARNING       xclient = false: the server sees every client as this gateway's",
+    "                address. It must not relay for that address (Postfix",
+    "                permit_mynetworks with the gateway in mynetworks makes an open relay);",
+    "                use --xclient (Postfix) or --upstream-proxy v2; see docs/servers.md",
+]
+
+
 def _print_banner(
     settings: Settings,
     host: str,
@@ -621,6 +698,7 @@ def _print_banner(
         f"smtpguard {__version__} gateway, {policy.mode.value} mode, banner {policy.banner.value}",
         f"  listening on  {shown}:{port}",
         f"  relaying to   {target}",
+        f"  greeting      {greeting_shown(policy)}",
     ]
     if settings.source:
         lines.append(f"  config        {settings.source} (SIGHUP reloads it)")
@@ -647,6 +725,8 @@ def _print_banner(
         lines.append(f"  metrics       http://{mh}:{mp}/metrics")
     if policy.xclient:
         lines.append("  XCLIENT       on (the server sees the real client address)")
+    elif not builtin and settings.upstream_proxy == "off":
+        lines += XCLIENT_OFF_WARNING
     lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
     lines.append("  stop with     Ctrl-C (drains sessions in flight)")
     print("\n".join(lines), flush=True)
