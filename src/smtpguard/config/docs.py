@@ -42,9 +42,18 @@ INTRO = """\
   `--proxy-from`, `--upstream-proxy`.
 - **Types are strict.** `limit = "100"` is a string, not an integer; unknown keys
   are errors (with a "did you mean" hint).
-- **Errors** are one line, exit status 2, naming the file, line, key, the value and
-  what was expected:
+- **Errors** are one line per problem (all of them, in the order of the file), exit
+  status 2, each naming the file, line, key, the value and what was expected:
   `smtpguard.toml:14: checks.rcpt_count.limit: got "lots", expected an integer >= 0`
+- **Relative paths** in the file (`protocol_log.path`, `gateway.maildir`,
+  `tls.certfile`, `tls.keyfile`, `tls.cafile`, `state.directory`) are relative to
+  the directory of the config file, not to the current directory, so the file means
+  the same from anywhere (a systemd unit, a shell in another directory). Paths given
+  as flags, and the default Maildir `./smtpguard-mail`, are relative to the current
+  directory.
+- **Top-level keys first.** In TOML every key after a `[table]` header belongs to
+  that table: `mode`, `banner`, `starttls`, `xclient` and the other policy keys
+  below must come before the first `[table]`.
 - **Reload.** `SIGHUP` re-reads the file (with the same command-line overrides).
   Sessions that start afterwards use the new policy and access rules; sessions in
   flight keep the policy they started with. An invalid file is refused with an

@@ -227,7 +227,9 @@ class GatewaySection(Section):
         default=30.0, description="on SIGTERM, seconds allowed for transactions in flight"
     )
     maildir: Str = Field(
-        default="./smtpguard-mail", description="Maildir of the built-in mailbox (no upstream)"
+        default="./smtpguard-mail",
+        description="Maildir of the built-in mailbox (no upstream); relative: to this "
+        "file's directory (the default: to the current directory)",
     )
     upstream_proxy_protocol: Literal["off", "v1", "v2"] = Field(
         default="off",
@@ -240,13 +242,18 @@ class GatewaySection(Section):
     log_format: Literal["text", "json"] = Field(
         default="text", description="application log on stderr: text lines or JSON lines"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="warning", description="application log level on stderr"
+    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
+        default=None,
+        description="application log level on stderr; not set: warning, or info (one line "
+        "per session) when stderr is a terminal",
     )
 
 
 class ProtocolLogSection(Section):
-    path: Str | None = Field(default=None, description="append a protocol log to this file")
+    path: Str | None = Field(
+        default=None,
+        description="append a protocol log to this file (relative: to this file's directory)",
+    )
     format: Literal["ims", "jsonl"] = Field(
         default="ims", description="ims: Exchange IMS layout; jsonl: one JSON object per event"
     )
