@@ -99,6 +99,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway: GatewayView, tls_listener: bool = False) -> None:
         self.gw = gateway
         self.loop = gateway.loop
+        self.opened_at = self.loop.time()  # for the session's log line (sessionlog.py)
         self.sid = gateway.next_session_id()
         self.tls_listener = tls_listener  # accepted on an implicit-TLS port (465)
         self.session: Session | None = None  # once the client is known (after PROXY)

@@ -41,6 +41,7 @@ from smtpguard.core.policy import Policy, Smuggling
 from smtpguard.gateway.access import AccessControl, AccessPolicy, SharedLimits, parse_ip, peer_ip
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.state.dedupe import Dedupe
@@ -253,6 +254,7 @@ class Gateway:
                 self.limits.release(conn.sid)
             if conn.session is not None:
                 self.metrics.session_closed(conn.session)
+                log_session(conn.sid, conn.peer, conn.session, self.loop.time() - conn.opened_at)
             if self.protocol_log is not None:
                 self.protocol_log.disconnect(conn.sid)
         if not self.sessions:
