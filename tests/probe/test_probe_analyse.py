@@ -27,13 +27,16 @@ SEED = (
 @pytest.mark.parametrize(
     ("raw", "kind", "verdict"),
     [
-        (SEED, "pix-mask", Verdict.PROBLEM),
+        # Postfix reads the "-" of a multi-line greeting, so no PIX mask (see
+        # tests/logscan/test_pix_rule.py); the asterisks still show a filter.
+        (SEED, "asterisks", Verdict.PROBLEM),
         (b"220 ********\r\n", "pix-mask", Verdict.PROBLEM),
-        (b"220 \t**0**2** \r\n", "pix-mask", Verdict.PROBLEM),
+        (b"220 \t**0**2** \r\n", "clear", Verdict.OK),  # Postfix makes the tab a '?'
         (b"220 mx.example ****************** ready\r\n", "asterisks", Verdict.PROBLEM),
         (b"220 mx.example ESMTP Postfix\r\n", "clear", Verdict.OK),
         (b"220-mx.example ESMTP\r\n220 no UCE\r\n", "clear", Verdict.OK),
-        (b"220 2000\r\n", "clear", Verdict.OK),  # only PIX characters but no mask at all
+        (b"220 2000\r\n", "pix-mask", Verdict.PROBLEM),  # Postfix takes it for a mask
+        (b"220\r\n", "pix-mask", Verdict.PROBLEM),
     ],
 )
 def test_banner(raw: bytes, kind: str, verdict: Verdict) -> None:

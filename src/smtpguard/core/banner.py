@@ -59,3 +59,29 @@ def pix_rewrite(line: bytes, style: PixRewrite) -> bytes:
     verb_len = len(line.split(b" ", 1)[0].rstrip(b"\r\n"))
     new = b"NOOP" if style is PixRewrite.NOOP else b"X" * verb_len
     return new + line[verb_len:]
+
+
+# Postfix smtp(8), smtp_proto.c smtp_helo(): after a 2xx greeting,
+#   if (resp->str[strspn(resp->str, "20 *\t\n")] == 0) -> PIX workarounds
+# where resp->str is the whole reply as received (smtp_chat.c smtp_chat_resp()): every
+# line with its code and separator, CR/LF stripped, joined by "\n", after printable()
+# replaced each non-printable byte (a tab too) with "?". So only these bytes can pass.
+_PIX_MASK_BYTES = b"20 *"
+
+
+def looks_like_pix_mask(greeting: bytes) -> bool:
+    """True if a Postfix client would take this greeting for a Cisco PIX mask.
+
+    ``greeting`` is the reply as received, every line with its code (``220-…`` /
+    ``220 …``), CRLF or LF line ends. This is Postfix's own test, exactly: the
+    greeting consists only of ``2``, ``0``, space and ``*``. A bare ``220`` passes
+    (Postfix switches on its workarounds for it); a multi-line greeting never does,
+    its ``-`` separator is not in the set; a tab fails, Postfix turns it into ``?``.
+    An empty greeting is not a greeting."""
+    text = False
+    for line in greeting.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line.strip(_PIX_MASK_BYTES):
+            return False
+        text = text or bool(line)
+    return text

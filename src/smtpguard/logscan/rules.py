@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-# Postfix smtp_proto.c: a greeting made only of these characters makes a Postfix
-# client assume a Cisco PIX and switch on its "disable_esmtp delay_dotcrlf"
-# work-arounds (resp->str[strspn(resp->str, "20 *\t\n")] == 0).
-_PIX_GREETING_CHARS = frozenset("20 *\t\n")
-# A masked banner in which something else survived (e.g. a CR turned into text)
-# still shows the mask as a long run of asterisks.
+from smtpguard.core.banner import looks_like_pix_mask
+
+# A greeting in which only part was masked (ASA mask-banner, a filter that masks the
+# host or software name) still shows the mask as a long run of asterisks.
 _ASTERISK_RUN = re.compile(r"\*{5,}")
 # EHLO answered "command unrecognized / not implemented" (RFC 5321 §4.2.4): the
 # Mailguard and "inspect esmtp" behaviour that forces a client back to HELO.
@@ -19,14 +17,17 @@ EHLO_REJECT_CODES = frozenset({500, 502})
 _ANGLE_ID = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
 
 
+def pix_greeting(reply_lines: Sequence[str]) -> bool:
+    """The core's one PIX-mask rule on a greeting as a log shows it (full lines, code
+    and separator included): would a Postfix sender switch on its PIX workarounds?"""
+    return looks_like_pix_mask("\n".join(reply_lines).encode("utf-8", "surrogateescape"))
+
+
 def is_masked_banner(reply_lines: Sequence[str]) -> bool:
-    """True if a 220 greeting (full lines, code included) looks PIX-masked."""
-    text = "\n".join(reply_lines)
-    if not text:
-        return False
-    if all(c in _PIX_GREETING_CHARS for c in text):
+    """A 220 greeting that looks PIX-masked, wholly (:func:`pix_greeting`) or in part."""
+    if pix_greeting(reply_lines):
         return True
-    return _ASTERISK_RUN.search(text) is not None
+    return any(_ASTERISK_RUN.search(line) for line in reply_lines)
 
 
 def angle_id(text: str) -> str:

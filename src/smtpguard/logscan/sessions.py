@@ -150,7 +150,7 @@ class SessionTracker:
         r = ev.reply
         if not s.banner_done:
             if len(s.banner) < MAX_BANNER_LINES:
-                s.banner.append(f"{r.code}{' ' if r.last else '-'}{r.text}".rstrip())
+                s.banner.append(f"{r.code}{' ' if r.last else '-'}{r.text}")
             if r.last:
                 s.banner_done = True
                 if r.code == 220 and rules.is_masked_banner(s.banner):
@@ -232,11 +232,16 @@ def _size_param(params: str) -> int | None:
 
 
 def _banner_detail(s: _Session) -> str:
-    shown = " / ".join(s.banner)[:120]
+    shown = " / ".join(line.rstrip() for line in s.banner)[:120]
     who = "the remote server's" if s.side is Side.SENDING else "the"
+    if rules.pix_greeting(s.banner):
+        return (
+            f"{who} 220 greeting looks like a PIX mask ({shown!r}): a PIX/ASA Mailguard-style "
+            f"filter rewrites it, and Postfix senders switch on their slow PIX work-arounds"
+        )
     return (
-        f"{who} 220 greeting is masked ({shown!r}): a PIX/ASA Mailguard-style filter "
-        f"rewrites it, and Postfix senders switch on their slow PIX work-arounds"
+        f"{who} 220 greeting is partly masked with asterisks ({shown!r}): a filter in the "
+        f"path rewrites it (ASA 'mask-banner' or similar)"
     )
 
 

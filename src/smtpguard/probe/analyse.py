@@ -12,13 +12,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from smtpguard.core.banner import looks_like_pix_mask
 from smtpguard.core.grammar import Reply
 from smtpguard.probe.messages import CARRIER_TAIL, SMUGGLED_MAIL, escaped
 from smtpguard.probe.model import Check, Delivered, Outcome, VariantResult, Verdict
 
-# Postfix smtp(8) switches on its PIX workarounds when the whole greeting consists only
-# of these characters (smtp_proto.c: strspn(resp, "20 *\t\n") == strlen(resp)).
-PIX_BANNER_CHARS = frozenset("20 *\t\n")
 # A run of asterisks in a greeting that is not a full PIX mask (ASA mask-banner, or a
 # filter that masks only the host or software name).
 _ASTERISK_RUN = re.compile(r"\*{3,}")
@@ -44,10 +42,8 @@ def banner_text(reply: Reply) -> str:
 
 
 def is_pix_mask(reply: Reply) -> bool:
-    """Postfix's test, applied to each line as ``code SP text`` so that the ``-`` of a
-    multi-line greeting does not hide a mask; at least one ``*`` is required."""
-    text = "\n".join(f"{reply.code} {line}" for line in reply.lines)
-    return "*" in text and all(ch in PIX_BANNER_CHARS for ch in text)
+    """Would a Postfix sender take this greeting for a PIX mask? (the core's one rule)"""
+    return looks_like_pix_mask(reply.raw)
 
 
 def banner_check(reply: Reply) -> Check:
@@ -56,8 +52,8 @@ def banner_check(reply: Reply) -> Check:
         return Check(
             "banner",
             Verdict.PROBLEM,
-            "greeting is masked with asterisks like a Cisco PIX/ASA Mailguard; Postfix "
-            "senders will switch on their slow PIX workarounds",
+            "greeting looks like a Cisco PIX/ASA Mailguard mask (only '2', '0', spaces and "
+            "'*'); Postfix senders will switch on their slow PIX workarounds",
             filter_sign=True,
             data={"kind": "pix-mask", "banner": text},
         )
