@@ -185,3 +185,18 @@ def test_unreachable_redis_fails_fast_and_recovers(redis_server: RedisServer) ->
             server.close()
 
     asyncio.run(body())
+
+
+def test_admit_is_token_then_lease_in_one_step(make_store: Callable[[], Store]) -> None:
+    async def body(s: Store) -> None:
+        # cap 2, rate 3 per hour: two sessions, then the cap, then the rate
+        assert await s.admit("ip", "a", 2, 30, 3, 3600) == "ok"
+        assert await s.admit("ip", "b", 2, 30, 3, 3600) == "ok"
+        assert await s.admit("ip", "c", 2, 30, 3, 3600) == "cap"  # took the 3rd token
+        await s.lease_release([("ip", "a")])
+        assert await s.admit("ip", "d", 2, 30, 3, 3600) == "rate"
+        assert await s.lease_count("ip") == 1
+        assert await s.admit("other", "e", 0, 30, 0, 60) == "ok"  # no rule: nothing held
+        assert await s.lease_count("other") == 0
+
+    run(_with(make_store(), body))

@@ -221,14 +221,15 @@ class SharedLimits:
         Raises StoreError (the caller fails open)."""
         p = self.access.policy
         key = address_key(peer_ip)
-        if p.connection_rate > 0 and not await self.store.take_token(
-            key, p.connection_rate, p.rate_period
-        ):
+        lease = (key, f"{self.instance}:{sid}")
+        verdict = await self.store.admit(
+            *lease, p.max_sessions_per_ip, self.lease, p.connection_rate, p.rate_period
+        )
+        if verdict == "rate":
             return rate_refusal(key, p)
+        if verdict == "cap":
+            return cap_refusal(key, p.max_sessions_per_ip)
         if p.max_sessions_per_ip > 0:
-            lease = (key, f"{self.instance}:{sid}")
-            if not await self.store.lease_acquire(*lease, p.max_sessions_per_ip, self.lease):
-                return cap_refusal(key, p.max_sessions_per_ip)
             self.leases[sid] = lease
             self._arm_renewal()
         return None

@@ -58,6 +58,18 @@ class Store(ABC):
     async def take_token(self, key: str, capacity: int, period: float) -> bool:
         """Take one token from ``key``'s bucket; False if it is empty."""
 
+    async def admit(
+        self, key: str, holder: str, cap: int, ttl: float, rate: int, period: float
+    ) -> str:
+        """A new session's whole decision in one step: a token from ``key``'s bucket
+        (when ``rate``), then a lease (when ``cap``). Returns "ok", "rate" or "cap".
+        Backends do it in one transaction / one round trip."""
+        if rate > 0 and not await self.take_token(key, rate, period):
+            return "rate"
+        if cap > 0 and not await self.lease_acquire(key, holder, cap, ttl):
+            return "cap"
+        return "ok"
+
     @abstractmethod
     async def set_if_absent(self, key: str, value: str, ttl: float) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds unless a live value is

@@ -76,6 +76,11 @@ class Guarded(Store):
     async def lease_acquire(self, key: str, holder: str, cap: int, ttl: float) -> bool:
         return await self._guard(lambda: self.store.lease_acquire(key, holder, cap, ttl))
 
+    async def admit(
+        self, key: str, holder: str, cap: int, ttl: float, rate: int, period: float
+    ) -> str:
+        return await self._guard(lambda: self.store.admit(key, holder, cap, ttl, rate, period))
+
     async def lease_renew(self, leases: Sequence[Lease], ttl: float) -> None:
         await self._guard(lambda: self.store.lease_renew(leases, ttl))
 

@@ -50,6 +50,38 @@ return 0
 """
 )
 
+# KEYS: lease set, bucket; ARGV: holder, cap, ttl ms, rate, period ms.
+_ADMIT = (
+    _NOW_MS
+    + """
+local rate = tonumber(ARGV[4])
+if rate > 0 then
+  local period = tonumber(ARGV[5])
+  local b = redis.call('HMGET', KEYS[2], 'tokens', 'at')
+  local tokens = rate
+  if b[1] then
+    tokens = math.min(rate, tonumber(b[1]) + math.max(0, now - tonumber(b[2])) * rate / period)
+  end
+  local ok = tokens >= 1
+  if ok then tokens = tokens - 1 end
+  redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'at', now)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(period))
+  if not ok then return 'rate' end
+end
+local cap = tonumber(ARGV[2])
+if cap > 0 then
+  local ttl = tonumber(ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= cap then
+    return 'cap'
+  end
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return 'ok'
+"""
+)
+
 _RENEW = (
     _NOW_MS
     + """
@@ -120,6 +152,7 @@ class RedisStore(Store):
         except (ValueError, RedisError) as exc:
             raise StoreError(f"[state] url {self.name}: {exc}") from None
         self._acquire = self._r.register_script(_ACQUIRE)
+        self._admit = self._r.register_script(_ADMIT)
         self._renew = self._r.register_script(_RENEW)
         self._count = self._r.register_script(_COUNT)
         self._token = self._r.register_script(_TOKEN)
@@ -141,6 +174,15 @@ class RedisStore(Store):
             self._acquire(keys=[self._k("lease", key)], args=[holder, cap, _ms(ttl)])
         )
         return bool(got)
+
+    async def admit(
+        self, key: str, holder: str, cap: int, ttl: float, rate: int, period: float
+    ) -> str:
+        keys = [self._k("lease", key), self._k("rate", key)]
+        got = await self._do(
+            self._admit(keys=keys, args=[holder, cap, _ms(ttl), rate, _ms(period)])
+        )
+        return got.decode() if isinstance(got, bytes) else str(got)
 
     async def lease_renew(self, leases: Sequence[Lease], ttl: float) -> None:
         if leases:

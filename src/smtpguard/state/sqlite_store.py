@@ -124,19 +124,17 @@ class SqliteStore(Store):
         return result
 
     async def lease_acquire(self, key: str, holder: str, cap: int, ttl: float) -> bool:
-        def op(c: sqlite3.Connection, now: float) -> bool:
-            c.execute("DELETE FROM leases WHERE key = ? AND expires <= ?", (key, now))
-            held = c.execute(
-                "UPDATE leases SET expires = ? WHERE key = ? AND holder = ?",
-                (now + ttl, key, holder),
-            ).rowcount
-            if held:
-                return True
-            (live,) = c.execute("SELECT COUNT(*) FROM leases WHERE key = ?", (key,)).fetchone()
-            if live >= cap:
-                return False
-            c.execute("INSERT INTO leases VALUES (?, ?, ?)", (key, holder, now + ttl))
-            return True
+        return await self._call(lambda c, now: _acquire(c, now, key, holder, cap, ttl))
+
+    async def admit(
+        self, key: str, holder: str, cap: int, ttl: float, rate: int, period: float
+    ) -> str:
+        def op(c: sqlite3.Connection, now: float) -> str:
+            if rate > 0 and not _token(c, now, key, rate, period):
+                return "rate"
+            if cap > 0 and not _acquire(c, now, key, holder, cap, ttl):
+                return "cap"
+            return "ok"
 
         return await self._call(op)
 
@@ -171,23 +169,7 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def take_token(self, key: str, capacity: int, period: float) -> bool:
-        def op(c: sqlite3.Connection, now: float) -> bool:
-            row = c.execute("SELECT tokens, at FROM buckets WHERE key = ?", (key,)).fetchone()
-            cap = float(capacity)
-            tokens = (
-                cap if row is None else min(cap, row[0] + max(0.0, now - row[1]) * cap / period)
-            )
-            ok = tokens >= 1.0
-            if ok:
-                tokens -= 1.0
-            # Full again after `period` seconds: a row past that says nothing.
-            c.execute(
-                "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
-                (key, tokens, now, now + period),
-            )
-            return ok
-
-        return await self._call(op)
+        return await self._call(lambda c, now: _token(c, now, key, capacity, period))
 
     async def set_if_absent(self, key: str, value: str, ttl: float) -> bool:
         def op(c: sqlite3.Connection, now: float) -> bool:
@@ -219,3 +201,33 @@ class SqliteStore(Store):
         with contextlib.suppress(RuntimeError):
             await loop.run_in_executor(self._pool, shut)
         self._pool.shutdown(wait=False)
+
+
+def _acquire(
+    c: sqlite3.Connection, now: float, key: str, holder: str, cap: int, ttl: float
+) -> bool:
+    c.execute("DELETE FROM leases WHERE key = ? AND expires <= ?", (key, now))
+    held = c.execute(
+        "UPDATE leases SET expires = ? WHERE key = ? AND holder = ?", (now + ttl, key, holder)
+    ).rowcount
+    if held:
+        return True
+    (live,) = c.execute("SELECT COUNT(*) FROM leases WHERE key = ?", (key,)).fetchone()
+    if live >= cap:
+        return False
+    c.execute("INSERT INTO leases VALUES (?, ?, ?)", (key, holder, now + ttl))
+    return True
+
+
+def _token(c: sqlite3.Connection, now: float, key: str, capacity: int, period: float) -> bool:
+    row = c.execute("SELECT tokens, at FROM buckets WHERE key = ?", (key,)).fetchone()
+    cap = float(capacity)
+    tokens = cap if row is None else min(cap, row[0] + max(0.0, now - row[1]) * cap / period)
+    ok = tokens >= 1.0
+    if ok:
+        tokens -= 1.0
+    # Full again after `period` seconds: a row past that says nothing.
+    c.execute(
+        "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)", (key, tokens, now, now + period)
+    )
+    return ok
