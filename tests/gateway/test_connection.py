@@ -189,7 +189,7 @@ def test_greeting_command_and_reply_relayed() -> None:
 def test_upstream_lost_gives_421_and_releases() -> None:
     async def go() -> None:
         h = Harness()
-        c, ct, ut = h.ready()
+        c, ct, _ut = h.ready()
         h.upstreams[-1].connection_lost(None)
         assert b"421 " in ct.written and ct.closed
         c.connection_lost(None)
@@ -204,7 +204,7 @@ def test_partial_proxy_header_then_eof_is_quiet() -> None:
     async def go() -> None:
         access = AccessPolicy(proxy_from=(ipaddress.ip_network("192.0.2.0/24"),))
         h = Harness(access=access)
-        c, ct = h.client()
+        c, _ct = h.client()
         c.data_received(b"PROXY TCP4 198.51.100.7 ")
         assert c.eof_received() is False  # close: nothing is owed
         c.connection_lost(None)
@@ -251,7 +251,7 @@ def test_exception_while_running_actions_resets_and_releases() -> None:
 def test_exception_in_connection_lost_still_releases() -> None:
     async def go() -> None:
         h = Harness(access=AccessPolicy(max_sessions_per_ip=5))
-        c, ct, ut = h.ready()
+        c, _ct, ut = h.ready()
         ut.fail_close = True  # closing the upstream raises during the teardown
         c.connection_lost(ConnectionResetError())
         assert not h.gw.sessions and h.gw.access.sessions == {}
@@ -282,7 +282,7 @@ def test_abandoned_connect_is_cancelled_with_its_session() -> None:
 
         h.gw.loop.create_connection = never  # type: ignore[method-assign,assignment]
         h.gw.open_upstream = h.real_open  # type: ignore[method-assign]
-        c, ct = h.client()
+        c, _ct = h.client()
         await turns(3)
         assert len(h.gw._connects) == 1
         task = next(iter(h.gw._connects))
@@ -333,7 +333,7 @@ def test_drain_cancels_connects_and_frees_sessions() -> None:
 
         h.gw.loop.create_connection = never  # type: ignore[method-assign,assignment]
         h.gw.open_upstream = h.real_open  # type: ignore[method-assign]
-        c, ct = h.client()
+        _c, ct = h.client()
         await turns(3)
         tasks = list(h.gw._connects)
         await asyncio.wait_for(h.gw.drain(), 5)
@@ -347,7 +347,7 @@ def test_bytes_written_before_the_upstream_exists_are_sent_first() -> None:
     async def go() -> None:
         h = Harness()
         h.gw.upstream_proxy = "v1"
-        c, ct = h.client()
+        _c, _ct = h.client()
         up = h.upstreams[-1]
         up.write(b"EARLY\r\n")
         ut = FakeTransport(up, ("127.0.0.1", 25))
@@ -361,7 +361,7 @@ def test_bytes_written_before_the_upstream_exists_are_sent_first() -> None:
 def test_early_bytes_over_the_mark_pause_the_client() -> None:
     async def go() -> None:
         h = Harness()
-        c, ct = h.client()
+        c, _ct = h.client()
         up = h.upstreams[-1]
         up.write(b"x" * (conn_mod.WRITE_HIGH + 1))
         assert c._up_full
@@ -372,14 +372,16 @@ def test_early_bytes_over_the_mark_pause_the_client() -> None:
 
 
 def _tls() -> TlsContexts:
-    return TlsContexts(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    return TlsContexts(
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    )
 
 
 def test_client_start_tls_keeps_limits_and_pause() -> None:
     async def go() -> None:
         h = Harness()
         h.gw.tls = _tls()
-        c, ct, ut = h.ready()
+        c, ct, _ut = h.ready()
         new = FakeTransport(c)
 
         async def start_tls(transport: Any, protocol: Any, *a: Any, **k: Any) -> Any:
@@ -402,7 +404,7 @@ def test_upstream_start_tls_keeps_limits_and_pause() -> None:
     async def go() -> None:
         h = Harness()
         h.gw.tls = _tls()
-        c, ct, ut = h.ready()
+        c, _ct, ut = h.ready()
         up = h.upstreams[-1]
         new = FakeTransport(up, ("127.0.0.1", 25))
 
@@ -424,7 +426,7 @@ def test_tls_failure_reaches_the_core_without_leaks() -> None:
     async def go() -> None:
         h = Harness()
         h.gw.tls = _tls()
-        c, ct, ut = h.ready()
+        c, ct, _ut = h.ready()
 
         async def fail(*a: Any, **k: Any) -> Any:
             raise ssl.SSLError("handshake failed")
@@ -445,7 +447,7 @@ def test_unread_replies_pause_the_client_and_stay_bounded() -> None:
 
     async def go() -> None:
         h = Harness()
-        c, ct, ut = h.ready()
+        c, ct, _ut = h.ready()
         ct.model_buffer = True
         ct.written.clear()
         lines = 200_000
@@ -475,8 +477,8 @@ def test_work_per_turn_is_bounded() -> None:
 
     async def go() -> None:
         h = Harness()
-        c, ct, ut = h.ready()
-        other, ot = h.client(("192.0.2.11", 40001))
+        c, ct, _ut = h.ready()
+        _other, ot = h.client(("192.0.2.11", 40001))
         ct.written.clear()
         c.data_received(b"\r\n" * 100_000)
         first = len(_replies(bytes(ct.written)))
@@ -493,7 +495,7 @@ def test_work_per_turn_is_bounded() -> None:
 def test_eof_with_held_input_answers_it() -> None:
     async def go() -> None:
         h = Harness()
-        c, ct, ut = h.ready()
+        c, ct, _ut = h.ready()
         ct.model_buffer = True
         ct.written.clear()
         c.data_received(b"\r\n" * 50_000)
@@ -507,7 +509,7 @@ def test_eof_with_held_input_answers_it() -> None:
 def test_timer_and_shutdown_paths() -> None:
     async def go() -> None:
         h = Harness()
-        c, ct, ut = h.ready()
+        c, ct, _ut = h.ready()
         c.shutdown()  # no transaction: 421 at once
         assert b"421 4.3.2" in ct.written and ct.closed
         assert not h.gw.sessions
@@ -545,7 +547,7 @@ def test_exception_at_any_entry_point_is_contained(
             c, ct = h.client()
             assert ct.closed
         else:
-            c, ct, ut = h.ready()
+            c, ct, _ut = h.ready()
             h.gw.protocol_log = RaisingLog("")
             c.data_received(b"HELO x")  # a partial line, then EOF completes nothing
             c.eof_received()
