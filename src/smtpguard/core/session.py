@@ -95,6 +95,7 @@ class Session(DataPhase):
         if self.phase is Phase.CLOSED or self.upstream is Upstream.DOWN:
             return []
         if self.phase is Phase.TUNNEL:
+            self._client_deadline = now + self.policy.timeouts.client_idle
             self._emit(ToClient(data))
             return self._finish(now)
         if self._sbuf:  # a partial reply line is pending
@@ -136,6 +137,7 @@ class Session(DataPhase):
         if self.phase is Phase.CLOSED or self._client_eof:
             return []
         if self.phase is Phase.TUNNEL:
+            self._client_deadline = now + self.policy.timeouts.client_idle
             self._emit(ToServer(data))
             return self._finish(now)
         self._client_deadline = now + self.policy.timeouts.client_idle
@@ -157,6 +159,16 @@ class Session(DataPhase):
         self._timer = None
         if self.phase is Phase.CLOSED:
             return []
+        if self.phase is Phase.TUNNEL:
+            deadline = self._client_deadline
+            if deadline is not None and now >= deadline:
+                # Nothing can be said inside TLS: close both sides.
+                self._policy_event("SG-TUNNEL-TIMEOUT", "TLS tunnel idle past the timeout")
+                self._emit(CloseServer())
+                self._emit(CloseClient())
+                self.upstream = Upstream.DOWN
+                self.phase = Phase.CLOSED
+            return self._finish(now)
         if self._server_deadline is not None and now >= self._server_deadline:
             self._policy_event("SG-UPSTREAM-TIMEOUT", "mail server did not answer in time")
             self._upstream_failed("timeout", now)
@@ -276,6 +288,8 @@ class Session(DataPhase):
         if self.phase is Phase.TUNNEL:
             self._policy_event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
             self._drop_injected()
+            self._server_deadline = None
+            self._client_deadline = now + self.policy.timeouts.client_idle
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
             self._abort_with(None)
         self._server_deadline = (
@@ -496,8 +510,7 @@ class Session(DataPhase):
         return False
 
     def _forward_command(self, verb: str, line: bytes, now: float) -> None:
-        key = (verb, "forwarded")
-        self.commands[key] = self.commands.get(key, 0) + 1
+        self._count(verb, "forwarded")
         slot = Slot(verb, line)
         self._slots.append(slot)
         self._awaiting.append(slot)

@@ -68,6 +68,14 @@ CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
 HOLD_VERBS = frozenset({"DATA", "AUTH", "EHLO", "HELO", "STARTTLS"})
 
 END_OF_DATA_VERB = "."  # slot name for the final reply to a message
+# Verbs counted by name in the per-session counters (others count as "OTHER").
+KNOWN_VERBS = frozenset(
+    {
+        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
+        "HELP", "ETRN", "AUTH", "STARTTLS", "BDAT", "TURN", "ATRN", "XCLIENT", "XFORWARD",
+        "XEXCH50", "SEND", "SOML", "SAML",
+    }
+)  # fmt: skip
 TLS_SLOT = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mode)
 
 
@@ -154,10 +162,18 @@ class SessionBase:
         self.message_octets = 0  # message data received from the client
         self.commands: dict[tuple[str, str], int] = {}  # (verb, "forwarded"|"refused")
 
+    def _count(self, verb: str, outcome: str) -> None:
+        """Per-verb counters for metrics. Keys are bounded by configuration, not by
+        the client: a verb that is neither allowed nor a known SMTP verb counts as
+        ``OTHER``."""
+        if verb not in self.policy.allowed_verbs and verb not in KNOWN_VERBS:
+            verb = "OTHER"
+        key = (verb, outcome)
+        self.commands[key] = self.commands.get(key, 0) + 1
+
     def _local_reply(self, verb: str, reply: bytes) -> None:
         if verb and verb != END_OF_DATA_VERB:
-            key = (verb, "refused")
-            self.commands[key] = self.commands.get(key, 0) + 1
+            self._count(verb, "refused")
         self._slots.append(Slot(verb, reply=reply))
         self._flush()
 
@@ -209,11 +225,12 @@ class SessionBase:
     def _finish_if_done(self) -> None:
         if self.phase is Phase.CLOSED or self._slots:
             return
-        # After EOF, finish once nothing owed remains and no complete command is held.
+        # After EOF, finish once nothing owed remains and nothing that arrived before
+        # the EOF can still be processed: no complete command, no message bytes.
         eof_done = (
             self._client_eof
             and self.phase is not Phase.WAIT
-            and (self.phase is Phase.DATA or b"\r\n" not in self._cbuf)
+            and (not self._cbuf if self.phase is Phase.DATA else b"\r\n" not in self._cbuf)
         )
         if self._closing or eof_done:
             if self.upstream is not Upstream.DOWN:
@@ -288,7 +305,7 @@ class SessionBase:
         deadline = None
         if self.phase is not Phase.CLOSED:
             deadline = self._server_deadline
-            if not self._slots and self.phase in CLIENT_TURN:
+            if (not self._slots and self.phase in CLIENT_TURN) or self.phase is Phase.TUNNEL:
                 client = self._client_deadline
                 if client is None:
                     client = self._client_deadline = now + self.policy.timeouts.client_idle
