@@ -23,6 +23,18 @@ from smtpguard.core.actions import (
     ToServer,
     Trace,
 )
+from smtpguard.core.events import (
+    ClientData,
+    ClientEof,
+    Event,
+    ServerClosed,
+    ServerConnected,
+    ServerData,
+    Side,
+    Start,
+    TimerFired,
+    TlsDone,
+)
 from smtpguard.core.policy import Policy
 from smtpguard.core.session import Session
 
@@ -156,16 +168,16 @@ class Harness:
 
     # -- driving ---------------------------------------------------------
     def start(self) -> Harness:
-        self._do(self.session.start(self.now))
+        self._do(self.session.handle(Start(), self.now))
         return self
 
     def client(self, data: bytes, cuts: Iterable[int] = ()) -> Harness:
         for part in _split(data, cuts):
-            self._do(self.session.client_data(part, self.now))
+            self._do(self.session.handle(ClientData(part), self.now))
         return self
 
     def client_eof(self) -> Harness:
-        self._do(self.session.client_eof(self.now))
+        self._do(self.session.handle(ClientEof(), self.now))
         return self
 
     def release(self) -> Harness:
@@ -180,18 +192,18 @@ class Harness:
         return self
 
     def tls_started(self, side: str) -> Harness:
-        self._do(self.session.tls_started(side, self.now))
+        self._do(self.session.handle(TlsDone(Side(side)), self.now))
         return self
 
     def server_drops(self) -> Harness:
         self.live = False
         self.run.server.closed = True
-        self._do(self.session.server_closed(self.now))
+        self._do(self.session.handle(ServerClosed(), self.now))
         return self
 
     def advance(self, seconds: float) -> Harness:
         self.now += seconds
-        self._do(self.session.timer(self.now))
+        self._do(self.session.handle(TimerFired(), self.now))
         return self
 
     # -- action execution ---------------------------------------------------
@@ -200,7 +212,7 @@ class Harness:
             return
         self.run.server_sent += data
         for part in _split(data, range(1, len(data)) if self.server_chunks else ()):
-            self._do(self.session.server_data(part, self.now))
+            self._do(self.session.handle(ServerData(part), self.now))
 
     def _do(self, actions: list[Action]) -> None:
         for a in actions:
@@ -232,13 +244,13 @@ class Harness:
 
     def _open(self) -> None:
         if self.connect_fails:
-            self._do(self.session.server_closed(self.now))
+            self._do(self.session.handle(ServerClosed(), self.now))
             return
         # each connection gets a fresh copy of the template (subclasses included)
         srv = copy.deepcopy(self.template) if self.template else FakeServer()
         self.run.servers.append(srv)
         self.live = True
-        self._do(self.session.server_connected(self.now))
+        self._do(self.session.handle(ServerConnected(), self.now))
         self._server_says(srv.greeting)
 
 

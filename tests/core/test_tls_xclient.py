@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from smtpguard.core.events import ServerConnected
 from smtpguard.core.policy import Mode, Policy, StartTls
 from tests.core.harness import FakeServer, Harness, converse
 
@@ -105,7 +106,7 @@ def test_xclient_unavailable_is_logged() -> None:
 def _open_with(h: Harness, srv: FakeServer) -> None:
     h.run.servers.append(srv)
     h.live = True
-    h._do(h.session.server_connected(h.now))
+    h._do(h.session.handle(ServerConnected(), h.now))
     h._server_says(srv.greeting)
 
 

@@ -185,3 +185,20 @@ def _size_param(params: str) -> int | None:
         if name.upper() == "SIZE" and value.isdigit():
             return int(value)
     return None
+
+
+class Rates:
+    """``rate-limit`` bookkeeping for one session: events per check per period. Keyed
+    by check name, so bounded by the policy, not by the client."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def allow(self, f: Finding, now: float) -> bool:
+        start, count = self._seen.get(f.check, (now, 0))
+        if now - start >= f.period:
+            start, count = now, 0
+        self._seen[f.check] = (start, count + 1)
+        return count < f.rate

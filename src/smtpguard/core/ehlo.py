@@ -9,8 +9,8 @@ it was never offered is refused (RFC 5321 §4.1.1.11: 555).
 
 from __future__ import annotations
 
-from smtpguard.core.grammar import Reply, make_reply
-from smtpguard.core.policy import ALWAYS_STRIPPED_KEYWORDS, Policy
+from smtpguard.core.grammar import Reply, ehlo_keyword, make_reply
+from smtpguard.core.policy import ALWAYS_STRIPPED_KEYWORDS, Policy, StartTls
 
 # RFC 1870 SIZE, RFC 6152 8BITMIME (BODY=), RFC 3461 DSN, RFC 6531 SMTPUTF8,
 # RFC 4954 AUTH, RFC 3030 BINARYMIME (BODY=BINARYMIME), RFC 4865 FUTURERELEASE ...
@@ -40,7 +40,7 @@ def filter_ehlo(
     shown: set[str] = set()
     removed: list[str] = []
     for line in reply.lines[1:]:
-        keyword = line.split(" ", 1)[0].upper()
+        keyword = ehlo_keyword(line)
         ok = (keyword in allowed or (keyword == "STARTTLS" and keep_tls)) and not (
             keyword in ALWAYS_STRIPPED_KEYWORDS or keyword.startswith("X")
         )
@@ -57,6 +57,17 @@ def filter_ehlo(
     if not removed:
         return reply.raw, frozenset(shown), []
     return make_reply(250, *kept_lines).raw, frozenset(shown), removed
+
+
+def tls_offer(policy: Policy, client_tls: bool) -> str:
+    """How an EHLO reply shows STARTTLS: ``strip`` it, ``keep`` the server's
+    (passthrough), or ``offer`` the gateway's own (terminate, client still in clear)."""
+    mode = policy.starttls
+    if mode is StartTls.STRIP:
+        return "strip"
+    if mode is StartTls.PASSTHROUGH:
+        return "keep"
+    return "strip" if client_tls else "offer"
 
 
 def refused_parameter(verb: str, params: str, shown: frozenset[str]) -> str | None:

@@ -187,6 +187,17 @@ class Reply:
         ]
 
 
+def ehlo_keyword(line: str) -> str:
+    """The keyword of one EHLO reply line's text (RFC 5321 §4.1.1.1: ``ehlo-keyword
+    *( SP ehlo-param )``), upper-cased."""
+    return line.split(" ", 1)[0].upper()
+
+
+def ehlo_keywords(reply: Reply) -> frozenset[str]:
+    """The extension keywords an EHLO reply offers (its first line is the greeting)."""
+    return frozenset(ehlo_keyword(line) for line in reply.lines[1:])
+
+
 def make_reply(code: int, *lines: str) -> Reply:
     """Build a reply (our own, never a server's) with correct multi-line framing."""
     texts = lines or ("",)

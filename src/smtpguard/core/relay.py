@@ -1,142 +1,109 @@
-"""The DATA phase: relay chunks as they stream, watch framing and content.
+"""One message in the DATA phase: relay chunks as they stream, watch framing and
+content.
 
 Chunks are forwarded as received while :class:`~smtpguard.core.data.DataScanner`
 finds the end of data on the raw stream and :class:`~smtpguard.core.message.
 MessageInspector` runs the content checks. A message found invalid part-way is
 never completed upstream: its connection is aborted without the terminator, the rest
-is read and dropped to the client's real end of data, the client gets a 5xx naming
-the reason, and a fresh upstream connection carries on.
+is read and dropped to the client's real end of data, and the client gets a 5xx
+naming the reason (``refusal``); the session then opens a fresh upstream.
+
+A CR ending a chunk is held back until the next byte shows it is part of a CRLF, so
+the server gets exactly the bytes before the first bad one, whatever the
+segmentation. In ``normalize`` mode the :class:`~smtpguard.core.data.Normalizer`
+holds what it must instead.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from smtpguard.core import replies
-from smtpguard.core.actions import CloseServer, Direction, ToServer, Trace
-from smtpguard.core.envelope import EnvelopeChecks
+from smtpguard.core.actions import ToServer
+from smtpguard.core.data import DataScanner, Normalizer
 from smtpguard.core.grammar import END_OF_DATA
-from smtpguard.core.policy import Verdict
-from smtpguard.core.state import END_OF_DATA_VERB, Phase, Slot, Upstream
+from smtpguard.core.message import MessageInspector
+from smtpguard.core.policy import Smuggling, Verdict
+
+if TYPE_CHECKING:
+    from smtpguard.core.session import Session
+
+# What feed() found, besides an end-of-data offset (>= 0).
+MORE = -1  # the message goes on
+STOPPED = -2  # the session stopped reading (a drop, a reset, the PIX split-EOD bug)
 
 
-class DataPhase(EnvelopeChecks):
-    def _data(self, chunk: bytes, now: float) -> None:
-        """Relay one chunk of message data; at the end, queue the final reply."""
+class MessageRelay:
+    __slots__ = ("_held_cr", "_inspector", "_normalizer", "_s", "_scanner", "refusal")
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        policy = session.policy
+        self._scanner = DataScanner()
+        self._normalizer = Normalizer() if policy.smuggling is Smuggling.NORMALIZE else None
+        self._inspector: MessageInspector | None = MessageInspector(policy.checks)
+        self._held_cr = False
+        self.refusal: bytes | None = None  # the reply owed at the end of a refused message
+
+    @property
+    def size(self) -> int:
+        """Message octets seen so far, terminator included."""
+        return self._scanner.size
+
+    def feed(self, chunk: bytes, now: float) -> int:
+        """Relay one chunk; the offset just past the end of data, or MORE/STOPPED."""
         scanner = self._scanner
-        assert scanner is not None
         scan = scanner.scan(chunk)
         stop = len(chunk) if scan.end < 0 else scan.end
-        if self._emulation.split_eod_bug and 0 <= scan.end < len(END_OF_DATA) < scanner.size:
+        s = self._s
+        if s.policy.emulation.split_eod_bug and 0 <= scan.end < len(END_OF_DATA) < scanner.size:
             self._split_eod_bug()  # the terminator began in an earlier segment
-            return
-        # A CR ending a chunk is held back until the next byte shows it is part of a
-        # CRLF, so the server gets exactly the bytes before the first bad one,
-        # whatever the segmentation.
+            return STOPPED
         held, self._held_cr = self._held_cr, False
         body = chunk if stop == len(chunk) else chunk[:stop]
-        if self._refusal is None:
-            self._inspect(body, now)
-        if self._closing or self.phase is Phase.CLOSED:  # dropped or reset: nothing more
-            return
+        if self.refusal is None and not self._inspect(body, now):
+            return STOPPED
         normalizer = self._normalizer
-        if self._refusal is None and normalizer is not None:
-            self._normalized(body, scan.end >= 0)
-        elif self._refusal is None and scan.invalid_at >= 0:
+        if self.refusal is not None:
+            pass  # refused: read and drop to the client's end of data
+        elif normalizer is not None:
+            self._normalized(normalizer, body, scan.end >= 0)
+        elif scan.invalid_at >= 0:
             if held and scan.invalid_at > 0:
-                self._emit(ToServer(b"\r"))
-            self._refuse_message(
+                s.out.emit(ToServer(b"\r"))
+            self.refuse(
                 replies.message_rejected(scan.reason),
                 "SG-DATA-BAD-BYTES",
                 f"{scan.reason} in message data: message refused",
                 memoryview(chunk)[: scan.invalid_at],
             )
-        elif self._refusal is None:
+        else:
             if held:
-                self._emit(ToServer(b"\r"))
+                s.out.emit(ToServer(b"\r"))
             send = stop
             if scan.end < 0 and chunk.endswith(b"\r"):
                 send -= 1
                 self._held_cr = True
             if send == len(chunk):
-                self._emit(ToServer(chunk))
+                s.out.emit(ToServer(chunk))
             elif send:
-                self._emit(ToServer(memoryview(chunk)[:send]))
-        if scan.end < 0:
-            return
-        self._scanner = None
-        self._normalizer = None
-        self._inspector = None
-        self._rcpt_count = 0
-        self.phase = Phase.COMMAND
-        self.message_octets += scanner.size
-        if self.trace:
-            self._emit(Trace(Direction.CLIENT_TO_GW, "", size=scanner.size))
-        if self._refusal is not None:
-            self.messages_refused += 1
-            self._local_reply(END_OF_DATA_VERB, self._refusal)
-            self._refusal = None
-            self._reconnect(now)
-        else:
-            slot = Slot(END_OF_DATA_VERB)
-            self._slots.append(slot)
-            self._awaiting.append(slot)
-            self._server_deadline = now + self.policy.timeouts.data_end
-        if stop < len(chunk):
-            self._cbuf[:0] = chunk[stop:]
+                s.out.emit(ToServer(memoryview(chunk)[:send]))
+        return scan.end
 
-    def _split_eod_bug(self) -> None:
-        """CSCds90792, reproduced for labs: an end-of-data sequence split over more
-        than one received segment is never passed on. The server waits for the rest,
-        the client for a reply that never comes: both time out, the sender re-sends."""
-        self._policy_event(
-            "SG-EMULATE-SPLIT-EOD", "PIX emulation: split end-of-data swallowed (CSCds90792)", "log"
-        )
-        self._held_cr = False
-        self._scanner = None
-        self._normalizer = None
-        self._inspector = None
-        self.phase = Phase.QUIT  # nothing more is read; no reply will come
-        self._cbuf.clear()
+    def refuse(self, reply: bytes, event_id: str, message: str, clean: memoryview) -> None:
+        """Refuse the message part-way: the server never sees the terminator."""
+        s = self._s
+        s.out.event(event_id, message, "reject")
+        self.refusal = reply
+        if len(clean):
+            s.out.emit(ToServer(clean))
+        s.link.abort()
 
-    def _inspect(self, part: bytes, now: float) -> None:
-        """Content checks on the message bytes of one chunk, verdicts applied."""
-        inspector = self._inspector
-        if inspector is None:
-            return
-        for f in inspector.feed(part):
-            verdict = f.verdict
-            if verdict is Verdict.RATE_LIMIT:
-                verdict = Verdict.LOG if self._within_rate(f, now) else Verdict.REJECT
-            if verdict is Verdict.LOG:
-                self._policy_event(f.event_id, f.message, "log")
-            elif verdict is Verdict.REJECT:
-                self._refuse_message(
-                    f.reply, f.event_id, f.message + ": message refused", memoryview(b"")
-                )
-                return
-            elif verdict is Verdict.DROP:
-                self._policy_event(f.event_id, f.message, verdict.value)
-                self._refusal = replies.dropped(f.message)
-                self._emit(CloseServer(abort=True))
-                self.upstream = Upstream.DOWN
-                self._server_deadline = None
-                self._scanner = None
-                self._normalizer = None
-                self.phase = Phase.COMMAND
-                self._close_after(self._refusal)
-                return
-            else:
-                self._policy_event(f.event_id, f.message, verdict.value)
-                self._reset_both()
-                return
-
-    def _normalized(self, part: bytes, final: bool) -> None:
-        """Smuggling ``normalize`` mode: CRLF line ends and stuffed dots, on bytes
-        whose end of data was already fixed on the raw stream (see ``Normalizer``).
-        A NUL is refused as in ``reject`` mode: it is not a line end to repair."""
-        normalizer = self._normalizer
-        assert normalizer is not None
+    def _normalized(self, normalizer: Normalizer, part: bytes, final: bool) -> None:
+        """``normalize`` mode: CRLF line ends and stuffed dots, on bytes whose end of
+        data was fixed on the raw stream. A NUL is refused as in ``reject`` mode."""
         if b"\x00" in part:
-            self._refuse_message(
+            self.refuse(
                 replies.message_rejected("NUL"),
                 "SG-DATA-BAD-BYTES",
                 "NUL in message data: message refused",
@@ -146,16 +113,45 @@ class DataPhase(EnvelopeChecks):
         was = normalizer.changed
         out = normalizer.feed(part, final)
         if normalizer.changed and not was:
-            self._policy_event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
+            self._s.out.event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
         if out:
-            self._emit(ToServer(out))
+            self._s.out.emit(ToServer(out))
 
-    def _refuse_message(self, reply: bytes, event_id: str, message: str, clean: memoryview) -> None:
-        self._policy_event(event_id, message, "reject")
-        self._refusal = reply
-        if len(clean):
-            self._emit(ToServer(clean))
-        # The server must never see the terminator: abort its connection now.
-        self._emit(CloseServer(abort=True))
-        self.upstream = Upstream.DOWN
-        self._server_deadline = None
+    def _inspect(self, part: bytes, now: float) -> bool:
+        """Content checks on one chunk's message bytes, verdicts applied; False when
+        the session stops reading (drop or reset)."""
+        inspector = self._inspector
+        if inspector is None:
+            return True
+        s = self._s
+        for f in inspector.feed(part):
+            verdict = f.verdict
+            if verdict is Verdict.RATE_LIMIT:
+                verdict = Verdict.LOG if s.rates.allow(f, now) else Verdict.REJECT
+            if verdict is Verdict.LOG:
+                s.out.event(f.event_id, f.message, "log")
+            elif verdict is Verdict.REJECT:
+                self.refuse(f.reply, f.event_id, f.message + ": message refused", memoryview(b""))
+                self._inspector = None
+                return True
+            elif verdict is Verdict.DROP:
+                s.out.event(f.event_id, f.message, verdict.value)
+                self.refusal = replies.dropped(f.message)
+                s.link.abort()
+                s.drop_message(self.refusal)
+                return False
+            else:
+                s.out.event(f.event_id, f.message, verdict.value)
+                s.reset_both()
+                return False
+        return True
+
+    def _split_eod_bug(self) -> None:
+        """CSCds90792, reproduced for labs: an end-of-data sequence split over more
+        than one received segment is never passed on. The server waits for the rest,
+        the client for a reply that never comes: both time out, the sender re-sends."""
+        s = self._s
+        s.out.event(
+            "SG-EMULATE-SPLIT-EOD", "PIX emulation: split end-of-data swallowed (CSCds90792)", "log"
+        )
+        s.swallow_rest()

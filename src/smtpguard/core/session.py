@@ -2,28 +2,29 @@
 
 Theory of operation
 -------------------
-The driver feeds bytes with :meth:`Session.client_data` / :meth:`Session.server_data`
-and connection changes with :meth:`server_connected` / :meth:`server_closed` /
-:meth:`client_eof`; every call returns the actions to carry out, in order. Time is an
-argument; the next deadline goes out as :class:`SetTimer`.
+The driver hands every input to :meth:`Session.handle` as an event
+(:mod:`smtpguard.core.events`) with the current time, and carries out the actions it
+returns, in order (:mod:`smtpguard.core.actions`). The next deadline goes out as
+:class:`~smtpguard.core.actions.SetTimer`; nothing here reads the clock.
 
-Commands are framed from a receive buffer (never from packets). Each command gets a
-*slot* in a FIFO: a forwarded command's slot is filled by the server's next reply; a
-refused command's slot is filled at once with the gateway's reply. Slots are flushed
-to the client strictly in order, so a local reply waits behind earlier server replies
-(RFC 2920 §3.1): nothing is dropped or reordered.
+The session holds its parts and moves its phase through one table
+(:mod:`smtpguard.core.phases`):
 
-After DATA, AUTH, HELO or EHLO the client's bytes are held until the server answers, so the
-gateway reads them the way the server will (message data after a 354, commands after
-a refusal). In the DATA phase chunks are relayed as they arrive while
-:class:`~smtpguard.core.data.DataScanner` watches for ``CRLF.CRLF`` and bad framing.
+* :class:`~smtpguard.core.buffer.ReceiveBuffer` frames the client's bytes on CRLF;
+* :class:`~smtpguard.core.commands.Commands` handles each command line;
+* :class:`~smtpguard.core.pipeline.ReplyPipeline` keeps one slot per reply owed to
+  the client and sends them strictly in order (RFC 2920 §3.1);
+* :class:`~smtpguard.core.upstream.UpstreamLink` frames the server's replies and runs
+  the gateway's own handshake with it (XCLIENT, HELO replay, STARTTLS);
+* :class:`~smtpguard.core.relay.MessageRelay` relays one message as it streams, with
+  the end of data found on the raw bytes;
+* :class:`~smtpguard.core.deadlines.Deadlines` keeps the timeouts.
 
 A message found invalid part-way is never completed upstream: the upstream
-connection is aborted without the terminator (the server discards the partial
-message), the rest of the message is read and dropped up to the client's real end of
-data, the client gets a 5xx naming the reason, and a fresh upstream connection is
-opened with the client's HELO/EHLO replayed, so the client's session goes on.
-The client only gets a 2xx that the server sent.
+connection is aborted without the terminator, the rest of the message is read and
+dropped up to the client's real end of data, the client gets a 5xx naming the reason,
+and a fresh upstream connection is opened with the client's HELO/EHLO replayed. The
+client only gets a 2xx that the server sent.
 """
 
 from __future__ import annotations
@@ -35,547 +36,501 @@ from smtpguard.core.actions import (
     CloseServer,
     Direction,
     OpenServer,
+    SetTimer,
+    StartTls,
     ToClient,
     ToServer,
     Trace,
 )
-from smtpguard.core.banner import pix_rewrite
-from smtpguard.core.checks import finding, over
-from smtpguard.core.data import DataScanner, Normalizer
-from smtpguard.core.ehlo import filter_ehlo
-from smtpguard.core.grammar import (
-    REPLY_LINE_LIMIT,
-    LineError,
-    Reply,
-    check_line_bytes,
-    frame_reply_line,
-    parse_command,
+from smtpguard.core.buffer import ReceiveBuffer
+from smtpguard.core.checks import Rates
+from smtpguard.core.commands import Commands, Envelope
+from smtpguard.core.deadlines import Deadlines, reply_timeout
+from smtpguard.core.ehlo import filter_ehlo, tls_offer
+from smtpguard.core.events import (
+    ClientData,
+    ClientEof,
+    Event,
+    ServerClosed,
+    ServerConnected,
+    ServerData,
+    Shutdown,
+    Side,
+    Start,
+    TimerFired,
+    TlsDone,
 )
-from smtpguard.core.message import MessageInspector
-from smtpguard.core.policy import Smuggling, Verdict
-from smtpguard.core.policy import StartTls as StartTlsPolicy
-from smtpguard.core.relay import DataPhase
-from smtpguard.core.state import (
-    AFTER_REPLY,
-    END_OF_DATA_VERB,
-    HOLD_VERBS,
-    TLS_SLOT,
+from smtpguard.core.grammar import Reply
+from smtpguard.core.output import Output
+from smtpguard.core.phases import (
+    CLIENT_TURN,
+    REPLY_TRIGGERS,
+    Link,
     Phase,
-    Slot,
+    Trigger,
     Upstream,
+    next_phase,
 )
+from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
+from smtpguard.core.policy import Policy
+from smtpguard.core.relay import MessageRelay
+from smtpguard.core.upstream import UpstreamLink
 
 __all__ = ["Phase", "Session", "Upstream"]
 
-# What a client may send before its new EHLO/HELO once TLS has started (RFC 3207 §4.2).
-HELLO_FREE_VERBS = frozenset({"EHLO", "HELO", "NOOP", "RSET", "QUIT"})
+# Verbs counted by name in the per-session counters (others count as "OTHER").
+KNOWN_VERBS = frozenset(
+    {
+        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
+        "HELP", "ETRN", "AUTH", "STARTTLS", "BDAT", "TURN", "ATRN", "XCLIENT", "XFORWARD",
+        "XEXCH50", "SEND", "SOML", "SAML",
+    }
+)  # fmt: skip
 
 
-class Session(DataPhase):
+class Session:
     """Inspector state machine for one client session. See the module docstring.
 
     ``Session(policy, trace=False, peer=None, client_tls=False)``: ``peer`` is the
     client's (address, port) for XCLIENT; ``client_tls`` marks an implicit-TLS port.
     """
 
-    # ------------------------------------------------------------------ inputs
-    def start(self, now: float) -> list[Action]:
-        """The client is connected: open the upstream."""
-        self._server_deadline = now + self.policy.timeouts.connect
-        self._emit(OpenServer())
-        return self._finish(now)
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        trace: bool = False,
+        peer: tuple[str, int] | None = None,
+        client_tls: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.phase = Phase.COMMAND
+        self.out = Output(trace)
+        self.buffer = ReceiveBuffer()
+        self.replies = ReplyPipeline()
+        self.deadlines = Deadlines()
+        self.link = UpstreamLink(self, peer)
+        self.cmds = Commands(self)
+        self.envelope = Envelope()
+        self.rates = Rates()
+        self.relay: MessageRelay | None = None
+        line_check = policy.checks.command_line_length
+        # A disabled check still keeps a hard cap: the buffer must stay bounded.
+        self.line_limit = line_check.limit if line_check.limit is not None else 4096
+        self.client_tls = client_tls  # the client side is encrypted (STARTTLS or 465)
+        self.helo: bytes | None = None  # last HELO/EHLO the server accepted
+        self.ehlo_line: bytes | None = None  # the client's EHLO, re-sent after TLS
+        self.shown: frozenset[str] = frozenset()  # EHLO keywords the client was shown
+        self.need_hello = False  # TLS started: only a new EHLO/HELO opens the session
+        self.cancelled_auth: str | None = None  # why an AUTH response became "*"
+        self.bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
+        self.bdat_left = 0
+        self.closing = False  # close once every owed reply is flushed
+        self.client_eof = False
+        self.draining = False
+        # Counters for metrics and tests, read by the driver when the session ends.
+        self.messages_relayed = 0
+        self.messages_refused = 0
+        self.commands_refused = 0
+        self.message_octets = 0  # message data received from the client
+        self.commands: dict[tuple[str, str], int] = {}  # (verb, "forwarded"|"refused")
 
-    def server_connected(self, now: float) -> list[Action]:
-        if self.upstream is Upstream.CONNECTING:
-            self.upstream = Upstream.GREETING
-            self._server_deadline = now + self.policy.timeouts.greeting
-        return self._finish(now)
-
-    def server_data(self, data: bytes, now: float) -> list[Action]:
-        if self.phase is Phase.CLOSED or self.upstream is Upstream.DOWN:
-            return []
-        if self.phase is Phase.TUNNEL:
-            self._client_deadline = now + self.policy.timeouts.client_idle
-            self._emit(ToClient(data))
-            return self._finish(now)
-        if self._sbuf:  # a partial reply line is pending
-            self._sbuf += data
-            if b"\n" not in data:
-                if len(self._sbuf) > REPLY_LINE_LIMIT:
-                    self._upstream_failed("reply line too long", now)
-                return self._finish(now)
-            data = bytes(self._sbuf)
-            self._sbuf.clear()
-        start, end = 0, len(data)
-        while start < end and self._upstream_live():
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                self._sbuf += data[start:]
-                if len(self._sbuf) > REPLY_LINE_LIMIT:
-                    self._upstream_failed("reply line too long", now)
-                break
-            line = data if start == 0 and nl + 1 == end else data[start : nl + 1]
-            start = nl + 1
-            try:
-                reply = self._assembler.add(frame_reply_line(line))
-            except LineError as exc:
-                self._upstream_failed(exc.reason, now)
-                break
-            if reply is not None:
-                self._on_reply(reply, now)
-        self._pump(now)
-        return self._finish(now)
-
-    def server_closed(self, now: float) -> list[Action]:
-        """The upstream connection closed or could not be opened."""
-        if self.phase is not Phase.CLOSED and self.upstream is not Upstream.DOWN:
-            self._upstream_lost(now)
-            self._pump(now)
-        return self._finish(now)
-
-    def client_data(self, data: bytes, now: float) -> list[Action]:
-        if self.phase is Phase.CLOSED or self._client_eof:
-            return []
-        if self.phase is Phase.TUNNEL:
-            self._client_deadline = now + self.policy.timeouts.client_idle
-            self._emit(ToServer(data))
-            return self._finish(now)
-        self._client_deadline = now + self.policy.timeouts.client_idle
-        if self.phase is Phase.DATA and not self._cbuf:
-            self._data(data, now)  # hot path: no copy into the buffer
-        else:
-            self._cbuf += data
-        self._pump(now)
-        return self._finish(now)
-
-    def client_eof(self, now: float) -> list[Action]:
-        if self.phase is not Phase.CLOSED:
-            self._client_eof = True
-            self._pump(now)
-        return self._finish(now)
-
-    def timer(self, now: float) -> list[Action]:
-        """The armed timer fired: act on what expired, re-arm for the rest."""
-        self._timer = None
+    # ---------------------------------------------------------------- the entry point
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Feed one event; the actions to carry out, in order."""
         if self.phase is Phase.CLOSED:
             return []
-        if self.phase is Phase.TUNNEL:
-            deadline = self._client_deadline
-            if deadline is not None and now >= deadline:
-                # Nothing can be said inside TLS: close both sides.
-                self._policy_event("SG-TUNNEL-TIMEOUT", "TLS tunnel idle past the timeout")
-                self._emit(CloseServer())
-                self._emit(CloseClient())
-                self.upstream = Upstream.DOWN
-                self.phase = Phase.CLOSED
-            return self._finish(now)
-        if self._server_deadline is not None and now >= self._server_deadline:
-            self._policy_event("SG-UPSTREAM-TIMEOUT", "mail server did not answer in time")
-            self._upstream_failed("timeout", now)
-        elif (
-            self._client_idle()
-            and self._client_deadline is not None
-            and (now >= self._client_deadline)
-        ):
-            self._policy_event("SG-CLIENT-TIMEOUT", "client idle past the timeout")
-            self._abort_with(replies.CLIENT_TIMEOUT)
-        self._pump(now)
-        return self._finish(now)
-
-    def shutdown(self, now: float) -> list[Action]:
-        """Drain: finish the transaction in flight, then say 421 and close."""
-        self._draining = True
-        self._pump(now)
+        if isinstance(event, ClientData):
+            self._client_data(event.data, now)
+        elif isinstance(event, ServerData):
+            self._server_data(event.data, now)
+        elif isinstance(event, TimerFired):
+            self._timer(now)
+        elif isinstance(event, Start):
+            self.deadlines.server = now + self.policy.timeouts.connect
+            self.open_server()
+        elif isinstance(event, ServerConnected):
+            self.link.connected(now)
+        elif isinstance(event, ServerClosed):
+            if self.link.live:
+                self.upstream_lost(now)
+                self._pump(now)
+        elif isinstance(event, ClientEof):
+            self.client_eof = True
+            self._pump(now)
+        elif isinstance(event, Shutdown):
+            self.draining = True
+            self._pump(now)
+        elif isinstance(event, TlsDone):
+            self._tls_done(event.side, now)
+        else:
+            self._tls_failed(event.side, now)
         return self._finish(now)
 
     @property
     def client_backlog(self) -> int:
         """Client bytes held unparsed: the driver pauses reading above a threshold."""
-        return len(self._cbuf)
+        return len(self.buffer)
 
     @property
     def closed(self) -> bool:
         return self.phase is Phase.CLOSED
 
-    # --------------------------------------------------------------- replies
-    def _on_reply(self, reply: Reply, now: float) -> None:
-        self._trace_reply(Direction.SERVER_TO_GW, reply.raw)
-        up = self.upstream
-        if up is Upstream.GREETING:
-            self._on_greeting(reply, now)
-        elif self._handlers:
-            self._handlers.popleft()(reply, now)
+    @property
+    def upstream(self) -> Upstream:
+        return self.link.state
+
+    def goto(self, trigger: Trigger) -> Phase:
+        """The one way the phase changes: by the table (a missing pair is a bug)."""
+        phase = self.phase = next_phase(self.phase, trigger)
+        return phase
+
+    # ------------------------------------------------------------------ events
+    def _client_data(self, data: bytes, now: float) -> None:
+        if self.client_eof:
+            return
+        self.deadlines.client = now + self.policy.timeouts.client_idle
+        if self.phase is Phase.TUNNEL:
+            self.out.emit(ToServer(data))
+            return
+        if self.phase is Phase.DATA and not self.buffer:
+            self._data(data, now)  # hot path: no copy into the buffer
+        else:
+            self.buffer.append(data)
+        self._pump(now)
+
+    def _server_data(self, data: bytes, now: float) -> None:
+        if not self.link.live:
+            return
+        if self.phase is Phase.TUNNEL:
+            self.deadlines.client = now + self.policy.timeouts.client_idle
+            self.out.emit(ToClient(data))
+            return
+        self.link.feed(data, now)
+        self._pump(now)
+
+    def _timer(self, now: float) -> None:
+        """The armed timer fired: act on what expired, re-arm for the rest."""
+        d = self.deadlines
+        d.timer = None
+        if self.phase is Phase.TUNNEL:
+            if d.expired(d.client, now):
+                # Nothing can be said inside TLS: close both sides.
+                self.out.event("SG-TUNNEL-TIMEOUT", "TLS tunnel idle past the timeout")
+                self.out.emit(CloseServer())
+                self.out.emit(CloseClient())
+                self.link.move(Link.LOST)
+                self.goto(Trigger.CLOSE)
+            return
+        if d.expired(d.server, now):
+            self.out.event("SG-UPSTREAM-TIMEOUT", "mail server did not answer in time")
+            self.link.failed("timeout", now)
+        elif self._client_turn() and d.expired(d.client, now):
+            self.out.event("SG-CLIENT-TIMEOUT", "client idle past the timeout")
+            self.abort_with(replies.CLIENT_TIMEOUT)
+        self._pump(now)
+
+    def _tls_done(self, side: Side, now: float) -> None:
+        if side is Side.SERVER:
+            self.link.tls_started(now)
+            return
+        # RFC 3207 §4.2: after the handshake nothing learnt in clear holds, on either
+        # side. The gateway forgets the client's hello, the extensions it was shown
+        # and the envelope, and requires a new EHLO/HELO; the server's session
+        # (envelope, hello, any authentication) is ended by a fresh upstream.
+        self.client_tls = True
+        self.goto(Trigger.TLS_DONE)
+        self.shown = frozenset()
+        self.helo = None
+        self.ehlo_line = None
+        self.envelope.reset()
+        self.need_hello = True
+        self.link.reconnect(now)
+        self._pump(now)
+
+    def _tls_failed(self, side: Side, now: float) -> None:
+        if side is Side.SERVER:
+            self.link.failed("TLS handshake with the server failed", now)
+            self._pump(now)
+        else:
+            self.out.event("SG-TLS-CLIENT-FAILED", "TLS handshake with the client failed")
+            self.reset_both()
+
+    # ----------------------------------------------------------------- replies
+    def on_reply(self, reply: Reply, now: float) -> None:
+        """A complete reply from the server (called by the link, in order)."""
+        self.out.trace_reply(Direction.SERVER_TO_GW, reply.raw)
+        link = self.link
+        if link.state is Upstream.GREETING:
+            link.on_greeting(reply, now)
+        elif link.busy():
+            link.on_step_reply(reply, now)
         elif self.phase is Phase.DATA:
             # Nothing is owed while the message streams: the server has taken some of
             # it as an end of data (or is broken). Out of step: partial-relay refusal.
-            self._refuse_message(
+            assert self.relay is not None
+            self.relay.refuse(
                 replies.UPSTREAM_DESYNC,
                 "SG-UPSTREAM-DESYNC",
                 f"mail server replied {reply.code} during message data: out of step, "
                 "its connection aborted",
                 memoryview(b""),
             )
-        elif not self._awaiting:
+        elif not self.replies.owed_by_server:
             if reply.code == 421:  # the server is closing the session on its own
-                self._slots.append(Slot("", reply=reply.raw))
-                self._closing = True
-                self._flush()
+                self.close_after(reply.raw)
             else:  # a reply nothing asked for would be matched to the next command
-                self._policy_event("SG-UPSTREAM-UNSOLICITED", f"unexpected reply {reply.code}")
-                self._upstream_failed(f"unsolicited reply {reply.code}", now)
+                self.out.event("SG-UPSTREAM-UNSOLICITED", f"unexpected reply {reply.code}")
+                link.failed(f"unsolicited reply {reply.code}", now)
         else:
-            self._on_command_reply(self._awaiting.popleft(), reply, now)
-
-    def _on_command_reply(self, slot: Slot, reply: Reply, now: float) -> None:
-        if slot.verb == "EHLO" and reply.code == 250:
-            self._ehlo_line = slot.raw
-            # terminate mode: secure the upstream first, answer with the EHLO after TLS
-            if self._upstream_tls_first(reply, lambda r, n: self._complete(slot, r, n), now):
-                return
-        self._complete(slot, reply, now)
+            slot = self.replies.take_owed()
+            if slot.verb == "EHLO" and reply.code == 250:
+                self.ehlo_line = slot.raw
+                # terminate mode: secure the upstream first, answer after TLS
+                if link.secure_first(reply, lambda r, n: self._complete(slot, r, n), now):
+                    return
+            self._complete(slot, reply, now)
 
     def _complete(self, slot: Slot, reply: Reply, now: float) -> None:
         """Fill ``slot`` with the server's ``reply`` (as the client is to see it)."""
-        if self.upstream is Upstream.HANDSHAKE:
-            self._upstream_ready()
+        if self.link.state is Upstream.HANDSHAKE:
+            self.link.move(Link.READY)
         verb = slot.verb
         cls = reply.code // 100
         raw = reply.raw
+        env = self.envelope
         if verb in ("HELO", "EHLO") and cls == 2:
-            self._helo = slot.raw
-            self._need_hello = False
-            self._in_transaction = False
+            self.helo = slot.raw
+            self.need_hello = False
+            env.reset()
             if verb == "EHLO":
-                raw, self._shown, removed = filter_ehlo(reply, self.policy, self._tls_offer())
+                raw, self.shown, removed = filter_ehlo(
+                    reply, self.policy, tls_offer(self.policy, self.client_tls)
+                )
                 if removed:
-                    self._policy_event(
+                    self.out.event(
                         "SG-EHLO-MASKED", f"EHLO keywords removed: {' '.join(removed)}", "mask"
                     )
             else:
-                self._shown = frozenset()
+                self.shown = frozenset()
         elif verb == "MAIL":
-            self._in_transaction = cls == 2
+            env.in_transaction = cls == 2
         elif verb == "RCPT" and cls == 5:
-            self._invalid_rcpts += 1
-            check = self.policy.checks.invalid_recipients
-            if over(check, self._invalid_rcpts):
-                self._enforce(
-                    finding(
-                        "invalid_recipients",
-                        "SG-CHK-INVALID-RECIPIENTS",
-                        f"{self._invalid_rcpts} recipients refused by the server (limit "
-                        f"{check.limit})",
-                        check,
-                        550,
-                        "5.7.1 Too many invalid recipients",
-                    ),
-                    "RCPT",
-                    now,
-                    after=True,
-                )
+            self.cmds.invalid_rcpt(now)
+        elif verb == "AUTH" and self.cancelled_auth is not None:
+            bad, self.cancelled_auth = self.cancelled_auth, None
+            if reply.code == 334:  # still in the exchange after "*": out of step
+                self.link.failed("AUTH not cancelled by '*'", now)
+                return
+            raw = replies.bad_auth_bytes(bad)
         elif verb == END_OF_DATA_VERB:
-            self._in_transaction = False
+            env.in_transaction = False
             if cls == 2:
                 self.messages_relayed += 1
-        if self.phase is Phase.WAIT and not self._awaiting:  # the held command's reply
-            self.phase = AFTER_REPLY.get((verb, cls), Phase.COMMAND)
-            if self.phase is Phase.DATA:
-                self._scanner = DataScanner()
-                if self.policy.smuggling is Smuggling.NORMALIZE:
-                    self._normalizer = Normalizer()
-                self._inspector = MessageInspector(self.policy.checks)
+        phase = self.phase
+        if phase is Phase.WAIT and not self.replies.owed_by_server:
+            phase = self.goto(REPLY_TRIGGERS.get((verb, cls), Trigger.REPLY))
+            if phase is Phase.DATA:
+                self.relay = MessageRelay(self)
         slot.reply = raw
-        if self.phase is Phase.TUNNEL:
-            self._policy_event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
+        if phase is Phase.TUNNEL:
+            self.out.event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
             self._drop_injected()
-            self._server_deadline = None
-            self._client_deadline = now + self.policy.timeouts.client_idle
+            self.deadlines.client = now + self.policy.timeouts.client_idle
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
-            self._abort_with(None)
-        self._server_deadline = (
-            now + self._reply_timeout(self._awaiting[0].verb) if self._awaiting else None
+            self.abort_with(None)
+        owed = self.replies.next_owed()
+        self.deadlines.server = (
+            None if owed is None else now + reply_timeout(self.policy.timeouts, owed.verb)
         )
-        self._flush()
+        self.flush()
 
-    def _tls_offer(self) -> str:
-        """How the EHLO reply shows STARTTLS: strip it, keep the server's, or offer
-        the gateway's own (terminate mode, client not yet encrypted)."""
-        mode = self.policy.starttls
-        if mode is StartTlsPolicy.STRIP:
-            return "strip"
-        if mode is StartTlsPolicy.PASSTHROUGH:
-            return "keep"
-        return "strip" if self.client_tls else "offer"
-
-    def _starttls(self, line: bytes, now: float) -> None:
-        if self.client_tls:
-            self._local_reply("STARTTLS", replies.TLS_ACTIVE)
-        elif self.policy.starttls is StartTlsPolicy.TERMINATE:
-            # Answered by the gateway; the handshake starts once the 220 is written.
-            self._slots.append(Slot(TLS_SLOT, reply=replies.TLS_READY))
-            self.phase = Phase.TLS
-            self._flush()
-        else:
-            self._forward_command("STARTTLS", line, now)
-
-    def tls_started(self, side: str, now: float) -> list[Action]:
-        """The TLS handshake on ``side`` ("client" or "server") completed."""
-        if self.phase is Phase.CLOSED:
-            return []
-        if side == "server":
-            self._upstream_tls_started(now)
-        else:
-            self.client_tls = True
-            self.phase = Phase.COMMAND
-            self._forget_plaintext(now)
-            self._pump(now)
-        return self._finish(now)
-
-    def _forget_plaintext(self, now: float) -> None:
-        """RFC 3207 §4.2: after the handshake nothing learnt in clear holds, on either
-        side. The gateway forgets the client's hello, the extensions it was shown and
-        the envelope, and requires a new EHLO/HELO; the server's session (envelope,
-        hello, any authentication) is ended by a fresh upstream connection."""
-        self._shown = frozenset()
-        self._helo = None
-        self._ehlo_line = None
-        self._in_transaction = False
-        self._rcpt_count = 0
-        self._need_hello = True
-        self._reconnect(now)
-
-    def tls_failed(self, side: str, now: float) -> list[Action]:
-        if self.phase is Phase.CLOSED:
-            return []
-        if side == "server":
-            self._upstream_failed("TLS handshake with the server failed", now)
-            self._pump(now)
-        else:
-            self._policy_event("SG-TLS-CLIENT-FAILED", "TLS handshake with the client failed")
-            self._reset_both()
-        return self._finish(now)
-
-    def _reply_timeout(self, verb: str) -> float:
-        t = self.policy.timeouts
-        if verb == END_OF_DATA_VERB:
-            return t.data_end
-        return t.data_init if verb == "DATA" else t.command
-
-    # --------------------------------------------------------------- client side
+    # ------------------------------------------------------------- client side
     def _pump(self, now: float) -> None:
-        """Consume held client bytes as far as the current state allows."""
-        while not self._closing:
+        """Consume held client bytes as far as the current phase allows."""
+        buffer = self.buffer
+        while not self.closing:
             phase = self.phase
             if phase is Phase.COMMAND or phase is Phase.AUTH:
                 if (
-                    self.upstream is not Upstream.READY
-                    or len(self._slots) >= self.policy.max_pending
+                    self.link.state is not Upstream.READY
+                    or len(self.replies) >= self.policy.max_pending
                 ):
                     break
-                if self._draining and not self._in_transaction and not self._slots:
-                    self._abort_with(replies.SHUTTING_DOWN)
+                if self.draining and not self.envelope.in_transaction and not self.replies:
+                    self.abort_with(replies.SHUTTING_DOWN)
                     break
-                if not self._cbuf:
+                if not buffer:
                     break
-                line = self._next_line()
+                line = self.cmds.next_line()
                 if line is None:
                     break
                 if phase is Phase.AUTH:
-                    self._auth_response(line, now)
+                    self.cmds.auth_response(line, now)
                 else:
-                    self._command(line, now)
+                    self.cmds.command(line, now)
             elif phase is Phase.DATA:
-                if not self._cbuf:
+                if not buffer:
                     break
-                chunk = bytes(self._cbuf)
-                self._cbuf.clear()
-                self._csearch = 0
-                self._data(chunk, now)
+                self._data(buffer.take(), now)
             elif phase is Phase.BDAT:
-                if not self._drain_bdat():
+                if not self.cmds.drain_bdat():
                     break
-            else:  # WAIT, QUIT, CLOSED: nothing is read
+            else:  # WAIT, QUIT, TLS, TUNNEL, CLOSED: nothing is read
                 break
-        self._finish_if_done()
+        self.finish_if_done()
 
-    def _next_line(self) -> bytes | None:
-        """The next command line, CRLF included, or None until one is complete.
-
-        Lines are framed on CRLF only (RFC 5321 §2.3.8): a bare LF or bare CR inside
-        a line does not end it, so the whole line up to its CRLF is judged (and
-        refused) as one, and nothing after the stray byte runs as a command.
-        """
-        buf = self._cbuf
-        limit = self._line_limit
-        nl = buf.find(b"\r\n", self._csearch)
-        if self._skip_line:
-            if nl < 0:
-                keep = 1 if buf.endswith(b"\r") else 0  # may be half of the CRLF
-                del buf[: len(buf) - keep]
-                self._csearch = 0
-                return None
-            del buf[: nl + 2]
-            self._skip_line = False
-            self._csearch = 0
-            self._local_reply("", replies.LINE_TOO_LONG)
-            return self._next_line()
-        if nl < 0:
-            self._csearch = max(len(buf) - 1, 0)
-            if len(buf) > limit and self._line_too_long():
-                return self._next_line()
-            return None
-        if nl + 2 > limit:
-            return self._next_line() if self._line_too_long() else None
-        line = bytes(buf[: nl + 2])
-        del buf[: nl + 2]
-        self._csearch = 0
-        return line
-
-    def _line_too_long(self) -> bool:
-        """Act on an over-long command line; True if the rest of it is to be skipped."""
-        limit = self._line_limit
-        verdict = self.policy.checks.command_line_length.action
-        self._policy_event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
-        self.commands_refused += 1
-        if verdict is Verdict.REJECT:
-            self._skip_line = True
-        elif verdict is Verdict.RESET:
-            self._closing = True
-            self._emit(CloseServer(abort=True))
-            self._emit(CloseClient(reset=True))
-            self.phase = Phase.CLOSED
+    def _data(self, chunk: bytes, now: float) -> None:
+        """Relay one chunk of message data; at its end, owe the final reply."""
+        relay = self.relay
+        assert relay is not None
+        end = relay.feed(chunk, now)
+        if end < 0:
+            return
+        self.relay = None
+        self.goto(Trigger.END_OF_DATA)
+        self.envelope.rcpt_count = 0
+        self.message_octets += relay.size
+        if self.out.trace:
+            self.out.emit(Trace(Direction.CLIENT_TO_GW, "", size=relay.size))
+        if relay.refusal is not None:
+            self.messages_refused += 1
+            self.local_reply(END_OF_DATA_VERB, relay.refusal)
+            self.link.reconnect(now)
         else:
-            self._close_after(replies.line_too_long_drop(limit))
-        return self._skip_line
+            self.replies.forwarded(END_OF_DATA_VERB, b"")
+            self.deadlines.server = now + self.policy.timeouts.data_end
+        if end < len(chunk):
+            self.buffer.prepend(chunk[end:])
 
-    def _command(self, line: bytes, now: float) -> None:
-        body = line[:-2]  # framed on CRLF: any other CR or LF is inside the line
-        bad = check_line_bytes(body)
-        cmd = parse_command(line) if bad is None else None
-        if self.trace:
-            text = body.rstrip(b"\n").decode("utf-8", "surrogateescape")
-            verb = cmd.verb if cmd else None
-            if verb == "AUTH":
-                text = "AUTH " + cmd.args.split(" ")[0] if cmd else text  # no credentials
-            self._emit(Trace(Direction.CLIENT_TO_GW, text, verb=verb))
-        if bad is not None:
-            if not self._bad_line(bad, "command line"):
-                self._local_reply("", replies.bad_command_bytes(bad))
-            return
-        if cmd is None:
-            self.commands_refused += 1
-            self._local_reply("", replies.SYNTAX)
-            return
-        verb = cmd.verb
-        if verb == "BDAT":
-            self._refuse_bdat(cmd.args)
-            return
-        if verb == "STARTTLS" and self.policy.starttls is not StartTlsPolicy.STRIP:
-            self._starttls(line, now)
-            return
-        if verb not in self.policy.allowed_verbs and self._emulation.pix:
-            # PIX 6.x Mailguard (lab emulation): the verb is overwritten in place and
-            # the server answers the mangled command itself.
-            self._policy_event("SG-EMULATE-REWRITE", f"{verb} rewritten (PIX emulation)", "log")
-            self._forward_command(verb, pix_rewrite(line, self._emulation.rewrite), now)
-            return
-        if verb not in self.policy.allowed_verbs:
-            self._policy_event(
-                "SG-CMD-BLOCKED",
-                f"{verb} refused: not allowed in {self.policy.mode.value} mode",
+    def drop_message(self, reply: bytes) -> None:
+        """A check dropped the connection mid-message: say why, read nothing more."""
+        self.relay = None
+        self.goto(Trigger.MESSAGE_DROPPED)
+        self.close_after(reply)
+
+    def swallow_rest(self) -> None:
+        """The PIX split-EOD bug (emulation): nothing more is read, no reply comes."""
+        self.relay = None
+        self.goto(Trigger.SPLIT_EOD_BUG)
+        self.buffer.clear()
+
+    def count(self, verb: str, outcome: str) -> None:
+        """Per-verb counters for metrics, keyed by configuration, not by the client: a
+        verb neither allowed nor a known SMTP verb counts as ``OTHER``."""
+        if verb not in self.policy.allowed_verbs and verb not in KNOWN_VERBS:
+            verb = "OTHER"
+        key = (verb, outcome)
+        self.commands[key] = self.commands.get(key, 0) + 1
+
+    # ------------------------------------------------------ owing and closing
+    def local_reply(self, verb: str, reply: bytes) -> None:
+        if verb and verb != END_OF_DATA_VERB:
+            self.count(verb, "refused")
+        self.replies.local(verb, reply)
+        self.flush()
+
+    def close_after(self, reply: bytes) -> None:
+        """Owe ``reply`` after every earlier reply, read nothing more, then close."""
+        self.replies.local("", reply)
+        self.closing = True
+        self.flush()
+
+    def abort_with(self, reply: bytes | None) -> None:
+        """Answer the first unanswered slot with ``reply`` (or nothing), drop the
+        rest, and close once everything before it is flushed."""
+        self.replies.cut(reply)
+        self.closing = True
+        self.flush()
+
+    def reset_both(self) -> None:
+        self.closing = True
+        self.out.emit(CloseServer(abort=True))
+        self.out.emit(CloseClient(reset=True))
+        if self.link.live:
+            self.link.move(Link.LOST)
+        self.goto(Trigger.CLOSE)
+        self.replies.clear()
+
+    def flush(self) -> None:
+        for slot in self.replies.ready():
+            assert slot.reply is not None
+            self.out.to_client(slot.reply)
+            self.deadlines.client = None  # the client's turn starts now
+            if slot.verb == TLS_SLOT:
+                self._drop_injected()
+                self.out.emit(StartTls(Side.CLIENT))
+        self.finish_if_done()
+
+    def _drop_injected(self) -> None:
+        """Bytes the client sent after STARTTLS but before TLS are plaintext injected
+        into the encrypted session (CVE-2011-0411 class): discard them."""
+        if self.buffer:
+            self.out.event(
+                "SG-TLS-INJECTION",
+                f"{len(self.buffer)} octets pipelined after STARTTLS discarded",
                 "reject",
             )
-            self.commands_refused += 1
-            self._local_reply(verb, replies.UNRECOGNIZED)
-            return
-        if self._need_hello and verb not in HELLO_FREE_VERBS:
-            self.commands_refused += 1
-            self._local_reply(verb, replies.SEND_HELLO_FIRST)
-            return
-        if verb in ("MAIL", "RCPT") and self._envelope_refused(verb, cmd.args, now):
-            return
-        self._forward_command(verb, line, now)
+            self.buffer.clear()
 
-    def _bad_line(self, bad: str, what: str) -> bool:
-        """A client line with a bare CR, bare LF or NUL: refused whole. A client that
-        keeps sending them is dropped (Postfix ``smtpd_forbid_bare_newline`` drops at
-        the first). True when the session is being closed."""
-        self.commands_refused += 1
-        self._bad_lines += 1
-        if self._bad_lines >= self.policy.bad_line_limit:
-            self._policy_event("SG-CMD-BAD-BYTES", f"{bad} in {what}: closing", "drop-connection")
-            self._close_after(replies.bad_lines_drop(bad))
-            return True
-        self._policy_event("SG-CMD-BAD-BYTES", f"{bad} in {what}", "reject")
-        return False
-
-    def _forward_command(self, verb: str, line: bytes, now: float) -> None:
-        self._count(verb, "forwarded")
-        slot = Slot(verb, line)
-        self._slots.append(slot)
-        self._awaiting.append(slot)
-        if self._server_deadline is None:
-            self._server_deadline = now + self._reply_timeout(verb)
-        self._to_server(line, verb)
-        if verb in HOLD_VERBS or self._emulation.pix:  # PIX: lock-step, one at a time
-            self.phase = Phase.WAIT
-        elif verb == "QUIT":
-            self.phase = Phase.QUIT
-        elif verb in ("RSET", "HELO", "EHLO"):
-            self._in_transaction = False
-            self._rcpt_count = 0
-
-    def _auth_response(self, line: bytes, now: float) -> None:
-        """A SASL response line (RFC 4954 §4): relayed, never parsed or logged; but
-        framed like every client line, so a bare CR, bare LF or NUL never reaches the
-        server. Such a line is replaced by ``*``, which cancels the exchange (§4), and
-        the client gets the gateway's 501 once the server has answered the ``*``."""
-        if self.trace:
-            self._emit(Trace(Direction.CLIENT_TO_GW, "(AUTH response)"))
-        bad = check_line_bytes(line[:-2])
-        if bad is None:
-            slot = Slot("AUTH", line)
-            self._slots.append(slot)
-            self._awaiting.append(slot)
-            self._emit(ToServer(line))
-            self.phase = Phase.WAIT
+    def finish_if_done(self) -> None:
+        if self.phase is Phase.CLOSED or self.replies:
             return
-        if self._bad_line(bad, "AUTH response"):
-            return
-        slot = Slot("AUTH")
-        self._slots.append(slot)
-        self.phase = Phase.WAIT
-        self._internal(b"*\r\n", lambda r, n: self._auth_cancelled(slot, bad, r, n), now)
+        # After EOF, finish once nothing owed remains and nothing that arrived before
+        # the EOF can still be processed: no complete command, no message bytes.
+        phase = self.phase
+        eof_done = (
+            self.client_eof
+            and phase is not Phase.WAIT
+            and (not self.buffer if phase is Phase.DATA else not self.buffer.has_line())
+        )
+        if self.closing or eof_done:
+            if self.link.live:
+                # Mid-message the server must not take what it has as a message.
+                self.out.emit(CloseServer(abort=phase is Phase.DATA))
+                self.link.move(Link.LOST)
+            self.out.emit(CloseClient())
+            self.goto(Trigger.CLOSE)
 
-    def _auth_cancelled(self, slot: Slot, bad: str, reply: Reply, now: float) -> None:
-        if reply.code == 334:  # still in the exchange after "*": out of step
-            self._upstream_failed("AUTH not cancelled by '*'", now)
-            return
-        self._server_deadline = None
-        slot.reply = replies.bad_auth_bytes(bad)
-        self.phase = Phase.COMMAND
-        self._flush()
+    def open_server(self) -> None:
+        self.out.emit(OpenServer())
 
-    def _refuse_bdat(self, args: str) -> None:
-        """BDAT is never relayed; its chunk is drained unparsed (RFC 3030 §2)."""
-        self.commands_refused += 1
-        size = args.split(" ")[0] if args else ""
-        if not size.isdigit() or int(size) > self.policy.bdat_drain_limit:
-            self._policy_event("SG-BDAT-REFUSED", "BDAT with unusable size: closing", "drop")
-            self._close_after(replies.bdat_too_large())
-            return
-        self._policy_event("SG-BDAT-REFUSED", f"BDAT chunk of {size} octets drained", "reject")
-        self._bdat_left = int(size)
-        self.phase = Phase.BDAT
-        self._drain_bdat()
+    def upstream_lost(self, now: float) -> None:
+        """The upstream closed, failed or timed out: what the client is told."""
+        link = self.link
+        was = link.state
+        if link.live:
+            link.move(Link.LOST)
+        self.deadlines.server = None
+        if not link.greeted:
+            self.out.to_client(replies.SERVICE_UNAVAILABLE)
+            self.abort_with(None)
+        elif was is not Upstream.READY:
+            link.reconnect_failed(f"upstream lost while {was.value}")
+        elif self.phase is Phase.DATA:
+            assert self.relay is not None
+            self.out.event("SG-UPSTREAM-LOST", "mail server lost during message data")
+            self.relay.refusal = replies.MESSAGE_UPSTREAM_LOST
+        elif (owed := self.replies.next_owed()) is not None and owed.verb == END_OF_DATA_VERB:
+            self.out.event("SG-UPSTREAM-LOST", "mail server lost before its final reply")
+            self.replies.take_owed().reply = replies.MESSAGE_UPSTREAM_LOST
+            self.envelope.in_transaction = False
+            if self.replies.owed_by_server:
+                self.abort_with(replies.UPSTREAM_LOST)
+            else:
+                link.reconnect(now)
+            self.flush()
+        else:
+            self.abort_with(replies.UPSTREAM_LOST)
 
-    def _drain_bdat(self) -> bool:
-        take = min(self._bdat_left, len(self._cbuf))
-        del self._cbuf[:take]
-        self._csearch = 0
-        self._bdat_left -= take
-        if self._bdat_left:
-            return False
-        self.phase = Phase.COMMAND
-        self._local_reply("BDAT", replies.BDAT_REFUSED)
-        return True
+    def _client_turn(self) -> bool:
+        """True when the gateway is waiting for the client (its idle timeout runs)."""
+        return not self.replies and self.phase in CLIENT_TURN
+
+    def _finish(self, now: float) -> list[Action]:
+        if self.phase is not Phase.CLOSED:
+            turn = self._client_turn() or self.phase is Phase.TUNNEL
+            deadline = self.deadlines.next_timer(now, turn, self.policy.timeouts.client_idle)
+            if deadline is not None:
+                self.out.emit(SetTimer(deadline))
+        return self.out.take()

@@ -1,13 +1,51 @@
-"""The upstream connection's life cycle: greeting, replay, loss and reconnect."""
+"""The upstream connection: reply framing, its life cycle, and the gateway's own
+handshake with the server.
+
+The handshake is an explicit list of steps, planned when the server greets:
+``XCLIENT_EHLO`` and ``XCLIENT`` (tell the server the real client, when configured),
+``REPLAY`` (a fresh connection after a refused message replays the client's
+HELO/EHLO), ``STARTTLS`` then ``TLS_EHLO`` (terminate mode secures the upstream when
+the server offers it, RFC 3207 §4.2: EHLO again). Each step sends one command; its
+reply decides the next. The replies to these commands never reach the client. They
+only run while client input is held (upstream not READY, or the client waiting for
+its EHLO reply), so they never interleave with client commands.
+"""
 
 from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from smtpguard.core import replies
 from smtpguard.core.actions import CloseServer, StartTls
 from smtpguard.core.banner import greeting
-from smtpguard.core.grammar import Reply
+from smtpguard.core.events import Side
+from smtpguard.core.grammar import (
+    REPLY_LINE_LIMIT,
+    LineError,
+    Reply,
+    ReplyAssembler,
+    ehlo_keywords,
+    frame_reply_line,
+)
+from smtpguard.core.phases import Link, Upstream, next_upstream
 from smtpguard.core.policy import StartTls as StartTlsPolicy
-from smtpguard.core.state import END_OF_DATA_VERB, Handler, Phase, SessionBase, Upstream
+
+if TYPE_CHECKING:
+    from smtpguard.core.session import Session
+
+
+class Step(enum.Enum):
+    XCLIENT_EHLO = "EHLO (does the server offer XCLIENT?)"
+    XCLIENT = "XCLIENT"
+    REPLAY = "replay the client's HELO/EHLO"
+    STARTTLS = "STARTTLS"
+    TLS_EHLO = "EHLO after TLS"
+
+
+Then = Callable[[Reply, float], None]  # what the secured EHLO reply goes to
 
 
 def xtext_addr(ip: str) -> str:
@@ -15,152 +53,236 @@ def xtext_addr(ip: str) -> str:
     return f"IPV6:{ip}" if ":" in ip else ip
 
 
-class UpstreamLink(SessionBase):
-    """Greeting, the gateway's own exchanges with the server (XCLIENT, STARTTLS,
-    HELO/EHLO replay on a fresh connection), loss and reconnect.
+class UpstreamLink:
+    __slots__ = (
+        "_assembler",
+        "_fallback",
+        "_partial",
+        "_plan",
+        "_s",
+        "_step",
+        "_then",
+        "greeted",
+        "peer",
+        "state",
+        "tls",
+    )
 
-    The gateway's own commands are *internal*: their replies go to a handler, never
-    to the client. They only run while the upstream is not READY (client input is
-    held then) or while the client waits for its EHLO reply, so they never interleave
-    with client commands.
-    """
+    def __init__(self, session: Session, peer: tuple[str, int] | None) -> None:
+        self._s = session
+        self.peer = peer  # the client's address, for XCLIENT
+        self.state = Upstream.CONNECTING
+        self.greeted = False  # the client has seen a greeting
+        self.tls = False  # the upstream connection is encrypted
+        self._partial = bytearray()  # a reply line not complete yet
+        self._assembler = ReplyAssembler()
+        self._plan: deque[Step] = deque()
+        self._step: Step | None = None  # the step whose reply is awaited
+        self._then: Then | None = None
+        self._fallback: Reply | None = None  # the EHLO reply if TLS cannot start
 
-    def _internal(self, line: bytes, handler: Handler, now: float) -> None:
-        self._handlers.append(handler)
-        self._server_deadline = now + self.policy.timeouts.command
-        verb = line.split(b" ", 1)[0].rstrip(b"\r\n").decode("ascii", "replace").upper()
-        self._to_server(line, verb)
+    # -- state -------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        return self.state is not Upstream.DOWN
 
-    def _on_greeting(self, reply: Reply, now: float) -> None:
-        if not self._greeted:
-            self._greeted = True
-            self._server_deadline = None
-            self._send_client(greeting(reply, self.policy))
-            if reply.code == 421:
-                self.upstream = Upstream.READY
-                self._closing = True
-                self._finish_if_done()
+    def move(self, trigger: Link) -> None:
+        self.state = next_upstream(self.state, trigger)
+
+    def busy(self) -> bool:
+        """True while one of the gateway's own commands awaits its reply."""
+        return self._step is not None
+
+    # -- framing -------------------------------------------------------------------
+    def feed(self, data: bytes, now: float) -> None:
+        """Frame replies from ``data`` and hand each to the session, in order, while
+        the connection lives. A line that is not a reply fails the upstream."""
+        partial = self._partial
+        if partial:
+            partial += data
+            if b"\n" not in data:
+                if len(partial) > REPLY_LINE_LIMIT:
+                    self.failed("reply line too long", now)
                 return
-            if reply.code != 220:  # 554 & co: the server's decision, relayed as is
-                self.upstream = Upstream.READY
+            data = bytes(partial)
+            partial.clear()
+        start, end = 0, len(data)
+        while start < end and self.state is not Upstream.DOWN:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                partial += data[start:]
+                if len(partial) > REPLY_LINE_LIMIT:
+                    self.failed("reply line too long", now)
+                return
+            line = data if start == 0 and nl + 1 == end else data[start : nl + 1]
+            start = nl + 1
+            try:
+                reply = self._assembler.add(frame_reply_line(line))
+            except LineError as exc:
+                self.failed(exc.reason, now)
+                return
+            if reply is not None:
+                self._s.on_reply(reply, now)
+
+    # -- greeting and handshake -------------------------------------------------------
+    def connected(self, now: float) -> None:
+        if self.state is Upstream.CONNECTING:
+            self.move(Link.CONNECTED)
+            self._s.deadlines.server = now + self._s.policy.timeouts.greeting
+
+    def on_greeting(self, reply: Reply, now: float) -> None:
+        s = self._s
+        if not self.greeted:
+            self.greeted = True
+            s.deadlines.server = None
+            s.out.to_client(greeting(reply, s.policy))
+            if reply.code != 220:  # 554 & co: the server's decision, relayed
+                self.move(Link.REFUSED)
+                if reply.code == 421:
+                    s.closing = True
+                    s.finish_if_done()
                 return
         elif reply.code != 220:
-            self._reconnect_failed(f"greeting {reply.code} on reconnect")
+            self.reconnect_failed(f"greeting {reply.code} on reconnect")
             return
-        self.upstream = Upstream.HANDSHAKE
-        if self.policy.xclient and self._peer is not None:
-            hello = f"EHLO {self.policy.hostname}\r\n".encode()
-            self._internal(hello, self._xclient_ehlo_reply, now)
+        self.move(Link.GREETED)
+        plan = self._plan
+        plan.clear()
+        if s.policy.xclient and self.peer is not None:
+            plan += (Step.XCLIENT_EHLO, Step.XCLIENT)
+        if s.helo is not None:
+            plan.append(Step.REPLAY)
+        self._advance(now)
+
+    def _advance(self, now: float) -> None:
+        """Send the next step's command, or finish the handshake."""
+        s = self._s
+        if not self._plan:
+            self._step = None
+            self.move(Link.READY)
+            s.deadlines.server = None
+            return
+        step = self._step = self._plan.popleft()
+        if step is Step.XCLIENT_EHLO:
+            line = f"EHLO {s.policy.hostname}\r\n".encode()
+        elif step is Step.XCLIENT:
+            assert self.peer is not None
+            ip, port = self.peer
+            line = f"XCLIENT ADDR={xtext_addr(ip)} PORT={port} NAME=[UNAVAILABLE]\r\n".encode()
+        elif step is Step.REPLAY:
+            assert s.helo is not None
+            line = s.helo
+        elif step is Step.STARTTLS:
+            line = b"STARTTLS\r\n"
         else:
-            self._after_xclient(now)
+            line = s.ehlo_line or f"EHLO {s.policy.hostname}\r\n".encode()
+        s.deadlines.server = now + s.policy.timeouts.command
+        verb = line.split(b" ", 1)[0].rstrip(b"\r\n").decode("ascii", "replace").upper()
+        s.out.to_server(line, verb)
 
-    def _xclient_ehlo_reply(self, reply: Reply, now: float) -> None:
-        keywords = {line.split(" ", 1)[0].upper() for line in reply.lines[1:]}
-        if reply.code != 250 or "XCLIENT" not in keywords:
-            self._policy_event(
-                "SG-XCLIENT-UNAVAILABLE", "mail server does not offer XCLIENT to the gateway"
-            )
-            self._after_xclient(now)
+    def on_step_reply(self, reply: Reply, now: float) -> None:
+        """The reply to the gateway's own command (``busy()`` was True)."""
+        s = self._s
+        step = self._step
+        self._step = None
+        if step is Step.XCLIENT_EHLO:
+            if reply.code != 250 or "XCLIENT" not in ehlo_keywords(reply):
+                s.out.event(
+                    "SG-XCLIENT-UNAVAILABLE", "mail server does not offer XCLIENT to the gateway"
+                )
+                self._plan.remove(Step.XCLIENT)
+        elif step is Step.XCLIENT:
+            if reply.code != 220:  # Postfix answers XCLIENT with a fresh 220 greeting
+                s.out.event("SG-XCLIENT-FAILED", f"XCLIENT refused: {reply.code}")
+        elif step is Step.REPLAY:
+            if not reply.positive:
+                self.reconnect_failed("replayed HELO/EHLO refused")
+                return
+            self._plan_tls(reply, None)
+        elif step is Step.STARTTLS:
+            if reply.code == 220:
+                s.deadlines.server = now + s.policy.timeouts.command
+                s.out.emit(StartTls(Side.SERVER))
+                return  # the handshake; then tls_started() sends the EHLO
+            s.out.event("SG-TLS-UPSTREAM-FAILED", f"server refused STARTTLS: {reply.code}")
+            self._plan.clear()
+            fallback = self._fallback
+            assert fallback is not None
+            self._secured(fallback, now)
             return
-        assert self._peer is not None
-        ip, port = self._peer
-        self._internal(
-            f"XCLIENT ADDR={xtext_addr(ip)} PORT={port} NAME=[UNAVAILABLE]\r\n".encode(),
-            self._xclient_reply,
-            now,
-        )
+        elif step is Step.TLS_EHLO:
+            self._secured(reply, now)
+            return
+        self._advance(now)
 
-    def _xclient_reply(self, reply: Reply, now: float) -> None:
-        if reply.code != 220:  # Postfix answers XCLIENT with a fresh 220 greeting
-            self._policy_event("SG-XCLIENT-FAILED", f"XCLIENT refused: {reply.code}")
-        self._after_xclient(now)
-
-    def _after_xclient(self, now: float) -> None:
-        if self._helo is None:
-            self._upstream_ready()
-        else:  # a fresh connection after a refused message: replay the client's hello
-            self._internal(self._helo, self._replay_reply, now)
-
-    def _replay_reply(self, reply: Reply, now: float) -> None:
-        if not reply.positive:
-            self._reconnect_failed("replayed HELO/EHLO refused")
-        elif not self._upstream_tls_first(reply, lambda _r, _n: self._upstream_ready(), now):
-            self._upstream_ready()
-
-    def _upstream_ready(self) -> None:
-        self.upstream = Upstream.READY
-        self._server_deadline = None
-
-    # -- STARTTLS towards the server (terminate mode) ---------------------------------
-    def _upstream_tls_first(self, ehlo: Reply, then: Handler, now: float) -> bool:
-        """In terminate mode, if the server offers STARTTLS, secure the upstream
-        before going on: STARTTLS, handshake, EHLO again; ``then`` gets the new EHLO
-        reply (or the first one if TLS could not start). False: nothing to do."""
-        if (
-            self.policy.starttls is not StartTlsPolicy.TERMINATE
-            or self.server_tls
-            or ehlo.code != 250
-            or not any(line.upper().startswith("STARTTLS") for line in ehlo.lines[1:])
-        ):
+    def secure_first(self, ehlo: Reply, then: Then, now: float) -> bool:
+        """Terminate mode, the client's EHLO answered: if the server offers STARTTLS,
+        secure the upstream before the client sees the reply; ``then`` gets the EHLO
+        reply after TLS (or this one, if TLS cannot start). False: nothing to do."""
+        if not self._plan_tls(ehlo, then):
             return False
-        self.upstream = Upstream.HANDSHAKE
-        self._tls_then = then
-        self._tls_fallback = ehlo
-        self._internal(b"STARTTLS\r\n", self._upstream_starttls_reply, now)
+        self.move(Link.SECURE)
+        self._advance(now)
         return True
 
-    def _upstream_starttls_reply(self, reply: Reply, now: float) -> None:
-        if reply.code == 220:
-            self._server_deadline = now + self.policy.timeouts.command
-            self._emit(StartTls("server"))
-            return
-        self._policy_event("SG-TLS-UPSTREAM-FAILED", f"server refused STARTTLS: {reply.code}")
-        fallback = self._tls_fallback
-        assert fallback is not None
-        self._tls_done(fallback, now)
+    def _plan_tls(self, ehlo: Reply, then: Then | None) -> bool:
+        if (
+            self._s.policy.starttls is not StartTlsPolicy.TERMINATE
+            or self.tls
+            or ehlo.code != 250
+            or "STARTTLS" not in ehlo_keywords(ehlo)
+        ):
+            return False
+        self._plan.extendleft((Step.TLS_EHLO, Step.STARTTLS))
+        self._then = then
+        self._fallback = ehlo
+        return True
 
-    def _upstream_tls_started(self, now: float) -> None:
-        self.server_tls = True
-        hello = self._ehlo_line or f"EHLO {self.policy.hostname}\r\n".encode()
-        self._internal(hello, self._tls_done, now)  # RFC 3207 §4.2: start over
+    def tls_started(self, now: float) -> None:
+        self.tls = True
+        self._advance(now)  # TLS_EHLO: RFC 3207 §4.2, start over
 
-    def _tls_done(self, reply: Reply, now: float) -> None:
-        then, self._tls_then = self._tls_then, None
+    def _secured(self, reply: Reply, now: float) -> None:
+        then, self._then = self._then, None
         if then is not None:
             then(reply, now)
-
-    def _reconnect_failed(self, why: str) -> None:
-        self._policy_event("SG-UPSTREAM-RECONNECT-FAILED", why)
-        self._emit(CloseServer(abort=True))
-        self.upstream = Upstream.DOWN
-        self._abort_with(replies.SERVICE_UNAVAILABLE)
-
-    def _upstream_failed(self, why: str, now: float) -> None:
-        """The upstream misbehaved: drop it and handle it like a lost connection."""
-        self._policy_event("SG-UPSTREAM-ERROR", f"mail server connection dropped: {why}")
-        self._emit(CloseServer(abort=True))
-        self._upstream_lost(now)
-
-    def _upstream_lost(self, now: float) -> None:
-        was = self.upstream
-        self.upstream = Upstream.DOWN
-        self._server_deadline = None
-        if not self._greeted:
-            self._send_client(replies.SERVICE_UNAVAILABLE)
-            self._abort_with(None)
-        elif was is not Upstream.READY:
-            self._reconnect_failed(f"upstream lost while {was.value}")
-        elif self.phase is Phase.DATA:
-            self._policy_event("SG-UPSTREAM-LOST", "mail server lost during message data")
-            self._refusal = replies.MESSAGE_UPSTREAM_LOST
-        elif self._awaiting and self._awaiting[0].verb == END_OF_DATA_VERB:
-            self._policy_event("SG-UPSTREAM-LOST", "mail server lost before its final reply")
-            self._awaiting.popleft().reply = replies.MESSAGE_UPSTREAM_LOST
-            self._in_transaction = False
-            if self._awaiting:
-                self._abort_with(replies.UPSTREAM_LOST)
-            else:
-                self._reconnect(now)
-            self._flush()
         else:
-            self._abort_with(replies.UPSTREAM_LOST)
+            self._advance(now)
+
+    # -- loss and reconnect ------------------------------------------------------------
+    def reconnect(self, now: float) -> None:
+        """Drop this connection (if any) and open a fresh one, in clear."""
+        s = self._s
+        if self.state is not Upstream.DOWN:
+            s.out.emit(CloseServer(abort=True))
+        self._partial.clear()
+        self._assembler = ReplyAssembler()
+        self._plan.clear()
+        self._step = None
+        self._then = None
+        self.tls = False
+        self.move(Link.RECONNECT)
+        s.deadlines.server = now + s.policy.timeouts.connect
+        s.open_server()
+
+    def reconnect_failed(self, why: str) -> None:
+        s = self._s
+        s.out.event("SG-UPSTREAM-RECONNECT-FAILED", why)
+        s.out.emit(CloseServer(abort=True))
+        if self.state is not Upstream.DOWN:
+            self.move(Link.LOST)
+        s.abort_with(replies.SERVICE_UNAVAILABLE)
+
+    def failed(self, why: str, now: float) -> None:
+        """The upstream misbehaved: drop it and handle it like a lost connection."""
+        s = self._s
+        s.out.event("SG-UPSTREAM-ERROR", f"mail server connection dropped: {why}")
+        s.out.emit(CloseServer(abort=True))
+        s.upstream_lost(now)
+
+    def abort(self) -> None:
+        """Close now, without the terminator (the server discards a partial message)."""
+        if self.state is not Upstream.DOWN:
+            self._s.out.emit(CloseServer(abort=True))
+            self.move(Link.LOST)
+        self._s.deadlines.server = None

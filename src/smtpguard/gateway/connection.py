@@ -45,6 +45,19 @@ from smtpguard.core.actions import (
     ToServer,
     Trace,
 )
+from smtpguard.core.events import (
+    ClientData,
+    ClientEof,
+    ServerClosed,
+    ServerConnected,
+    ServerData,
+    Shutdown,
+    Side,
+    Start,
+    TimerFired,
+    TlsDone,
+    TlsFailed,
+)
 from smtpguard.core.policy import Policy
 from smtpguard.core.session import Phase, Session
 from smtpguard.gateway.access import AccessControl, parse_ip
@@ -167,7 +180,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.gw.protocol_log is not None:
             self.gw.protocol_log.connect(self.sid, self.peer)
-        self._run(session.start(self.loop.time()))
+        self._run(session.handle(Start(), self.loop.time()))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -198,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
                 chunk, self._held = held[:take], held[take:]
             if not bulk:
                 budget -= take
-            self._run(session.client_data(chunk, self.loop.time()))
+            self._run(session.handle(ClientData(chunk), self.loop.time()))
         self._update_reading()
 
     def _guarded_feed(self) -> None:
@@ -257,8 +270,8 @@ class ClientConnection(asyncio.Protocol):
                 return False
             if self._held:  # feed what was read first, whatever the write buffer says
                 held, self._held = self._held, b""
-                self._run(self.session.client_data(held, self.loop.time()))
-            self._run(self.session.client_eof(self.loop.time()))
+                self._run(self.session.handle(ClientData(held), self.loop.time()))
+            self._run(self.session.handle(ClientEof(), self.loop.time()))
         except Exception as exc:
             self._crash(exc)
             return False
@@ -274,7 +287,7 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             if not self._done and not self.session.closed:
-                self._run(self.session.client_eof(self.loop.time()))
+                self._run(self.session.handle(ClientEof(), self.loop.time()))
         except Exception as err:
             self._log_crash(err)
         finally:
@@ -307,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
     def upstream_made(self, up: UpstreamConnection) -> None:
         if up is self.upstream and self.session is not None:
             try:
-                self._run(self.session.server_connected(self.loop.time()))
+                self._run(self.session.handle(ServerConnected(), self.loop.time()))
             except Exception as exc:
                 self._crash(exc)
 
@@ -317,7 +330,7 @@ class ClientConnection(asyncio.Protocol):
                 if self._sent_at is not None:  # first bytes after a write: reply latency
                     self.gw.metrics.reply_latency(self.loop.time() - self._sent_at)
                     self._sent_at = None
-                self._run(self.session.server_data(data, self.loop.time()))
+                self._run(self.session.handle(ServerData(data), self.loop.time()))
                 self._update_reading()
             except Exception as exc:
                 self._crash(exc)
@@ -328,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
                 self.gw.metrics.upstream_error("lost")
                 self.upstream = None
                 self._up_full = False
-                self._run(self.session.server_closed(self.loop.time()))
+                self._run(self.session.handle(ServerClosed(), self.loop.time()))
                 self._update_reading()
             except Exception as exc:
                 self._crash(exc)
@@ -440,10 +453,10 @@ class ClientConnection(asyncio.Protocol):
         except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
             log.info("%s TLS handshake with the %s failed: %s", self.sid, side, exc)
             if not self._done and self.session is not None:
-                self._run(self.session.tls_failed(side, self.loop.time()))
+                self._run(self.session.handle(TlsFailed(Side(side)), self.loop.time()))
             return
         if not self._done and self.session is not None:
-            self._run(self.session.tls_started(side, self.loop.time()))
+            self._run(self.session.handle(TlsDone(Side(side)), self.loop.time()))
             self._update_reading()
 
     def _open_upstream(self) -> None:
@@ -495,7 +508,7 @@ class ClientConnection(asyncio.Protocol):
             if self.loop.time() < deadline:
                 self._timer = self.loop.call_at(deadline, self._on_timer)
                 return
-            self._run(self.session.timer(self.loop.time()))
+            self._run(self.session.handle(TimerFired(), self.loop.time()))
         except Exception as exc:
             self._crash(exc)
 
@@ -503,7 +516,7 @@ class ClientConnection(asyncio.Protocol):
         """Graceful drain requested by the gateway."""
         if not self._done and self.session is not None:
             try:
-                self._run(self.session.shutdown(self.loop.time()))
+                self._run(self.session.handle(Shutdown(), self.loop.time()))
             except Exception as exc:
                 self._crash(exc)
 

@@ -1,0 +1,119 @@
+"""The session's phases and what moves between them, as tables.
+
+``TRANSITIONS`` is the whole client-side state machine: which trigger moves which
+phase where. The session changes phase only through :func:`next_phase`, so a pair
+missing from the table is a bug that fails loudly (``KeyError``), never a silent new
+state. ``UPSTREAM`` is the same for the upstream connection's life cycle.
+``docs/architecture.md`` shows both, generated from here by :func:`mermaid`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+
+class Phase(enum.Enum):
+    COMMAND = "command"  # framing command lines
+    WAIT = "wait"  # a held command forwarded: client bytes wait for the server's answer
+    AUTH = "auth"  # the server sent 334: the next client line is an AUTH response
+    DATA = "data"  # relaying message data
+    BDAT = "bdat"  # draining a refused BDAT chunk
+    QUIT = "quit"  # QUIT forwarded (or the PIX split-EOD bug): nothing more is read
+    TLS = "tls"  # a TLS handshake with the client is under way: nothing is read
+    TUNNEL = "tunnel"  # STARTTLS passthrough: bytes relayed, no longer inspected
+    CLOSED = "closed"
+
+
+class Trigger(enum.Enum):
+    HOLD = "held command forwarded"  # DATA, AUTH, EHLO, HELO, STARTTLS; any in PIX mode
+    QUIT = "QUIT forwarded"
+    BDAT = "BDAT refused"
+    BDAT_DRAINED = "BDAT chunk drained"
+    TLS_OFFERED = "STARTTLS answered 220 by the gateway"
+    TLS_DONE = "client TLS handshake done"
+    AUTH_LINE = "AUTH response line"
+    REPLY = "reply to the held command"
+    REPLY_354 = "354 to DATA"
+    REPLY_334 = "334 to AUTH"
+    REPLY_TLS = "220 to STARTTLS (passthrough)"
+    END_OF_DATA = "end of data"
+    MESSAGE_DROPPED = "message dropped by a check"
+    SPLIT_EOD_BUG = "split end of data swallowed (PIX emulation)"
+    CLOSE = "close"
+
+
+_ALL = tuple(Phase)
+
+TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
+    (Phase.COMMAND, Trigger.HOLD): Phase.WAIT,
+    (Phase.COMMAND, Trigger.QUIT): Phase.QUIT,
+    (Phase.COMMAND, Trigger.BDAT): Phase.BDAT,
+    (Phase.COMMAND, Trigger.TLS_OFFERED): Phase.TLS,
+    (Phase.BDAT, Trigger.BDAT_DRAINED): Phase.COMMAND,
+    (Phase.AUTH, Trigger.AUTH_LINE): Phase.WAIT,
+    (Phase.WAIT, Trigger.REPLY): Phase.COMMAND,
+    (Phase.WAIT, Trigger.REPLY_354): Phase.DATA,
+    (Phase.WAIT, Trigger.REPLY_334): Phase.AUTH,
+    (Phase.WAIT, Trigger.REPLY_TLS): Phase.TUNNEL,
+    (Phase.DATA, Trigger.END_OF_DATA): Phase.COMMAND,
+    (Phase.DATA, Trigger.MESSAGE_DROPPED): Phase.COMMAND,
+    (Phase.DATA, Trigger.SPLIT_EOD_BUG): Phase.QUIT,
+    (Phase.TLS, Trigger.TLS_DONE): Phase.COMMAND,
+    **{(p, Trigger.CLOSE): Phase.CLOSED for p in _ALL if p is not Phase.CLOSED},
+}
+
+# Which trigger a server reply to a held command is: (verb, reply class) -> trigger.
+REPLY_TRIGGERS: dict[tuple[str, int], Trigger] = {
+    ("DATA", 3): Trigger.REPLY_354,
+    ("AUTH", 3): Trigger.REPLY_334,
+    ("STARTTLS", 2): Trigger.REPLY_TLS,
+}
+
+# Phases in which the gateway waits for the client (its idle timeout runs).
+CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
+
+
+def next_phase(phase: Phase, trigger: Trigger) -> Phase:
+    return TRANSITIONS[(phase, trigger)]
+
+
+class Upstream(enum.Enum):
+    CONNECTING = "connecting"
+    GREETING = "greeting"  # connected, waiting for the 220
+    HANDSHAKE = "handshake"  # the gateway's own exchanges: XCLIENT, STARTTLS, replay
+    READY = "ready"
+    DOWN = "down"
+
+
+class Link(enum.Enum):
+    CONNECTED = "connected"
+    GREETED = "220 greeting: handshake"
+    REFUSED = "non-220 greeting: relayed"
+    READY = "handshake done"
+    SECURE = "terminate: STARTTLS to the server"
+    LOST = "lost or dropped"
+    RECONNECT = "fresh connection"
+
+
+UPSTREAM: dict[tuple[Upstream, Link], Upstream] = {
+    (Upstream.CONNECTING, Link.CONNECTED): Upstream.GREETING,
+    (Upstream.GREETING, Link.GREETED): Upstream.HANDSHAKE,
+    (Upstream.GREETING, Link.REFUSED): Upstream.READY,
+    (Upstream.HANDSHAKE, Link.READY): Upstream.READY,
+    (Upstream.READY, Link.SECURE): Upstream.HANDSHAKE,
+    **{(u, Link.LOST): Upstream.DOWN for u in Upstream if u is not Upstream.DOWN},
+    **{(u, Link.RECONNECT): Upstream.CONNECTING for u in Upstream},
+}
+
+
+def next_upstream(state: Upstream, trigger: Link) -> Upstream:
+    return UPSTREAM[(state, trigger)]
+
+
+def mermaid(table: Iterable[tuple[tuple[enum.Enum, enum.Enum], enum.Enum]]) -> str:
+    """A table's ``items()`` as a Mermaid state diagram (for docs/architecture.md)."""
+    lines = ["stateDiagram-v2"]
+    for (src, trig), dst in table:
+        lines.append(f"    {src.name} --> {dst.name}: {trig.value}")
+    return "\n".join(lines)

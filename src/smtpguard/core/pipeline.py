@@ -1,0 +1,95 @@
+"""The reply pipeline: one slot per reply owed to the client, filled in any order,
+sent strictly in order (RFC 2920 §3.1).
+
+A forwarded command's slot waits for the server's next reply (``awaiting`` is the
+subset of slots, in order, that the server still owes); a command the gateway answers
+itself gets a slot already filled. :meth:`ready` yields the filled slots at the head,
+so a local reply waits behind earlier server replies: nothing is dropped or
+reordered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+END_OF_DATA_VERB = "."  # slot name for the final reply to a message
+TLS_SLOT = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mode)
+
+
+class Slot:
+    """A reply position. ``raw``: the command line (for replay); ``reply``: None until
+    known."""
+
+    __slots__ = ("raw", "reply", "verb")
+
+    def __init__(self, verb: str, raw: bytes = b"", reply: bytes | None = None) -> None:
+        self.verb = verb
+        self.raw = raw
+        self.reply = reply
+
+
+class ReplyPipeline:
+    __slots__ = ("_awaiting", "_slots")
+
+    def __init__(self) -> None:
+        self._slots: deque[Slot] = deque()
+        self._awaiting: deque[Slot] = deque()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __bool__(self) -> bool:
+        return bool(self._slots)
+
+    def local(self, verb: str, reply: bytes) -> Slot:
+        """A reply the gateway gives itself, in its place in the order."""
+        slot = Slot(verb, reply=reply)
+        self._slots.append(slot)
+        return slot
+
+    def pending(self, verb: str) -> Slot:
+        """A reply the gateway will fill later (not from the server)."""
+        slot = Slot(verb)
+        self._slots.append(slot)
+        return slot
+
+    def forwarded(self, verb: str, raw: bytes) -> Slot:
+        """A command sent to the server: its slot takes the server's next reply."""
+        slot = Slot(verb, raw)
+        self._slots.append(slot)
+        self._awaiting.append(slot)
+        return slot
+
+    @property
+    def owed_by_server(self) -> int:
+        return len(self._awaiting)
+
+    def next_owed(self) -> Slot | None:
+        return self._awaiting[0] if self._awaiting else None
+
+    def take_owed(self) -> Slot:
+        return self._awaiting.popleft()
+
+    def ready(self) -> Iterator[Slot]:
+        """Remove and yield the filled slots at the head, in order."""
+        slots = self._slots
+        while slots and slots[0].reply is not None:
+            yield slots.popleft()
+
+    def cut(self, reply: bytes | None) -> None:
+        """Keep the filled head; the first unfilled slot gets ``reply`` (or
+        nothing); every later slot is dropped (the session is ending)."""
+        kept: deque[Slot] = deque()
+        for slot in self._slots:
+            if slot.reply is None:
+                break
+            kept.append(slot)
+        if reply is not None:
+            kept.append(Slot("", reply=reply))
+        self._slots = kept
+        self._awaiting.clear()
+
+    def clear(self) -> None:
+        self._slots.clear()
+        self._awaiting.clear()
