@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from smtpguard.core.actions import (
     Action,
@@ -145,6 +146,8 @@ class Run:
 class Harness:
     """Runs a Session with fake servers; ``auto`` servers answer at once."""
 
+    instances: ClassVar[list[Harness]] = []  # created during the current test
+
     def __init__(
         self,
         policy: Policy | None = None,
@@ -156,7 +159,15 @@ class Harness:
         server_chunks: int = 0,
         peer: tuple[str, int] | None = None,
     ) -> None:
-        self.session = Session(policy or Policy(hostname="gw.example.test"), trace=trace, peer=peer)
+        self.policy = policy or Policy(hostname="gw.example.test")
+        self.trace = trace
+        self.peer = peer
+        self.session = Session(self.policy, trace=trace, peer=peer)
+        # Every event fed, with its time, and every action the session answered: the
+        # playbook of this conversation, re-run re-cut by tests/core/conftest.py.
+        self.events: list[tuple[Event, float]] = []
+        self.actions: list[Action] = []
+        Harness.instances.append(self)
         self.run = Run()
         self.auto = auto
         self.connect_fails = connect_fails
@@ -168,16 +179,16 @@ class Harness:
 
     # -- driving ---------------------------------------------------------
     def start(self) -> Harness:
-        self._do(self.session.handle(Start(), self.now))
+        self._feed(Start())
         return self
 
     def client(self, data: bytes, cuts: Iterable[int] = ()) -> Harness:
         for part in _split(data, cuts):
-            self._do(self.session.handle(ClientData(part), self.now))
+            self._feed(ClientData(part))
         return self
 
     def client_eof(self) -> Harness:
-        self._do(self.session.handle(ClientEof(), self.now))
+        self._feed(ClientEof())
         return self
 
     def release(self) -> Harness:
@@ -192,19 +203,30 @@ class Harness:
         return self
 
     def tls_started(self, side: str) -> Harness:
-        self._do(self.session.handle(TlsDone(Side(side)), self.now))
+        self._feed(TlsDone(Side(side)))
         return self
 
     def server_drops(self) -> Harness:
         self.live = False
         self.run.server.closed = True
-        self._do(self.session.handle(ServerClosed(), self.now))
+        self._feed(ServerClosed())
         return self
 
     def advance(self, seconds: float) -> Harness:
         self.now += seconds
-        self._do(self.session.handle(TimerFired(), self.now))
+        self._feed(TimerFired())
         return self
+
+    def feed(self, event: Event) -> Harness:
+        """Any event, as the shell would deliver it."""
+        self._feed(event)
+        return self
+
+    def _feed(self, event: Event) -> None:
+        self.events.append((event, self.now))
+        actions = self.session.handle(event, self.now)
+        self.actions += actions
+        self._do(actions)
 
     # -- action execution ---------------------------------------------------
     def _server_says(self, data: bytes) -> None:
@@ -212,7 +234,7 @@ class Harness:
             return
         self.run.server_sent += data
         for part in _split(data, range(1, len(data)) if self.server_chunks else ()):
-            self._do(self.session.handle(ServerData(part), self.now))
+            self._feed(ServerData(part))
 
     def _do(self, actions: list[Action]) -> None:
         for a in actions:
@@ -244,13 +266,13 @@ class Harness:
 
     def _open(self) -> None:
         if self.connect_fails:
-            self._do(self.session.handle(ServerClosed(), self.now))
+            self._feed(ServerClosed())
             return
         # each connection gets a fresh copy of the template (subclasses included)
         srv = copy.deepcopy(self.template) if self.template else FakeServer()
         self.run.servers.append(srv)
         self.live = True
-        self._do(self.session.handle(ServerConnected(), self.now))
+        self._feed(ServerConnected())
         self._server_says(srv.greeting)
 
 

@@ -402,7 +402,7 @@ def test_malformed_server_reply_drops_upstream() -> None:
 def test_drain_waits_for_transaction_in_flight() -> None:
     h = Harness().start()
     h.client(b"HELO c\r\nMAIL FROM:<a@x>\r\n")
-    h._do(h.session.handle(Shutdown(), h.now))
+    h.feed(Shutdown())
     assert not h.run.client_closed
     h.client(b"RCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\n")
     assert h.run.server.messages == [b"x\r\n"]
@@ -413,7 +413,7 @@ def test_drain_waits_for_transaction_in_flight() -> None:
 
 def test_drain_closes_idle_session_at_once() -> None:
     h = Harness().start().client(b"HELO c\r\n")
-    h._do(h.session.handle(Shutdown(), h.now))
+    h.feed(Shutdown())
     assert h.run.client_closed
 
 
@@ -463,5 +463,5 @@ def test_never_a_false_250_when_server_refuses_message() -> None:
 def _open_with(h: Harness, srv: FakeServer) -> None:
     h.run.servers.append(srv)
     h.live = True
-    h._do(h.session.handle(ServerConnected(), h.now))
+    h.feed(ServerConnected())
     h._server_says(srv.greeting)

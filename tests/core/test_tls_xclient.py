@@ -60,8 +60,11 @@ def test_terminate_offers_starttls_and_hands_over_to_the_shell() -> None:
     h.client(b"STARTTLS\r\nNOOP\r\n")
     assert h.run.replies()[-1] == b"220 2.0.0 Ready to start TLS"
     assert h.run.tls == ["server", "client"]
-    assert "SG-TLS-INJECTION" in h.run.event_ids()  # the pipelined NOOP was dropped
+    h.client(b"RSET\r\n")  # still plaintext: the handshake has not completed
     h.tls_started("client")
+    # the pipelined NOOP and the RSET were dropped, never executed
+    assert "SG-TLS-INJECTION" in h.run.event_ids()
+    assert h.run.events[-1].message == "12 octets pipelined after STARTTLS discarded"
     # RFC 3207 §4.2: the server's plaintext session is ended, a fresh one secured again
     assert len(h.run.servers) == 2 and h.run.servers[0].aborted
     h.client(b"EHLO c\r\n")
@@ -106,7 +109,7 @@ def test_xclient_unavailable_is_logged() -> None:
 def _open_with(h: Harness, srv: FakeServer) -> None:
     h.run.servers.append(srv)
     h.live = True
-    h._do(h.session.handle(ServerConnected(), h.now))
+    h.feed(ServerConnected())
     h._server_says(srv.greeting)
 
 

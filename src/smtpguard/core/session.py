@@ -125,6 +125,7 @@ class Session:
         self.cancelled_auth: str | None = None  # why an AUTH response became "*"
         self.bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
         self.bdat_left = 0
+        self.injected = 0  # plaintext octets discarded between STARTTLS and TLS
         self.closing = False  # close once every owed reply is flushed
         self.client_eof = False
         self.draining = False
@@ -193,6 +194,9 @@ class Session:
         if self.phase is Phase.TUNNEL:
             self.out.emit(ToServer(data))
             return
+        if self.phase is Phase.TLS:  # plaintext after STARTTLS, before the handshake
+            self.injected += len(data)
+            return
         if self.phase is Phase.DATA and not self.buffer:
             self._data(data, now)  # hot path: no copy into the buffer
         else:
@@ -240,6 +244,7 @@ class Session:
         # (envelope, hello, any authentication) is ended by a fresh upstream.
         self.client_tls = True
         self.goto(Trigger.TLS_DONE)
+        self._report_injected()
         self.shown = frozenset()
         self.helo = None
         self.ehlo_line = None
@@ -336,6 +341,7 @@ class Session:
         if phase is Phase.TUNNEL:
             self.out.event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
             self._drop_injected()
+            self._report_injected()
             self.deadlines.client = now + self.policy.timeouts.client_idle
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
             self.abort_with(None)
@@ -464,14 +470,19 @@ class Session:
 
     def _drop_injected(self) -> None:
         """Bytes the client sent after STARTTLS but before TLS are plaintext injected
-        into the encrypted session (CVE-2011-0411 class): discard them."""
-        if self.buffer:
+        into the encrypted session (CVE-2011-0411 class): discard them, however they
+        were segmented (also those that arrive while the handshake is pending)."""
+        self.injected += len(self.buffer)
+        self.buffer.clear()
+
+    def _report_injected(self) -> None:
+        if self.injected:
             self.out.event(
                 "SG-TLS-INJECTION",
-                f"{len(self.buffer)} octets pipelined after STARTTLS discarded",
+                f"{self.injected} octets pipelined after STARTTLS discarded",
                 "reject",
             )
-            self.buffer.clear()
+            self.injected = 0
 
     def finish_if_done(self) -> None:
         if self.phase is Phase.CLOSED or self.replies:
