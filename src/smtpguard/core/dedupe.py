@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from smtpguard.core.grammar import parse_command, parse_path
+
 KEY_VERSION = b"smtpguard-dedupe-1"
 QUEUE_ID_LIMIT = 64  # octets of a queue ID kept (it is shown to the client again)
 _QUEUED = re.compile(
@@ -93,3 +95,60 @@ def queue_id(text: str) -> str:
 def already_accepted(queue: str) -> bytes:
     """The reply to a suppressed copy."""
     return f"250 2.0.0 Already accepted as {queue}\r\n".encode("ascii", "replace")
+
+
+class Tracker:
+    """One session's transaction as duplicate suppression sees it: the envelope the
+    server accepted, the digest of the message streaming, the held end of the
+    terminator, and the key of the message whose final dot went to the server."""
+
+    __slots__ = ("digest", "held", "mail_from", "rcpts", "sent_key")
+
+    def __init__(self) -> None:
+        self.mail_from: str | None = None
+        self.rcpts: list[str] = []
+        self.digest: MessageDigest | None = None
+        self.held = b""  # the last octets of the terminator, not yet relayed
+        self.sent_key: str | None = None  # its final reply, if 250, records this key
+
+    def mail_accepted(self, line: bytes) -> None:
+        """The server said 2xx to this MAIL line: a new transaction."""
+        self.mail_from = _address(line, "FROM")
+        self.rcpts = []
+        self.digest = None
+
+    def rcpt_accepted(self, line: bytes) -> None:
+        addr = _address(line, "TO")
+        if addr is not None:
+            self.rcpts.append(addr)
+
+    def data_started(self) -> None:
+        self.digest = MessageDigest()
+        self.held = b""
+
+    def feed(self, part: bytes) -> None:
+        if self.digest is not None:
+            self.digest.update(part)
+
+    def hold(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Of the last bytes relayed for a message, what to send now; the rest (at
+        most ``.CRLF``, at least the final LF) is held until the lookup's answer."""
+        keep = min(len(data), 3)
+        self.held = bytes(data[len(data) - keep :])
+        return data[: len(data) - keep]
+
+    def end_key(self) -> str | None:
+        """At the client's end of data: the key to look up, or None when the message
+        cannot be keyed (no accepted envelope, or nothing held)."""
+        digest, self.digest = self.digest, None
+        if digest is None or self.mail_from is None or not self.rcpts or not self.held:
+            return None
+        return transaction_key(self.mail_from, self.rcpts, digest.digest())
+
+
+def _address(line: bytes, keyword: str) -> str | None:
+    cmd = parse_command(line)
+    if cmd is None:
+        return None
+    path = parse_path(cmd.args, keyword)
+    return None if path is None else path[0]
