@@ -88,8 +88,8 @@ class Settings:
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"
     upstream_proxy: str = "off"
-    state: StateSettings = StateSettings()
-    dedupe: DedupeSettings = DedupeSettings()
+    state: StateSettings = dataclasses.field(default_factory=StateSettings)
+    dedupe: DedupeSettings = dataclasses.field(default_factory=DedupeSettings)
     # gateway.log_level as set, or None: warning, or info when stderr is a terminal
     # (see effective_log_level).
     log_level_set: str | None = None
