@@ -383,6 +383,11 @@ class ConfigFile(Section):
     max_pending: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description="pipelined commands awaiting replies before reading pauses"
     )
+    bad_line_limit: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None,
+        description="client lines with a bare CR, bare LF or NUL refused before the session "
+        "is closed",
+    )
     bdat_drain_limit: Annotated[StrictInt, Field(ge=0)] | None = Field(
         default=None, description="BDAT chunks larger than this close the connection"
     )
