@@ -53,6 +53,14 @@ class Fleet:
                     found.append(i)
         return found
 
+    def data_events(self) -> list[int]:
+        """Messages each instance received from its clients (relayed or not)."""
+        counts = []
+        for log in self.logs:
+            text = log.read_text() if log.exists() else ""
+            counts.append(text.count('"event": "data"'))
+        return counts
+
     def wait_events(self, event_id: str, count: int) -> list[int]:
         deadline = time.monotonic() + 10  # the protocol log is flushed once a second
         while len(self.events(event_id)) < count and time.monotonic() < deadline:

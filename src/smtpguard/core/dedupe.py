@@ -8,8 +8,10 @@ SHA-256 over the sender, the recipients the server accepted (sorted: the same se
 another order is the same transaction) and that digest. The session then emits
 :class:`DedupeLookup` and holds the final dot until the driver answers with the
 stored queue ID or None; only a server 250 to the final dot makes it emit
-:class:`DedupeRecord`. Addresses are compared as sent, except that the domain is
-case-insensitive (RFC 5321 §2.4).
+:class:`DedupeRecord`, with the queue ID the reply names (or, when it names none,
+the first 16 hex digits of the key, so the answer to a copy still names one entry).
+Addresses are compared as sent, except that the domain is case-insensitive
+(RFC 5321 §2.4).
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ from smtpguard.core.grammar import parse_command, parse_path
 
 KEY_VERSION = b"smtpguard-dedupe-1"
 QUEUE_ID_LIMIT = 64  # octets of a queue ID kept (it is shown to the client again)
+# How servers name the queue entry in their 250 to the final dot: Postfix "queued as
+# 4TqAbC1", Exim "id=1rXyZ-0001", Exchange "[InternalId=123, ...]", Sendmail and
+# OpenSMTPD "x1234567 Message accepted", qmail "qp 12345".
 _QUEUED = re.compile(
-    r"(?:queued as|queue id|\bid=|InternalId=)\s*<?([!-~]+?)[>,\]]?(?:\s|$)", re.IGNORECASE
+    r"(?:queued as|queue id|\bid=|InternalId=|\bqp)\s*<?([!-~]+?)[>,\]]?(?:\s|$)"
+    r"|([!-~]+)\s+Message accepted",
+    re.IGNORECASE,
 )
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")  # RFC 3463 enhanced status code
 _PRINTABLE = re.compile(r"[^!-~]")
 
 
@@ -78,18 +86,16 @@ def transaction_key(mail_from: str, rcpts: Iterable[str], digest: bytes) -> str:
 
 
 def queue_id(text: str) -> str:
-    """The queue ID in a 250 reply's text (Postfix ``Ok: queued as 4TqAbC1``, Exim
-    ``OK id=1rXyZ-0001``, Exchange ``[InternalId=123, ...]``), else the text's last
-    word; printable
-    ASCII only, bounded: it is sent back to a client in a reply."""
+    """The queue ID in a 250 reply's text, or "" when it names none (see _QUEUED; a
+    last word with a digit in it, not a status code, is taken too). Printable ASCII
+    only, bounded: it is sent back to a client in a reply."""
     m = _QUEUED.search(text)
     if m is not None:
-        found = m.group(1)
+        found = m.group(1) or m.group(2)
     else:
-        words = text.split()
-        found = words[-1] if words else ""
-    found = _PRINTABLE.sub("", found)[:QUEUE_ID_LIMIT]
-    return found or "unknown"
+        words = [w for w in text.split() if not _STATUS.fullmatch(w)]
+        found = words[-1] if words and any(c.isdigit() for c in words[-1]) else ""
+    return _PRINTABLE.sub("", found)[:QUEUE_ID_LIMIT]
 
 
 def already_accepted(queue: str) -> bytes:
