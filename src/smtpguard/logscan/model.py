@@ -31,6 +31,7 @@ class Kind(enum.StrEnum):
     EHLO_REJECTED = "ehlo_rejected"
     MASKED_BANNER = "masked_banner"
     PIX_WORKAROUND = "pix_workaround"
+    SUPPRESSED = "suppressed_copy"  # a re-sent copy smtpguard's [dedupe] answered itself
 
 
 class Side(enum.StrEnum):

@@ -20,7 +20,7 @@ from typing import Any
 from smtpguard.core.grammar import ReplyLine, parse_command, parse_reply_line
 
 from .. import rules
-from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply
+from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, Flag, Kind, ServerReply
 from ..timefmt import parse_iso
 from . import Context, Lines
 
@@ -76,6 +76,9 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             size = obj.get("size")
             if isinstance(size, int):
                 yield DataSize(no, time, session, size)
+        elif event == "policy" and obj.get("id") == "SG-DEDUPE-SUPPRESSED":
+            # The gateway answered a re-sent copy itself ([dedupe], docs/events.md).
+            yield Flag(no, time, session, "", Kind.SUPPRESSED, str(obj.get("message", "")))
 
 
 def _reply(obj: dict[str, Any]) -> ReplyLine | None:
