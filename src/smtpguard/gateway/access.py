@@ -43,7 +43,11 @@ from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
 
 if TYPE_CHECKING:
     from smtpguard.gateway.connection import ClientConnection
-    from smtpguard.gateway.server import Gateway
+
+    # Not smtpguard.gateway.server's class: mypyc compiles connection.py, which
+    # imports this module, and its analysis must not reach the configuration code
+    # (pydantic is not installed where the package is built; setup.py).
+    Gateway = Any
 
 log = logging.getLogger("smtpguard.gateway")
 
