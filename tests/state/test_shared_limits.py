@@ -151,3 +151,21 @@ def test_store_down_fails_open_with_an_event() -> None:
         await sl.close()
 
     asyncio.run(body())
+
+
+def test_a_slot_of_a_client_gone_while_asking_is_free_for_the_next(tmp_path: Path) -> None:
+    async def body() -> None:
+        sl = limits(tmp_path, cap=1)
+        gw = FakeGateway()
+        probe = FakeConn("s1")  # a health check: connects and leaves at once
+        sl.admit(gw, probe)  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # its request is on its way to the store
+        probe.transport.closing = True
+        sl.release("s1")  # what Gateway.release does when the connection is lost
+        client = FakeConn("s2")
+        sl.admit(gw, client)  # type: ignore[arg-type]
+        await settle(sl)
+        assert not probe.started and client.started
+        await sl.close()
+
+    asyncio.run(body())
