@@ -233,7 +233,9 @@ class SharedLimits:
             )
         finally:
             gone = self._pending.pop(sid, None) is None  # released while asking
-        if gone:
+        if gone:  # released while asking; again, should the store have run them reordered
+            if verdict == "ok" and p.max_sessions_per_ip > 0:
+                self._spawn(self._release([lease]))
             return None
         if verdict == "rate":
             return rate_refusal(key, p)
