@@ -15,6 +15,8 @@ Checked after every input, on every run:
 * never a 2xx the server did not send: every 2xx reply to the client carries the tag
   of a 2xx reply the server sent (the gateway's own replies are never 2xx);
 * replies in order: the tags the client sees only ever increase;
+  (after a STARTTLS passed through, the bytes are TLS, relayed as they are: not
+  checked);
 * bounded buffers: the client bytes the core holds stay under the shell's pause mark
   plus one read, and the replies it owes under ``max_pending`` plus one per read.
 
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 
 from smtpguard.core.actions import CloseServer, OpenServer, ToClient, ToServer
 from smtpguard.core.policy import BannerPolicy, Emulation, Mode, Policy, Smuggling
-from smtpguard.core.session import Session
+from smtpguard.core.session import Phase, Session
 
 # The shell stops reading above this many held client bytes (connection.BACKLOG_HIGH)
 # and feeds at most one read (a FEED_SLICE) at a time.
@@ -287,11 +289,13 @@ class _Check:
         self.pending = b""  # client-bound bytes not yet a whole line
         self.reply_tags: list[int] = []
         self.replies = 0
+        self.tunnel = False  # STARTTLS passed through: the bytes are TLS, not replies
 
     def take(self, actions: list[object], server: _Server) -> None:
         for a in actions:
             if isinstance(a, ToClient):
-                self._client_bytes(bytes(a.data))
+                if not self.tunnel:
+                    self._client_bytes(bytes(a.data))
             elif isinstance(a, ToServer):
                 server.receive(bytes(a.data))
             elif isinstance(a, OpenServer | CloseServer):
@@ -304,7 +308,9 @@ class _Check:
             tags = [int(m) for m in TAG.findall(line)]
             for t in tags:
                 if t < self.last_tag:
-                    raise InvariantError(f"reply out of order: #{t} after #{self.last_tag}")
+                    raise InvariantError(
+                        f"reply out of order: #{t} after #{self.last_tag}: {line!r}"
+                    )
                 self.last_tag = t
             final = (len(line) >= 4 and line[3:4] == b" ") or len(line) == 3
             if final:
@@ -317,6 +323,8 @@ class _Check:
                     raise InvariantError(f"2xx the server did not send: {line!r}")
 
     def bounds(self, s: Session) -> None:
+        if s.phase is Phase.TUNNEL:
+            self.tunnel = True
         if s.client_backlog > BACKLOG_HIGH + MAX_CHUNK:
             raise InvariantError(f"client backlog {s.client_backlog} over the bound")
         slots = getattr(s, "_slots", None)
