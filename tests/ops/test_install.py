@@ -53,8 +53,10 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_readme_production_command_uses_the_production_config() -> None:
-    intro = README.split("# smtpguard\n")[0]
-    (prod,) = [b for b in _code_blocks(intro) if "deploy/smtpguard.toml" in b]
+    intro, rest = README.split("# smtpguard\n", 1)
+    assert len(_code_blocks(intro)) == 2  # exactly the two commands at the top
+    section = rest[rest.index("## In production") :]
+    (prod,) = [b for b in _code_blocks(section) if "deploy/smtpguard.toml" in b]
     assert len(prod.splitlines()) == 1 and "serve --config deploy/smtpguard.toml" in prod
     cfg = tomllib.loads((ROOT / "deploy" / "smtpguard.toml").read_text())
     assert cfg["mode"] == "esmtp" and cfg["starttls"] == "terminate"
