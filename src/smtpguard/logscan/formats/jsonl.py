@@ -50,9 +50,12 @@ def _load(raw: bytes) -> dict[str, Any] | None:
 
 
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
     for no, raw in lines:
         obj = _load(raw)
-        if obj is None:
+        if obj is None or "event" not in obj:
+            if raw.strip():
+                stats.unknown += 1
             continue
         session = str(obj.get("session", ""))
         event = obj.get("event")
