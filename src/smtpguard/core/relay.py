@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from smtpguard.core import replies
 from smtpguard.core.actions import CloseServer, Direction, ToServer, Trace
+from smtpguard.core.dedupe import DedupeLookup, DedupeRecord, already_accepted, queue_id
 from smtpguard.core.envelope import EnvelopeChecks
-from smtpguard.core.grammar import END_OF_DATA
+from smtpguard.core.grammar import END_OF_DATA, Reply
 from smtpguard.core.policy import Verdict
 from smtpguard.core.state import END_OF_DATA_VERB, Phase, Slot, Upstream
 
@@ -33,6 +34,8 @@ class DataPhase(EnvelopeChecks):
         # whatever the segmentation.
         held, self._held_cr = self._held_cr, False
         body = chunk if stop == len(chunk) else chunk[:stop]
+        if self._dedupe is not None:
+            self._dedupe.feed(body)  # the digest is of the octets as received
         if self._refusal is None:
             self._inspect(body, now)
         if self._closing or self.phase is Phase.CLOSED:  # dropped or reset: nothing more
@@ -56,7 +59,9 @@ class DataPhase(EnvelopeChecks):
             if scan.end < 0 and chunk.endswith(b"\r"):
                 send -= 1
                 self._held_cr = True
-            if send == len(chunk):
+            if scan.end >= 0 and self._dedupe is not None:
+                self._hold_dot(memoryview(chunk)[:send])
+            elif send == len(chunk):
                 self._emit(ToServer(chunk))
             elif send:
                 self._emit(ToServer(memoryview(chunk)[:send]))
@@ -78,7 +83,8 @@ class DataPhase(EnvelopeChecks):
         else:
             slot = Slot(END_OF_DATA_VERB)
             self._slots.append(slot)
-            self._awaiting.append(slot)
+            if not self._dedupe_lookup(slot):
+                self._awaiting.append(slot)
             self._server_deadline = now + self.policy.timeouts.data_end
         if stop < len(chunk):
             self._cbuf[:0] = chunk[stop:]
@@ -147,7 +153,9 @@ class DataPhase(EnvelopeChecks):
         out = normalizer.feed(part, final)
         if normalizer.changed and not was:
             self._policy_event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
-        if out:
+        if final and self._dedupe is not None:
+            self._hold_dot(out)
+        elif out:
             self._emit(ToServer(out))
 
     def _refuse_message(self, reply: bytes, event_id: str, message: str, clean: memoryview) -> None:
@@ -159,3 +167,64 @@ class DataPhase(EnvelopeChecks):
         self._emit(CloseServer(abort=True))
         self.upstream = Upstream.DOWN
         self._server_deadline = None
+
+    # -- duplicate suppression (core/dedupe.py) ----------------------------------------
+    def _hold_dot(self, data: bytes | memoryview) -> None:
+        """Relay the message's last bytes but the end of its terminator."""
+        assert self._dedupe is not None
+        part = self._dedupe.hold(data)
+        if len(part):
+            self._emit(ToServer(part))
+
+    def _dedupe_lookup(self, slot: Slot) -> bool:
+        """At the client's end of data: ask the driver whether this transaction was
+        accepted before; True while the final dot is held for its answer (client
+        input waits too, so nothing overtakes the dot)."""
+        tx = self._dedupe
+        if tx is None:
+            return False
+        tx.sent_key = None
+        key = tx.end_key()
+        if key is None:
+            if tx.held:
+                self._emit(ToServer(tx.held))
+                tx.held = b""
+            return False
+        tx.sent_key = key
+        self._dedupe_slot = slot
+        self.phase = Phase.WAIT
+        self._emit(DedupeLookup(key))
+        return True
+
+    def _dedupe_answer(self, queue: str | None, now: float) -> None:
+        slot, self._dedupe_slot = self._dedupe_slot, None
+        tx = self._dedupe
+        if slot is None or tx is None:
+            return
+        held, tx.held = tx.held, b""
+        if self.phase is Phase.WAIT:
+            self.phase = Phase.COMMAND
+        if slot.reply is not None or self.upstream is not Upstream.READY:
+            return  # the server was lost meanwhile: the client has its 4xx
+        if queue is None:
+            self._emit(ToServer(held))
+            self._awaiting.append(slot)
+            self._server_deadline = now + self.policy.timeouts.data_end
+            return
+        tx.sent_key = None
+        self._policy_event(
+            "SG-DEDUPE-SUPPRESSED",
+            f"copy of a message the server accepted as {queue}: not relayed again",
+            "suppress",
+        )
+        slot.reply = already_accepted(queue)
+        self._in_transaction = False
+        self._flush()
+        self._reconnect(now)  # the server never sees this copy's terminator
+
+    def _dedupe_accepted(self, reply: Reply) -> None:
+        """The server's final reply to a message: only a 250 records its key."""
+        assert self._dedupe is not None
+        key, self._dedupe.sent_key = self._dedupe.sent_key, None
+        if key is not None and reply.code == 250:
+            self._emit(DedupeRecord(key, queue_id(reply.text) or key[:16]))

@@ -126,6 +126,16 @@ class Session(DataPhase):
         self._pump(now)
         return self._finish(now)
 
+    def dedupe_result(self, queue_id: str | None, now: float) -> list[Action]:
+        """The driver's answer to :class:`~smtpguard.core.dedupe.DedupeLookup`: the
+        queue ID the server gave this transaction before, or None (not seen, or the
+        store failed: the message is relayed)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        self._dedupe_answer(queue_id, now)
+        self._pump(now)
+        return self._finish(now)
+
     def server_closed(self, now: float) -> list[Action]:
         """The upstream connection closed or could not be opened."""
         if self.phase is not Phase.CLOSED and self.upstream is not Upstream.DOWN:
@@ -255,6 +265,11 @@ class Session(DataPhase):
                 self._shown = frozenset()
         elif verb == "MAIL":
             self._in_transaction = cls == 2
+            if cls == 2 and self._dedupe is not None:
+                self._dedupe.mail_accepted(slot.raw)
+        elif verb == "RCPT" and cls == 2:
+            if self._dedupe is not None:
+                self._dedupe.rcpt_accepted(slot.raw)
         elif verb == "RCPT" and cls == 5:
             self._invalid_rcpts += 1
             check = self.policy.checks.invalid_recipients
@@ -277,6 +292,8 @@ class Session(DataPhase):
             self._in_transaction = False
             if cls == 2:
                 self.messages_relayed += 1
+            if self._dedupe is not None:
+                self._dedupe_accepted(reply)
         if self.phase is Phase.WAIT and not self._awaiting:  # the held command's reply
             self.phase = AFTER_REPLY.get((verb, cls), Phase.COMMAND)
             if self.phase is Phase.DATA:
@@ -284,6 +301,8 @@ class Session(DataPhase):
                 if self.policy.smuggling is Smuggling.NORMALIZE:
                     self._normalizer = Normalizer()
                 self._inspector = MessageInspector(self.policy.checks)
+                if self._dedupe is not None:
+                    self._dedupe.data_started()
         slot.reply = raw
         if self.phase is Phase.TUNNEL:
             self._policy_event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")

@@ -28,6 +28,7 @@ from smtpguard.core.actions import (
 )
 from smtpguard.core.checks import Finding
 from smtpguard.core.data import DataScanner, Normalizer
+from smtpguard.core.dedupe import Tracker
 from smtpguard.core.grammar import Reply, ReplyAssembler
 from smtpguard.core.message import MessageInspector
 from smtpguard.core.policy import Policy
@@ -144,6 +145,10 @@ class SessionBase:
         self._invalid_rcpts = 0  # RCPTs the server refused with 5xx, this session
         self._rcpt_blocked = False
         self._rates: dict[str, tuple[float, int]] = {}  # rate-limited checks
+        # Duplicate suppression: the transaction's key material; the final reply whose
+        # dot is held while the driver looks the key up.
+        self._dedupe = Tracker() if policy.dedupe else None
+        self._dedupe_slot: Slot | None = None
         self._bdat_left = 0
         self._bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
         self._skip_line = False  # discarding the rest of an over-long command line
