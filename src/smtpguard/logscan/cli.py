@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     from smtpguard.cli import CliError
 
     from . import report_json, report_text
-    from .report_html import HtmlUnavailable
     from .scan import Options, Scanner
     from .source import InputError, Source
     from .timefmt import parse_duration, parse_user_time
@@ -111,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             write(result, Path(args.html))
-        except HtmlUnavailable as exc:
-            raise CliError(str(exc)) from None
         except OSError as exc:
             raise CliError(f"cannot write {args.html}: {exc.strerror or exc}") from None
     if errors:

@@ -170,11 +170,12 @@ class DuplicateIndex:
         first = copies[0]
         parts = []
         prev: datetime | None = None
-        for c in copies:
+        for c in copies:  # intervals between session starts: the sender's retry cadence
             when = f"{c.time:%Y-%m-%d %H:%M:%S}" if c.time else "?"
-            gap = f" ({human_delta(c.time - prev)})" if prev and c.time else ""
+            began = c.start or c.time
+            gap = f" ({human_delta(began - prev)})" if prev and began else ""
             parts.append(f"{when}{gap} {c.file}:{c.line}")
-            prev = c.time
+            prev = began
         more = f" and {g.count - len(copies)} more" if g.count > len(copies) else ""
         stalled = f", {g.stalled} of them without a final reply" if g.stalled else ""
         hint = _interval_hint(copies, g.stalled)
@@ -237,7 +238,7 @@ def _describe(d: Delivered) -> str:
 
 
 def _interval_hint(copies: list[Copy], stalled: int) -> str:
-    times = [c.time for c in copies if c.time]
+    times = [t for t in (c.start or c.time for c in copies) if t is not None]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     if len(gaps) >= 2 and min(gaps) > 0 and max(gaps) <= 1.25 * min(gaps):
         return " The intervals are regular: the sender is retrying, it never saw a final reply."

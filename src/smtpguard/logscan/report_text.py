@@ -22,7 +22,7 @@ def render(result: Result, console: Console) -> None:
         console.print("[red]Nothing was scanned.[/red]")
         return
     files = Table(title="Inputs", title_justify="left")
-    for col in ("file", "format", "lines", "understood", "sessions", "deliveries"):
+    for col in ("file", "format", "lines", "understood", "sessions", "messages"):
         files.add_column(col, justify="left" if col in ("file", "format") else "right")
     for st in result.files:
         share = st.understood_share
@@ -32,7 +32,7 @@ def render(result: Result, console: Console) -> None:
             f"{st.lines:,}",
             "-" if share is None else f"{share:.0%}",
             f"{st.sessions:,}",
-            f"{st.deliveries:,}",
+            f"{st.messages:,}",
         )
     console.print(files)
     for st in result.files:

@@ -49,7 +49,7 @@ class FileStats:
     open_in_data_at_end: int
     lines_understood: int = 0
     lines_other_programs: int = 0  # another program's lines in a shared syslog stream
-    deliveries: int = 0  # copies that reached the end of data, loopback included
+    messages: int = 0  # copies that reached the end of data (or stalled), loopback too
 
     @property
     def understood_share(self) -> float | None:
@@ -94,7 +94,7 @@ class Result:
                     "lines_other_programs": f.lines_other_programs,
                     "bytes": f.bytes,
                     "sessions": f.sessions,
-                    "deliveries": f.deliveries,
+                    "messages": f.messages,
                     "open_in_data_at_end": f.open_in_data_at_end,
                 }
                 for f in self.files
