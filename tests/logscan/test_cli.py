@@ -99,14 +99,20 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
     )
     assert code == 1
     html = report.read_text()
-    assert "<script" in html and "plotly" in html.lower()
-    assert 'src="http' not in html  # plotly.js embedded, opens offline
+    assert "<svg" in html and "<script" not in html
+    assert 'src="http' not in html and "<link" not in html  # opens offline
     assert "mail.partner.example[203.0.113.25]" in html
-    assert "duplicate (copies joined)" in html
+    assert "+30m01s" in html  # the duplicate's copies, with their intervals
 
 
-def test_no_traceback_on_binary_garbage(tmp_path: Path) -> None:
-    junk = tmp_path / "maillog"
+@pytest.mark.parametrize("fmt", ["postfix", "ims", "iis", "exchange", "msgtrk", "exim", "zeek"])
+def test_binary_garbage_is_nothing_parsed_not_a_clean_bill(
+    tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "garbage.bin"
     junk.write_bytes(bytes(range(256)) * 1000)
-    code, _ = run_logscan("--format", "postfix", str(junk))
-    assert code == 0
+    code, out = run_logscan("--format", fmt, str(junk))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nothing was scanned" in err and "Traceback" not in err
+    assert "No findings" not in out and "Inputs" not in out

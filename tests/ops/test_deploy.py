@@ -99,7 +99,8 @@ def test_stop_timeout_outlasts_the_drain_and_paths_are_writable() -> None:
 
 def test_containerfile_is_slim_non_root_on_port_25_with_a_health_check() -> None:
     text = (DEPLOY / "Containerfile").read_text()
-    assert re.search(r"^FROM \S*python:[\d.]+-slim$", text, re.M)
+    assert re.search(r"^ARG BASE=\S*python:[\d.]+-slim$", text, re.M)  # the default base
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
     assert re.search(r"^EXPOSE 25\b", text, re.M)
     assert "HEALTHCHECK" in text and "QUIT" in text
     assert '"--listen", "0.0.0.0:25"' in text

@@ -137,6 +137,8 @@ PEERS: dict[str, Peer] = {
     # Receivers that take bare-LF / bare-CR end-of-data (SMTP smuggling).
     "fake-lf-eod": fake(Behaviour(eod="lf")),
     "fake-cr-eod": fake(Behaviour(eod="cr")),
+    # A receiver that drops NUL bytes before looking for the end of data.
+    "fake-nul-eod": fake(Behaviour(eod="nul")),
     # (b) the gateway in mailguard mode: a Mailguard-style filter by design (EHLO 500),
     # but with a clear generic banner, a working split end of data and no smuggling.
     "gateway-mailguard": gateway(),

@@ -12,6 +12,7 @@ that ``--no-send`` never started DATA.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 import threading
@@ -33,7 +34,8 @@ RFC821 = frozenset({"HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT"})
 EOD_PATTERNS = {
     "strict": re.compile(rb"\r\n\.\r\n"),
     "lf": re.compile(rb"\n\.\r?\n"),  # LF is a line end (Postfix before 3.9 default)
-    "cr": re.compile(rb"[\r\n]\.[\r\n]"),  # any bare CR or LF is a line end
+    "cr": re.compile(rb"[\r\n]\.(?:\r\n|\r|\n)"),  # any bare CR or LF is a line end
+    "nul": re.compile(rb"\r\n\x00*\.\x00*\r\n"),  # NUL bytes are dropped first
 }
 
 
@@ -51,12 +53,18 @@ class Behaviour:
     # Only the first command of each received segment is handled (no pipelining).
     lockstep: bool = False
     tls: ssl.SSLContext | None = None
+    # TLS from the first byte (port 465 style) with this context.
+    implicit_tls: ssl.SSLContext | None = None
+    # (user, password) accepted by AUTH PLAIN/LOGIN; MAIL then needs AUTH first.
+    auth: tuple[str, str] | None = None
 
 
 @dataclass
 class Record:
     verbs: list[str] = field(default_factory=list)
     messages: int = 0
+    # "PLAIN"/"LOGIN" per successful AUTH, and whether that session was under TLS.
+    logins: list[tuple[str, bool]] = field(default_factory=list)
 
 
 class _Session:
@@ -71,6 +79,9 @@ class _Session:
         self.search_from = 0
         self.starttls = False
         self.closed = False
+        self.tls_active = False
+        self.authenticated = False
+        self.login_answers: list[str] | None = None  # AUTH LOGIN in progress
 
     def feed(self, chunk: bytes) -> bytes:
         out = bytearray()
@@ -115,13 +126,47 @@ class _Session:
             out += b"250 2.0.0 Ok: queued as %d\r\n" % self.record.messages
             return rest
 
+    def _auth(self, line: bytes) -> bytes:
+        """AUTH PLAIN <b64> (RFC 4616) or AUTH LOGIN with two 334 prompts."""
+        assert self.b.auth is not None
+        user, password = self.b.auth
+        if self.login_answers is not None:
+            self.login_answers.append(base64.b64decode(line).decode())
+            if len(self.login_answers) == 1:
+                return b"334 UGFzc3dvcmQ6\r\n"
+            ok = self.login_answers == [user, password]
+            self.login_answers = None
+            return self._authenticated("LOGIN", ok)
+        words = line.decode().split()
+        if len(words) == 3 and words[1].upper() == "PLAIN":
+            ok = base64.b64decode(words[2]) == f"\0{user}\0{password}".encode()
+            return self._authenticated("PLAIN", ok)
+        if len(words) == 2 and words[1].upper() == "LOGIN":
+            self.login_answers = []
+            return b"334 VXNlcm5hbWU6\r\n"
+        return b"504 5.5.4 Unrecognized authentication type\r\n"
+
+    def _authenticated(self, mechanism: str, ok: bool) -> bytes:
+        if not ok:
+            return b"535 5.7.8 Authentication credentials invalid\r\n"
+        self.authenticated = True
+        self.record.logins.append((mechanism, self.tls_active))
+        return b"235 2.7.0 Authentication successful\r\n"
+
     def _command(self, line: bytes) -> bytes:
+        if self.login_answers is not None:
+            return self._auth(line)
         verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
         self.record.verbs.append(verb)
         if self.b.allowed is not None and verb not in self.b.allowed:
             if self.b.disallowed == "refuse":
                 return b"500 Unrecognized command\r\n"
             verb = "NOOP" if self.b.disallowed == "noop" else "XXXX"
+        if self.b.auth is not None:
+            if verb == "AUTH":
+                return self._auth(line)
+            if verb == "MAIL" and not self.authenticated:
+                return b"530 5.7.0 Authentication required\r\n"
         return self._server(verb)
 
     def _server(self, verb: str) -> bytes:
@@ -176,7 +221,7 @@ class FakeSmtpServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, self.host, 0)
+            asyncio.start_server(self._handle, self.host, 0, ssl=self.behaviour.implicit_tls)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -189,6 +234,7 @@ class FakeSmtpServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(self.behaviour, self.record)
+        session.tls_active = self.behaviour.implicit_tls is not None
         try:
             writer.write(self.behaviour.banner)
             while not session.closed:
@@ -201,6 +247,7 @@ class FakeSmtpServer:
                     assert self.behaviour.tls is not None
                     await writer.start_tls(self.behaviour.tls)
                     session = _Session(self.behaviour, self.record)
+                    session.tls_active = True
         except (ConnectionError, ssl.SSLError):
             pass
         finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from smtpguard.core.grammar import Reply, ReplyAssembler
-from smtpguard.probe import analyse
-from smtpguard.probe.model import Outcome, Verdict
+from smtpguard.probe import analyse, messages
+from smtpguard.probe.model import Delivered, Outcome, VariantResult, Verdict
 
 
 def reply(raw: bytes) -> Reply:
@@ -192,13 +192,139 @@ def test_control_without_reply_is_a_problem() -> None:
     assert check.verdict is Verdict.PROBLEM
 
 
+def _variant(outcome: Outcome, smuggled: Delivered = Delivered.UNCHECKED) -> VariantResult:
+    return VariantResult("LF.LF", "\\n.\\n", outcome, smuggled, "detail")
+
+
 def test_smuggling_and_summary() -> None:
-    results = {
-        "LF.LF": (Outcome.ACCEPTED, "answered 250"),
-        "CR.CR": (Outcome.REJECTED, "kept as content"),
-    }
+    results = [
+        _variant(Outcome.ACCEPTED),
+        VariantResult("CR.CR", "\\r.\\r", Outcome.REJECTED, Delivered.UNCHECKED, "content"),
+    ]
     check = analyse.smuggling_check(results)
     assert check.verdict is Verdict.PROBLEM and "LF.LF" in check.detail
     verdict, summary = analyse.summarise([check])
     assert verdict is Verdict.PROBLEM and "smuggling" in summary
     assert analyse.summarise([])[0] is Verdict.OK
+
+
+def test_delivered_smuggling_is_named() -> None:
+    check = analyse.smuggling_check([_variant(Outcome.ACCEPTED, Delivered.DELIVERED)])
+    assert check.verdict is Verdict.PROBLEM and "DELIVERED after LF.LF" in check.detail
+
+
+def test_clean_variants_with_a_mailbox_say_so() -> None:
+    check = analyse.smuggling_check([_variant(Outcome.REJECTED, Delivered.NOT_DELIVERED)])
+    assert check.verdict is Verdict.OK and "mailbox confirms" in check.detail
+
+
+OK250 = b"250 2.0.0 Ok: queued as A1\r\n"
+
+
+def attempt(*raw: bytes, early: bytes | None = None, error: str | None = None) -> analyse.Attempt:
+    return analyse.Attempt(
+        "c@x",
+        "s@x",
+        early=reply(early) if early else None,
+        replies=tuple(reply(r) for r in raw),
+        error=error,
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "outcome", "words"),
+    [
+        (attempt(OK250), Outcome.REJECTED, "kept as content"),
+        (attempt(b"550 5.5.2 Error: bare <LF> received\r\n"), Outcome.REJECTED, "refused"),
+        (
+            attempt(b"250 Ok\r\n", b"250 Ok\r\n", b"354 go\r\n", OK250, early=OK250),
+            Outcome.ACCEPTED,
+            "right after the bogus",
+        ),
+        # no early answer, but five late ones: the bogus sequence ended the data
+        (
+            attempt(OK250, b"250 Ok\r\n", b"250 Ok\r\n", b"354 go\r\n", OK250),
+            Outcome.ACCEPTED,
+            "5 replies",
+        ),
+        # an early refusal, then the rest ran as commands: still an end of data
+        (
+            attempt(b"250 Ok\r\n", early=b"550 5.5.2 bare LF\r\n"),
+            Outcome.ACCEPTED,
+            "2 replies",
+        ),
+        (
+            attempt(early=b"521 5.5.2 bare LF\r\n", error="the peer closed the connection"),
+            Outcome.REJECTED,
+            "refused at the bogus sequence",
+        ),
+        (attempt(error="no reply within 5 s"), Outcome.REJECTED, "no reply at all"),
+    ],
+)
+def test_attempt_outcome(a: analyse.Attempt, outcome: Outcome, words: str) -> None:
+    got, detail = analyse.attempt_outcome(a)
+    assert got is outcome and words in detail
+
+
+def _carrier(whole: bool) -> bytes:
+    tail = messages.CARRIER_TAIL + b"\n..\nMAIL FROM:<>\nMessage-ID: <s@x>\n" if whole else b""
+    return b"Message-ID: <c@x>\n\nbody " + (tail or messages.CARRIER_TAIL)
+
+
+def test_mailbox_overrides_clean_replies() -> None:
+    """One 250, as a front that swallows the early reply shows it, yet both messages
+    arrived: the variant is accepted and the smuggled message delivered."""
+    box = {"c@x": _carrier(whole=False), "s@x": b"Message-ID: <s@x>\n\nsmuggled"}
+    v = analyse.judge_variant("LF.LF", "\\n.\\n", attempt(OK250), box)
+    assert (v.outcome, v.smuggled) == (Outcome.ACCEPTED, Delivered.DELIVERED)
+    assert "replies looked clean" in v.detail
+
+
+def test_cut_carrier_is_an_end_of_data_even_without_the_smuggled_message() -> None:
+    v = analyse.judge_variant("LF.LF", "\\n.\\n", attempt(OK250), {"c@x": _carrier(False)})
+    assert (v.outcome, v.smuggled) == (Outcome.ACCEPTED, Delivered.NOT_DELIVERED)
+    assert "cut at the bogus sequence" in v.detail
+
+
+def test_whole_carrier_shows_what_the_sequence_became() -> None:
+    v = analyse.judge_variant("LF.LF", "\\n.\\n", attempt(OK250), {"c@x": _carrier(True)})
+    assert (v.outcome, v.smuggled) == (Outcome.REJECTED, Delivered.NOT_DELIVERED)
+    assert "arrived as '\\n..\\n'" in v.detail
+
+
+def test_missing_acknowledged_carrier_leaves_the_variant_unchecked() -> None:
+    v = analyse.judge_variant("LF.LF", "\\n.\\n", attempt(OK250), {}, complete=False)
+    assert v.smuggled is Delivered.UNCHECKED
+    refused = attempt(b"550 5.6.0 Message refused\r\n")
+    v = analyse.judge_variant("LF.LF", "\\n.\\n", refused, {}, complete=False)
+    assert v.smuggled is Delivered.NOT_DELIVERED
+
+
+def test_no_mailbox_is_unchecked() -> None:
+    v = analyse.judge_variant("LF.LF", "\\n.\\n", attempt(OK250), None)
+    assert v.smuggled is Delivered.UNCHECKED and v.outcome is Outcome.REJECTED
+
+
+def test_pipelining_text_is_one_sentence() -> None:
+    """Issue 16: the text ran "PIPELINING" and "EHLO is refused" together."""
+    refused = analyse.pipelining_check(False, True, None, None).detail
+    assert not refused.startswith("PIPELINING EHLO")
+    assert refused == "PIPELINING cannot be seen: EHLO is refused, so no extension is visible"
+    plain = analyse.pipelining_check(False, False, None, None).detail
+    assert plain.startswith("PIPELINING not offered: ")
+
+
+def test_auth_mechanisms() -> None:
+    ehlo = reply(b"250-mx\r\n250-AUTH PLAIN login\r\n250 AUTH=LOGIN\r\n")
+    assert analyse.auth_mechanisms(ehlo) == ["PLAIN", "LOGIN"]
+    assert analyse.auth_mechanisms(reply(b"250-mx\r\n250 AUTH=LOGIN\r\n")) == ["LOGIN"]
+    assert analyse.auth_mechanisms(reply(b"250 mx\r\n")) == []
+
+
+def test_pipelined_data_verdicts() -> None:
+    ok, go = reply(b"250 Ok\r\n"), reply(b"354 go\r\n")
+    assert analyse.pipelined_data_check(ok, [ok, ok, go, ok], None).verdict is Verdict.INFO
+    sync = reply(b"554 5.5.0 Error: SMTP protocol synchronization\r\n")
+    assert analyse.pipelined_data_check(ok, [ok, ok, sync], None).verdict is Verdict.OK
+    skipped = analyse.pipelined_data_check(reply(b"550 no\r\n"), [], None)
+    assert skipped.verdict is Verdict.SKIPPED

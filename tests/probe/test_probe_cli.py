@@ -41,6 +41,12 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
         ["probe", "host", "--to", "<a@b>"],
         ["probe", "host", "--from", "a b@c"],
         ["probe", "host", "--to", ""],
+        ["probe", "host", "--auth-user", "u", "--auth-pass", "p"],  # never in clear
+        ["probe", "host", "--tls", "--implicit-tls"],
+        ["probe", "host:465", "--tls"],
+        ["probe", "host", "--no-send", "--maildir", "."],
+        ["probe", "host", "--maildir", "/nonexistent/dir"],
+        ["probe", "host", "--delivery-timeout", "0"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -56,11 +62,31 @@ def test_bad_arguments_exit_2_with_one_line(
 
 def test_connection_refused_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()  # nothing listens there any more
-    assert run_probe_cli(["probe", f"127.0.0.1:{port}", "--json", "--timeout", "10"]) == 2
+    assert run_probe_cli(["probe", f"127.0.0.1:{port}", "--timeout", "10"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"cannot connect to 127.0.0.1:{port}" in captured.err
     assert captured.err.count("\n") == 1
+
+
+def test_connection_error_with_json_still_prints_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 16: scripts that parse --json always get a JSON object."""
+    port = free_port()
+    assert run_probe_cli(["probe", f"127.0.0.1:{port}", "--json", "--timeout", "10"]) == 2
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["verdict"] == "error"
+    assert doc["target"] == f"127.0.0.1:{port}"
+    assert f"cannot connect to 127.0.0.1:{port}" in doc["error"]
+    assert captured.err.count("\n") == 1
+
+
+def test_bad_option_value_with_json_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_probe_cli(["probe", "127.0.0.1:25", "--json", "--auth-user", "u"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "error" and "--auth-pass" in doc["error"]
 
 
 def test_refusing_greeting_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,8 +132,8 @@ def test_sending_run_delivers_control_split_and_variants(
     with server as (host, port):
         assert run_probe_cli(["probe", f"{host}:{port}", "--json", "--timeout", "20", *FAST]) == 0
     capsys.readouterr()
-    # control + split + one message per smuggling variant, each ending once
-    assert server.record.messages == 2 + 6
+    # control + split + two pipelined + one message per smuggling variant, each whole
+    assert server.record.messages == 2 + 2 + 12
 
 
 @pytest.mark.e2e
@@ -196,3 +222,84 @@ def test_human_output_shows_the_seed_symptom(capsys: pytest.CaptureFixture[str])
     assert "filter detected: yes" in text
     assert "verdict: PROBLEM - a Mailguard-style SMTP filter is in the path" in text
     assert "split end-of-data is dropped (duplicate deliveries)" in text
+
+
+def test_port_465_means_implicit_tls() -> None:
+    import argparse
+
+    from smtpguard.probe.cli import options_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert options_from_args(parser.parse_args(["probe", "mx.example:465"])).implicit_tls
+    opts = options_from_args(parser.parse_args(["probe", "mx.example", "--implicit-tls"]))
+    assert (opts.port, opts.implicit_tls) == (465, True)
+    assert not options_from_args(parser.parse_args(["probe", "mx.example"])).implicit_tls
+
+
+AUTH_EHLO = b"250-fake.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"
+
+
+@pytest.mark.parametrize(
+    "ehlo", [AUTH_EHLO, AUTH_EHLO.replace(b"PLAIN ", b"")], ids=["plain", "login"]
+)
+def test_auth_over_starttls_in_every_session(
+    ehlo: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    behaviour = Behaviour(ehlo=ehlo, tls=tls_context(tmp_path), auth=("probe", "s3cret"))
+    server = FakeSmtpServer(behaviour)
+    with server as (host, port):
+        argv = ["probe", f"{host}:{port}", "--tls", "--json", "--timeout", "20", *FAST]
+        code = run_probe_cli([*argv, "--auth-user", "probe", "--auth-pass", "s3cret"])
+    report = json.loads(capsys.readouterr().out)
+    checks = {c["id"]: c for c in report["checks"]}
+    mechanism = "PLAIN" if b"PLAIN" in ehlo else "LOGIN"
+    assert checks["auth"]["verdict"] == "ok" and mechanism in checks["auth"]["detail"]
+    assert checks["starttls"]["verdict"] == "ok"
+    assert checks["control-message"]["verdict"] == "ok"
+    assert set(report["smuggling"].values()) == {"rejected"}
+    # dialogue, control, split, pipelined data, 12 variants: each logged in under TLS
+    assert server.record.logins == [(mechanism, True)] * 16
+    assert code == 0
+
+
+def test_wrong_password_is_a_problem_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    behaviour = Behaviour(ehlo=AUTH_EHLO, tls=tls_context(tmp_path), auth=("probe", "s3cret"))
+    server = FakeSmtpServer(behaviour)
+    with server as (host, port):
+        argv = ["probe", f"{host}:{port}", "--tls", "--json", "--timeout", "20", *FAST]
+        code = run_probe_cli([*argv, "--auth-user", "probe", "--auth-pass", "wrong"])
+    report = json.loads(capsys.readouterr().out)
+    checks = {c["id"]: c for c in report["checks"]}
+    assert checks["auth"]["verdict"] == "problem" and "535" in checks["auth"]["detail"]
+    assert checks["control-message"]["verdict"] == "skipped"
+    assert server.record.messages == 0 and "DATA" not in server.record.verbs
+    assert code == 1
+
+
+def test_implicit_tls_with_auth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ehlo = AUTH_EHLO.replace(b"250-STARTTLS\r\n", b"")
+    behaviour = Behaviour(ehlo=ehlo, implicit_tls=tls_context(tmp_path), auth=("probe", "pw"))
+    server = FakeSmtpServer(behaviour)
+    with server as (host, port):
+        argv = ["probe", f"{host}:{port}", "--implicit-tls", "--json", "--timeout", "20", *FAST]
+        code = run_probe_cli([*argv, "--auth-user", "probe", "--auth-pass", "pw"])
+    report = json.loads(capsys.readouterr().out)
+    checks = {c["id"]: c for c in report["checks"]}
+    assert checks["starttls"]["verdict"] == "ok" and "implicit TLS" in checks["starttls"]["detail"]
+    assert "TLSv1." in checks["starttls"]["detail"]
+    assert checks["control-message"]["verdict"] == "ok"
+    assert server.record.logins == [("PLAIN", True)] * 16
+    assert "STARTTLS" not in server.record.verbs
+    assert code == 0
+
+
+def test_implicit_tls_against_a_plain_server_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with FakeSmtpServer(Behaviour()) as (host, port):
+        code = run_probe_cli(["probe", f"{host}:{port}", "--implicit-tls", "--timeout", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and "TLS handshake" in err and err.count("\n") == 1

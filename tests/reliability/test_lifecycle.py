@@ -269,3 +269,16 @@ def test_protocol_log_is_reopened_after_rotation(sig: int, tmp_path: Path) -> No
         assert gw.stop() == 0
     old = [json.loads(x)["session"] for x in rotated.read_text().splitlines()]
     assert old, "the first session stays in the rotated file"
+
+
+def test_logrotate_file_rotates_the_configured_log_and_signals_a_reopen() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "deploy" / "logrotate").read_text()
+    config = tomllib.loads((root / "deploy" / "smtpguard.toml").read_text())
+    rules = "\n".join(ln.split("#")[0] for ln in text.splitlines())
+    assert f"{config['protocol_log']['path']} {{" in rules
+    assert "copytruncate" not in rules  # the re-open makes it unnecessary
+    post = rules.split("postrotate", 1)[1].split("endscript", 1)[0]
+    assert "--signal=USR1" in post and "smtpguard.service" in post

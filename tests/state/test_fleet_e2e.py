@@ -53,6 +53,14 @@ class Fleet:
                     found.append(i)
         return found
 
+    def data_events(self) -> list[int]:
+        """Messages each instance received from its clients (relayed or not)."""
+        counts = []
+        for log in self.logs:
+            text = log.read_text() if log.exists() else ""
+            counts.append(text.count('"event": "data"'))
+        return counts
+
     def wait_events(self, event_id: str, count: int) -> list[int]:
         deadline = time.monotonic() + 10  # the protocol log is flushed once a second
         while len(self.events(event_id)) < count and time.monotonic() < deadline:
@@ -182,3 +190,17 @@ def test_killing_redis_mid_run_loses_nothing(fleet: Fleet) -> None:
     subjects = sorted(re.findall(rb"Subject: (fleet \d+)", b"".join(got)))
     assert subjects == sorted(f"fleet {n}".encode() for n in range(sent))  # each once
     assert fleet.wait_events("SG-STATE-FAIL-OPEN", 1)
+
+
+def test_a_copy_resent_through_the_other_instance_is_suppressed(fleet: Fleet) -> None:
+    body = message(100, "sent twice")
+    assert send(fleet.port, body) == (250, b"2.0.0 Ok")  # smtp-sink names no queue ID
+    copies = [send(fleet.port, body) for _ in range(2)]  # round robin: both instances
+    code, text = copies[0]
+    assert code == 250 and text.startswith(b"2.0.0 Already accepted as ")
+    assert copies[1] == copies[0]
+    assert len(delivered(fleet.sink, 1)) == 1  # the server got it once
+    suppressed = fleet.wait_events("SG-DEDUPE-SUPPRESSED", 2)
+    relayed = [n - suppressed.count(i) for i, n in enumerate(fleet.data_events())]
+    assert sorted(relayed) == [0, 1]  # one instance relayed the original...
+    assert suppressed.count(relayed.index(0)) >= 1  # ...the other suppressed a copy

@@ -88,8 +88,8 @@ class Settings:
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"
     upstream_proxy: str = "off"
-    state: StateSettings = StateSettings()
-    dedupe: DedupeSettings = DedupeSettings()
+    state: StateSettings = dataclasses.field(default_factory=StateSettings)
+    dedupe: DedupeSettings = dataclasses.field(default_factory=DedupeSettings)
     # gateway.log_level as set, or None: warning, or info when stderr is a terminal
     # (see effective_log_level).
     log_level_set: str | None = None
@@ -294,6 +294,7 @@ def policy_from(cfg: schema.ConfigFile, problems: list[_Invalid] | None = None) 
     if cfg.ehlo_keywords is not None:
         top["ehlo_keywords"] = frozenset(cfg.ehlo_keywords)
     top["hostname"] = cfg.hostname or default_hostname()
+    top["dedupe"] = cfg.dedupe.enabled
     banner = top.get("banner", base.banner)
     text = top.get("banner_text", "")
     found: list[_Invalid] = [] if problems is None else problems

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from smtpguard.core.dedupe import DedupeLookup, DedupeRecord
+
 
 class Direction(enum.Enum):
     CLIENT_TO_GW = "client>gw"
@@ -100,4 +102,6 @@ Action = (
     | SetTimer
     | Trace
     | PolicyEvent
+    | DedupeLookup
+    | DedupeRecord
 )

@@ -68,6 +68,14 @@ class TlsFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class DedupeAnswer:
+    """The answer to ``DedupeLookup``: the queue ID the server gave the same
+    transaction before, or None (not seen, or the store failed)."""
+
+    queue_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Drain: finish the transaction in flight, then close with 421."""
 
@@ -82,5 +90,6 @@ Event = (
     | TimerFired
     | TlsDone
     | TlsFailed
+    | DedupeAnswer
     | Shutdown
 )

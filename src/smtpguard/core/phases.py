@@ -40,6 +40,8 @@ class Trigger(enum.Enum):
     END_OF_DATA = "end of data"
     MESSAGE_DROPPED = "message dropped by a check"
     SPLIT_EOD_BUG = "split end of data swallowed (PIX emulation)"
+    DEDUPE_LOOKUP = "final dot held for a duplicate lookup"
+    DEDUPE_ANSWER = "duplicate lookup answered"
     CLOSE = "close"
 
 
@@ -60,6 +62,8 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     (Phase.DATA, Trigger.MESSAGE_DROPPED): Phase.COMMAND,
     (Phase.DATA, Trigger.SPLIT_EOD_BUG): Phase.QUIT,
     (Phase.TLS, Trigger.TLS_DONE): Phase.COMMAND,
+    (Phase.COMMAND, Trigger.DEDUPE_LOOKUP): Phase.WAIT,
+    (Phase.WAIT, Trigger.DEDUPE_ANSWER): Phase.COMMAND,
     **{(p, Trigger.CLOSE): Phase.CLOSED for p in _ALL if p is not Phase.CLOSED},
 }
 

@@ -61,6 +61,10 @@ class ReplyPipeline:
         self._awaiting.append(slot)
         return slot
 
+    def expect(self, slot: Slot) -> None:
+        """A pending slot's reply is now to come from the server."""
+        self._awaiting.append(slot)
+
     @property
     def owed_by_server(self) -> int:
         return len(self._awaiting)

@@ -168,6 +168,9 @@ class Policy:
     bdat_drain_limit: int = 64 * 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
     emulation: Emulation = field(default_factory=Emulation)
+    # Duplicate suppression ([dedupe]): at the end of data the session asks its driver
+    # whether the server already accepted this transaction (core/dedupe.py).
+    dedupe: bool = False
 
     @classmethod
     def for_mode(cls, mode: Mode, **kw: object) -> Policy:

@@ -61,6 +61,9 @@ class MessageRelay:
             return STOPPED
         held, self._held_cr = self._held_cr, False
         body = chunk if stop == len(chunk) else chunk[:stop]
+        duplicates = s.duplicates
+        if duplicates is not None:
+            duplicates.tracker.feed(body)  # the digest is of the octets as received
         if self.refusal is None and not self._inspect(body, now):
             return STOPPED
         normalizer = self._normalizer
@@ -84,7 +87,9 @@ class MessageRelay:
             if scan.end < 0 and chunk.endswith(b"\r"):
                 send -= 1
                 self._held_cr = True
-            if send == len(chunk):
+            if scan.end >= 0 and duplicates is not None:
+                duplicates.hold_dot(memoryview(chunk)[:send])
+            elif send == len(chunk):
                 s.out.emit(ToServer(chunk))
             elif send:
                 s.out.emit(ToServer(memoryview(chunk)[:send]))
@@ -112,10 +117,13 @@ class MessageRelay:
             return
         was = normalizer.changed
         out = normalizer.feed(part, final)
+        s = self._s
         if normalizer.changed and not was:
-            self._s.out.event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
-        if out:
-            self._s.out.emit(ToServer(out))
+            s.out.event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
+        if final and s.duplicates is not None:
+            s.duplicates.hold_dot(out)
+        elif out:
+            s.out.emit(ToServer(out))
 
     def _inspect(self, part: bytes, now: float) -> bool:
         """Content checks on one chunk's message bytes, verdicts applied; False when

@@ -46,10 +46,12 @@ from smtpguard.core.buffer import ReceiveBuffer
 from smtpguard.core.checks import Rates
 from smtpguard.core.commands import Commands, Envelope
 from smtpguard.core.deadlines import Deadlines, reply_timeout
+from smtpguard.core.duplicates import Duplicates
 from smtpguard.core.ehlo import filter_ehlo, tls_offer
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
+    DedupeAnswer,
     Event,
     ServerClosed,
     ServerConnected,
@@ -114,6 +116,7 @@ class Session:
         self.envelope = Envelope()
         self.rates = Rates()
         self.relay: MessageRelay | None = None
+        self.duplicates = Duplicates(self) if policy.dedupe else None
         line_check = policy.checks.command_line_length
         # A disabled check still keeps a hard cap: the buffer must stay bounded.
         self.line_limit = line_check.limit if line_check.limit is not None else 4096
@@ -164,6 +167,10 @@ class Session:
             self._pump(now)
         elif isinstance(event, TlsDone):
             self._tls_done(event.side, now)
+        elif isinstance(event, DedupeAnswer):
+            if self.duplicates is not None:
+                self.duplicates.answer(event.queue_id, now)
+                self._pump(now)
         else:
             self._tls_failed(event.side, now)
         return self._finish(now)
@@ -320,6 +327,11 @@ class Session:
                 self.shown = frozenset()
         elif verb == "MAIL":
             env.in_transaction = cls == 2
+            if cls == 2 and self.duplicates is not None:
+                self.duplicates.tracker.mail_accepted(slot.raw)
+        elif verb == "RCPT" and cls == 2:
+            if self.duplicates is not None:
+                self.duplicates.tracker.rcpt_accepted(slot.raw)
         elif verb == "RCPT" and cls == 5:
             self.cmds.invalid_rcpt(now)
         elif verb == "AUTH" and self.cancelled_auth is not None:
@@ -332,11 +344,15 @@ class Session:
             env.in_transaction = False
             if cls == 2:
                 self.messages_relayed += 1
+            if self.duplicates is not None:
+                self.duplicates.accepted(reply)
         phase = self.phase
         if phase is Phase.WAIT and not self.replies.owed_by_server:
             phase = self.goto(REPLY_TRIGGERS.get((verb, cls), Trigger.REPLY))
             if phase is Phase.DATA:
                 self.relay = MessageRelay(self)
+                if self.duplicates is not None:
+                    self.duplicates.tracker.data_started()
         slot.reply = raw
         if phase is Phase.TUNNEL:
             self.out.event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
@@ -404,7 +420,9 @@ class Session:
             self.local_reply(END_OF_DATA_VERB, relay.refusal)
             self.link.reconnect(now)
         else:
-            self.replies.forwarded(END_OF_DATA_VERB, b"")
+            slot = self.replies.pending(END_OF_DATA_VERB)
+            if self.duplicates is None or not self.duplicates.lookup(slot):
+                self.replies.expect(slot)
             self.deadlines.server = now + self.policy.timeouts.data_end
         if end < len(chunk):
             self.buffer.prepend(chunk[end:])

@@ -43,7 +43,11 @@ from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
 
 if TYPE_CHECKING:
     from smtpguard.gateway.connection import ClientConnection
-    from smtpguard.gateway.server import Gateway
+
+    # Not smtpguard.gateway.server's class: mypyc compiles connection.py, which
+    # imports this module, and its analysis must not reach the configuration code
+    # (pydantic is not installed where the package is built; setup.py).
+    Gateway = Any
 
 log = logging.getLogger("smtpguard.gateway")
 
@@ -208,6 +212,7 @@ class SharedLimits:
         # Unique per process across a fleet and across restarts (a pid is reused).
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leases: dict[str, Lease] = {}  # session id -> its lease
+        self._pending: dict[str, Lease] = {}  # session id -> lease being asked for
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewal: asyncio.TimerHandle | None = None
 
@@ -216,15 +221,22 @@ class SharedLimits:
         p = self.access.policy
         return p.max_sessions_per_ip > 0 or p.connection_rate > 0
 
-    async def decide(self, peer_ip: str, sid: str) -> Refusal | None:
-        """The store's decision for a new session; a lease is taken when admitted.
-        Raises StoreError (the caller fails open)."""
+    async def decide(self, lease: Lease, sid: str) -> Refusal | None:
+        """The store's decision for a new session (``lease``: its address and holder,
+        in ``_pending``); the lease is kept when admitted. Raises StoreError (the
+        caller fails open)."""
         p = self.access.policy
-        key = address_key(peer_ip)
-        lease = (key, f"{self.instance}:{sid}")
-        verdict = await self.store.admit(
-            *lease, p.max_sessions_per_ip, self.lease, p.connection_rate, p.rate_period
-        )
+        key = lease[0]
+        try:
+            verdict = await self.store.admit(
+                *lease, p.max_sessions_per_ip, self.lease, p.connection_rate, p.rate_period
+            )
+        finally:
+            gone = self._pending.pop(sid, None) is None  # released while asking
+        if gone:  # released while asking; again, should the store have run them reordered
+            if verdict == "ok" and p.max_sessions_per_ip > 0:
+                self._spawn(self._release([lease]))
+            return None
         if verdict == "rate":
             return rate_refusal(key, p)
         if verdict == "cap":
@@ -236,13 +248,16 @@ class SharedLimits:
 
     def admit(self, gw: Gateway, conn: ClientConnection) -> None:
         """Decide in the background; the session starts (``gw.register`` then
-        ``conn.admitted``) or is refused once the store has answered."""
-        self._spawn(self._admit(gw, conn))
+        ``conn.admitted``) or is refused once the store has answered. The lease is
+        known at once, so a release that comes first follows the request for it."""
+        lease = (address_key(peer_ip(conn.peer)), f"{self.instance}:{conn.sid}")
+        self._pending[conn.sid] = lease
+        self._spawn(self._admit(gw, conn, lease))
 
-    async def _admit(self, gw: Gateway, conn: ClientConnection) -> None:
+    async def _admit(self, gw: Gateway, conn: ClientConnection, lease: Lease) -> None:
         refusal = None
         try:
-            refusal = await self.decide(peer_ip(conn.peer), conn.sid)
+            refusal = await self.decide(lease, conn.sid)
         except StoreError as exc:
             gw.policy_event(
                 conn.sid, conn.peer, PolicyEvent(FAIL_OPEN, f"limits not checked: {exc}", "log")
@@ -264,7 +279,10 @@ class SharedLimits:
         conn.admitted()
 
     def release(self, sid: str) -> None:
-        lease = self.leases.pop(sid, None)
+        """The session ended (or its client left before the store answered: its
+        lease is given back right behind the request for it, so a connection that is
+        gone never holds a slot that a newer one is refused for)."""
+        lease = self.leases.pop(sid, None) or self._pending.pop(sid, None)
         if lease is not None:
             self._spawn(self._release([lease]))
 

@@ -723,6 +723,11 @@ def _print_banner(
     if settings.metrics_listen is not None:
         mh, mp = settings.metrics_listen
         lines.append(f"  metrics       http://{mh}:{mp}/metrics")
+    from smtpguard.state.attach import describe
+
+    shared = describe(settings)
+    if shared is not None:
+        lines.append(f"  shared state  {shared}")
     if policy.xclient:
         lines.append("  XCLIENT       on (the server sees the real client address)")
     elif not builtin and settings.upstream_proxy == "off":

@@ -45,9 +45,11 @@ from smtpguard.core.actions import (
     ToServer,
     Trace,
 )
+from smtpguard.core.dedupe import DedupeLookup, DedupeRecord
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
+    DedupeAnswer,
     ServerClosed,
     ServerConnected,
     ServerData,
@@ -64,6 +66,7 @@ from smtpguard.gateway.access import AccessControl, parse_ip
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
+from smtpguard.state.dedupe import Dedupe
 
 log = logging.getLogger("smtpguard.gateway")
 
@@ -93,6 +96,7 @@ class GatewayView(Protocol):
     loop: asyncio.AbstractEventLoop
     policy: Policy
     access: AccessControl
+    dedupe: Dedupe | None
     metrics: Metrics
     protocol_log: ProtocolLog | None
     tls: TlsContexts | None
@@ -406,6 +410,24 @@ class ClientConnection(asyncio.Protocol):
     def _do_close_client(self, a: CloseClient) -> None:
         self._close_client(a.reset)
 
+    def _do_dedupe_lookup(self, a: DedupeLookup) -> None:
+        dedupe = self.gw.dedupe
+        if dedupe is not None:
+            dedupe.lookup(self.gw, self, a.key)  # answers with dedupe_answer
+        else:  # no store (dedupe turned on by a reload): relayed as usual
+            self.loop.call_soon(self.dedupe_answer, None)
+
+    def _do_dedupe_record(self, a: DedupeRecord) -> None:
+        if self.gw.dedupe is not None:
+            self.gw.dedupe.record(self.gw, self, a.key, a.queue_id)
+
+    def dedupe_answer(self, queue_id: str | None) -> None:
+        """The store's answer to the core's DedupeLookup (state/dedupe.py)."""
+        session = self.session
+        if not self._done and session is not None:
+            self._run(session.handle(DedupeAnswer(queue_id), self.loop.time()))
+            self._update_reading()
+
     def _do_start_tls(self, a: StartTls) -> None:
         task = self.loop.create_task(self._start_tls(a.side))
         task.add_done_callback(_log_failure)
@@ -569,6 +591,8 @@ _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
     CloseServer: ClientConnection._do_close_server,
     CloseClient: ClientConnection._do_close_client,
     StartTls: ClientConnection._do_start_tls,
+    DedupeLookup: ClientConnection._do_dedupe_lookup,
+    DedupeRecord: ClientConnection._do_dedupe_record,
 }
 
 

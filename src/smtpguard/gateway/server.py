@@ -247,6 +247,8 @@ class Gateway:
         self.metrics.session_opened()
 
     def release(self, conn: ClientConnection) -> None:
+        if self.limits is not None:  # also a session the store has not answered for yet
+            self.limits.release(conn.sid)
         if conn in self.sessions:
             self.sessions.discard(conn)
             self.access.release(peer_ip(conn.peer))

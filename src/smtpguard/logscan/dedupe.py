@@ -7,11 +7,14 @@ only links copies when one of them stalled: the same envelope re-sent after a st
 is the Mailguard retry pattern, while two ordinary messages between the same two
 people are not evidence of anything.
 
-A group starts at its first copy and collects every copy that arrives within
-``window`` of it. Groups live in a dict keyed by a 16-byte digest, and in a deque in
-the order they were opened; a group is flushed (and reported if it holds two or more
-copies) as soon as the newest time seen is past its window, or when the index is
-full. Memory is thus bounded by ``max_groups`` whatever the size of the log.
+A group starts at its first copy and collects every copy that lies within
+``window`` of it, before or after (a log pasted newest first is read as well as one
+in time order; the report lists the copies in time order). Groups live in a dict
+keyed by the copies' identity string (exact: no digest to collide, and no hashing
+cost on every delivery), and in a deque in the order they were opened; a group is
+flushed (and reported if it holds two or more copies) as soon as the newest time
+seen is past its window, or when the index is full. Memory is thus bounded by
+``max_groups`` whatever the size of the log.
 
 Every delivery goes through :meth:`DuplicateIndex.add` and almost none is a
 duplicate, so the descriptive text and the :class:`Copy` records are only built
@@ -20,7 +23,6 @@ when a group is reported.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -34,17 +36,20 @@ DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_MAX_GROUPS = 200_000
 # Copies kept per group for the report; the count goes on past it.
 MAX_COPIES = 50
+MAX_PEERS_CACHED = 10_000
 _NONE: tuple[Finding, ...] = ()
+_SENDING = Side.SENDING
 
 
-_CopyAt = tuple[str, int, datetime, str]  # file, line, time, peer
+# file, line, time, peer, stalled, session start, session end
+_CopyAt = tuple[str, int, datetime, str, bool, datetime | None, datetime | None]
 
 
 class _Group:
     __slots__ = ("count", "digest", "file", "first", "more", "opened", "stalled", "weak")
 
     def __init__(
-        self, digest: bytes, file: str, first: Delivered, opened: datetime, weak: bool
+        self, digest: str, file: str, first: Delivered, opened: datetime, weak: bool
     ) -> None:
         self.digest = digest
         self.file = file
@@ -56,8 +61,12 @@ class _Group:
         self.stalled = int(first.stalled)
 
     def copies(self) -> list[Copy]:
+        """Every copy kept, in time order."""
         d = self.first
-        return [Copy(self.file, d.line, d.time, d.peer), *(Copy(*c) for c in self.more or ())]
+        first = Copy(self.file, d.line, d.time, d.peer, d.stalled, d.start, d.end)
+        out = [first, *(Copy(*c) for c in self.more or ())]
+        out.sort(key=lambda c: (c.time or datetime.min, c.file, c.line))
+        return out
 
 
 class DuplicateIndex:
@@ -66,17 +75,25 @@ class DuplicateIndex:
     ) -> None:
         self.window = window
         self.max_groups = max_groups
-        self._groups: dict[bytes, _Group] = {}
+        self._groups: dict[str, _Group] = {}
         # Groups in the order they were opened; one no longer in _groups is skipped.
         self._order: deque[_Group] = deque()
         self._now: datetime | None = None
         self.deliveries = 0
         self.evicted_early = 0
+        self._loopback: dict[str, bool] = {}  # peer → is it loopback (peers repeat)
 
     def add(self, file: str, d: Delivered) -> Sequence[Finding]:
         """Index one copy; returns the findings of the groups it closed (usually none)."""
         t = d.time
-        if t is None or rules.is_loopback(d.peer):
+        if t is None:
+            return _NONE
+        loop = self._loopback.get(d.peer)
+        if loop is None:
+            if len(self._loopback) >= MAX_PEERS_CACHED:
+                self._loopback.clear()
+            loop = self._loopback[d.peer] = rules.is_loopback(d.peer)
+        if loop:
             return _NONE
         self.deliveries += 1
         out: Sequence[Finding] = _NONE
@@ -88,10 +105,10 @@ class DuplicateIndex:
         key, weak = _identity(d)
         if key is None:
             return out
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        digest = key
         groups = self._groups
         g = groups.get(digest)
-        if g is not None and t - g.opened > self.window:
+        if g is not None and abs(t - g.opened) > self.window:
             del groups[digest]
             out = [*out, *self._report(g)]
             g = None
@@ -109,7 +126,7 @@ class DuplicateIndex:
         if g.more is None:
             g.more = []
         if len(g.more) < MAX_COPIES - 1:
-            g.more.append((file, d.line, t, d.peer))
+            g.more.append((file, d.line, t, d.peer, d.stalled, d.start, d.end))
         return out
 
     def close(self) -> Iterator[Finding]:
@@ -153,16 +170,17 @@ class DuplicateIndex:
         first = copies[0]
         parts = []
         prev: datetime | None = None
-        for c in copies:
+        for c in copies:  # intervals between session starts: the sender's retry cadence
             when = f"{c.time:%Y-%m-%d %H:%M:%S}" if c.time else "?"
-            gap = f" ({human_delta(c.time - prev)})" if prev and c.time else ""
+            began = c.start or c.time
+            gap = f" ({human_delta(began - prev)})" if prev and began else ""
             parts.append(f"{when}{gap} {c.file}:{c.line}")
-            prev = c.time
+            prev = began
         more = f" and {g.count - len(copies)} more" if g.count > len(copies) else ""
         stalled = f", {g.stalled} of them without a final reply" if g.stalled else ""
         hint = _interval_hint(copies, g.stalled)
         detail = (
-            f"{desc} was delivered {g.count} times within the window{stalled}: "
+            f"{desc} reached the end of data {g.count} times within the window{stalled}: "
             f"{'; '.join(parts)}{more}.{hint}"
         )
         peers = sorted({c.peer for c in copies if c.peer})
@@ -176,36 +194,42 @@ class DuplicateIndex:
                 g.first.session,
                 detail,
                 tuple(copies),
+                first.start,
+                g.first.mail_from,
             ),
         )
 
 
 def _rcpts(d: Delivered) -> str:
     rcpt_to = d.rcpt_to
-    if len(rcpt_to) == 1:
-        rcpts = rcpt_to[0].lower()
-    else:
-        rcpts = ",".join(sorted(r.lower() for r in rcpt_to))
-    if d.side is Side.SENDING:  # copies we sent never pair with copies we received
-        rcpts = f"{rcpts}\0sent"
+    rcpts = rcpt_to[0].lower() if len(rcpt_to) == 1 else ",".join(sorted(map(str.lower, rcpt_to)))
+    if d.side is _SENDING:  # copies we sent never pair with copies we received
+        return f"{rcpts}\0sent"
     return rcpts
 
 
 def _identity(d: Delivered) -> tuple[str | None, bool]:
     """The key copies of one message share, and whether it is weak (see above)."""
     rcpts = _rcpts(d)
+    if d.leg:
+        rcpts = f"{rcpts}\0{d.leg}"
     if d.message_id:
         return f"m\0{d.message_id}\0{rcpts}", False
-    if not d.mail_from and not rcpts:
+    if d.queue_id:  # retries of one queue file of ours: the same message, surely
+        return f"q\0{d.queue_id}\0{rcpts}", False
+    sender = (d.mail_from or "").lower()
+    if not sender and not rcpts:
         return None, False
     if d.size is not None:
-        return f"e\0{d.mail_from.lower()}\0{rcpts}\0{d.size}", False
-    return f"w\0{d.mail_from.lower()}\0{rcpts}", True
+        return f"e\0{sender}\0{rcpts}\0{d.size}", False
+    return f"w\0{sender}\0{rcpts}", True
 
 
 def _describe(d: Delivered) -> str:
     to = f" to {', '.join(d.rcpt_to)}" if d.rcpt_to else ""
-    sender = f" from <{d.mail_from}>" if d.mail_from or d.rcpt_to else ""
+    sender = f" from <{d.mail_from}>" if d.mail_from is not None else ""
+    if d.queue_id and not d.message_id:
+        return f"Queue file {d.queue_id}{sender}{to}"
     if d.message_id:
         return f"Message <{d.message_id}>{sender}{to}"
     if d.size is not None:
@@ -214,7 +238,7 @@ def _describe(d: Delivered) -> str:
 
 
 def _interval_hint(copies: list[Copy], stalled: int) -> str:
-    times = [c.time for c in copies if c.time]
+    times = [t for t in (c.start or c.time for c in copies) if t is not None]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     if len(gaps) >= 2 and min(gaps) > 0 and max(gaps) <= 1.25 * min(gaps):
         return " The intervals are regular: the sender is retrying, it never saw a final reply."

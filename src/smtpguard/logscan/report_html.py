@@ -1,128 +1,296 @@
-"""``--html``: one self-contained file, a per-peer timeline (plotly) and the findings.
+"""``--html``: one small, offline file — an SVG timeline we draw ourselves, then tables.
 
-The chart has one row per peer (the peers with most findings, capped), time on the
-x axis, one marker style per kind; the copies of a duplicate are joined by a line so
-regular retry intervals show at a glance. plotly.js is embedded, so the report opens
-offline.
+The timeline answers "what happened to this message / this sender" at a glance:
+
+* one row per duplicated message: every copy is a bar from its session's connect to
+  its end (final reply, or the end of a stalled session), stalled copies red with
+  their 354 marked and a cross where the session died without a final reply, and
+  the interval between consecutive copies written above the gap — a regular cadence
+  is a sender's retry schedule, the Mailguard signature;
+* one row per sender (peer) with the other findings: stalled sessions as red bars,
+  EHLO refusals, masked banners, PIX rewrites and work-arounds as markers.
+
+All rows share one time axis, so re-sends line up. No script, no external resource:
+tooltips are SVG ``<title>`` elements. Sizes are capped (rows, copies, table rows).
 """
 
 from __future__ import annotations
 
 import html
-from collections import Counter
+import itertools
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from .model import Finding, Kind
+from .model import Copy, Finding, Kind
 from .scan import Result
+from .timefmt import human_delta
 
-MAX_PEERS = 40
+MAX_ROWS = 40
 MAX_TABLE_ROWS = 5000
-
-_STYLE = {
-    Kind.STALLED_DATA: ("x", "#d62728"),
-    Kind.DUPLICATE: ("circle", "#1f77b4"),
-    Kind.EHLO_REJECTED: ("triangle-up", "#ff7f0e"),
-    Kind.MASKED_BANNER: ("square", "#9467bd"),
-    Kind.PIX_WORKAROUND: ("diamond", "#8c564b"),
+WIDTH = 1100
+LABEL_W = 300
+PLOT_W = WIDTH - LABEL_W - 30
+ROW_H = 46
+TOP = 56
+MIN_BAR = 5  # px: a session of a few seconds on a day-long axis must still show
+DELIVERED = "#2b6cb0"
+STALLED = "#c53030"
+MARKERS = {
+    Kind.EHLO_REJECTED: ("#dd6b20", "EHLO refused 500/502"),
+    Kind.MASKED_BANNER: ("#6b46c1", "masked 220 banner"),
+    Kind.PIX_REWRITE: ("#975a16", "command rewritten by a PIX (XXXX → 500)"),
+    Kind.PIX_WORKAROUND: ("#2f855a", "Postfix PIX work-arounds on"),
 }
+_STEPS = [
+    timedelta(seconds=s)
+    for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
+] + [timedelta(hours=12), timedelta(days=1), timedelta(days=2), timedelta(days=7)]
 
 
-class HtmlUnavailable(Exception):
-    """plotly is not installed."""
+class _Row:
+    def __init__(self, label: str, title: str) -> None:
+        self.label = label
+        self.title = title
+        self.copies: list[Copy] = []
+        self.intervals = False  # label the gaps between consecutive bars
+        self.marks: list[Finding] = []
+        self.note = ""
 
 
-def figure_html(findings: list[Finding]) -> str:
-    try:
-        import plotly.graph_objects as go
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise HtmlUnavailable("--html needs plotly: pip install 'smtpguard[logscan]'") from exc
-    timed = [f for f in findings if f.time is not None]
-    peers = [p for p, _ in Counter(f.peer or "?" for f in timed).most_common(MAX_PEERS)]
-    shown = set(peers)
-    fig = go.Figure()
-    for kind, (symbol, color) in _STYLE.items():
-        xs, ys, texts = [], [], []
-        for f in timed:
-            if f.kind is not kind or kind is Kind.DUPLICATE or (f.peer or "?") not in shown:
-                continue
-            xs.append(f.time)
-            ys.append(f.peer or "?")
-            texts.append(f"{f.file}:{f.line}<br>{html.escape(f.detail[:200])}")
-        if xs:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="markers",
-                    name=str(kind),
-                    text=texts,
-                    hoverinfo="x+y+text",
-                    marker={"symbol": symbol, "size": 12, "color": color},
-                )
-            )
-    first_dup = True
-    for f in timed:
-        if f.kind is not Kind.DUPLICATE:
+def _rows(findings: list[Finding]) -> tuple[list[_Row], int]:
+    rows: list[_Row] = []
+    covered: set[tuple[str, int]] = set()  # stalls already drawn in a duplicate's row
+    for f in findings:
+        if f.kind is not Kind.DUPLICATE or not f.copies:
             continue
-        copies = [c for c in f.copies if c.time is not None]
-        ys = [c.peer or "?" for c in copies]
-        if not copies or not any(y in shown for y in ys):
+        desc = f.detail.split(" reached the end of data", 1)[0]
+        row = _Row(desc, f.detail)
+        row.copies = [c for c in f.copies if c.time is not None]
+        row.intervals = True
+        gaps = [(_when(b) - _when(a)).total_seconds() for a, b in itertools.pairwise(row.copies)]
+        if len(gaps) >= 2 and min(gaps) > 0 and max(gaps) <= 1.25 * min(gaps):
+            row.note = "regular intervals: a retry schedule"
+        covered.update((c.file, c.line) for c in row.copies)
+        rows.append(row)
+    per_peer: dict[str, _Row] = {}
+    for f in findings:
+        if f.kind is Kind.DUPLICATE or f.time is None:
             continue
-        fig.add_trace(
-            go.Scatter(
-                x=[c.time for c in copies],
-                y=ys,
-                mode="lines+markers",
-                name="duplicate (copies joined)",
-                legendgroup="duplicate",
-                showlegend=first_dup,
-                text=[f"copy {i + 1}: {c.file}:{c.line}" for i, c in enumerate(copies)],
-                hoverinfo="x+y+text",
-                marker={"symbol": "circle", "size": 10, "color": _STYLE[Kind.DUPLICATE][1]},
-                line={"color": _STYLE[Kind.DUPLICATE][1], "dash": "dot"},
+        peer = f.peer or "?"
+        if peer not in per_peer:
+            per_peer[peer] = _Row(peer, f"sender {peer}")
+        row = per_peer[peer]
+        if f.kind is Kind.STALLED_DATA:
+            for c in f.copies or (Copy(f.file, f.line, f.time, f.peer, True, f.start, f.time),):
+                if (c.file, c.line) not in covered:
+                    row.copies.append(c)
+        else:
+            row.marks.append(f)
+    ranked = sorted(per_peer.values(), key=lambda r: -(len(r.copies) + len(r.marks)))
+    rows += [r for r in ranked if r.copies or r.marks]
+    return rows[:MAX_ROWS], max(0, len(rows) - MAX_ROWS)
+
+
+def _when(c: Copy) -> datetime:
+    """When a copy's session began (its connect), else when its data ended."""
+    t = c.start or c.time
+    assert t is not None
+    return t
+
+
+def _span(rows: list[_Row]) -> tuple[datetime, datetime] | None:
+    times: list[datetime] = []
+    for r in rows:
+        for c in r.copies:
+            times += [t for t in (c.start, c.time, c.end) if t is not None]
+        times += [f.time for f in r.marks if f.time is not None]
+    if not times:
+        return None
+    lo, hi = min(times), max(times)
+    pad = max((hi - lo) * 0.03, timedelta(seconds=1))
+    return lo - pad, hi + pad
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def timeline_svg(findings: list[Finding]) -> str:
+    rows, hidden = _rows(findings)
+    span = _span(rows)
+    if span is None:
+        return '<p class="none">Nothing to draw: no finding carries a time.</p>'
+    lo, hi = span
+    total = (hi - lo).total_seconds()
+
+    def x(t: datetime) -> float:
+        return LABEL_W + (t - lo).total_seconds() / total * PLOT_W
+
+    height = TOP + ROW_H * len(rows) + 40
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="system-ui,sans-serif" font-size="12" '
+        f'role="img" aria-label="sessions per message and sender over time">'
+    ]
+    out += _axis(lo, hi, x, height)
+    for i, row in enumerate(rows):
+        y = TOP + i * ROW_H
+        if i % 2:
+            out.append(f'<rect x="0" y="{y}" width="{WIDTH}" height="{ROW_H}" fill="#f7f7f9"/>')
+        label = row.label if len(row.label) <= 44 else row.label[:43] + "…"
+        out.append(f'<text x="8" y="{y + 20}"><title>{_esc(row.title)}</title>{_esc(label)}</text>')
+        if row.note:
+            out.append(f'<text x="8" y="{y + 36}" fill="#555" font-size="11">{row.note}</text>')
+        out += _bars(row, y, x)
+        for f in row.marks:
+            color, what = MARKERS.get(f.kind, ("#444", str(f.kind)))
+            assert f.time is not None
+            cx, cy = x(f.time), y + 26
+            out.append(
+                f'<path d="M{cx:.1f} {cy - 7} L{cx + 7:.1f} {cy} L{cx:.1f} {cy + 7} '
+                f'L{cx - 7:.1f} {cy} Z" fill="{color}"><title>{_esc(what)} '
+                f"{f.time:%Y-%m-%d %H:%M:%S} {_esc(f.file)}:{f.line}&#10;"
+                f"{_esc(f.detail[:300])}</title></path>"
             )
+    if hidden:
+        out.append(
+            f'<text x="8" y="{height - 12}" fill="#555">{hidden} more rows not drawn '
+            f"(see the table below and --json)</text>"
         )
-        first_dup = False
-    fig.update_layout(
-        title="Findings per peer over time",
-        xaxis_title="time",
-        yaxis_title="peer",
-        yaxis={"categoryorder": "array", "categoryarray": list(reversed(peers))},
-        height=max(320, 40 * len(peers) + 160),
-        template="plotly_white",
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _axis(lo: datetime, hi: datetime, x: Callable[[datetime], float], height: int) -> list[str]:
+    step = next((s for s in _STEPS if (hi - lo) / s <= 10), _STEPS[-1])
+    out = [
+        f'<line x1="{LABEL_W}" y1="{TOP - 6}" x2="{LABEL_W + PLOT_W}" y2="{TOP - 6}" '
+        f'stroke="#999"/>'
+    ]
+    sec = int(step.total_seconds())
+    midnight = lo.replace(hour=0, minute=0, second=0, microsecond=0)
+    t = midnight + step * -(-(lo - midnight) // step)  # the first tick at or after lo
+    fmt = "%H:%M:%S" if sec < 60 else "%H:%M"
+    if hi - lo > timedelta(days=1):
+        fmt = "%m-%d %H:%M"
+    while t <= hi:
+        px = x(t)
+        out.append(
+            f'<line x1="{px:.1f}" y1="{TOP - 10}" x2="{px:.1f}" y2="{height - 30}" '
+            f'stroke="#e2e2e2"/>'
+        )
+        out.append(f'<text x="{px:.1f}" y="{TOP - 14}" text-anchor="middle">{t:{fmt}}</text>')
+        t += step
+    out.append(f'<text x="{LABEL_W}" y="16" font-weight="bold">{lo:%Y-%m-%d}</text>')
+    return out
+
+
+def _bars(row: _Row, y: int, x: Callable[[datetime], float]) -> list[str]:
+    out: list[str] = []
+    ordered = sorted(row.copies, key=_when)
+    prev: Copy | None = None
+    for c in ordered:
+        assert c.time is not None
+        start, end = c.start or c.time, c.end or c.time
+        x0, x1 = x(min(start, c.time)), x(max(end, c.time))
+        if x1 - x0 < MIN_BAR:
+            x1 = x0 + MIN_BAR
+        color = STALLED if c.stalled else DELIVERED
+        what = "stalled: 354, then no final reply" if c.stalled else "accepted (final 2xx)"
+        tip = (
+            f"{what}&#10;session {start:%H:%M:%S} to {end:%H:%M:%S}, DATA at "
+            f"{c.time:%H:%M:%S}&#10;{_esc(c.peer)} · {_esc(c.file)}:{c.line}"
+        )
+        out.append(
+            f'<rect x="{x0:.1f}" y="{y + 18}" width="{x1 - x0:.1f}" height="16" rx="2" '
+            f'fill="{color}" fill-opacity="{0.35 if c.stalled else 0.8}" stroke="{color}">'
+            f"<title>{tip}</title></rect>"
+        )
+        if c.stalled:
+            xd = x(c.time)
+            if xd < x1 - 3:  # the 354, when the log says when it was sent
+                out.append(
+                    f'<line x1="{xd:.1f}" y1="{y + 15}" x2="{xd:.1f}" y2="{y + 37}" '
+                    f'stroke="{STALLED}" stroke-width="2"/>'
+                )
+                out.append(
+                    f'<text x="{xd:.1f}" y="{y + 46}" text-anchor="middle" '
+                    f'fill="{STALLED}" font-size="10">354</text>'
+                )
+            out.append(
+                f'<path d="M{x1 - 4:.1f} {y + 22} l8 8 m0 -8 l-8 8" stroke="{STALLED}" '
+                f'stroke-width="2.5"><title>no final reply: the session ended here</title>'
+                f"</path>"
+            )
+        if row.intervals and prev is not None:
+            xa, xb = x(_when(prev)), x(_when(c))
+            mid = (xa + xb) / 2
+            out.append(
+                f'<path d="M{xa:.1f} {y + 12} V{y + 8} H{xb:.1f} V{y + 12}" fill="none" '
+                f'stroke="#555"/>'
+            )
+            out.append(
+                f'<text x="{mid:.1f}" y="{y + 6}" text-anchor="middle" font-size="11">'
+                f"{human_delta(_when(c) - _when(prev))}</text>"
+            )
+        prev = c
+    return out
+
+
+_LEGEND = (
+    f'<p class="legend"><span style="background:{DELIVERED}"></span>session, message '
+    f'accepted <span style="background:{STALLED};opacity:.6"></span>session stalled after '
+    f"354 (✕: ended with no final reply) "
+    + "".join(
+        f'<span style="background:{c};transform:rotate(45deg);width:9px;height:9px">'
+        f"</span>{_esc(w)} "
+        for c, w in MARKERS.values()
     )
-    return str(fig.to_html(full_html=False, include_plotlyjs=True))
+    + "· numbers above a message's bars: the time between its copies' sessions</p>"
+)
 
 
 def write(result: Result, path: Path) -> None:
-    chart = figure_html(result.findings)
+    chart = timeline_svg(result.findings)
     rows = []
     for f in result.findings[:MAX_TABLE_ROWS]:
         when = f"{f.time:%Y-%m-%d %H:%M:%S}" if f.time else "-"
         cells = (when, str(f.kind), f.peer or "-", f.session, f"{f.file}:{f.line}", f.detail)
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     counts = (
-        "".join(f"<li><b>{html.escape(k)}</b>: {n}</li>" for k, n in sorted(result.counts.items()))
+        "".join(f"<li><b>{_esc(k)}</b>: {n}</li>" for k, n in sorted(result.counts.items()))
         or "<li>no findings</li>"
     )
     files = "".join(
-        f"<li>{html.escape(f.file)} — {html.escape(f.format)}, {f.lines:,} lines, "
-        f"{f.sessions:,} sessions</li>"
+        f"<tr><td>{_esc(f.file)}</td><td>{_esc(f.format)}</td><td>{f.lines:,}</td>"
+        f"<td>{'-' if f.understood_share is None else f'{f.understood_share:.0%}'}</td>"
+        f"<td>{f.sessions:,}</td><td>{f.messages:,}</td></tr>"
         for f in result.files
     )
+    errors = "".join(f"<li>{_esc(e)}</li>" for e in result.errors)
+    errors = f'<h2>Not read</h2><ul class="err">{errors}</ul>' if errors else ""
     more = len(result.findings) - MAX_TABLE_ROWS
     note = f"<p>{more:,} more findings not listed; see --json.</p>" if more > 0 else ""
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>smtpguard logscan report</title>
 <style>
-body{{font-family:system-ui,sans-serif;margin:2em}}
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}}
+.legend span{{display:inline-block;width:22px;height:10px;margin:0 4px 0 12px}}
+.legend{{font-size:13px}} .err{{color:#c53030}}
 </style></head><body>
 <h1>smtpguard logscan</h1>
-<h2>Inputs</h2><ul>{files}</ul>
+<h2>Inputs</h2>
+<table><tr><th>file</th><th>format</th><th>lines</th><th>understood</th><th>sessions</th>
+<th>messages</th></tr>{files}</table>
+{errors}
 <h2>Findings</h2><ul>{counts}</ul>
+<h2>Timeline: sessions per message and per sender</h2>
+{_LEGEND}
 {chart}
+<h2>All findings</h2>
 <table><tr><th>time</th><th>kind</th><th>peer</th><th>session</th><th>where</th>
 <th>detail</th></tr>
 {"".join(rows)}

@@ -13,18 +13,48 @@ from .scan import Result
 MAX_ROWS = 50
 
 
+# Below this share of understood lines, say so: logscan may be half reading a variant.
+LOW_UNDERSTOOD = 0.5
+
+
 def render(result: Result, console: Console) -> None:
+    if not result.files:  # every input failed; the errors are on stderr already
+        console.print("[red]Nothing was scanned.[/red]")
+        return
     files = Table(title="Inputs", title_justify="left")
-    for col in ("file", "format", "lines", "sessions"):
-        files.add_column(col, justify="right" if col in ("lines", "sessions") else "left")
+    for col in ("file", "format", "lines", "understood", "sessions", "messages"):
+        files.add_column(col, justify="left" if col in ("file", "format") else "right")
     for st in result.files:
-        files.add_row(st.file, st.format, f"{st.lines:,}", f"{st.sessions:,}")
+        share = st.understood_share
+        files.add_row(
+            st.file,
+            st.format,
+            f"{st.lines:,}",
+            "-" if share is None else f"{share:.0%}",
+            f"{st.sessions:,}",
+            f"{st.messages:,}",
+        )
     console.print(files)
+    for st in result.files:
+        share = st.understood_share
+        if share is not None and share < LOW_UNDERSTOOD:
+            console.print(
+                f"[yellow]{st.file}: only {share:.0%} of its lines read as {st.format}; "
+                f"the rest was skipped (see --json lines_understood).[/yellow]"
+            )
 
     if not result.counts:
-        console.print(
-            f"[green]No findings.[/green] {result.deliveries:,} deliveries checked for duplicates."
-        )
+        if result.errors:
+            console.print(
+                f"[yellow]No findings in the {len(result.files)} input(s) read; "
+                f"{len(result.errors)} could not be read (errors above): no verdict on "
+                f"those.[/yellow]"
+            )
+        else:
+            console.print(
+                f"[green]No findings.[/green] {result.deliveries:,} deliveries checked "
+                f"for duplicates."
+            )
         return
     kinds = Table(title="Findings by kind and peer", title_justify="left")
     kinds.add_column("kind")

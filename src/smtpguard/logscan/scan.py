@@ -16,13 +16,14 @@ from types import ModuleType
 
 from . import formats
 from .dedupe import DEFAULT_WINDOW, DuplicateIndex
-from .formats import Context
-from .model import Delivered, Finding, Flag
+from .formats import Context, LineStats
+from .model import Copy, Delivered, Finding, Flag, Kind
 from .sessions import SessionTracker
 from .source import SNIFF_LINES, InputError, Source
 
 # Findings kept for the report; a pathological log cannot exhaust memory with them.
 MAX_FINDINGS = 100_000
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class FormatError(InputError):
@@ -46,6 +47,15 @@ class FileStats:
     bytes: int
     sessions: int
     open_in_data_at_end: int
+    lines_understood: int = 0
+    lines_other_programs: int = 0  # another program's lines in a shared syslog stream
+    messages: int = 0  # copies that reached the end of data (or stalled), loopback too
+
+    @property
+    def understood_share(self) -> float | None:
+        """Understood lines per line of this format (other programs' lines left out)."""
+        own = self.lines - self.lines_other_programs
+        return self.lines_understood / own if own > 0 else None
 
 
 @dataclass
@@ -62,6 +72,16 @@ class Result:
     window: timedelta = DEFAULT_WINDOW
 
     def summary(self) -> dict[str, object]:
+        formats: dict[str, dict[str, int]] = {}
+        for f in self.files:
+            agg = formats.setdefault(
+                f.format,
+                {"files": 0, "lines_read": 0, "lines_understood": 0, "lines_other_programs": 0},
+            )
+            agg["files"] += 1
+            agg["lines_read"] += f.lines
+            agg["lines_understood"] += f.lines_understood
+            agg["lines_other_programs"] += f.lines_other_programs
         return {
             "findings": len(self.findings) + self.dropped_findings,
             "by_kind": dict(sorted(self.counts.items())),
@@ -70,12 +90,16 @@ class Result:
                     "file": f.file,
                     "format": f.format,
                     "lines": f.lines,
+                    "lines_understood": f.lines_understood,
+                    "lines_other_programs": f.lines_other_programs,
                     "bytes": f.bytes,
                     "sessions": f.sessions,
+                    "messages": f.messages,
                     "open_in_data_at_end": f.open_in_data_at_end,
                 }
                 for f in self.files
             ],
+            "formats": formats,
             "deliveries": self.deliveries,
             "first_time": self.first_time.isoformat() if self.first_time else None,
             "last_time": self.last_time.isoformat() if self.last_time else None,
@@ -99,10 +123,14 @@ class Scanner:
         self._dedupe = DuplicateIndex(options.window)
         self._on_progress = on_progress
         self._registry: dict[str, ModuleType] = formats.registry()
+        self._filtered = options.since is not None or options.until is not None
 
     def scan(self, src: Source) -> None:
+        """Scan one input; raises InputError (FormatError) when it cannot be read."""
         lines = src.lines()
         head = list(itertools.islice(lines, SNIFF_LINES))
+        if head and head[0][1].startswith(UTF8_BOM):  # Notepad-edited logs, some exports
+            head[0] = (head[0][0], head[0][1][len(UTF8_BOM) :])
         fmt = self.options.format
         if fmt == "auto":
             detected = detect_format([raw for _, raw in head])
@@ -116,34 +144,59 @@ class Scanner:
             fmt = detected
         module = self._registry[fmt]
         tracker = SessionTracker(src.display)
-        ctx = Context(file=src.display, year=self.options.year)
+        stats = LineStats()
+        ctx = Context(file=src.display, year=self.options.year, stats=stats)
         stream = self._progress(itertools.chain(head, lines), src)
         delivered = self._delivered
+        copies = 0
         for ev in module.parse(stream, ctx):
             if isinstance(ev, Delivered):
+                copies += 1
                 delivered(src.display, ev)
             elif isinstance(ev, Flag):
                 self._add(
-                    Finding(ev.kind, src.display, ev.line, ev.time, ev.peer, ev.session, ev.detail)
+                    Finding(
+                        ev.kind,
+                        src.display,
+                        ev.line,
+                        ev.time,
+                        ev.peer,
+                        ev.session,
+                        ev.detail,
+                        _stall_copy(src.display, ev),
+                        ev.start,
+                    )
                 )
             else:
                 if ev.time is not None:
                     self._seen(ev.time)
                 for out in tracker.feed(ev):
                     if isinstance(out, Delivered):
+                        copies += 1
                         self._delivered(src.display, out)
                     else:
                         self._add(out)
         for _ in tracker.close():
             pass
+        other = stats.other
+        understood = max(0, src.lines_read - stats.unknown - other)
+        if src.lines_read and not understood:  # nothing read: never a clean bill for it
+            named = "" if self.options.format == "auto" else " (named with --format)"
+            raise FormatError(
+                f"{src.display}: none of its {src.lines_read:,} lines reads as the "
+                f"{fmt} format{named}; nothing was scanned"
+            )
         self.result.files.append(
             FileStats(
                 src.display,
                 fmt,
                 src.lines_read,
                 src.bytes_read,
-                tracker.sessions_seen,
+                tracker.sessions_seen + stats.sessions,
                 tracker.open_in_data_at_end,
+                understood,
+                other,
+                copies,
             )
         )
 
@@ -188,9 +241,14 @@ class Scanner:
         return (o.since is None or t >= o.since) and (o.until is None or t <= o.until)
 
     def _delivered(self, file: str, d: Delivered) -> None:
-        if d.time is not None:
-            self._seen(d.time)
-        if not self._in_range(d.time):
+        t = d.time
+        if t is not None:
+            r = self.result
+            if r.last_time is None or t > r.last_time:
+                r.last_time = t
+            if r.first_time is None or t < r.first_time:
+                r.first_time = t
+        if self._filtered and not self._in_range(t):
             return
         for f in self._dedupe.add(file, d):
             self._add(f)
@@ -205,3 +263,10 @@ class Scanner:
             self.result.findings.append(f)
         else:
             self.result.dropped_findings += 1
+
+
+def _stall_copy(file: str, ev: Flag) -> tuple[Copy, ...]:
+    """A stall a log states itself, as one (stalled) session for the timeline."""
+    if ev.kind is not Kind.STALLED_DATA:
+        return ()
+    return (Copy(file, ev.line, ev.time, ev.peer, True, ev.start, ev.time),)

@@ -7,7 +7,9 @@ of verbs awaiting an answer, RFC 5321 §4.2 with pipelining, RFC 2920). A final 
 puts the session in *data* state; the next final reply ends the transaction. A
 session that closes while still in data state is a ``stalled_data`` finding: the
 server never answered the end of data — exactly what Mailguard did when CRLF.CRLF
-was split across segments.
+was split across segments. A command whose verb is only ``X``s (``XXXX``) answered
+500 is the command a PIX/ASA overwrote because it does not allow it (EHLO, AUTH,
+STARTTLS…): ``pix_rewrite``, once per session.
 
 Only *open* sessions are kept; closing one frees it, so memory is bounded by the
 number of concurrent sessions in the log, not by its size. A session left in data
@@ -17,6 +19,7 @@ it is only counted.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,6 +30,7 @@ from . import rules
 from .model import (
     ClientCommand,
     Connect,
+    Copy,
     DataSize,
     Delivered,
     Disconnect,
@@ -41,6 +45,9 @@ from .model import (
 MAX_PENDING = 128
 # Lines of a multi-line greeting kept for the banner check.
 MAX_BANNER_LINES = 20
+# PIX 7.x / ASA overwrite a command they do not allow with as many X as it has
+# letters (6.x: with NOOP, which a log cannot tell from a real NOOP).
+_REWRITTEN = re.compile(r"X{4,}")
 
 Output = Finding | Delivered
 
@@ -56,16 +63,20 @@ class _Session:
         "message_id",
         "peer",
         "pending",
+        "pix_flagged",
         "rcpt_to",
         "sid",
         "side",
         "size",
+        "start",
     )
 
-    def __init__(self, sid: str, peer: str, side: Side) -> None:
+    def __init__(self, sid: str, peer: str, side: Side, start: datetime | None) -> None:
         self.sid = sid
         self.peer = peer
         self.side = side
+        self.start = start
+        self.pix_flagged = False
         self.pending: deque[tuple[str, str]] = deque(maxlen=MAX_PENDING)
         self.banner: list[str] = []
         self.banner_done = False
@@ -75,7 +86,7 @@ class _Session:
         self.reset()
 
     def reset(self) -> None:
-        self.mail_from = ""
+        self.mail_from: str | None = None
         self.rcpt_to: list[str] = []
         self.size: int | None = None
         self.message_id = ""
@@ -97,18 +108,22 @@ class SessionTracker:
             old = self._open.pop(ev.session, None)
             if old is not None:
                 yield from self._close(old, ev.line, ev.time)
-            self._open[ev.session] = _Session(ev.session, ev.peer, ev.side)
+            self._open[ev.session] = _Session(ev.session, ev.peer, ev.side, ev.time)
             self.sessions_seen += 1
         elif isinstance(ev, Disconnect):
             s = self._open.pop(ev.session, None)
             if s is not None:
                 yield from self._close(s, ev.line, ev.time)
         elif isinstance(ev, ClientCommand):
-            self._command(self._get(ev.session), ev)
+            self._command(self._get(ev.session, ev.time), ev)
         elif isinstance(ev, ServerReply):
-            yield from self._reply(self._get(ev.session), ev)
+            greeting = ev.reply.code == 220 and ev.session not in self._open
+            s = self._get(ev.session, ev.time)
+            if greeting:  # a log that starts at the greeting has no connect line
+                s.banner_done = False
+            yield from self._reply(s, ev)
         elif isinstance(ev, DataSize):
-            s = self._get(ev.session)
+            s = self._get(ev.session, ev.time)
             s.size = ev.size
             if ev.message_id:
                 s.message_id = ev.message_id
@@ -125,10 +140,10 @@ class SessionTracker:
     def open_sessions(self) -> int:
         return len(self._open)
 
-    def _get(self, sid: str) -> _Session:
+    def _get(self, sid: str, time: datetime | None) -> _Session:
         s = self._open.get(sid)
         if s is None:  # log started mid-session, or the format has no connect line
-            s = self._open[sid] = _Session(sid, "", Side.RECEIVING)
+            s = self._open[sid] = _Session(sid, "", Side.RECEIVING, time)
             s.banner_done = True
             self.sessions_seen += 1
         return s
@@ -167,6 +182,9 @@ class SessionTracker:
         elif verb == "EHLO" and r.code in rules.EHLO_REJECT_CODES and not s.ehlo_flagged:
             s.ehlo_flagged = True
             yield self._finding(Kind.EHLO_REJECTED, ev, s, _ehlo_detail(s, r.code, r.text))
+        elif r.code in rules.EHLO_REJECT_CODES and not s.pix_flagged and _REWRITTEN.fullmatch(verb):
+            s.pix_flagged = True
+            yield self._finding(Kind.PIX_REWRITE, ev, s, _rewrite_detail(verb, args))
         elif verb == "RCPT" and 200 <= r.code < 300:
             path = parse_path(args, "TO")
             if path is not None:
@@ -184,6 +202,8 @@ class SessionTracker:
                 mail_from=s.mail_from,
                 rcpt_to=tuple(s.rcpt_to),
                 size=s.size,
+                start=s.start,
+                end=ev.time,
             )
         s.reset()
 
@@ -204,8 +224,19 @@ class SessionTracker:
                 f"ended{when} (line {line}); the end-of-data CRLF.CRLF never got an "
                 f"answer (Mailguard signature) — the sender times out and re-sends"
             )
-        yield Finding(Kind.STALLED_DATA, self.file, s.data_line, s.data_time, s.peer, s.sid, detail)
-        if s.mail_from or s.rcpt_to or s.message_id:
+        yield Finding(
+            Kind.STALLED_DATA,
+            self.file,
+            s.data_line,
+            s.data_time,
+            s.peer,
+            s.sid,
+            detail,
+            (Copy(self.file, s.data_line, s.data_time, s.peer, True, s.start, time),),
+            s.start,
+            s.mail_from,
+        )
+        if s.mail_from is not None or s.rcpt_to or s.message_id:
             yield Delivered(
                 line=s.data_line,
                 time=s.data_time,
@@ -216,11 +247,13 @@ class SessionTracker:
                 rcpt_to=tuple(s.rcpt_to),
                 size=s.size,
                 stalled=True,
+                start=s.start,
+                end=time,
             )
         s.reset()
 
     def _finding(self, kind: Kind, ev: ServerReply, s: _Session, detail: str) -> Finding:
-        return Finding(kind, self.file, ev.line, ev.time, s.peer, s.sid, detail)
+        return Finding(kind, self.file, ev.line, ev.time, s.peer, s.sid, detail, (), s.start)
 
 
 def _size_param(params: str) -> int | None:
@@ -250,4 +283,14 @@ def _ehlo_detail(s: _Session, code: int, text: str) -> str:
         f"EHLO was answered {code} {text.strip()!r}: ESMTP is filtered on this path "
         f"(Mailguard 'fixup protocol smtp' behaviour); clients fall back to HELO and "
         f"lose SIZE, 8BITMIME, PIPELINING and STARTTLS"
+    )
+
+
+def _rewrite_detail(verb: str, args: str) -> str:
+    what = f" (its argument {args!r} survived)" if args else ""
+    return (
+        f"the client's command reached the server as {verb!r}{what} and was refused 500: "
+        f"a PIX/ASA Mailguard-style filter overwrote a command it does not allow (EHLO "
+        f"as XXXX is the KB article's signature); the client falls back to HELO and "
+        f"loses SIZE, 8BITMIME, PIPELINING and STARTTLS"
     )

@@ -131,3 +131,62 @@ def write(out: BinaryIO, size_bytes: int, **kw: object) -> Planted:
             buf.clear()
     out.write("".join(buf).encode())
     return planted
+
+
+def mailguard_iis(
+    retries: int = 5,
+    interval: timedelta = timedelta(minutes=30),
+    start: datetime = datetime(2024, 2, 7, 17, 0, 0),
+) -> str:
+    """An IIS W3C SMTP log of the KB article's case, for the HTML report and its test.
+
+    A sender behind a PIX Mailguard (its EHLO arrives as ``xxxx`` and gets 500) sends
+    one message; the end of data never reaches the server, the session times out
+    (win32 10060) and the sender re-sends every ``interval``: ``retries`` re-sends,
+    the last one accepted. Two other senders' messages go through in between.
+    """
+    fields = (
+        "#Software: Microsoft Internet Information Services 6.0\n#Version: 1.0\n"
+        "#Date: 2024-02-07 17:00:00\n#Fields: date time c-ip cs-username s-sitename "
+        "s-computername s-ip s-port cs-method cs-uri-stem cs-uri-query sc-status "
+        "sc-win32-status sc-bytes cs-bytes time-taken cs-version cs-host cs(User-Agent) "
+        "cs(Cookie) cs(Referer)\n"
+    )
+    out = [fields]
+
+    def row(
+        t: datetime,
+        ip: str,
+        user: str,
+        verb: str,
+        query: str,
+        status: str,
+        win32: str,
+        size: int = 0,
+    ) -> None:
+        out.append(
+            f"{t:%Y-%m-%d %H:%M:%S} {ip} {user} SMTPSVC1 MX1 192.0.2.25 0 {verb} - "
+            f"{query} {status} {win32} 40 {size} 0 SMTP - - - -\n"
+        )
+
+    def session(t: datetime, ip: str, host: str, mid: str, pix: bool, stall: bool) -> None:
+        if pix:
+            row(t, ip, "-", "xxxx", f"+{host}", "500", "0")
+        row(t, ip, host, "HELO", f"+{host}", "250", "0")
+        row(t + timedelta(seconds=1), ip, host, "MAIL", f"+FROM:<billing@{host}>", "250", "0")
+        row(t + timedelta(seconds=1), ip, host, "RCPT", "+TO:<ap@domain2.example>", "250", "0")
+        if stall:  # IIS writes the DATA line when the session times out, minutes later
+            row(t + timedelta(minutes=10), ip, host, "DATA", f"+<{mid}>", "0", "10060", 48211)
+        else:
+            row(t + timedelta(seconds=3), ip, host, "DATA", f"+<{mid}>", "250", "0", 48211)
+            row(t + timedelta(seconds=3), ip, host, "QUIT", f"+{host}", "240", "0")
+
+    partner = ("203.0.113.25", "mail.partner.example")
+    mid = "invoice-4711.20240207@partner.example"
+    for i in range(retries + 1):
+        t = start + interval * i
+        session(t, *partner, mid, pix=True, stall=i < retries)
+        if i in (1, 3):
+            other = (f"198.51.100.{i}", f"mx{i}.other.example")
+            session(t + timedelta(minutes=12), *other, f"m{i}@other.example", False, False)
+    return "".join(out)

@@ -91,28 +91,39 @@ def parse_ims(date: str, clock: str, ampm: str) -> datetime | None:
 class SyslogClock:
     """Classic syslog stamps (``Feb  7 17:01:20``) carry no year.
 
-    The year starts at ``year`` (default: the current one) and advances when the
-    month goes backwards (December → January), as a rotated maillog does. Fields
-    come as the bytes of the log line: a maillog is read without decoding.
+    The year starts at ``year`` (default: the current one). Each stamp gets the year
+    that puts its month within six months of the latest month seen so far in the
+    current year: a month more than six before it starts a new year (a maillog
+    rotated over December → January), one more than six after it belongs to the
+    year before (a line out of order, a log pasted newest first) and moves nothing.
+    Unsorted input therefore cannot make the year drift; sorted input rolls over as
+    before. Fields come as the bytes of the log line: a maillog is read undecoded.
     """
 
-    __slots__ = ("_last_month", "_year")
+    __slots__ = ("_latest", "_year")
 
     def __init__(self, year: int | None = None) -> None:
         self._year = year or datetime.now().year
-        self._last_month = 0
+        self._latest = 0  # latest month seen in the current year; 0: none yet
 
     def parse(self, mon: bytes, day: bytes, clock: bytes) -> datetime | None:
         """``b"Feb"``, ``b" 7"``, ``b"17:01:20"`` (a fraction of a second is dropped)."""
         month = _MONTHS_B.get(mon)
         if month is None:
             return None
-        if month < self._last_month - 6:
-            self._year += 1
-        self._last_month = month
+        year, latest = self._year, self._latest
+        if not latest:
+            self._latest = month
+        elif month < latest - 6:
+            year = self._year = year + 1
+            self._latest = month
+        elif month > latest + 6:
+            year -= 1
+        elif month > latest:
+            self._latest = month
         try:
             h, mi, s = clock.split(b":")
-            return datetime(self._year, month, int(day), int(h), int(mi), int(s.partition(b".")[0]))
+            return datetime(year, month, int(day), int(h), int(mi), int(s.partition(b".")[0]))
         except ValueError:
             return None
 

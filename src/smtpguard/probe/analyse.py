@@ -525,7 +525,7 @@ def pipelined_data_check(first: Reply | None, rest: Sequence[Reply], error: str 
     codes = [r.code for r in rest]
     shown = ", ".join(reply_summary(r) for r in rest) or "none"
     data = {"replies": [reply_summary(r) for r in (first, *rest)]}
-    if len(rest) == 4 and all(r.positive or r.code == 354 for r in rest):
+    if 354 in codes and any(r.positive for r in rest[codes.index(354) + 1 :]):
         return Check(
             "pipelined-data",
             Verdict.INFO,

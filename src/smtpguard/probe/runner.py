@@ -330,7 +330,7 @@ async def pipelined_data(opts: ProbeOptions) -> Check:
         try:
             await client.send(first + END_OF_DATA + second + END_OF_DATA)
             reply = await client.read_reply()
-            rest = await _more_replies(client, opts.smuggle_wait, 4)
+            rest = await _more_replies(client, opts.smuggle_wait, MAX_SMUGGLE_REPLIES - 1)
         except ProbeError as exc:
             return analyse.pipelined_data_check(reply, rest, f"session ended: {exc}")
         return analyse.pipelined_data_check(reply, rest, None)

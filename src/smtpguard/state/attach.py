@@ -28,6 +28,23 @@ def needed(settings: Settings) -> bool:
     return a.max_sessions_per_ip > 0 or a.connection_rate > 0 or settings.dedupe.enabled
 
 
+def describe(settings: Settings) -> str | None:
+    """The start-up block's line: which store, for what; None when none is used."""
+    if not needed(settings):
+        return None
+    from smtpguard.state.redis_store import redacted
+    from smtpguard.state.sqlite_store import database_path
+
+    st = settings.state
+    where = f"local {database_path(st.directory).absolute()}" if st.is_local else redacted(st.url)
+    uses = []
+    if settings.access.max_sessions_per_ip > 0 or settings.access.connection_rate > 0:
+        uses.append("per-address limits")
+    if settings.dedupe.enabled:
+        uses.append(f"dedupe ({settings.dedupe.window:g}s window)")
+    return f"{where}: {', '.join(uses)}"
+
+
 def prepare_for(settings: Settings) -> None:
     """Before forking; raises CliError (one line) if the store cannot be used."""
     from smtpguard.cli import CliError

@@ -110,10 +110,12 @@ class SqliteStore(Store):
             self._conn = _connect(self.path)
         conn = self._conn
         now = self._clock()
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write:  # one SELECT: atomic by itself, and WAL readers never wait
+            return fn(conn, now)
+        conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, now)
-            if write and now - self._purged >= PURGE_EVERY:
+            if now - self._purged >= PURGE_EVERY:
                 self._purged = now
                 for table in ("leases", "buckets", "kv"):
                     conn.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,))

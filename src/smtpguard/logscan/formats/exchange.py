@@ -5,12 +5,15 @@ remote-endpoint, event, data, context``. Events: ``+`` connect, ``-`` disconnect
 ``<`` received, ``>`` sent, ``*`` information. In a Receive log ``<`` is the
 client's command and ``>`` our reply; in a Send log it is the other way round
 (``#Log-type: SMTP Send Protocol Log``). Both meet the same session model, so a
-354 with no final reply before ``-`` is a stall on either side.
+354 with no final reply before ``-`` is a stall on either side. A log without its
+header (an excerpt) is recognised by its rows and read as a Receive log; rows with an
+empty event field (Exchange writes some) and blank lines between rows are skipped.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 
 from smtpguard.core.grammar import parse_command, parse_reply_line
@@ -18,7 +21,7 @@ from smtpguard.core.grammar import parse_command, parse_reply_line
 from .. import rules
 from ..model import ClientCommand, Connect, Disconnect, Event, ServerReply, Side
 from ..timefmt import parse_iso
-from . import Context, Lines
+from . import Context, Lines, RecentIds
 
 NAME = "exchange"
 _DEFAULT_FIELDS = [
@@ -34,19 +37,37 @@ _DEFAULT_FIELDS = [
 ]
 
 
+_EVENTS = frozenset({"+", "-", "<", ">", "*", ""})
+_ROW = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?,[^,]*,[0-9A-Za-z]{8,},\d+,")
+
+
 def sniff(lines: list[bytes]) -> int:
     score = 0
-    for raw in lines[:40]:
+    for raw in lines[:60]:
         if (raw.startswith(b"#Log-type: SMTP ") and b"Protocol Log" in raw) or raw.startswith(
             b"#Fields: date-time,connector-id,session-id"
         ):
             score += 30
+        elif _ROW.match(raw):
+            values = _values(raw)
+            if len(values) > 6 and values[6] in _EVENTS:
+                score += 10
     return score
 
 
+def _values(raw: bytes) -> list[str]:
+    text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+    try:
+        return next(csv.reader([text]))
+    except (csv.Error, StopIteration):
+        return []
+
+
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
     fields = _DEFAULT_FIELDS
     side = Side.RECEIVING
+    seen = RecentIds()  # sessions already opened (a log may start mid-session)
     for no, raw in lines:
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         if text.startswith("#"):
@@ -55,22 +76,25 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             elif text.startswith("#Log-type:"):
                 side = Side.SENDING if "Send" in text else Side.RECEIVING
             continue
-        if not text:
+        if not text.strip():
             continue
         try:
             values = next(csv.reader([text]))
         except (csv.Error, StopIteration):
-            continue
+            values = []
         row = dict(zip(fields, values, strict=False))
+        if row.get("event", "?").strip() not in _EVENTS or not row.get("session-id"):
+            stats.unknown += 1
+            continue
         sid = row.get("session-id", "")
         time = parse_iso(row.get("date-time", ""))
         event = row.get("event", "")
         data = row.get("data", "")
-        if event == "+":
+        if seen.add(sid) or event == "+":
             remote = row.get("remote-endpoint", "")
             peer = remote if side is Side.SENDING else rules.strip_port(remote)
             yield Connect(no, time, sid, peer, side)
-        elif event == "-":
+        if event == "-":
             yield Disconnect(no, time, sid)
         elif event in ("<", ">"):
             from_client = (event == "<") == (side is Side.RECEIVING)

@@ -10,6 +10,11 @@ The log has no session id; a session is a client IP (inbound) or a remote server
 IP (outbound), ended by QUIT. A DATA line carries the Message-ID (``cs-uri-query``)
 and size (``cs-bytes``); one whose status is not a final reply code, or whose
 ``sc-win32-status`` is a time-out/reset, is a 354 that never got a final reply.
+IIS writes the DATA line once the transfer is over; a log configured without the
+``sc-status`` column (IIS 7's default SMTP fields) does not say what was answered,
+so such a DATA line is read as accepted unless ``sc-win32-status`` names a time-out
+or a reset. IIS logs one line of each outbound response (the first of a multi-line
+one), so every ``OutboundConnectionResponse`` is a complete reply.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def _plus(value: str) -> str:
 
 
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
     fields: list[str] = []
     open_in: dict[str, bool] = {}  # client ips with an open session
     open_out: dict[str, bool] = {}  # remote ip → QUIT sent
@@ -51,9 +57,13 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             if text.startswith("#Fields:"):
                 fields = text[len("#Fields:") :].split()
             continue
-        if not fields or not text.strip():
+        if not text.strip():
             continue
-        row = dict(zip(fields, text.split(" "), strict=False))
+        values = text.split(" ")
+        if not fields or len(values) < len(fields) - 1:
+            stats.unknown += 1
+            continue
+        row = dict(zip(fields, values, strict=False))
         time = parse_iso(f"{row.get('date', '')}T{row.get('time', '')}") if "date" in row else None
         ip = row.get("c-ip", "-")
         user = row.get("cs-username", "-")
@@ -63,7 +73,9 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             sid = f"out:{ip}"
             reply = parse_reply_line(query.encode("utf-8", "surrogateescape"))
             if reply is None:
+                stats.unknown += 1
                 continue
+            reply = ReplyLine(reply.code, True, reply.text)  # see the module docstring
             if ip not in open_out or (reply.code == 220 and open_out[ip]):
                 if ip in open_out:
                     yield Disconnect(no, time, sid)
@@ -82,6 +94,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             continue
         cmd = parse_command(f"{method} {query}".strip().encode("utf-8", "surrogateescape"))
         if cmd is None:
+            stats.unknown += 1
             continue
         sid = f"in:{ip}"
         if ip not in open_in:
@@ -89,9 +102,11 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             yield Connect(no, time, sid, peer)
             open_in[ip] = True
         yield ClientCommand(no, time, sid, cmd)
-        status = row.get("sc-status", "-")
-        code = int(status) if status.isdigit() else 0
+        status = row.get("sc-status")
         win32 = row.get("sc-win32-status", "0")
+        if status is None:  # no such column: the outcome is not logged (docstring)
+            status = "250" if cmd.verb == "DATA" and win32 not in _TIMEOUT_WIN32 else "-"
+        code = int(status) if status.isdigit() else 0
         if cmd.verb == "DATA":
             yield ServerReply(no, time, sid, ReplyLine(354, True, ""))
             size = row.get("cs-bytes", "-")

@@ -10,7 +10,9 @@ Sessions are delimited by "A connection was accepted from"; the log has no sessi
 id, so a session is named after the line that opened it (``@12``). A multi-line
 reply is either one ``>>>`` entry per line or a ``>>> 250-...`` entry followed by
 bare continuation lines; a bare line is accepted only right after a non-final reply
-line, so prose pasted around a log excerpt is skipped, not parsed.
+line, so prose pasted around a log excerpt is skipped, not parsed (and
+counted as not understood). ``<<< IO: |…`` lines are the service's raw echo of
+what the client sent; the ``<<<`` line after it is the command.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def sniff(lines: list[bytes]) -> int:
 
 
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
     session = ""
     continuation = False  # the previous entry was a non-final reply line
     last_time = None
@@ -53,6 +56,8 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                     yield ServerReply(no, last_time, session, r)
                     continue
             continuation = False
+            if raw.strip():
+                stats.unknown += 1
             continue
         time = parse_ims(m.group(1).decode(), m.group(2).decode(), m.group(3).decode())
         last_time = time
@@ -64,7 +69,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             session = f"@{no}"
             peer = body[len(_ACCEPTED) :].strip().decode("utf-8", "surrogateescape")
             yield Connect(no, time, session, peer)
-        elif not session:
+        elif not session or body.startswith(b"<<< IO: "):  # IO: the raw echo
             continue
         elif body.startswith(b"<<< "):
             cmd = parse_command(body[4:])

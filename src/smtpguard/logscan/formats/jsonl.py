@@ -20,7 +20,7 @@ from typing import Any
 from smtpguard.core.grammar import ReplyLine, parse_command, parse_reply_line
 
 from .. import rules
-from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply
+from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, Flag, Kind, ServerReply
 from ..timefmt import parse_iso
 from . import Context, Lines
 
@@ -50,9 +50,12 @@ def _load(raw: bytes) -> dict[str, Any] | None:
 
 
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
     for no, raw in lines:
         obj = _load(raw)
-        if obj is None:
+        if obj is None or "event" not in obj:
+            if raw.strip():
+                stats.unknown += 1
             continue
         session = str(obj.get("session", ""))
         event = obj.get("event")
@@ -76,6 +79,9 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             size = obj.get("size")
             if isinstance(size, int):
                 yield DataSize(no, time, session, size)
+        elif event == "policy" and obj.get("id") == "SG-DEDUPE-SUPPRESSED":
+            # The gateway answered a re-sent copy itself ([dedupe], docs/events.md).
+            yield Flag(no, time, session, "", Kind.SUPPRESSED, str(obj.get("message", "")))
 
 
 def _reply(obj: dict[str, Any]) -> ReplyLine | None:

@@ -2,23 +2,36 @@
 
 Postfix logs outcomes, not the dialogue, so this parser states findings itself:
 
-* smtpd ``timeout after DATA`` / ``lost connection after DATA`` — the client got 354
-  and the session ended with no end of data: ``stalled_data`` (receiving side);
+* smtpd ``timeout after DATA (N bytes)`` / ``lost connection after DATA (N bytes)``,
+  with Postfix >= 3.10's ``NOQUEUE:`` or queue-id prefix — the client got 354 and
+  the session ended with no end of data: ``stalled_data`` (receiving side). The
+  byte count is the proof: smtpd.c writes it only in the "DATA content" state,
+  i.e. after its 354. Without it (``lost connection after DATA from …``) the DATA
+  command itself failed and no 354 was sent. Postfix before 2.7 wrote the count
+  after a refused DATA as well (HISTORY 2009: "log (approximately XX bytes) only if
+  Postfix actually accepted the DATA command"), so a session whose connect we saw,
+  whose recipients were rejected (``NOQUEUE: reject: RCPT``) and that never logged
+  ``client=`` (smtpd logs it when it opens the queue file for the first accepted
+  recipient; no recipient, no 354) is not a stall either;
 * smtp ``... while sending end of data -- message may be sent more than once`` — we
   sent CRLF.CRLF and never got the final reply: ``stalled_data`` (sending side);
 * smtp ``enabling PIX workarounds`` — the remote banner looked masked:
   ``pix_workaround``.
 
 Deliveries for the duplicate index come from the queue-id trail: smtpd
-``client=`` (receipt time and peer) ↔ cleanup ``message-id=`` ↔ qmgr ``from=, size=``
-↔ delivery agents' ``to=`` ↔ qmgr ``removed``. On the sending side every smtp
-attempt that reached end of data (``status=sent`` or a stall) is one copy.
+``client=`` (receipt time and peer; ``orig_client=`` when a content filter
+re-injects) ↔ cleanup ``message-id=`` ↔ qmgr ``from=, size=`` ↔ delivery agents'
+``to=`` ↔ qmgr ``removed``. On the sending side every smtp attempt that reached end
+of data (``status=sent`` or a stall) is one copy. Sessions are smtpd ``connect
+from`` lines.
 
 Hot path: one compiled bytes regex per line reads the stamp, daemon, pid and queue
 id together; the field regexes then match in place from that offset (no slicing,
 no decoding) and only on lines whose daemon and keyword can yield something. Text
 is decoded only for what goes into an event. Stamps are parsed once per distinct
-second. Pending queue ids are capped.
+second. Only lines that none of the branches takes meet the "known line" regex
+that tells a line we skip on purpose from one we do not understand. Pending queue
+ids and open smtpd sessions are capped.
 """
 
 from __future__ import annotations
@@ -34,30 +47,81 @@ from . import Context, Lines
 NAME = "postfix"
 # Queue ids waiting for "removed"; a truncated log must not grow this forever.
 MAX_PENDING_QUEUE_IDS = 100_000
+# smtpd processes with an open session (connect seen, disconnect not yet).
+MAX_OPEN_SESSIONS = 100_000
 
-# Possessive quantifiers: a line that is not Postfix's fails without backtracking.
-_HEAD = re.compile(
+_STAMP = (
     rb"([A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?"
     rb"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
-    rb" \S++ postfix[\w.-]*+/(?:[\w.-]++/)?([\w-]++)\[(\d++)\]: "
+)
+# Possessive quantifiers: a line that is not Postfix's fails without backtracking.
+_HEAD = re.compile(
+    _STAMP + rb" \S++ postfix[\w.-]*+/(?:[\w.-]++/)?([\w-]++)\[(\d++)\]: "
     # Queue id: short (hex) or long (enable_long_queue_ids, base 52 without vowels).
     rb"(?:([0-9A-F]{6,}+|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}+): )?"
 )
-_STALL_IN = re.compile(rb"(timeout|lost connection) after DATA(?: \((\d+) bytes\))? from (\S+)")
-_STALL_IN_PREFIX = (b"timeout after DATA", b"lost connection after DATA")
+# Any other program's line in the same syslog stream (amavis, dovecot, postgrey…).
+_OTHER = re.compile(_STAMP + rb" \S++ [^\s:\[]++(?:\[\d++\])?: ")
+_STALL_IN = re.compile(
+    rb"(?:NOQUEUE: )?(timeout|lost connection) after DATA \((\d+) bytes\) from (\S+)"
+)
+_STALL_IN_PREFIX = (b"timeout after DATA (", b"lost connection after DATA (")
 _CLIENT = re.compile(rb"client=([^,\s]+)")
+_ORIG_CLIENT = b", orig_client="
 _MSGID = re.compile(rb"message-id=<?([^>\s]*)>?")
 _FROM = re.compile(rb"from=<([^>]*)>, size=(\d+)")
 _TO = re.compile(rb"to=<([^>]*)>,(?: orig_to=<[^>]*>,)? relay=([^,\s]+).*?status=(\w+)")
+_TO_RCPT = re.compile(rb"to=<([^>]*)>")
 _PIX = re.compile(rb"enabling PIX workarounds: (.*?) for (\S+)")
 _END_OF_DATA = b"while sending end of data -- message may be sent more than once"
+# Lines this parser reads past on purpose (the shapes docs/logscan.md lists).
+_KNOWN = re.compile(
+    rb"(?:warning|fatal|panic|error|statistics|NOQUEUE|reject|reject_warning|milter-\w+"
+    rb"|hold|discard|filter|redirect|info|replace|prepend|proxy-accept|proxy-reject"
+    rb"|client|uid|message-id|resent-message-id|from|to|removed|expired"
+    rb"|sender (?:non-)?delivery(?: status)? notification|enabling PIX"
+    rb"|(?:dis)?connect (?:from|to)|lost connection|timeout|too many errors|improper"
+    rb"|setting up TLS|(?:Anonymous|Trusted|Untrusted|Verified) TLS|SSL_\w+ error|TLS"
+    rb"|host \S+ (?:said|refused)|conversation with|daemon started|terminating"
+    rb"|reload|refreshing|starting|stopping|CONNECT from|DISCONNECT|PASS (?:NEW|OLD)"
+    rb"|HANGUP|PREGREET|DNSBL rank|COMMAND|NON-SMTP|BARE NEWLINE|(?:WHITE|BLACK|ALLOW|DENY)"
+    rb"LISTED|addr \S+ listed by|cache \S+ full cleanup|status=|sasl|postfix-script"
+    rb"|mail forwarding loop|Server certificate|certificate|Connection|table|dict_\w+"
+    rb"|bounce|defer|trace|verify|flush|lookup|connect to|Untrusted|Trusted)\b"
+)
+
+
+class _Open:
+    """An smtpd session between its connect and disconnect lines."""
+
+    __slots__ = ("client", "rejected", "start")
+
+    def __init__(self, start: datetime | None) -> None:
+        self.start = start
+        self.client = False  # a client= line since the connect: a recipient was accepted
+        self.rejected = False  # a recipient was rejected
 
 
 class _Queued:
-    __slots__ = ("line", "message_id", "peer", "rcpt_to", "sender", "session", "size", "time")
+    __slots__ = (
+        "line",
+        "message_id",
+        "peer",
+        "queued",
+        "rcpt_to",
+        "sender",
+        "session",
+        "size",
+        "start",
+        "time",
+    )
 
-    def __init__(self, line: int, time: datetime | None, peer: str, session: str) -> None:
+    def __init__(
+        self, line: int, time: datetime | None, peer: str, session: str, start: datetime | None
+    ) -> None:
         self.line, self.time, self.peer, self.session = line, time, peer, session
+        self.start = start  # the smtpd connect, if seen
+        self.queued: datetime | None = None  # qmgr took it: the message was accepted
         self.message_id = ""
         self.sender: str | None = None
         self.size: int | None = None
@@ -85,104 +149,194 @@ def _time(clock: SyslogClock, stamp: bytes) -> datetime | None:
 
 
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
     clock = SyslogClock(ctx.year)
     head = _HEAD.match
+    known = _KNOWN.match
     stamp_key = b"\0"  # never a prefix of a line the regex matched
+    minute = b""  # the last classic stamp's minute, and its time
+    minute_time: datetime | None = None
     time: datetime | None = None
     queue: dict[bytes, _Queued] = {}
     msgids: dict[bytes, str] = {}  # queue id → Message-ID, for outbound copies
+    smtpd: dict[bytes, _Open] = {}  # smtpd pid → its open session
     last_stall = b""
-    for no, raw in lines:
-        m = head(raw)
-        if m is None:
-            continue
-        if not raw.startswith(stamp_key):  # the previous line's stamp and host
-            stamp_key = raw[: m.start(2)]
-            time = _time(clock, m.group(1))
-        daemon, qid = m.group(2, 4)
-        pos = m.end()
-        if qid is None:
-            if daemon == b"smtpd" and raw.startswith(_STALL_IN_PREFIX, pos):
-                st = _STALL_IN.match(raw, pos)
-                if st is not None:
-                    yield _stall_in(no, time, _session(raw, m), st)
-            continue
-        if daemon == b"smtpd":
-            c = _CLIENT.match(raw, pos)
-            if c is not None:
-                old = queue.pop(qid, None)
-                if old is None and len(queue) >= MAX_PENDING_QUEUE_IDS:
-                    old = queue.pop(next(iter(queue)))
-                if old is not None:  # evicted, or a reused id whose "removed" is missing
-                    d = _delivered(old)
-                    if d is not None:
-                        yield d
-                queue[qid] = _Queued(no, time, _s(c.group(1)), _session(raw, m))
-        elif daemon == b"cleanup":
-            mi = _MSGID.match(raw, pos)
-            if mi is not None:
-                message_id = _s(mi.group(1))
-                entry = queue.get(qid)
-                if entry is not None:
-                    entry.message_id = message_id
-                if len(msgids) >= MAX_PENDING_QUEUE_IDS:
-                    del msgids[next(iter(msgids))]
-                msgids[qid] = message_id
-        elif daemon == b"qmgr":
-            if raw.startswith(b"removed", pos):
-                msgids.pop(qid, None)
-                entry = queue.pop(qid, None)
-                if entry is not None:
-                    d = _delivered(entry)
-                    if d is not None:
-                        yield d
-            else:
-                entry = queue.get(qid)
-                if entry is not None:
+    sessions = unknown = other = 0  # local counters, written to ctx.stats at the end
+    try:
+        for no, raw in lines:
+            m = head(raw)
+            if m is None:
+                if _OTHER.match(raw):
+                    other += 1
+                elif raw.strip():
+                    unknown += 1
+                continue
+            if not raw.startswith(stamp_key):  # the previous line's stamp and host
+                stamp_key = raw[: m.start(2)]
+                stamp = m.group(1)
+                # A new second of the same minute (classic stamps): no full parse.
+                if minute_time is not None and len(stamp) == 15 and stamp[:12] == minute:
+                    time = minute_time.replace(second=int(stamp[13:]))
+                else:
+                    time = _time(clock, stamp)
+                    if time is not None and stamp[:1].isalpha():
+                        minute, minute_time = stamp[:12], time
+                    else:
+                        minute_time = None
+            daemon, qid = m.group(2, 4)
+            pos = m.end()
+            if daemon == b"smtpd":
+                key = m.group(3)  # the smtpd process id: one session at a time
+                if qid is None:
+                    if raw.startswith(b"connect from ", pos):
+                        sessions += 1
+                        if len(smtpd) >= MAX_OPEN_SESSIONS:
+                            del smtpd[next(iter(smtpd))]
+                        smtpd[key] = _Open(time)
+                        continue
+                    if raw.startswith(b"disconnect from ", pos):
+                        smtpd.pop(key, None)
+                        continue
+                    if raw.startswith(b"NOQUEUE: ", pos):
+                        if raw.startswith(b"client=", pos + 9):  # before-queue filter
+                            o = smtpd.get(key)
+                            if o is not None:
+                                o.client = True
+                            continue
+                        if not raw.startswith(_STALL_IN_PREFIX, pos + 9):
+                            if raw.startswith(b"reject: RCPT", pos + 9):
+                                o = smtpd.get(key)
+                                if o is not None:
+                                    o.rejected = True
+                            continue
+                    elif not raw.startswith(_STALL_IN_PREFIX, pos):
+                        if known(raw, pos) is None:
+                            unknown += 1
+                        continue
+                    st = _STALL_IN.match(raw, pos)
+                    if st is not None:
+                        o = smtpd.get(key)
+                        if o is None or o.client or not o.rejected:  # (module docstring)
+                            yield _stall_in(no, time, _session(raw, m), st, o.start if o else None)
+                    continue
+                c = _CLIENT.match(raw, pos)
+                if c is not None:
+                    o = smtpd.get(key)
+                    if o is not None:
+                        o.client = True
+                    peer = c.group(1)
+                    orig = raw.find(_ORIG_CLIENT, c.end())
+                    if orig >= 0:
+                        peer = raw[orig + len(_ORIG_CLIENT) :].split(b",", 1)[0].split()[0]
+                    old = queue.pop(qid, None)
+                    if old is None and len(queue) >= MAX_PENDING_QUEUE_IDS:
+                        old = queue.pop(next(iter(queue)))
+                    if old is not None:  # evicted, or a reused id whose "removed" is missing
+                        d = _delivered(old)
+                        if d is not None:
+                            yield d
+                    queue[qid] = _Queued(
+                        no,
+                        time,
+                        peer.decode("utf-8", "surrogateescape"),
+                        _session(raw, m),
+                        o.start if o else None,
+                    )
+                elif raw.startswith(_STALL_IN_PREFIX, pos):  # Postfix >= 3.10: "<qid>: …"
+                    st = _STALL_IN.match(raw, pos)
+                    if st is not None:
+                        o = smtpd.get(key)
+                        yield _stall_in(no, time, _session(raw, m), st, o.start if o else None)
+                elif known(raw, pos) is None:
+                    unknown += 1
+            elif qid is None:
+                if daemon == b"smtp" and raw.startswith(b"enabling PIX", pos):
+                    p = _PIX.match(raw, pos)
+                    if p is not None:
+                        yield _pix(no, time, _s(raw[m.start(2) : m.end(3) + 1]), b"", p)
+                        continue
+                if known(raw, pos) is None:
+                    unknown += 1
+            elif daemon == b"cleanup":
+                mi = _MSGID.match(raw, pos)
+                if mi is not None:
+                    message_id = mi.group(1).decode("utf-8", "surrogateescape")
+                    entry = queue.get(qid)
+                    if entry is not None:
+                        entry.message_id = message_id
+                    if len(msgids) >= MAX_PENDING_QUEUE_IDS:
+                        del msgids[next(iter(msgids))]
+                    msgids[qid] = message_id
+                elif known(raw, pos) is None:
+                    unknown += 1
+            elif daemon == b"qmgr":
+                if raw.startswith(b"removed", pos):
+                    msgids.pop(qid, None)
+                    entry = queue.pop(qid, None)
+                    if entry is not None:
+                        d = _delivered(entry, time)
+                        if d is not None:
+                            yield d
+                else:
+                    entry = queue.get(qid)
                     f = _FROM.match(raw, pos)
                     if f is not None:
-                        entry.sender, entry.size = _s(f.group(1)), int(f.group(2))
-        elif raw.startswith(b"to=<", pos):
-            entry = queue.get(qid)
-            if daemon != b"smtp":
-                # Local, lmtp, virtual, pipe: only the recipient list of a queued entry.
+                        if entry is not None:
+                            entry.sender, entry.size = (
+                                f.group(1).decode("utf-8", "surrogateescape"),
+                                int(f.group(2)),
+                            )
+                            entry.queued = time
+                    elif known(raw, pos) is None:
+                        unknown += 1
+            elif raw.startswith(b"to=<", pos):
+                entry = queue.get(qid)
+                if daemon != b"smtp":
+                    # Local, lmtp, virtual, pipe: only the recipient list of a queued entry.
+                    if entry is not None:
+                        t = _TO_RCPT.match(raw, pos)
+                        if t is not None:
+                            _add_rcpt(entry, t.group(1).decode("utf-8", "surrogateescape"))
+                    continue
+                t = _TO.match(raw, pos)
+                if t is None:
+                    continue
+                rcpt, status = _s(t.group(1)), t.group(3)
                 if entry is not None:
-                    t = _TO.match(raw, pos)
-                    if t is not None:
-                        _add_rcpt(entry, _s(t.group(1)))
-                continue
-            t = _TO.match(raw, pos)
-            if t is None:
-                continue
-            rcpt, status = _s(t.group(1)), t.group(3)
-            if entry is not None:
-                _add_rcpt(entry, rcpt)
-            stalled = raw.find(_END_OF_DATA, pos) >= 0
-            if not stalled and status != b"sent":
-                continue
-            session, relay = _session(raw, m), _s(t.group(2))
-            attempt = raw[m.start(2) : m.end(4)]  # b"smtp[2140]: 4Tq1pS2Wb0z9rKD"
-            if stalled and attempt != last_stall:  # one finding per attempt, not per rcpt
-                last_stall = attempt
-                yield _stall_out(no, time, session, relay, qid)
-            yield Delivered(
-                no,
-                time,
-                session,
-                relay,
-                message_id=msgids.get(qid, ""),
-                rcpt_to=(rcpt,),
-                stalled=stalled,
-                side=Side.SENDING,
-            )
-        elif daemon == b"smtp" and raw.startswith(b"enabling PIX", pos):
-            p = _PIX.match(raw, pos)
-            if p is not None:
-                yield _pix(no, time, _session(raw, m), qid, p)
-    for entry in queue.values():
-        d = _delivered(entry)
-        if d is not None:
-            yield d
+                    _add_rcpt(entry, rcpt)
+                stalled = raw.find(_END_OF_DATA, pos) >= 0
+                if not stalled and status != b"sent":
+                    continue
+                session, relay = _session(raw, m), _s(t.group(2))
+                attempt = raw[m.start(2) : m.end(4)]  # b"smtp[2140]: 4Tq1pS2Wb0z9rKD"
+                if stalled and attempt != last_stall:  # one finding per attempt, not per rcpt
+                    last_stall = attempt
+                    yield _stall_out(no, time, session, relay, qid)
+                yield Delivered(
+                    no,
+                    time,
+                    session,
+                    relay,
+                    message_id=msgids.get(qid, ""),
+                    rcpt_to=(rcpt,),
+                    stalled=stalled,
+                    side=Side.SENDING,
+                    queue_id=_s(qid),
+                )
+            elif daemon == b"smtp" and raw.startswith(b"enabling PIX", pos):
+                p = _PIX.match(raw, pos)
+                if p is not None:
+                    yield _pix(no, time, _session(raw, m), qid, p)
+            elif known(raw, pos) is None:
+                unknown += 1
+        for entry in queue.values():
+            d = _delivered(entry)
+            if d is not None:
+                yield d
+    finally:
+        stats.sessions += sessions
+        stats.unknown += unknown
+        stats.other += other
 
 
 def _add_rcpt(entry: _Queued, rcpt: str) -> None:
@@ -190,8 +344,10 @@ def _add_rcpt(entry: _Queued, rcpt: str) -> None:
         entry.rcpt_to.append(rcpt)
 
 
-def _stall_in(no: int, time: datetime | None, session: str, st: re.Match[bytes]) -> Flag:
-    got = f", after {int(st.group(2)):,} bytes of data" if st.group(2) else ""
+def _stall_in(
+    no: int, time: datetime | None, session: str, st: re.Match[bytes], start: datetime | None
+) -> Flag:
+    got = f", after {int(st.group(2)):,} bytes of data"
     what = "timed out" if st.group(1) == b"timeout" else "was lost"
     return Flag(
         no,
@@ -202,6 +358,7 @@ def _stall_in(no: int, time: datetime | None, session: str, st: re.Match[bytes])
         f"the connection {what} in the DATA phase{got}: the client "
         f"got 354 but its end of data (CRLF.CRLF) never arrived — the "
         f"Mailguard signature; the sender will retry",
+        start,
     )
 
 
@@ -226,23 +383,29 @@ def _pix(no: int, time: datetime | None, session: str, qid: bytes, p: re.Match[b
         session,
         _s(p.group(2)),
         Kind.PIX_WORKAROUND,
-        f"queue {_s(qid)}: Postfix switched on its PIX work-arounds "
+        f"{f'queue {_s(qid)}: ' if qid else ''}Postfix switched on its PIX work-arounds "
         f"({_s(p.group(1))}) because {_s(p.group(2))} greeted with a "
         f"masked banner; each message now ends with a delay before "
         f"CRLF.CRLF",
     )
 
 
-def _delivered(entry: _Queued) -> Delivered | None:
+def _delivered(entry: _Queued, removed: datetime | None = None) -> Delivered | None:
     if entry.sender is None:
         return None  # never made it to the queue manager: rejected or still in cleanup
-    return Delivered(
+    return Delivered(  # positional: the hot path builds one per message
         entry.line,
         entry.time,
         entry.session,
         entry.peer,
-        message_id=entry.message_id,
-        mail_from=entry.sender,
-        rcpt_to=tuple(entry.rcpt_to),
-        size=entry.size,
+        entry.message_id,
+        entry.sender,
+        tuple(entry.rcpt_to),
+        entry.size,
+        False,
+        Side.RECEIVING,
+        "",
+        "",
+        entry.start or entry.time,
+        entry.queued or removed or entry.time,
     )

@@ -1,24 +1,30 @@
 """Zeek ``smtp.log``, TSV (``#fields`` header) or JSON lines.
 
-One record per SMTP transaction as the sensor saw it. ``last_reply`` is the last
-server reply of the transaction: a record that ends on ``354`` is a DATA whose end
-was never answered (``stalled_data``); one that ends on 2xx is a delivered copy for
-the duplicate index (Message-ID from ``msg_id``, envelope from ``mailfrom`` /
-``rcptto``; smtp.log carries no size).
+One record per SMTP transaction as the sensor saw it; a connection (``uid``) is a
+session. ``last_reply`` is the last server reply of the transaction: a record that
+ends on ``354`` is a DATA whose end was never answered (``stalled_data``); one that
+ends on 2xx after message content (a Message-ID, headers, file ids, or a reply that
+says it queued the message) is a delivered copy for the duplicate index (Message-ID
+from ``msg_id``, envelope from ``mailfrom`` / ``rcptto``; smtp.log carries no size).
+A record without ``last_reply`` (a one-sided capture) says nothing about the reply.
+A record exported from Splunk (``{"result": {"_raw": "<zeek json>"}}``) is unwrapped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from ..model import Delivered, Event, Flag, Kind
 from ..timefmt import from_epoch, parse_iso
-from . import Context, Lines
+from . import Context, Lines, RecentIds
 
 NAME = "zeek"
+# An end-of-data reply as MTAs word it ("250 OK id=1Mugho-…", "250 2.0.0 Ok: queued as …").
+_QUEUED = re.compile(r"(?i)\bqueued\b|\bid=|\baccepted\b|\bmessage\b")
 
 
 def sniff(lines: list[bytes]) -> int:
@@ -32,6 +38,8 @@ def sniff(lines: list[bytes]) -> int:
 
 
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
+    stats = ctx.stats
+    uids = RecentIds()
     fields: list[str] = []
     sep, set_sep, empty, unset = "\t", ",", "(empty)", "-"
     for no, raw in lines:
@@ -54,7 +62,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         record: dict[str, Any] | None
         if text.startswith("{"):
             try:
-                record = json.loads(text)
+                record = _unwrap(json.loads(text))
             except ValueError:
                 record = None
         elif fields:
@@ -66,8 +74,24 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 record[k] = v.split(set_sep) if k in ("rcptto", "to", "cc", "path") else v
         else:
             record = None
-        if isinstance(record, dict):
+        if isinstance(record, dict) and "uid" in record:
+            if uids.add(str(record["uid"])):
+                stats.sessions += 1
             yield from _transaction(no, record)
+        else:
+            stats.unknown += 1
+
+
+def _unwrap(obj: Any) -> Any:
+    """A Splunk export row carries the Zeek record as a JSON string in result._raw."""
+    result = obj.get("result") if isinstance(obj, dict) else None
+    raw = result.get("_raw") if isinstance(result, dict) else None
+    if isinstance(raw, str) and raw.startswith("{"):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return obj
+    return obj
 
 
 def _transaction(no: int, r: dict[str, Any]) -> Iterator[Event]:
@@ -83,7 +107,7 @@ def _transaction(no: int, r: dict[str, Any]) -> Iterator[Event]:
     last = str(r.get("last_reply", ""))
     rcpts = r.get("rcptto") or []
     rcpt_to = tuple(str(x).strip("<>") for x in (rcpts if isinstance(rcpts, list) else [rcpts]))
-    sender = str(r.get("mailfrom", "")).strip("<>")
+    sender = str(r["mailfrom"]).strip("<>") if "mailfrom" in r else None
     msgid = str(r.get("msg_id", "")).strip().strip("<>")
     stalled = last.startswith("354")
     if stalled:
@@ -97,7 +121,8 @@ def _transaction(no: int, r: dict[str, Any]) -> Iterator[Event]:
             f"still that 354: the end of data (CRLF.CRLF) was never answered — the "
             f"Mailguard signature; the sender will retry",
         )
-    if stalled or (last.startswith("2") and (msgid or r.get("fuids"))):
+    content = msgid or r.get("fuids") or any(r.get(k) for k in ("date", "from", "subject"))
+    if stalled or (last.startswith("2") and rcpt_to and (content or _QUEUED.search(last))):
         yield Delivered(
             no,
             time,
