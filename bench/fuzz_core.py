@@ -38,6 +38,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from smtpguard.core.actions import CloseServer, OpenServer, ToClient, ToServer
+from smtpguard.core.events import (
+    ClientData,
+    ClientEof,
+    ServerClosed,
+    ServerConnected,
+    ServerData,
+    Shutdown,
+    Start,
+    TimerFired,
+)
 from smtpguard.core.policy import BannerPolicy, Emulation, Mode, Policy, Smuggling
 from smtpguard.core.session import Phase, Session
 
@@ -184,7 +194,7 @@ class Fuzzer:
         now = 1000.0
         state = _Check(policy)
         server = _Server()
-        state.take(s.start(now), server)
+        state.take(s.handle(Start(), now), server)
         tag = 0
 
         def reply(code: int | None = None) -> None:
@@ -194,10 +204,10 @@ class Fuzzer:
             if is_2xx:
                 state.server_2xx.add(tag)
             for chunk in self.cuts(data):
-                state.take(s.server_data(chunk, now), server)
+                state.take(s.handle(ServerData(chunk), now), server)
 
         if r.random() < 0.95:
-            state.take(s.server_connected(now), server)
+            state.take(s.handle(ServerConnected(), now), server)
             reply(220 if r.random() < 0.95 else None)
         for _ in range(events):
             if s.closed:
@@ -210,22 +220,22 @@ class Fuzzer:
                 for chunk in self.cuts(data):
                     if s.client_backlog > BACKLOG_HIGH:
                         break  # the shell stops reading here
-                    state.take(s.client_data(chunk, now), server)
+                    state.take(s.handle(ClientData(chunk), now), server)
                     state.bounds(s)
             elif k < 0.9:
                 owed = server.owed.popleft() if server.owed and r.random() < 0.9 else None
                 reply(owed if owed is not None and r.random() < 0.9 else None)
             elif k < 0.93:
-                state.take(s.server_connected(now), server)
+                state.take(s.handle(ServerConnected(), now), server)
             elif k < 0.95:
-                state.take(s.server_closed(now), server)
+                state.take(s.handle(ServerClosed(), now), server)
                 server.reset()
             elif k < 0.97:
-                state.take(s.timer(now + r.choice([1.0, 100.0, 1000.0])), server)
+                state.take(s.handle(TimerFired(), now + r.choice([1.0, 100.0, 1000.0])), server)
             elif k < 0.985:
-                state.take(s.shutdown(now), server)
+                state.take(s.handle(Shutdown(), now), server)
             else:
-                state.take(s.client_eof(now), server)
+                state.take(s.handle(ClientEof(), now), server)
             state.bounds(s)
             self.phases[s.phase.value] += 1
         self.sessions += 1
@@ -327,9 +337,11 @@ class _Check:
             self.tunnel = True
         if s.client_backlog > BACKLOG_HIGH + MAX_CHUNK:
             raise InvariantError(f"client backlog {s.client_backlog} over the bound")
-        slots = getattr(s, "_slots", None)
-        if slots is not None and len(slots) > self.policy.max_pending + 256:
-            raise InvariantError(f"{len(slots)} replies owed: over the bound")
+        owed = len(s.replies)
+        if owed > self.policy.max_pending + 256:
+            raise InvariantError(f"{owed} replies owed: over the bound")
+        if len(s.commands) > len(self.policy.allowed_verbs) + 64:
+            raise InvariantError(f"{len(s.commands)} per-verb counters: over the bound")
 
 
 def fuzz(seed: int, inputs: int) -> tuple[int, int, int, int, Counter[str]]:
