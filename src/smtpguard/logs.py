@@ -28,6 +28,9 @@ from typing import IO, Protocol
 from smtpguard.core.actions import Direction, PolicyEvent, Trace
 
 FORMATS = ("ims", "jsonl")
+# The IMS layout's direction marks (the one vocabulary: logscan reads these back).
+IMS_FROM_CLIENT = "<<<"  # client to gateway
+IMS_TO_CLIENT = ">>>"  # gateway to client
 
 
 def ims_time(t: dt.datetime) -> str:
@@ -111,9 +114,9 @@ class ImsLog(_Writer):
         if tr.size is not None:
             return  # the IMS layout has no entry for message data
         if tr.direction is Direction.CLIENT_TO_GW:
-            self._line(sid, f"<<< {tr.line}")
+            self._line(sid, f"{IMS_FROM_CLIENT} {tr.line}")
         elif tr.direction is Direction.GW_TO_CLIENT:
-            self._line(sid, f">>> {tr.line}")
+            self._line(sid, f"{IMS_TO_CLIENT} {tr.line}")
 
     def policy(self, sid: str, ev: PolicyEvent) -> None:
         pass  # not part of the IMS layout; see the application log or jsonl

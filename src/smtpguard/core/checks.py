@@ -124,7 +124,7 @@ def check_mail(args: str, checks: Checks) -> tuple[Finding | None, str, str]:
             addr,
             params,
         )
-    declared = _size_param(params)
+    declared = size_param(params)
     if declared is not None and over(checks.message_size, declared):
         return (
             finding(
@@ -179,7 +179,8 @@ def check_rcpt(args: str, checks: Checks, count: int) -> tuple[Finding | None, s
     return None, params
 
 
-def _size_param(params: str) -> int | None:
+def size_param(params: str) -> int | None:
+    """The value of a MAIL ``SIZE=`` parameter (RFC 1870), or None."""
     for p in params.split():
         name, _, value = p.partition("=")
         if name.upper() == "SIZE" and value.isdigit():

@@ -190,7 +190,8 @@ class Reply:
 def ehlo_keyword(line: str) -> str:
     """The keyword of one EHLO reply line's text (RFC 5321 §4.1.1.1: ``ehlo-keyword
     *( SP ehlo-param )``), upper-cased."""
-    return line.split(" ", 1)[0].upper()
+    words = line.split(None, 1)
+    return words[0].upper() if words else ""
 
 
 def ehlo_keywords(reply: Reply) -> frozenset[str]:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
 
+from smtpguard.core.checks import size_param
 from smtpguard.core.grammar import parse_path
 
 from . import rules
@@ -157,7 +158,7 @@ class SessionTracker:
             path = parse_path(args, "FROM")
             if path is not None:
                 s.mail_from = path[0]
-                s.size = _size_param(path[1])
+                s.size = size_param(path[1])
         elif verb in ("HELO", "EHLO", "RSET"):
             s.reset()
 
@@ -254,14 +255,6 @@ class SessionTracker:
 
     def _finding(self, kind: Kind, ev: ServerReply, s: _Session, detail: str) -> Finding:
         return Finding(kind, self.file, ev.line, ev.time, s.peer, s.sid, detail, (), s.start)
-
-
-def _size_param(params: str) -> int | None:
-    for p in params.split():
-        key, _, value = p.partition("=")
-        if key.upper() == "SIZE" and value.isdigit():
-            return int(value)
-    return None
 
 
 def _banner_detail(s: _Session) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smtpguard.core.banner import looks_like_pix_mask
-from smtpguard.core.grammar import Reply
+from smtpguard.core.grammar import Reply, ehlo_keyword
 from smtpguard.probe.messages import CARRIER_TAIL, SMUGGLED_MAIL, escaped
 from smtpguard.probe.model import Check, Delivered, Outcome, VariantResult, Verdict
 
@@ -77,8 +77,7 @@ def ehlo_keywords(reply: Reply) -> list[str]:
     """Extension keywords of a 250 EHLO reply (RFC 5321 §4.1.1.1), upper-case."""
     if reply.code != 250:
         return []
-    words = (line.split(None, 1) for line in reply.lines[1:])
-    return [w[0].upper() for w in words if w]
+    return [k for k in map(ehlo_keyword, reply.lines[1:]) if k]
 
 
 def ehlo_check(ehlo: Reply | None, helo: Reply | None, error: str | None = None) -> Check:

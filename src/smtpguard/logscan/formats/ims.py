@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 
 from smtpguard.core.grammar import parse_command, parse_reply_line
+from smtpguard.logs import IMS_FROM_CLIENT, IMS_TO_CLIENT
 
 from ..model import ClientCommand, Connect, Disconnect, Event, ServerReply
 from ..timefmt import parse_ims
@@ -32,6 +33,8 @@ _ENTRY = re.compile(
     rb"\s*(\d{1,2}/\d{1,2}/\d{2,4}) (\d{1,2}:\d{2}:\d{2}) ([AaPp][Mm]) : (.*?)\r?\n?\Z",
     re.DOTALL,
 )
+_FROM_CLIENT = IMS_FROM_CLIENT.encode() + b" "  # the writer's marks (smtpguard.logs)
+_TO_CLIENT = IMS_TO_CLIENT.encode() + b" "
 _ACCEPTED = b"A connection was accepted from "
 _CLOSED = (b"The connection was closed", b"Connection closed", b"Disconnected")
 
@@ -69,14 +72,14 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             session = f"@{no}"
             peer = body[len(_ACCEPTED) :].strip().decode("utf-8", "surrogateescape")
             yield Connect(no, time, session, peer)
-        elif not session or body.startswith(b"<<< IO: "):  # IO: the raw echo
+        elif not session or body.startswith(_FROM_CLIENT + b"IO: "):  # IO: the raw echo
             continue
-        elif body.startswith(b"<<< "):
-            cmd = parse_command(body[4:])
+        elif body.startswith(_FROM_CLIENT):
+            cmd = parse_command(body[len(_FROM_CLIENT) :])
             if cmd is not None:
                 yield ClientCommand(no, time, session, cmd)
-        elif body.startswith(b">>> "):
-            r = parse_reply_line(body[4:])
+        elif body.startswith(_TO_CLIENT):
+            r = parse_reply_line(body[len(_TO_CLIENT) :])
             if r is not None:
                 continuation = not r.last
                 yield ServerReply(no, time, session, r)

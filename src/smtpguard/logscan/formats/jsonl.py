@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from smtpguard.core.actions import Direction
 from smtpguard.core.grammar import ReplyLine, parse_command, parse_reply_line
 
 from .. import rules
@@ -25,8 +26,8 @@ from ..timefmt import parse_iso
 from . import Context, Lines
 
 NAME = "jsonl"
-_CLIENT_TO_GW = "client>gw"
-_GW_TO_CLIENT = "gw>client"
+_CLIENT_TO_GW = Direction.CLIENT_TO_GW.value  # the writer's vocabulary (smtpguard.logs)
+_GW_TO_CLIENT = Direction.GW_TO_CLIENT.value
 
 
 def sniff(lines: list[bytes]) -> int:
