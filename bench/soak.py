@@ -225,10 +225,12 @@ async def _slow_clients(port: int, n: int, hold: float, opened: list[int]) -> No
             if kind == 1:  # one byte a second, a command that never ends
                 line = b"HELO slowloris.example" + b"x" * 1000
                 j = 0
-                while time.monotonic() < end:
+                while time.monotonic() < end and not writer.transport.is_closing():
                     writer.write(line[j % len(line) : j % len(line) + 1])
                     j += 1
                     await asyncio.sleep(1.0)
+                if writer.transport.is_closing():
+                    opened[1] += 1  # the gateway closed it before the end
             elif kind == 2:  # a burst of commands, replies never read
                 writer.write(b"NOOP\r\n" * 100)
                 await asyncio.sleep(hold)
@@ -263,7 +265,7 @@ def slowloris(args: argparse.Namespace) -> int:
     gw = Gateway(sink.port, args.workers, "--max-sessions", str(args.slow + 1000))
     try:
         alone = _latency(gw.port, 50)
-        opened = [0]
+        opened = [0, 0]  # connections held, trickling ones the gateway closed
         stop = threading.Event()
         result: list[float] = []
 
@@ -283,7 +285,8 @@ def slowloris(args: argparse.Namespace) -> int:
             gw.proc.kill()
         sink.stop()
     print(
-        f"slowloris: {opened[0]} of {args.slow} slow connections held for {args.seconds} s "
+        f"slowloris: {opened[0]} of {args.slow} slow connections opened for {args.seconds} s "
+        f"({opened[1]} one-byte-a-second ones closed by the gateway before that) "
         f"(fd limit {limit}), gateway --workers {args.workers}; RSS at the end "
         f"{rss / 1024:.1f} MB; gateway exit {code}"
     )

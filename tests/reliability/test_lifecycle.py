@@ -264,6 +264,11 @@ def test_protocol_log_is_reopened_after_rotation(sig: int, tmp_path: Path) -> No
             return events.count("disconnect") >= 4
 
         until(new_file_has_a_session, 20, "sessions in the new file")
+        # Every worker re-opened: nothing more lands in the rotated file.
+        size = rotated.stat().st_size
+        for _ in range(8):
+            assert send_one(gw.port).startswith(b"250")
+        assert rotated.stat().st_size == size
         assert gw.proc.poll() is None
     finally:
         assert gw.stop() == 0
