@@ -188,7 +188,10 @@ def test_certificate_without_its_key_is_a_clear_error(
             cert[0],
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr
-        assert r.stderr.startswith("smtpguard serve: error: --tls-cert: cannot load")
+        assert r.stderr.startswith(
+            f"smtpguard serve: error: --tls-cert {cert[0]}: no private key in it"
+        )
+        assert "--tls-key FILE" in r.stderr
     finally:
         sink.stop()
 
