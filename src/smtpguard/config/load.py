@@ -39,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic.functional_validators import AfterValidator
 
+from smtpguard import netaddr
 from smtpguard.config import schema
 from smtpguard.config.locate import find_line
 from smtpguard.config.safety import unsafe_combinations
@@ -236,8 +237,8 @@ def settings_from(
 
 
 def split_hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """A validated ``HOST:PORT`` setting (an empty host is loopback)."""
+    return netaddr.split_hostport(text, default_host="127.0.0.1")
 
 
 # Names /etc/hosts gives the loopback addresses (Debian, Red Hat, systemd-resolved).

@@ -35,6 +35,7 @@ from smtpguard.core.policy import (
     StartTls,
     Verdict,
 )
+from smtpguard.netaddr import split_hostport
 
 # RFC 5321 §4.1.1.1: ehlo-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
 _EHLO_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -69,9 +70,10 @@ def _hostname(value: str) -> str:
 
 
 def _hostport(value: str) -> str:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError('"HOST:PORT" with a port 0-65535, e.g. "127.0.0.1:2525"')
+    try:
+        split_hostport(value, default_host="127.0.0.1")
+    except ValueError:
+        raise ValueError('"HOST:PORT" with a port 0-65535, e.g. "127.0.0.1:2525"') from None
     return value
 
 

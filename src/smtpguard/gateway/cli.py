@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from smtpguard import __version__
 from smtpguard.applog import LOGGER, setup_logging
-from smtpguard.config.load import effective_log_level
+from smtpguard.config.load import effective_log_level, split_hostport
 from smtpguard.core.policy import BannerPolicy, Mode, Policy, Timeouts
 from smtpguard.logs import FORMATS, open_protocol_log
 
@@ -280,9 +280,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
     tls_socks: list[socket.socket] = []
     if settings.tls.implicit_listen:
-        thost, _, tport = settings.tls.implicit_listen.rpartition(":")
+        thost, tport = split_hostport(settings.tls.implicit_listen)
         try:
-            tls_socks = bind_listeners(thost.strip("[]"), int(tport), settings.workers)
+            tls_socks = bind_listeners(thost, tport, settings.workers)
         except OSError as exc:
             raise CliError(
                 f"--tls-listen {settings.tls.implicit_listen}: cannot listen: {exc.strerror or exc}"

@@ -37,6 +37,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from smtpguard.gateway.metrics import Metrics
+from smtpguard.netaddr import split_hostport
 
 if TYPE_CHECKING:
     from smtpguard.core.session import Session
@@ -124,10 +125,12 @@ def setup_metrics(listen: str | None, workers: int) -> PrometheusMetrics | None:
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces is not implied:
     an empty host means loopback, metrics are not for the internet)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"metrics listen address: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return split_hostport(listen, default_host="127.0.0.1")
+    except ValueError as exc:
+        raise ValueError(
+            f"metrics listen address: expected HOST:PORT, got {listen!r}: {exc}"
+        ) from None
 
 
 def _bind_probe(host: str, port: int) -> Any:

@@ -12,6 +12,7 @@ import socket
 import sys
 from typing import Any
 
+from smtpguard.netaddr import split_hostport
 from smtpguard.probe.mailbox import Mailbox, MailboxError
 from smtpguard.probe.model import (
     DEFAULT_DELIVERY_TIMEOUT,
@@ -123,21 +124,13 @@ def parse_target(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
     from smtpguard.cli import CliError
 
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or (text[end + 1 :] and not text[end + 1 :].startswith(":")):
-            raise CliError(f"bad target {text!r}: expected [ADDRESS]:PORT")
-        host, port_text = text[1:end], text[end + 2 :]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not host:
-        raise CliError(f"bad target {text!r}: no host")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CliError(f"bad port {port_text!r} in {text!r}")
-    return host, int(port_text)
+    try:
+        host, port = split_hostport(text, default_port=default_port)
+    except ValueError as exc:
+        raise CliError(f"bad target {text!r}: {exc}") from None
+    if port == 0:
+        raise CliError(f"bad port 0 in {text!r}")
+    return host, port
 
 
 def options_from_args(args: argparse.Namespace) -> ProbeOptions:
