@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from smtpguard.core.events import ServerConnected
+from smtpguard.core.phases import Phase
 from smtpguard.core.policy import Mode, Policy, StartTls
 from tests.core.harness import FakeServer, Harness, converse
 
@@ -125,5 +126,17 @@ def test_fresh_upstream_after_a_refused_message_is_secured_again() -> None:
     assert h.run.tls == ["server", "server"]
     h.tls_started("server")
     assert second.received.endswith(b"STARTTLS\r\nEHLO c\r\n")
+    h.client(b"NOOP\r\n")
+    assert h.run.replies()[-1] == b"250 2.0.0 Ok"
+
+
+def test_a_tls_done_nobody_asked_for_changes_nothing() -> None:
+    h = Harness(esmtp(StartTls.TERMINATE)).start()
+    h.client(b"EHLO c\r\n")
+    h.tls_started("server")
+    before = bytes(h.run.client_out)
+    h.tls_started("client")  # no STARTTLS was answered: a stray event
+    h.tls_started("server")  # the upstream is already secured
+    assert bytes(h.run.client_out) == before and h.session.phase is Phase.COMMAND
     h.client(b"NOOP\r\n")
     assert h.run.replies()[-1] == b"250 2.0.0 Ok"

@@ -14,35 +14,35 @@ CRLF = b"\r\n"
 
 
 class ReceiveBuffer:
-    __slots__ = ("_buf", "_search", "skipping")
+    __slots__ = ("_search", "data", "skipping")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self.data = bytearray()  # read-only outside: truthiness and length on the hot path
         self._search = 0  # where the CRLF search resumes
         self.skipping = False  # discarding the rest of an over-long line
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return len(self.data)
 
     def __bool__(self) -> bool:
-        return bool(self._buf)
+        return bool(self.data)
 
     def append(self, data: bytes) -> None:
-        self._buf += data
+        self.data += data
 
     def prepend(self, data: bytes) -> None:
         """Bytes that followed an end of data in the same chunk: commands again."""
-        self._buf[:0] = data
+        self.data[:0] = data
         self._search = 0
 
     def has_line(self) -> bool:
-        return self._buf.find(CRLF) >= 0
+        return self.data.find(CRLF) >= 0
 
     def next_line(self, limit: int) -> bytes | None:
         """The next line with its CRLF; None until one is complete. Raises
         :class:`LineTooLong` for a line over ``limit`` octets (CRLF included),
         complete or not; the caller decides whether to :meth:`skip` the rest."""
-        buf = self._buf
+        buf = self.data
         nl = buf.find(CRLF, self._search)
         if nl < 0:
             self._search = max(len(buf) - 1, 0)  # a CR at the end may pair with an LF
@@ -58,7 +58,7 @@ class ReceiveBuffer:
 
     def skip(self) -> bool:
         """Drop the rest of an over-long line; True once its CRLF was reached."""
-        buf = self._buf
+        buf = self.data
         nl = buf.find(CRLF)
         self._search = 0
         if nl < 0:
@@ -71,7 +71,7 @@ class ReceiveBuffer:
 
     def take(self, n: int = -1) -> bytes:
         """Remove and return the first ``n`` octets (all with -1)."""
-        buf = self._buf
+        buf = self.data
         if n < 0 or n >= len(buf):
             out = bytes(buf)
             buf.clear()
@@ -82,7 +82,7 @@ class ReceiveBuffer:
         return out
 
     def clear(self) -> None:
-        self._buf.clear()
+        self.data.clear()
         self._search = 0
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 
 class Phase(enum.Enum):
+    __hash__ = object.__hash__  # C-level: these key the tables on the hot path
+
     COMMAND = "command"  # framing command lines
     WAIT = "wait"  # a held command forwarded: client bytes wait for the server's answer
     AUTH = "auth"  # the server sent 334: the next client line is an AUTH response
@@ -26,6 +28,8 @@ class Phase(enum.Enum):
 
 
 class Trigger(enum.Enum):
+    __hash__ = object.__hash__  # C-level: these key the tables on the hot path
+
     HOLD = "held command forwarded"  # DATA, AUTH, EHLO, HELO, STARTTLS; any in PIX mode
     QUIT = "QUIT forwarded"
     BDAT = "BDAT refused"
@@ -83,6 +87,8 @@ def next_phase(phase: Phase, trigger: Trigger) -> Phase:
 
 
 class Upstream(enum.Enum):
+    __hash__ = object.__hash__  # C-level: these key the tables on the hot path
+
     CONNECTING = "connecting"
     GREETING = "greeting"  # connected, waiting for the 220
     HANDSHAKE = "handshake"  # the gateway's own exchanges: XCLIENT, STARTTLS, replay
@@ -91,6 +97,8 @@ class Upstream(enum.Enum):
 
 
 class Link(enum.Enum):
+    __hash__ = object.__hash__  # C-level: these key the tables on the hot path
+
     CONNECTED = "connected"
     GREETED = "220 greeting: handshake"
     REFUSED = "non-220 greeting: relayed"

@@ -30,54 +30,54 @@ class Slot:
 
 
 class ReplyPipeline:
-    __slots__ = ("_awaiting", "_slots")
+    __slots__ = ("awaiting", "slots")
 
     def __init__(self) -> None:
-        self._slots: deque[Slot] = deque()
-        self._awaiting: deque[Slot] = deque()
+        self.slots: deque[Slot] = deque()  # read-only outside (hot-path checks)
+        self.awaiting: deque[Slot] = deque()  # read-only outside (hot-path checks)
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self.slots)
 
     def __bool__(self) -> bool:
-        return bool(self._slots)
+        return bool(self.slots)
 
     def local(self, verb: str, reply: bytes) -> Slot:
         """A reply the gateway gives itself, in its place in the order."""
         slot = Slot(verb, reply=reply)
-        self._slots.append(slot)
+        self.slots.append(slot)
         return slot
 
     def pending(self, verb: str) -> Slot:
         """A reply the gateway will fill later (not from the server)."""
         slot = Slot(verb)
-        self._slots.append(slot)
+        self.slots.append(slot)
         return slot
 
     def forwarded(self, verb: str, raw: bytes) -> Slot:
         """A command sent to the server: its slot takes the server's next reply."""
         slot = Slot(verb, raw)
-        self._slots.append(slot)
-        self._awaiting.append(slot)
+        self.slots.append(slot)
+        self.awaiting.append(slot)
         return slot
 
     def expect(self, slot: Slot) -> None:
         """A pending slot's reply is now to come from the server."""
-        self._awaiting.append(slot)
+        self.awaiting.append(slot)
 
     @property
     def owed_by_server(self) -> int:
-        return len(self._awaiting)
+        return len(self.awaiting)
 
     def next_owed(self) -> Slot | None:
-        return self._awaiting[0] if self._awaiting else None
+        return self.awaiting[0] if self.awaiting else None
 
     def take_owed(self) -> Slot:
-        return self._awaiting.popleft()
+        return self.awaiting.popleft()
 
     def ready(self) -> Iterator[Slot]:
         """Remove and yield the filled slots at the head, in order."""
-        slots = self._slots
+        slots = self.slots
         while slots and slots[0].reply is not None:
             yield slots.popleft()
 
@@ -85,15 +85,15 @@ class ReplyPipeline:
         """Keep the filled head; the first unfilled slot gets ``reply`` (or
         nothing); every later slot is dropped (the session is ending)."""
         kept: deque[Slot] = deque()
-        for slot in self._slots:
+        for slot in self.slots:
             if slot.reply is None:
                 break
             kept.append(slot)
         if reply is not None:
             kept.append(Slot("", reply=reply))
-        self._slots = kept
-        self._awaiting.clear()
+        self.slots = kept
+        self.awaiting.clear()
 
     def clear(self) -> None:
-        self._slots.clear()
-        self._awaiting.clear()
+        self.slots.clear()
+        self.awaiting.clear()

@@ -67,11 +67,11 @@ from smtpguard.core.output import Output
 from smtpguard.core.phases import (
     CLIENT_TURN,
     REPLY_TRIGGERS,
+    TRANSITIONS,
     Link,
     Phase,
     Trigger,
     Upstream,
-    next_phase,
 )
 from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
 from smtpguard.core.policy import Policy
@@ -190,7 +190,7 @@ class Session:
 
     def goto(self, trigger: Trigger) -> Phase:
         """The one way the phase changes: by the table (a missing pair is a bug)."""
-        phase = self.phase = next_phase(self.phase, trigger)
+        phase = self.phase = TRANSITIONS[(self.phase, trigger)]  # as phases.next_phase
         return phase
 
     # ------------------------------------------------------------------ events
@@ -204,14 +204,14 @@ class Session:
         if self.phase is Phase.TLS:  # plaintext after STARTTLS, before the handshake
             self.injected += len(data)
             return
-        if self.phase is Phase.DATA and not self.buffer:
+        if self.phase is Phase.DATA and not self.buffer.data:
             self._data(data, now)  # hot path: no copy into the buffer
         else:
             self.buffer.append(data)
         self._pump(now)
 
     def _server_data(self, data: bytes, now: float) -> None:
-        if not self.link.live:
+        if self.link.state is Upstream.DOWN:
             return
         if self.phase is Phase.TUNNEL:
             self.deadlines.client = now + self.policy.timeouts.client_idle
@@ -245,6 +245,8 @@ class Session:
         if side is Side.SERVER:
             self.link.tls_started(now)
             return
+        if self.phase is not Phase.TLS:  # no handshake was asked for: nothing to do
+            return
         # RFC 3207 §4.2: after the handshake nothing learnt in clear holds, on either
         # side. The gateway forgets the client's hello, the extensions it was shown
         # and the envelope, and requires a new EHLO/HELO; the server's session
@@ -275,7 +277,7 @@ class Session:
         link = self.link
         if link.state is Upstream.GREETING:
             link.on_greeting(reply, now)
-        elif link.busy():
+        elif link.step is not None:
             link.on_step_reply(reply, now)
         elif self.phase is Phase.DATA:
             # Nothing is owed while the message streams: the server has taken some of
@@ -288,7 +290,7 @@ class Session:
                 "its connection aborted",
                 memoryview(b""),
             )
-        elif not self.replies.owed_by_server:
+        elif not self.replies.awaiting:
             if reply.code == 421:  # the server is closing the session on its own
                 self.close_after(reply.raw)
             else:  # a reply nothing asked for would be matched to the next command
@@ -347,7 +349,7 @@ class Session:
             if self.duplicates is not None:
                 self.duplicates.accepted(reply)
         phase = self.phase
-        if phase is Phase.WAIT and not self.replies.owed_by_server:
+        if phase is Phase.WAIT and not self.replies.awaiting:
             phase = self.goto(REPLY_TRIGGERS.get((verb, cls), Trigger.REPLY))
             if phase is Phase.DATA:
                 self.relay = MessageRelay(self)
@@ -371,18 +373,19 @@ class Session:
     def _pump(self, now: float) -> None:
         """Consume held client bytes as far as the current phase allows."""
         buffer = self.buffer
+        data = buffer.data
+        slots = self.replies.slots
+        max_pending = self.policy.max_pending
+        link = self.link
         while not self.closing:
             phase = self.phase
             if phase is Phase.COMMAND or phase is Phase.AUTH:
-                if (
-                    self.link.state is not Upstream.READY
-                    or len(self.replies) >= self.policy.max_pending
-                ):
+                if link.state is not Upstream.READY or len(slots) >= max_pending:
                     break
-                if self.draining and not self.envelope.in_transaction and not self.replies:
+                if self.draining and not self.envelope.in_transaction and not slots:
                     self.abort_with(replies.SHUTTING_DOWN)
                     break
-                if not buffer:
+                if not data:
                     break
                 line = self.cmds.next_line()
                 if line is None:
@@ -392,7 +395,7 @@ class Session:
                 else:
                     self.cmds.command(line, now)
             elif phase is Phase.DATA:
-                if not buffer:
+                if not data:
                     break
                 self._data(buffer.take(), now)
             elif phase is Phase.BDAT:
@@ -503,7 +506,7 @@ class Session:
             self.injected = 0
 
     def finish_if_done(self) -> None:
-        if self.phase is Phase.CLOSED or self.replies:
+        if self.phase is Phase.CLOSED or self.replies.slots:
             return
         # After EOF, finish once nothing owed remains and nothing that arrived before
         # the EOF can still be processed: no complete command, no message bytes.
@@ -511,7 +514,7 @@ class Session:
         eof_done = (
             self.client_eof
             and phase is not Phase.WAIT
-            and (not self.buffer if phase is Phase.DATA else not self.buffer.has_line())
+            and (not self.buffer.data if phase is Phase.DATA else not self.buffer.has_line())
         )
         if self.closing or eof_done:
             if self.link.live:
@@ -554,12 +557,16 @@ class Session:
 
     def _client_turn(self) -> bool:
         """True when the gateway is waiting for the client (its idle timeout runs)."""
-        return not self.replies and self.phase in CLIENT_TURN
+        return not self.replies.slots and self.phase in CLIENT_TURN
 
     def _finish(self, now: float) -> list[Action]:
-        if self.phase is not Phase.CLOSED:
-            turn = self._client_turn() or self.phase is Phase.TUNNEL
+        out = self.out
+        phase = self.phase
+        if phase is not Phase.CLOSED:
+            turn = (not self.replies.slots and phase in CLIENT_TURN) or phase is Phase.TUNNEL
             deadline = self.deadlines.next_timer(now, turn, self.policy.timeouts.client_idle)
             if deadline is not None:
-                self.out.emit(SetTimer(deadline))
-        return self.out.take()
+                out.actions.append(SetTimer(deadline))
+        actions = out.actions
+        out.actions = []
+        return actions

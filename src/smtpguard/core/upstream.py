@@ -30,7 +30,7 @@ from smtpguard.core.grammar import (
     ehlo_keywords,
     frame_reply_line,
 )
-from smtpguard.core.phases import Link, Upstream, next_upstream
+from smtpguard.core.phases import UPSTREAM, Link, Upstream
 from smtpguard.core.policy import StartTls as StartTlsPolicy
 
 if TYPE_CHECKING:
@@ -60,11 +60,11 @@ class UpstreamLink:
         "_partial",
         "_plan",
         "_s",
-        "_step",
-        "_then",
+                "_then",
         "greeted",
         "peer",
         "state",
+        "step",
         "tls",
     )
 
@@ -77,7 +77,7 @@ class UpstreamLink:
         self._partial = bytearray()  # a reply line not complete yet
         self._assembler = ReplyAssembler()
         self._plan: deque[Step] = deque()
-        self._step: Step | None = None  # the step whose reply is awaited
+        self.step: Step | None = None  # the gateway's own command whose reply is awaited
         self._then: Then | None = None
         self._fallback: Reply | None = None  # the EHLO reply if TLS cannot start
 
@@ -87,11 +87,7 @@ class UpstreamLink:
         return self.state is not Upstream.DOWN
 
     def move(self, trigger: Link) -> None:
-        self.state = next_upstream(self.state, trigger)
-
-    def busy(self) -> bool:
-        """True while one of the gateway's own commands awaits its reply."""
-        return self._step is not None
+        self.state = UPSTREAM[(self.state, trigger)]  # as phases.next_upstream
 
     # -- framing -------------------------------------------------------------------
     def feed(self, data: bytes, now: float) -> None:
@@ -158,11 +154,11 @@ class UpstreamLink:
         """Send the next step's command, or finish the handshake."""
         s = self._s
         if not self._plan:
-            self._step = None
+            self.step = None
             self.move(Link.READY)
             s.deadlines.server = None
             return
-        step = self._step = self._plan.popleft()
+        step = self.step = self._plan.popleft()
         if step is Step.XCLIENT_EHLO:
             line = f"EHLO {s.policy.hostname}\r\n".encode()
         elif step is Step.XCLIENT:
@@ -181,10 +177,10 @@ class UpstreamLink:
         s.out.to_server(line, verb)
 
     def on_step_reply(self, reply: Reply, now: float) -> None:
-        """The reply to the gateway's own command (``busy()`` was True)."""
+        """The reply to the gateway's own command (``step`` is set)."""
         s = self._s
-        step = self._step
-        self._step = None
+        step = self.step
+        self.step = None
         if step is Step.XCLIENT_EHLO:
             if reply.code != 250 or "XCLIENT" not in ehlo_keywords(reply):
                 s.out.event(
@@ -239,6 +235,8 @@ class UpstreamLink:
         return True
 
     def tls_started(self, now: float) -> None:
+        if not self._plan or self._plan[0] is not Step.TLS_EHLO:
+            return  # no handshake was asked for (a late or stray event): nothing to do
         self.tls = True
         self._advance(now)  # TLS_EHLO: RFC 3207 §4.2, start over
 
@@ -258,7 +256,7 @@ class UpstreamLink:
         self._partial.clear()
         self._assembler = ReplyAssembler()
         self._plan.clear()
-        self._step = None
+        self.step = None
         self._then = None
         self.tls = False
         self.move(Link.RECONNECT)
