@@ -36,13 +36,20 @@ def opened(policy: Policy = POLICY, **kw: bool) -> Playbook:
     )
 
 
-def test_a_message_end_to_end() -> None:
-    assert (
+def greeted() -> Playbook:
+    """Connected, greeted, and the client's HELO accepted."""
+    return (
         opened()
         >> ClientData(b"HELO c\r\n")
         << S(b"HELO c\r\n")
         >> ServerData(b"250 mx\r\n")
         << C(b"250 mx\r\n")
+    )
+
+
+def test_a_message_end_to_end() -> None:
+    assert (
+        greeted()
         >> ClientData(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject")
         # pipelined up to DATA; what follows DATA waits for the server's answer to it
         << S(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
@@ -81,11 +88,7 @@ def test_a_refused_verb_waits_for_the_earlier_reply() -> None:
 
 def test_a_smuggled_end_of_data_is_refused_and_the_upstream_aborted() -> None:
     assert (
-        opened()
-        >> ClientData(b"HELO c\r\n")
-        << S(b"HELO c\r\n")
-        >> ServerData(b"250 mx\r\n")
-        << C(b"250 mx\r\n")
+        greeted()
         >> ClientData(b"DATA\r\n")
         << S(b"DATA\r\n")
         >> ServerData(b"354 go\r\n")
@@ -105,11 +108,7 @@ def test_a_smuggled_end_of_data_is_refused_and_the_upstream_aborted() -> None:
 
 def test_a_lost_server_before_the_final_reply_is_451_never_250() -> None:
     assert (
-        opened()
-        >> ClientData(b"HELO c\r\n")
-        << S(b"HELO c\r\n")
-        >> ServerData(b"250 mx\r\n")
-        << C(b"250 mx\r\n")
+        greeted()
         >> ClientData(b"DATA\r\n")
         << S(b"DATA\r\n")
         >> ServerData(b"354 go\r\n")
