@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,9 +90,18 @@ def test_slow_clients_do_not_stop_a_normal_sender(tmp_path: Path) -> None:
     try:
         gw = Serve(tmp_path, "--upstream", sink.address, "--workers", "2")
         try:
-            baseline = gw.fds() + sum(
-                len(list(Path(f"/proc/{p}/fd").iterdir())) for p in gw.children()
-            )
+
+            def fds() -> int:
+                return gw.fds() + sum(
+                    len(list(Path(f"/proc/{p}/fd").iterdir())) for p in gw.children()
+                )
+
+            # The start-up probe's session may still be closing: wait for a steady count.
+            readings = [fds()]
+            while len(readings) < 3 or len(set(readings[-3:])) > 1:
+                time.sleep(0.2)
+                readings.append(fds())
+            baseline = readings[-1]
             stop = asyncio.Event()
             results: list[bytes] = []
             loop = asyncio.new_event_loop()
@@ -114,12 +124,7 @@ def test_slow_clients_do_not_stop_a_normal_sender(tmp_path: Path) -> None:
             loop.close()
             assert len(results) == 10 and all(r.startswith(b"250") for r in results)
 
-            def fds() -> int:
-                return gw.fds() + sum(
-                    len(list(Path(f"/proc/{p}/fd").iterdir())) for p in gw.children()
-                )
-
-            until(lambda: fds() == baseline, 30, f"fds back to {baseline}")
+            until(lambda: fds() == baseline, 60, f"fds back to {baseline}")
             c = Client(gw.port)
             assert c.reply().startswith(b"220")
             c.close()
