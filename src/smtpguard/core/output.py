@@ -17,10 +17,6 @@ class Output:
     def emit(self, action: Action) -> None:
         self.actions.append(action)
 
-    def take(self) -> list[Action]:
-        out, self.actions = self.actions, []
-        return out
-
     def to_client(self, raw: bytes) -> None:
         self.actions.append(ToClient(raw))
         if self.trace:

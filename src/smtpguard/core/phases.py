@@ -1,9 +1,10 @@
 """The session's phases and what moves between them, as tables.
 
 ``TRANSITIONS`` is the whole client-side state machine: which trigger moves which
-phase where. The session changes phase only through :func:`next_phase`, so a pair
-missing from the table is a bug that fails loudly (``KeyError``), never a silent new
-state. ``UPSTREAM`` is the same for the upstream connection's life cycle.
+phase where. The session changes phase only by looking the pair up here
+(``Session.goto``, as :func:`next_phase` does), so a pair missing from the table is a
+bug that fails loudly (``KeyError``), never a silent new state. ``UPSTREAM`` is the
+same for the upstream connection's life cycle (``UpstreamLink.move``).
 ``docs/architecture.md`` shows both, generated from here by :func:`mermaid`.
 """
 
@@ -117,10 +118,6 @@ UPSTREAM: dict[tuple[Upstream, Link], Upstream] = {
     **{(u, Link.LOST): Upstream.DOWN for u in Upstream if u is not Upstream.DOWN},
     **{(u, Link.RECONNECT): Upstream.CONNECTING for u in Upstream},
 }
-
-
-def next_upstream(state: Upstream, trigger: Link) -> Upstream:
-    return UPSTREAM[(state, trigger)]
 
 
 def mermaid(table: Iterable[tuple[tuple[enum.Enum, enum.Enum], enum.Enum]]) -> str:

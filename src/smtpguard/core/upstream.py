@@ -87,7 +87,7 @@ class UpstreamLink:
         return self.state is not Upstream.DOWN
 
     def move(self, trigger: Link) -> None:
-        self.state = UPSTREAM[(self.state, trigger)]  # as phases.next_upstream
+        self.state = UPSTREAM[(self.state, trigger)]  # the one way the state changes
 
     # -- framing -------------------------------------------------------------------
     def feed(self, data: bytes, now: float) -> None:
