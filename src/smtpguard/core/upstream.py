@@ -60,7 +60,7 @@ class UpstreamLink:
         "_partial",
         "_plan",
         "_s",
-                "_then",
+        "_then",
         "greeted",
         "peer",
         "state",
