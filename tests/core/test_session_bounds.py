@@ -61,3 +61,16 @@ def test_per_session_counters_are_bounded_by_configuration_not_input() -> None:
     assert sum(n for (_, what), n in session.commands.items() if what == "refused") == 200_000
     assert h.run.replies()[-1] == b"500 5.5.1 Unrecognized command"
     assert session.client_backlog == 0
+
+
+def test_a_server_closing_a_passthrough_tunnel_gets_no_plaintext_reply() -> None:
+    policy = dataclasses.replace(
+        Policy.for_mode(Mode.ESMTP, hostname="gw"), starttls=StartTls.PASSTHROUGH
+    )
+    h = Harness(policy, server=FakeServer(tls_raw=True)).start()
+    h.client(b"EHLO c\r\nSTARTTLS\r\n")
+    h.client(b"\x16\x03\x01 client hello")
+    before = bytes(h.run.client_out)
+    h.server_drops()
+    assert bytes(h.run.client_out) == before  # no 421 written into the TLS stream
+    assert h.run.client_closed

@@ -230,7 +230,8 @@ class Session:
                 self.out.event("SG-TUNNEL-TIMEOUT", "TLS tunnel idle past the timeout")
                 self.out.emit(CloseServer())
                 self.out.emit(CloseClient())
-                self.link.move(Link.LOST)
+                if self.link.live:
+                    self.link.move(Link.LOST)
                 self.goto(Trigger.CLOSE)
             return
         if d.expired(d.server, now):
@@ -539,6 +540,8 @@ class Session:
             self.abort_with(None)
         elif was is not Upstream.READY:
             link.reconnect_failed(f"upstream lost while {was.value}")
+        elif self.phase is Phase.TUNNEL:
+            self.abort_with(None)  # nothing can be said inside the client's TLS
         elif self.phase is Phase.DATA:
             assert self.relay is not None
             self.out.event("SG-UPSTREAM-LOST", "mail server lost during message data")
