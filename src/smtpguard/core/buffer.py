@@ -24,9 +24,6 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self.data)
 
-    def __bool__(self) -> bool:
-        return bool(self.data)
-
     def append(self, data: bytes) -> None:
         self.data += data
 

@@ -39,9 +39,6 @@ class ReplyPipeline:
     def __len__(self) -> int:
         return len(self.slots)
 
-    def __bool__(self) -> bool:
-        return bool(self.slots)
-
     def local(self, verb: str, reply: bytes) -> Slot:
         """A reply the gateway gives itself, in its place in the order."""
         slot = Slot(verb, reply=reply)
