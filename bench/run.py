@@ -81,6 +81,7 @@ def start_gateway(
     workers: int = 1,
     metrics: int | None = None,
     env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cmd = [
@@ -101,6 +102,7 @@ def start_gateway(
     ]
     if metrics is not None:
         cmd += ["--metrics-listen", f"{LOOPBACK}:{metrics}"]
+    cmd += extra  # later flags override the ones above
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_port(port, proc)
     return proc, port
