@@ -156,9 +156,10 @@ class Sink:
         found = re.findall(rb"mesg=(\d+)", tail)
         return int(found[-1]) if found else 0
 
-    def check(self, relay: str) -> None:
-        """Fail unless the sink has received every message sent so far."""
-        deadline = time.monotonic() + 10
+    def check(self, relay: str, wait: float = 10) -> None:
+        """Fail unless the sink has received every message sent so far (its counter
+        file is written as smtp-sink goes: allow ``wait`` seconds for the last)."""
+        deadline = time.monotonic() + wait
         got = self.delivered()
         while got < self.expected and time.monotonic() < deadline:
             time.sleep(0.1)
