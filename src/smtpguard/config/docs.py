@@ -139,7 +139,10 @@ def render() -> str:
         + ", ".join(f'`"{v.value}"`' for v in core.Verdict)
         + ". `reject`: 5xx and the session continues; `drop-connection`: 421 and close; "
         "`reset`: TCP RST; `log`: let it pass and log; `rate-limit`: let `rate` events "
-        "per `period` seconds pass, reject beyond.\n"
+        "per `period` seconds pass, reject beyond. Rate limits count per client address, "
+        "except `sender_length` and `sender_pattern`, which count per sender address "
+        "(MAIL FROM); the count is kept in the shared state store (`[state]`), so it "
+        "holds across all workers and instances (docs/scale-out.md).\n"
     )
     out.append("| check | measures | default |\n|---|---|---|")
     checks = core.Checks()
@@ -158,9 +161,11 @@ def render() -> str:
         schema.PatternCheck,
         list(schema.PatternCheck.model_fields),
         lambda n: (
-            _toml(getattr(core.PatternCheck(), n))
-            if n != "allow"
-            else "`false` (`true` for `recipient_domains`)"
+            "`false` (`true` for `recipient_domains`)"
+            if n == "allow"
+            else "not set"
+            if n == "rate"
+            else _toml(getattr(core.PatternCheck(), n))
         ),
     )
     out.append(

@@ -327,10 +327,12 @@ def _checks(model: schema.Checks, problems: list[_Invalid]) -> core.Checks:
     for name, spec in model:
         default = getattr(defaults, name)
         loc: Loc = ("checks", name)
-        if isinstance(spec, schema.LimitCheck):
+        if isinstance(spec, schema.LimitCheck | schema.PatternCheck):
             kw = _set_fields(spec)
             if "limit" in kw and kw["limit"] == 0:
                 kw["limit"] = None
+            if "patterns" in kw:
+                kw["patterns"] = tuple(kw["patterns"])
             check = dataclasses.replace(default, **kw)
             if check.action is core.Verdict.RATE_LIMIT and check.rate < 1:
                 problems.append(
@@ -346,11 +348,6 @@ def _checks(model: schema.Checks, problems: list[_Invalid]) -> core.Checks:
                 if wrong:
                     continue
             out[name] = check
-        elif isinstance(spec, schema.PatternCheck):
-            kw = _set_fields(spec)
-            if "patterns" in kw:
-                kw["patterns"] = tuple(kw["patterns"])
-            out[name] = dataclasses.replace(default, **kw)
         elif spec is not None:  # special_characters: a bare verdict
             if spec is core.Verdict.RATE_LIMIT:
                 others = _one_of(v for v in core.Verdict if v is not spec)

@@ -117,7 +117,9 @@ class LimitCheck(Section):
         default=None, description="fires above this value; 0 turns the check off"
     )
     rate: Annotated[StrictInt, Field(ge=1)] | None = Field(
-        default=None, description='with action = "rate-limit": events that pass per period'
+        default=None,
+        description='with action = "rate-limit": events that pass per period, per client '
+        "address (sender_length: per sender address), across all workers and instances",
     )
     period: Seconds | None = Field(
         default=None, description='with action = "rate-limit": the period, in seconds'
@@ -133,6 +135,14 @@ class PatternCheck(Section):
     )
     allow: StrictBool | None = Field(
         default=None, description="true: fire when NO pattern matches (an allow-list)"
+    )
+    rate: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None,
+        description='with action = "rate-limit": events that pass per period, per client '
+        "address (sender_pattern: per sender address), across all workers and instances",
+    )
+    period: Seconds | None = Field(
+        default=None, description='with action = "rate-limit": the period, in seconds'
     )
 
 

@@ -92,6 +92,20 @@ class PolicyEvent:
     action: str = "log"
 
 
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    """Count one event of the ``rate-limit`` check ``check`` under ``key`` (which
+    names the check and what it counts per: ``client:ADDRESS`` or ``sender:HASH``)
+    in a window of ``period`` seconds shared by every worker and instance; answer
+    with ``RateAnswer(count <= rate)``, or ``RateAnswer(None)`` when the store
+    fails. What the finding concerns waits for the answer (core/ratelimit.py)."""
+
+    check: str
+    key: str
+    rate: int
+    period: float
+
+
 Action = (
     ToServer
     | ToClient
@@ -104,4 +118,5 @@ Action = (
     | PolicyEvent
     | DedupeLookup
     | DedupeRecord
+    | RateCheck
 )

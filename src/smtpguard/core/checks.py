@@ -63,7 +63,9 @@ def pattern_fires(check: PatternCheck, value: str) -> bool:
 def pattern_finding(
     name: str, event_id: str, message: str, check: PatternCheck, code: int, text: str
 ) -> Finding:
-    return Finding(name, event_id, message, check.action, make_reply(code, text).raw)
+    return Finding(
+        name, event_id, message, check.action, make_reply(code, text).raw, check.rate, check.period
+    )
 
 
 def special_characters(args: str) -> str | None:

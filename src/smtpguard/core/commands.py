@@ -22,7 +22,7 @@ from smtpguard.core.deadlines import reply_timeout
 from smtpguard.core.ehlo import parameter_refused_reply, refused_parameter
 from smtpguard.core.grammar import check_line_bytes, parse_command
 from smtpguard.core.phases import Trigger
-from smtpguard.core.pipeline import TLS_SLOT
+from smtpguard.core.pipeline import TLS_SLOT, Slot
 from smtpguard.core.policy import StartTls as StartTlsPolicy
 from smtpguard.core.policy import Verdict
 
@@ -133,15 +133,20 @@ class Commands:
         elif s.need_hello and verb not in HELLO_FREE_VERBS:
             s.commands_refused += 1
             s.local_reply(verb, replies.SEND_HELLO_FIRST)
-        elif verb in ("MAIL", "RCPT") and self._envelope_refused(verb, cmd.args, now):
+        elif verb in ("MAIL", "RCPT") and self._envelope_refused(verb, cmd.args, line, now):
             pass
         else:
             self.forward(verb, line, now)
 
-    def forward(self, verb: str, line: bytes, now: float) -> None:
+    def forward(self, verb: str, line: bytes, now: float, slot: Slot | None = None) -> None:
+        """Relay a command; ``slot``: the reply slot it took while it was held."""
         s = self._s
         s.count(verb, "forwarded")
-        s.replies.forwarded(verb, line)
+        if slot is None:
+            s.replies.forwarded(verb, line)
+        else:
+            slot.raw = line
+            s.replies.expect(slot)
         if s.deadlines.server is None:
             s.deadlines.server = now + reply_timeout(s.policy.timeouts, verb)
         s.out.to_server(line, verb)
@@ -225,30 +230,47 @@ class Commands:
         return True
 
     # -- MAIL and RCPT ---------------------------------------------------------------
-    def _envelope_refused(self, verb: str, args: str, now: float) -> bool:
-        """Run the MAIL/RCPT checks; True when the command must not be forwarded."""
+    def _envelope_refused(self, verb: str, args: str, line: bytes, now: float) -> bool:
+        """Run the MAIL/RCPT checks; True when the command must not be forwarded (now:
+        a shared rate-limit holds it for its count, core/ratelimit.py)."""
         s = self._s
         env = s.envelope
         checks = s.policy.checks
+        sender = None
         if verb == "MAIL":
             env.rcpt_count = 0
-            found, _, params = check_mail(args, checks)
+            found, sender, params = check_mail(args, checks)
         else:
             if env.rcpt_blocked:
                 s.local_reply(verb, replies.TOO_MANY_INVALID)
                 return True
             env.rcpt_count += 1
             found, params = check_rcpt(args, checks, env.rcpt_count)
-        if found is not None and self.enforce(found, verb, now):
-            return True
+        if found is not None:
+            if found.verdict is Verdict.RATE_LIMIT and s.shared_rates is not None:
+                s.shared_rates.hold_command(found, verb, line, params, sender)
+                return True
+            if self.enforce(found, verb, now):
+                return True
+        return self.params_refused(verb, params)
+
+    def params_refused(self, verb: str, params: str, slot: Slot | None = None) -> bool:
+        """Refuse a MAIL/RCPT parameter of an extension the client was not shown;
+        ``slot``: the reply slot of a command that was held."""
+        s = self._s
         param = refused_parameter(verb, params, s.shown) if params else None
-        if param is not None:
-            s.out.event(
-                "SG-ESMTP-PARAM", f"{verb} parameter {param} of an extension not offered", "reject"
-            )
+        if param is None:
+            return False
+        s.out.event(
+            "SG-ESMTP-PARAM", f"{verb} parameter {param} of an extension not offered", "reject"
+        )
+        if slot is None:
             s.local_reply(verb, parameter_refused_reply(param))
-            return True
-        return False
+        else:
+            s.count(verb, "refused")
+            slot.reply = parameter_refused_reply(param)
+            s.flush()
+        return True
 
     def invalid_rcpt(self, now: float) -> None:
         """The server refused a RCPT with 5xx: the session's count, and its check."""
@@ -273,6 +295,9 @@ class Commands:
         s = self._s
         verdict = f.verdict
         if verdict is Verdict.RATE_LIMIT:
+            if after and s.shared_rates is not None:
+                s.shared_rates.count_after(f)  # decided when the store answers
+                return True
             verdict = Verdict.LOG if s.rates.allow(f, now) else Verdict.REJECT
         s.out.event(f.event_id, f.message, verdict.value)
         if verdict is Verdict.LOG:

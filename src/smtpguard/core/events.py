@@ -76,6 +76,14 @@ class DedupeAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class RateAnswer:
+    """The answer to ``RateCheck``: True if the event is within the check's rate,
+    False if over it, None if the store failed (allowed: limits fail open)."""
+
+    allowed: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Drain: finish the transaction in flight, then close with 421."""
 
@@ -91,5 +99,6 @@ Event = (
     | TlsDone
     | TlsFailed
     | DedupeAnswer
+    | RateAnswer
     | Shutdown
 )

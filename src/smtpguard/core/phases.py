@@ -25,6 +25,7 @@ class Phase(enum.Enum):
     QUIT = "quit"  # QUIT forwarded (or the PIX split-EOD bug): nothing more is read
     TLS = "tls"  # a TLS handshake with the client is under way: nothing is read
     TUNNEL = "tunnel"  # STARTTLS passthrough: bytes relayed, no longer inspected
+    RATE = "rate"  # a command or the final dot waits for a shared rate-limit count
     CLOSED = "closed"
 
 
@@ -47,6 +48,8 @@ class Trigger(enum.Enum):
     SPLIT_EOD_BUG = "split end of data swallowed (PIX emulation)"
     DEDUPE_LOOKUP = "final dot held for a duplicate lookup"
     DEDUPE_ANSWER = "duplicate lookup answered"
+    RATE_HOLD = "held for a shared rate-limit count"
+    RATE_ANSWER = "rate-limit count answered"
     CLOSE = "close"
 
 
@@ -69,6 +72,8 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     (Phase.TLS, Trigger.TLS_DONE): Phase.COMMAND,
     (Phase.COMMAND, Trigger.DEDUPE_LOOKUP): Phase.WAIT,
     (Phase.WAIT, Trigger.DEDUPE_ANSWER): Phase.COMMAND,
+    (Phase.COMMAND, Trigger.RATE_HOLD): Phase.RATE,
+    (Phase.RATE, Trigger.RATE_ANSWER): Phase.COMMAND,
     **{(p, Trigger.CLOSE): Phase.CLOSED for p in _ALL if p is not Phase.CLOSED},
 }
 

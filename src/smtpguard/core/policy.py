@@ -92,6 +92,8 @@ class PatternCheck:
     action: Verdict = Verdict.REJECT
     patterns: tuple[str, ...] = ()
     allow: bool = False
+    rate: int = 0  # RATE_LIMIT: events that pass per period
+    period: float = 60.0
 
     @property
     def enabled(self) -> bool:
@@ -171,6 +173,10 @@ class Policy:
     # Duplicate suppression ([dedupe]): at the end of data the session asks its driver
     # whether the server already accepted this transaction (core/dedupe.py).
     dedupe: bool = False
+    # Shared rate limits: a ``rate-limit`` finding is counted by the driver in the
+    # shared store (per client or sender address, across workers and instances) and
+    # what it concerns waits for the count (core/ratelimit.py); off: per session.
+    shared_rates: bool = False
 
     @classmethod
     def for_mode(cls, mode: Mode, **kw: object) -> Policy:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from smtpguard.core import replies
 from smtpguard.core.actions import ToServer
+from smtpguard.core.checks import Finding
 from smtpguard.core.data import DataScanner, Normalizer
 from smtpguard.core.grammar import END_OF_DATA
 from smtpguard.core.message import MessageInspector
@@ -34,7 +35,9 @@ STOPPED = -2  # the session stopped reading (a drop, a reset, the PIX split-EOD 
 
 
 class MessageRelay:
-    __slots__ = ("_held_cr", "_inspector", "_normalizer", "_s", "_scanner", "refusal")
+    __slots__ = (
+        "_held_cr", "_inspector", "_normalizer", "_s", "_scanner", "deferred", "refusal"
+    )  # fmt: skip
 
     def __init__(self, session: Session) -> None:
         self._s = session
@@ -44,6 +47,8 @@ class MessageRelay:
         self._inspector: MessageInspector | None = MessageInspector(policy.checks)
         self._held_cr = False
         self.refusal: bytes | None = None  # the reply owed at the end of a refused message
+        # Shared rate-limit findings, counted at the end of data (core/ratelimit.py).
+        self.deferred: list[Finding] = []
 
     @property
     def size(self) -> int:
@@ -87,8 +92,8 @@ class MessageRelay:
             if scan.end < 0 and chunk.endswith(b"\r"):
                 send -= 1
                 self._held_cr = True
-            if scan.end >= 0 and duplicates is not None:
-                duplicates.hold_dot(memoryview(chunk)[:send])
+            if scan.end >= 0 and (duplicates is not None or self.deferred):
+                self._hold_dot(memoryview(chunk)[:send])
             elif send == len(chunk):
                 s.out.emit(ToServer(chunk))
             elif send:
@@ -120,10 +125,19 @@ class MessageRelay:
         s = self._s
         if normalizer.changed and not was:
             s.out.event("SG-DATA-NORMALIZED", "bare line ends rewritten to CRLF", "log")
-        if final and s.duplicates is not None:
-            s.duplicates.hold_dot(out)
+        if final and (s.duplicates is not None or self.deferred):
+            self._hold_dot(out)
         elif out:
             s.out.emit(ToServer(out))
+
+    def _hold_dot(self, data: bytes | memoryview) -> None:
+        """The end of data: the terminator's last octets wait for the shared rate
+        counts, else for the duplicate lookup."""
+        s = self._s
+        if self.deferred and s.shared_rates is not None:
+            s.shared_rates.hold_dot(data)
+        elif s.duplicates is not None:
+            s.duplicates.hold_dot(data)
 
     def _inspect(self, part: bytes, now: float) -> bool:
         """Content checks on one chunk's message bytes, verdicts applied; False when
@@ -135,6 +149,9 @@ class MessageRelay:
         for f in inspector.feed(part):
             verdict = f.verdict
             if verdict is Verdict.RATE_LIMIT:
+                if s.shared_rates is not None:
+                    self.deferred.append(f)  # counted at the end of data
+                    continue
                 verdict = Verdict.LOG if s.rates.allow(f, now) else Verdict.REJECT
             if verdict is Verdict.LOG:
                 s.out.event(f.event_id, f.message, "log")

@@ -53,6 +53,7 @@ from smtpguard.core.events import (
     ClientEof,
     DedupeAnswer,
     Event,
+    RateAnswer,
     ServerClosed,
     ServerConnected,
     ServerData,
@@ -75,6 +76,7 @@ from smtpguard.core.phases import (
 )
 from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
 from smtpguard.core.policy import Policy
+from smtpguard.core.ratelimit import SharedRates
 from smtpguard.core.relay import MessageRelay
 from smtpguard.core.upstream import UpstreamLink
 
@@ -117,6 +119,7 @@ class Session:
         self.rates = Rates()
         self.relay: MessageRelay | None = None
         self.duplicates = Duplicates(self) if policy.dedupe else None
+        self.shared_rates = SharedRates(self) if policy.shared_rates else None
         line_check = policy.checks.command_line_length
         # A disabled check still keeps a hard cap: the buffer must stay bounded.
         self.line_limit = line_check.limit if line_check.limit is not None else 4096
@@ -170,6 +173,10 @@ class Session:
         elif isinstance(event, DedupeAnswer):
             if self.duplicates is not None:
                 self.duplicates.answer(event.queue_id, now)
+                self._pump(now)
+        elif isinstance(event, RateAnswer):
+            if self.shared_rates is not None:
+                self.shared_rates.answer(event.allowed, now)
                 self._pump(now)
         else:
             self._tls_failed(event.side, now)
@@ -425,7 +432,9 @@ class Session:
             self.link.reconnect(now)
         else:
             slot = self.replies.pending(END_OF_DATA_VERB)
-            if self.duplicates is None or not self.duplicates.lookup(slot):
+            if relay.deferred and self.shared_rates is not None:
+                self.shared_rates.hold_message(slot, relay.deferred)  # ratelimit.py
+            elif self.duplicates is None or not self.duplicates.lookup(slot):
                 self.replies.expect(slot)
             self.deadlines.server = now + self.policy.timeouts.data_end
         if end < len(chunk):
