@@ -200,3 +200,58 @@ def test_admit_is_token_then_lease_in_one_step(make_store: Callable[[], Store]) 
         assert await s.lease_count("other") == 0
 
     run(_with(make_store(), body))
+
+
+def test_window_counter_counts_then_expires(make_store: Callable[[], Store]) -> None:
+    async def body(s: Store) -> None:
+        assert [await s.count_event("rl:a", 30) for _ in range(4)] == [1, 2, 3, 4]
+        assert await s.count_event("rl:b", 30) == 1  # per key
+        assert await s.count_event("rl:short", 0.2) == 1
+        deadline = time.monotonic() + 10
+        while await s.count_event("rl:short", 0.2) != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)  # a new window once the last one expired
+        assert await s.count_event("rl:a", 30) == 5  # the long window is still there
+
+    run(_with(make_store(), body))
+
+
+def test_sqlite_window_with_a_fake_clock(tmp_path: Path) -> None:
+    now = [1000.0]
+    prepare_sqlite(str(tmp_path))
+    s = SqliteStore(str(tmp_path), clock=lambda: now[0])
+
+    async def body(s: Store) -> None:
+        assert [await s.count_event("k", 60) for _ in range(3)] == [1, 2, 3]
+        now[0] += 59.9  # the window runs from the first event
+        assert await s.count_event("k", 60) == 4
+        now[0] += 0.1
+        assert await s.count_event("k", 60) == 1
+
+    run(_with(s, body))
+
+
+def _count(directory: str, start: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    async def body() -> list[int]:
+        s = SqliteStore(directory)
+        while time.time() < start:
+            await asyncio.sleep(0.001)
+        try:
+            return [await s.count_event("192.0.2.1", 3600) for _ in range(5)]
+        finally:
+            await s.close()
+
+    out.put(asyncio.run(body()))
+
+
+def test_sqlite_window_counter_is_exact_across_processes(tmp_path: Path) -> None:
+    prepare_sqlite(str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    start = time.time() + 0.5
+    procs = [ctx.Process(target=_count, args=(str(tmp_path), start, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sorted(n for r in results for n in r) == list(range(1, 31))  # none twice, none lost

@@ -39,6 +39,7 @@ from smtpguard.core.actions import (
     CloseServer,
     OpenServer,
     PolicyEvent,
+    RateCheck,
     SetTimer,
     StartTls,
     ToClient,
@@ -50,6 +51,7 @@ from smtpguard.core.events import (
     ClientData,
     ClientEof,
     DedupeAnswer,
+    RateAnswer,
     ServerClosed,
     ServerConnected,
     ServerData,
@@ -67,6 +69,7 @@ from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.ratelimit import RateLimits
 
 log = logging.getLogger("smtpguard.gateway")
 
@@ -97,6 +100,7 @@ class GatewayView(Protocol):
     policy: Policy
     access: AccessControl
     dedupe: Dedupe | None
+    rates: RateLimits | None
     metrics: Metrics
     protocol_log: ProtocolLog | None
     tls: TlsContexts | None
@@ -428,6 +432,24 @@ class ClientConnection(asyncio.Protocol):
             self._run(session.handle(DedupeAnswer(queue_id), self.loop.time()))
             self._update_reading()
 
+    def _do_rate_check(self, a: RateCheck) -> None:
+        rates = self.gw.rates
+        if rates is not None:
+            rates.check(self.gw, self, a)  # answers with rate_answer
+        else:  # no store (cannot happen: set_policy): allowed, as when it fails
+            self.loop.call_soon(self.rate_answer, None)
+
+    def rate_answer(self, allowed: bool | None) -> None:
+        """The store's count for the core's RateCheck (state/ratelimit.py)."""
+        session = self.session
+        if self._done or session is None:
+            return
+        try:
+            self._run(session.handle(RateAnswer(allowed), self.loop.time()))
+            self._update_reading()
+        except Exception as exc:
+            self._crash(exc)
+
     def _do_start_tls(self, a: StartTls) -> None:
         task = self.loop.create_task(self._start_tls(a.side))
         task.add_done_callback(_log_failure)
@@ -593,6 +615,7 @@ _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
     StartTls: ClientConnection._do_start_tls,
     DedupeLookup: ClientConnection._do_dedupe_lookup,
     DedupeRecord: ClientConnection._do_dedupe_record,
+    RateCheck: ClientConnection._do_rate_check,
 }
 
 

@@ -45,6 +45,7 @@ from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.ratelimit import RateLimits
 
 log = logging.getLogger("smtpguard.gateway")
 
@@ -103,10 +104,12 @@ class Gateway:
         # Set by the CLI when a rule needs the shared store ([state], [dedupe]).
         self.limits: SharedLimits | None = None
         self.dedupe: Dedupe | None = None
+        self.rates: RateLimits | None = None
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
         self.upstream_proxy = "off"  # PROXY protocol header towards the server: v1, v2
-        self.policy = policy
-        self._normalized = self._derive_normalized(policy)
+        # No shared store yet: set_policy turns shared_rates on once one is attached.
+        self.policy = dataclasses.replace(policy, shared_rates=False)
+        self._normalized = self._derive_normalized(self.policy)
         # Set by the CLI when there is a config file: returns a Reload or raises
         # ConfigError (one line) when the file is invalid.
         self.reloader: Callable[[], Reload] | None = None
@@ -167,7 +170,12 @@ class Gateway:
         return self.policy
 
     def set_policy(self, policy: Policy, access: AccessPolicy | None = None) -> None:
-        """Use ``policy`` (and ``access``) for sessions that start from now on."""
+        """Use ``policy`` (and ``access``) for sessions that start from now on. With
+        a shared store for them, sessions count rate limits there (``shared_rates``);
+        without (a reload that adds a rate-limit check), per session."""
+        shared = self.rates is not None
+        if policy.shared_rates is not shared:
+            policy = dataclasses.replace(policy, shared_rates=shared)
         self.policy = policy
         self._normalized = self._derive_normalized(policy)
         if access is not None:

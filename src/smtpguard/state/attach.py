@@ -3,9 +3,10 @@
 ``prepare_for(settings)`` runs in the parent before any fork (the embedded database
 is created there, so an unusable ``[state] directory`` is one line at start);
 ``attach(gateway, settings)`` runs in each worker and gives the gateway its
-:class:`~smtpguard.gateway.access.SharedLimits` and :class:`~smtpguard.state.dedupe.
-Dedupe` over one store per process. With no per-address limit and dedupe off, no
-store is opened and no session pays a round trip.
+:class:`~smtpguard.gateway.access.SharedLimits`, :class:`~smtpguard.state.dedupe.
+Dedupe` and :class:`~smtpguard.state.ratelimit.RateLimits` over one store per
+process. With no per-address limit, no ``rate-limit`` check and dedupe off, no store
+is opened and no session pays a round trip.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from smtpguard.state import Guarded, StoreError, open_store, prepare
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.ratelimit import RateLimits, uses_rate_limit
 
 if TYPE_CHECKING:
     from smtpguard.config.load import Settings
@@ -25,7 +27,12 @@ if TYPE_CHECKING:
 def needed(settings: Settings) -> bool:
     """True when a configured rule counts across sessions or dedupe is on."""
     a = settings.access
-    return a.max_sessions_per_ip > 0 or a.connection_rate > 0 or settings.dedupe.enabled
+    return (
+        a.max_sessions_per_ip > 0
+        or a.connection_rate > 0
+        or settings.dedupe.enabled
+        or uses_rate_limit(settings.policy)
+    )
 
 
 def describe(settings: Settings) -> str | None:
@@ -40,6 +47,8 @@ def describe(settings: Settings) -> str | None:
     uses = []
     if settings.access.max_sessions_per_ip > 0 or settings.access.connection_rate > 0:
         uses.append("per-address limits")
+    if uses_rate_limit(settings.policy):
+        uses.append("check rate limits")
     if settings.dedupe.enabled:
         uses.append(f"dedupe ({settings.dedupe.window:g}s window)")
     return f"{where}: {', '.join(uses)}"
@@ -62,10 +71,13 @@ class Shared:
     store: Guarded
     limits: SharedLimits
     dedupe: Dedupe | None
+    rates: RateLimits | None = None
 
     async def close(self) -> None:
         if self.dedupe is not None:
             await self.dedupe.close()
+        if self.rates is not None:
+            await self.rates.close()
         await self.limits.close()  # gives back the leases, closes the store
 
 
@@ -83,6 +95,9 @@ def attach(gateway: Gateway, settings: Settings) -> Shared | None:
         raise CliError(str(exc)) from None
     limits = SharedLimits(store, gateway.access, settings.state.lease)
     dedupe = Dedupe(store, settings.dedupe.window) if settings.dedupe.enabled else None
+    rates = RateLimits(store) if uses_rate_limit(settings.policy) else None
     gateway.limits = limits
     gateway.dedupe = dedupe
-    return Shared(store, limits, dedupe)
+    gateway.rates = rates
+    gateway.set_policy(gateway.policy)  # sessions count rate limits in the store now
+    return Shared(store, limits, dedupe, rates)

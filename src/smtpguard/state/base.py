@@ -1,6 +1,6 @@
 """The shared-state interface: what limits and duplicate suppression need of a store.
 
-Theory of operation: a store holds three kinds of record, each with an expiry, and
+Theory of operation: a store holds four kinds of record, each with an expiry, and
 every operation on one record is atomic across all processes that share the store
 (the workers of a host with the embedded default, every instance of a fleet with
 Redis/Valkey):
@@ -12,7 +12,10 @@ Redis/Valkey):
 - **token buckets**: ``take_token`` is one connection-rate decision (a burst of
   ``capacity``, refilled at ``capacity`` per ``period`` seconds);
 - **values**: ``set_if_absent`` (compare-and-set on "no value") and ``get``, for the
-  duplicate-suppression keys.
+  duplicate-suppression keys;
+- **window counters**: ``count_event`` counts one event in a fixed window that
+  starts with the first event and expires ``period`` seconds later, for the
+  ``rate-limit`` action of the checks.
 
 Every method is a coroutine; none blocks the event loop. Failures (unreachable,
 timeout, a broken file) raise :class:`StoreError` with a one-line reason; callers
@@ -69,6 +72,12 @@ class Store(ABC):
         if cap > 0 and not await self.lease_acquire(key, holder, cap, ttl):
             return "cap"
         return "ok"
+
+    @abstractmethod
+    async def count_event(self, key: str, period: float) -> int:
+        """Count one event under ``key``: the events in its window, this one included.
+        A window starts with the first event after the last one expired and lasts
+        ``period`` seconds."""
 
     @abstractmethod
     async def set_if_absent(self, key: str, value: str, ttl: float) -> bool:

@@ -93,6 +93,9 @@ class Guarded(Store):
     async def take_token(self, key: str, capacity: int, period: float) -> bool:
         return await self._guard(lambda: self.store.take_token(key, capacity, period))
 
+    async def count_event(self, key: str, period: float) -> int:
+        return await self._guard(lambda: self.store.count_event(key, period))
+
     async def set_if_absent(self, key: str, value: str, ttl: float) -> bool:
         return await self._guard(lambda: self.store.set_if_absent(key, value, ttl))
 

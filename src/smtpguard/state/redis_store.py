@@ -8,7 +8,8 @@ Every read-modify-write is one Lua script, so it is atomic on the server whateve
 the number of instances, and every script takes the time from the server itself
 (``TIME``): the instances of a fleet need not agree on their clocks. Leases are a
 sorted set per client address (member: holder, score: expiry in ms); buckets a hash;
-duplicate keys plain strings with ``PX``. Every key has a TTL, so nothing outlives
+duplicate keys plain strings with ``PX``; rate-limit windows counters (``INCR``, the
+TTL set by the first event). Every key has a TTL, so nothing outlives
 its use even if no instance ever cleans up. Keys start with ``prefix`` (default
 ``smtpguard:``) so one database can serve other programs too. Redis Cluster is not
 supported (a renewal batch spans keys of several slots).
@@ -116,6 +117,13 @@ return ok
 )
 
 
+_COUNT_EVENT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -156,6 +164,7 @@ class RedisStore(Store):
         self._renew = self._r.register_script(_RENEW)
         self._count = self._r.register_script(_COUNT)
         self._token = self._r.register_script(_TOKEN)
+        self._count_event = self._r.register_script(_COUNT_EVENT)
 
     async def _do(self, what: Awaitable[T]) -> T:
         try:
@@ -203,6 +212,10 @@ class RedisStore(Store):
     async def take_token(self, key: str, capacity: int, period: float) -> bool:
         ok = await self._do(self._token(keys=[self._k("rate", key)], args=[capacity, _ms(period)]))
         return bool(ok)
+
+    async def count_event(self, key: str, period: float) -> int:
+        keys = [self._k("count", key)]
+        return int(await self._do(self._count_event(keys=keys, args=[_ms(period)])))
 
     async def set_if_absent(self, key: str, value: str, ttl: float) -> bool:
         done = await self._do(self._r.set(self._k("kv", key), value, nx=True, px=_ms(ttl)))

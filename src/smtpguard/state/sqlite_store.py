@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS buckets (
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leases_expires ON leases (expires);
 """
 
@@ -117,7 +119,7 @@ class SqliteStore(Store):
             result = fn(conn, now)
             if now - self._purged >= PURGE_EVERY:
                 self._purged = now
-                for table in ("leases", "buckets", "kv"):
+                for table in ("leases", "buckets", "kv", "counters"):
                     conn.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,))
             conn.execute("COMMIT")
         except BaseException:
@@ -172,6 +174,19 @@ class SqliteStore(Store):
 
     async def take_token(self, key: str, capacity: int, period: float) -> bool:
         return await self._call(lambda c, now: _token(c, now, key, capacity, period))
+
+    async def count_event(self, key: str, period: float) -> int:
+        def op(c: sqlite3.Connection, now: float) -> int:
+            row = c.execute(
+                "SELECT count FROM counters WHERE key = ? AND expires > ?", (key, now)
+            ).fetchone()
+            if row is None:  # no window, or an expired one: this event starts one
+                c.execute("INSERT OR REPLACE INTO counters VALUES (?, 1, ?)", (key, now + period))
+                return 1
+            c.execute("UPDATE counters SET count = count + 1 WHERE key = ?", (key,))
+            return int(row[0]) + 1
+
+        return await self._call(op)
 
     async def set_if_absent(self, key: str, value: str, ttl: float) -> bool:
         def op(c: sqlite3.Connection, now: float) -> bool:

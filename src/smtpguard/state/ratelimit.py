@@ -1,0 +1,79 @@
+"""Shared rate limits, the shell's part: the store counts the core asks for.
+
+The core (``smtpguard.core.ratelimit``) emits ``RateCheck(check, key, rate, period)``
+for a finding whose action is ``rate-limit`` and holds what it concerns (the MAIL or
+RCPT command, or the final dot) until the answer. :meth:`RateLimits.check` counts
+the event in the store in a task of its own (the event loop never waits) and hands
+``conn.rate_answer(count <= rate)`` back. A store that fails or is slower than
+``[state] timeout`` answers None: the core lets the command or message through
+(limits fail open), and ``SG-STATE-FAIL-OPEN`` is logged and counted.
+
+The store is opened for this only when a check's action is ``rate-limit``
+(:func:`uses_rate_limit`); a session whose checks never fire asks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Protocol
+
+from smtpguard.core.actions import PolicyEvent, RateCheck
+from smtpguard.core.policy import Policy, Verdict
+from smtpguard.state.base import StoreError
+from smtpguard.state.guard import FAIL_OPEN, Guarded
+
+log = logging.getLogger("smtpguard.gateway")
+
+
+class _Events(Protocol):
+    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
+
+
+class _Conn(Protocol):
+    sid: str
+    peer: str
+
+    def rate_answer(self, allowed: bool | None) -> None: ...
+
+
+def uses_rate_limit(policy: Policy) -> bool:
+    """True when any check's action is ``rate-limit``."""
+    checks = policy.checks
+    for field in dataclasses.fields(checks):
+        value = getattr(checks, field.name)
+        if getattr(value, "action", value) is Verdict.RATE_LIMIT:
+            return True
+    return False
+
+
+class RateLimits:
+    def __init__(self, store: Guarded) -> None:
+        self.store = store
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def check(self, events: _Events, conn: _Conn, a: RateCheck) -> None:
+        task = asyncio.get_running_loop().create_task(self._check(events, conn, a))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _check(self, events: _Events, conn: _Conn, a: RateCheck) -> None:
+        allowed = None
+        try:
+            allowed = await self.store.count_event(a.key, a.period) <= a.rate
+        except StoreError as exc:
+            events.policy_event(
+                conn.sid, conn.peer, PolicyEvent(FAIL_OPEN, f"{a.check} rate not counted: {exc}")
+            )
+        conn.rate_answer(allowed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rate-limit task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Let counts under way finish (bounded by the store's timeout)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.store.timeout + 1.0)
