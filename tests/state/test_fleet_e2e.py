@@ -1,8 +1,8 @@
 """A fleet as it runs in production, on loopback: HAProxy (PROXY protocol v2) in
 front of two gateway instances with two workers each, sharing one real
-redis-server. The per-address cap holds across the fleet, a message accepted
-through one instance and re-sent through the other is suppressed, and killing
-Redis mid-run loses no message.
+redis-server. The per-address cap and the rate-limit action of a check hold across
+the fleet, a message accepted through one instance and re-sent through the other is
+suppressed, and killing Redis mid-run loses no message.
 
 Clients bind to 127.0.0.2; the gateways trust 127.0.0.1 (HAProxy) for PROXY
 headers and so see 127.0.0.2 as the client.
@@ -85,6 +85,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
                 f'[access]\nproxy_protocol_from = ["{LOOPBACK}/32"]\nmax_sessions_per_ip = 2\n'
                 f'[state]\nurl = "{redis.url}"\ntimeout = 1.0\nretry = 0.5\n'
                 "[dedupe]\nenabled = true\n"
+                '[checks.sender_pattern]\naction = "rate-limit"\npatterns = ["limited@.*"]\n'
+                "rate = 3\nperiod = 3600.0\n"
             )
             gateways.append(
                 GatewayProcess("--config", str(cfg), "--workers", "2", workdir=tmp_path)
@@ -204,3 +206,24 @@ def test_a_copy_resent_through_the_other_instance_is_suppressed(fleet: Fleet) ->
     relayed = [n - suppressed.count(i) for i, n in enumerate(fleet.data_events())]
     assert sorted(relayed) == [0, 1]  # one instance relayed the original...
     assert suppressed.count(relayed.index(0)) >= 1  # ...the other suppressed a copy
+
+
+def test_a_sender_rate_limit_holds_across_the_fleet(fleet: Fleet) -> None:
+    """sender_pattern counts per sender address: 3 per hour through the whole fleet."""
+    codes = []
+    for n in range(8):  # round robin: both instances, both workers of each
+        with smtplib.SMTP(LOOPBACK, fleet.port, timeout=20, source_address=(CLIENT, 0)) as s:
+            s.helo("client.example.org")
+            code, text = s.mail("limited@example.org")
+            codes.append(code)
+            if code == 250:
+                s.rcpt("b@example.net")
+                assert s.data(message(200 + n))[0] == 250
+            else:
+                assert text == b"5.7.1 Sender address rejected"
+            s.quit()
+    assert codes == [250] * 3 + [550] * 5, codes
+    assert len(delivered(fleet.sink, 3)) == 3
+    # One event per MAIL ("log" within the rate, "reject" beyond), from both instances:
+    # they counted in the one store.
+    assert set(fleet.wait_events("SG-CHK-SENDER-PATTERN", 8)) == {0, 1}
