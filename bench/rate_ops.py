@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.state_bench import IN_SCRIPTS, commandstats  # noqa: E402
 from tests.peers import LOOPBACK, GatewayProcess, SmtpSink  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
+
+from bench.state_bench import IN_SCRIPTS, commandstats  # noqa: E402
 
 CHECKS = (
     '[checks.recipient_domains]\naction = "rate-limit"\npatterns = ["example\\\\.net"]\n'
