@@ -19,9 +19,10 @@ from smtpguard.core.events import (
     RateAnswer,
     ServerConnected,
     ServerData,
+    Shutdown,
     Start,
 )
-from smtpguard.core.policy import Check, Checks, PatternCheck, Policy, Verdict
+from smtpguard.core.policy import Check, Checks, Emulation, PatternCheck, Policy, Smuggling, Verdict
 from smtpguard.core.ratelimit import client_key, sender_key
 from smtpguard.core.session import Session
 from tests.core.harness import Harness
@@ -339,3 +340,59 @@ def test_invalid_recipients_over_the_limit_blocks_the_next_rcpts() -> None:
     assert b"RCPT TO:<b@example.net>" not in h.run.server.received
     assert h.run.replies()[-2:] == [b"550 5.1.1 User unknown", replies.TOO_MANY_INVALID.rstrip()]
     assert ("SG-CHK-INVALID-RECIPIENTS", "reject") in [(e.id, e.action) for e in h.run.events]
+
+
+def test_normalize_mode_holds_the_dot_too() -> None:
+    p = dataclasses.replace(CONTENT, smuggling=Smuggling.NORMALIZE)
+    counts = {"to_cc_count:client:192.0.2.7": 1}
+    h = RateHarness(counts, defer=True, policy=p)
+    h.start()
+    h.client(TX + MSG.replace(b"body\r\n", b"body\nbare\r\n"))
+    assert h.run.server.messages == [] and len(h.checks) == 1
+    h.answer()  # over the limit
+    assert h.run.replies()[-1] == b"554 5.6.0 Message refused: too many To/Cc addresses"
+    assert all(s.messages == [] for s in h.run.servers)
+
+
+def test_pix_lock_step_forwards_the_held_command_then_waits() -> None:
+    p = dataclasses.replace(RELAY, emulation=Emulation(pix=True))
+    h = RateHarness({}, defer=True, policy=p)
+    h.start()
+    h.client(HELO + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.test>\r\nQUIT\r\n")
+    assert b"RCPT" not in h.run.server.received
+    h.answer()
+    assert h.run.server.received.endswith(b"RCPT TO:<x@elsewhere.test>\r\nQUIT\r\n")
+    assert h.run.replies()[-2:] == [b"250 2.1.5 Ok", b"221 2.0.0 Bye"]
+
+
+def test_the_client_closing_while_a_command_is_held_still_gets_its_reply() -> None:
+    h = RateHarness({}, defer=True, policy=RELAY)
+    h.start()
+    h.client(HELO + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.test>\r\n")
+    h.client_eof()
+    assert not h.run.client_closed  # the held RCPT is owed a reply
+    h.answer()
+    assert h.run.replies()[-1] == b"250 2.1.5 Ok"
+    assert h.run.client_closed
+
+
+def test_the_server_lost_while_the_dot_is_held_is_never_a_250() -> None:
+    h = RateHarness({}, defer=True, policy=CONTENT)
+    h.start()
+    h.client(TX + MSG)
+    h.server_drops()
+    h.answer()
+    replies = h.run.replies()
+    assert replies[-1].startswith(b"4")
+    assert not any(r.startswith(b"250 2.0.0") for r in replies)
+
+
+def test_a_drain_waits_for_the_held_command() -> None:
+    h = RateHarness({}, defer=True, policy=RELAY)
+    h.start()
+    h.client(HELO + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.test>\r\n")
+    h.feed(Shutdown())
+    assert not h.run.client_closed
+    h.answer()
+    assert b"RCPT TO:<x@elsewhere.test>" in h.run.server.received
+    assert h.run.replies()[-1] == b"250 2.1.5 Ok"  # the transaction goes on
