@@ -108,8 +108,10 @@ class Gateway:
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
         self.upstream_proxy = "off"  # PROXY protocol header towards the server: v1, v2
         # No shared store yet: set_policy turns shared_rates on once one is attached.
-        self.policy = dataclasses.replace(policy, shared_rates=False)
-        self._normalized = self._derive_normalized(self.policy)
+        if policy.shared_rates:
+            policy = dataclasses.replace(policy, shared_rates=False)
+        self.policy = policy
+        self._normalized = self._derive_normalized(policy)
         # Set by the CLI when there is a config file: returns a Reload or raises
         # ConfigError (one line) when the file is invalid.
         self.reloader: Callable[[], Reload] | None = None
