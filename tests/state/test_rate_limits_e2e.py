@@ -1,9 +1,10 @@
 """``serve --workers 2`` with the embedded store: the ``rate-limit`` action of a check
 admits exactly ``rate`` events per client address across sessions spread over both
 workers (it used to count per session), for a RCPT check (the command is held for
-the count) and for a content check (the final dot is held).
+the count) and for a content check (the final dot is held); a reload that adds one
+shares it when a store is open, and says it counts per session when none is.
 
-Clients bind to 127.0.0.4/127.0.0.5 so that the readiness probe (from 127.0.0.1)
+Clients bind to 127.0.0.4-8 so that the readiness probe (from 127.0.0.1)
 never counts against them; all are loopback.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gateway.test_serve_config import Serve
 from tests.peers import LOOPBACK, GatewayProcess, SmtpSink
 
 pytestmark = pytest.mark.e2e
@@ -106,3 +108,55 @@ def test_a_content_rate_limit_holds_the_dot_exactly_across_two_workers(tmp_path:
         _, out = gw.stop()
         sink.stop()
     assert len(worker_pids(out, client)) == 2, out[-3000:]
+
+
+RELAYING = (
+    '[checks.recipient_domains]\naction = "rate-limit"\npatterns = ["example\\\\.net"]\n'
+    "rate = 2\nperiod = 3600.0\n"
+)
+
+
+def relay_codes(port: int, client: str, sessions: int) -> list[int]:
+    codes = []
+    for _ in range(sessions):
+        with smtplib.SMTP(LOOPBACK, port, timeout=20, source_address=(client, 0)) as s:
+            s.helo("client.example.org")
+            s.mail("a@example.org")
+            codes.append(s.rcpt("x@elsewhere.test")[0])
+            s.quit()
+    return codes
+
+
+def test_a_rate_limit_added_by_a_reload_is_shared_when_a_store_is_open(tmp_path: Path) -> None:
+    sink = SmtpSink(tmp_path)
+    base = (
+        f'[gateway]\nupstream = "{sink.address}"\n'
+        f'[state]\ndirectory = "{tmp_path / "state"}"\n[dedupe]\nenabled = true\n'
+    )
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(base)
+    g = Serve(cfg, "--workers", "2")
+    try:
+        assert relay_codes(g.port, "127.0.0.6", 3) == [250] * 3  # no rate-limit yet
+        g.reload(base + RELAYING, "SG-CONFIG-RELOADED", workers=2)
+        codes = relay_codes(g.port, "127.0.0.7", SESSIONS)
+        assert codes == [250] * 2 + [550] * (SESSIONS - 2), codes
+    finally:
+        g.stop()
+        sink.stop()
+
+
+def test_a_reload_that_adds_a_rate_limit_without_a_store_says_so(tmp_path: Path) -> None:
+    sink = SmtpSink(tmp_path)
+    base = f'[gateway]\nupstream = "{sink.address}"\n'
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(base)
+    g = Serve(cfg)
+    try:
+        hits = g.reload(base + RELAYING, "need a restart")
+        assert "a rate-limit check (counts per session" in hits[0]
+        # Per session, as before: each session's one relaying RCPT passes.
+        assert relay_codes(g.port, "127.0.0.8", 3) == [250] * 3
+    finally:
+        g.stop()
+        sink.stop()

@@ -491,6 +491,7 @@ def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Ca
     not applied. Certificates are re-read (renewals need no restart)."""
     from smtpguard.config.load import load
     from smtpguard.gateway.server import Reload
+    from smtpguard.state.ratelimit import uses_rate_limit
 
     fixed = (
         "listen",
@@ -511,6 +512,8 @@ def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Ca
         ignored = tuple(k for k in fixed if getattr(new, k) != getattr(first, k))
         if new.tls.implicit_listen != first.tls.implicit_listen:
             ignored += ("tls.implicit_listen",)
+        if gateway.rates is None and uses_rate_limit(new.policy):
+            ignored += ("a rate-limit check (counts per session until the store is opened)",)
         return Reload(
             policy=new.policy,
             access=new.access,

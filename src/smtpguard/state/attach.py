@@ -95,7 +95,7 @@ def attach(gateway: Gateway, settings: Settings) -> Shared | None:
         raise CliError(str(exc)) from None
     limits = SharedLimits(store, gateway.access, settings.state.lease)
     dedupe = Dedupe(store, settings.dedupe.window) if settings.dedupe.enabled else None
-    rates = RateLimits(store) if uses_rate_limit(settings.policy) else None
+    rates = RateLimits(store)  # also for a rate-limit check a reload adds
     gateway.limits = limits
     gateway.dedupe = dedupe
     gateway.rates = rates
