@@ -66,6 +66,8 @@ class RateLimits:
             events.policy_event(
                 conn.sid, conn.peer, PolicyEvent(FAIL_OPEN, f"{a.check} rate not counted: {exc}")
             )
+        except Exception:  # a bug: still answer, or the session would wait forever
+            log.exception("%s rate-limit count failed, allowed", conn.sid)
         conn.rate_answer(allowed)
 
     def _done(self, task: asyncio.Task[None]) -> None:
