@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from smtpguard.core import replies
-from smtpguard.core.actions import Action, OpenServer, PolicyEvent, RateCheck
+from smtpguard.core.actions import Action, CloseServer, OpenServer, PolicyEvent, RateCheck
 from smtpguard.core.actions import ToClient as C
 from smtpguard.core.actions import ToServer as S
 from smtpguard.core.events import (
@@ -396,3 +396,49 @@ def test_a_drain_waits_for_the_held_command() -> None:
     h.answer()
     assert b"RCPT TO:<x@elsewhere.test>" in h.run.server.received
     assert h.run.replies()[-1] == b"250 2.1.5 Ok"  # the transaction goes on
+
+
+def test_the_held_dot_exactly() -> None:
+    key = "to_cc_count:client:192.0.2.7"
+    msg = b"To: a@x, b@x\r\n\r\nhi\r\n.\r\n"
+    assert (
+        Playbook(Session(CONTENT, peer=PEER))
+        >> Start()
+        << OpenServer()
+        >> ServerConnected()
+        >> ServerData(b"220 mx ESMTP\r\n")
+        << C(b"220 gw.example.test ESMTP\r\n")
+        >> ClientData(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+        << S(b"HELO c\r\n")
+        >> ServerData(b"250 mx\r\n")
+        << C(b"250 mx\r\n")
+        << S(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+        >> ServerData(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        << C(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        >> ClientData(msg + b"NOOP\r\n")
+        << S(msg[:-3])  # all but ".\r\n"
+        << RateCheck("to_cc_count", key, 1, 3600.0)
+        >> RateAnswer(None)  # the store failed: relayed, logged
+        << PolicyEvent(
+            "SG-CHK-TO-CC-COUNT",
+            "2 addresses in To/Cc (limit 0) (rate not counted: store unavailable)",
+            "log",
+        )
+        << S(b".\r\nNOOP\r\n")  # the dot, then what was pipelined behind it
+        >> ServerData(b"250 queued\r\n250 noop\r\n")
+        << C(b"250 queued\r\n250 noop\r\n")
+        >> ClientData(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+        << S(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+        >> ServerData(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        << C(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        >> ClientData(msg)
+        << S(msg[:-3])
+        << RateCheck("to_cc_count", key, 1, 3600.0)
+        >> RateAnswer(False)  # over the limit: refused, never the terminator
+        << PolicyEvent(
+            "SG-CHK-TO-CC-COUNT", "2 addresses in To/Cc (limit 0): message refused", "reject"
+        )
+        << C(b"554 5.6.0 Message refused: too many To/Cc addresses\r\n")
+        << CloseServer(abort=True)
+        << OpenServer()
+    )
