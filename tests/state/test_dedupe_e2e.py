@@ -37,7 +37,7 @@ def test_resent_copy_is_answered_from_the_store_and_logscan_shows_it(tmp_path: P
     cfg.write_text(
         f'[gateway]\nupstream = "{sink.address}"\n'
         f'[protocol_log]\npath = "{log}"\nformat = "jsonl"\n'
-        '[state]\ndirectory = "state"\n[dedupe]\nenabled = true\nwindow = 3600\n'
+        '[state]\ndirectory = "state"\ntimeout = 10\n[dedupe]\nenabled = true\nwindow = 3600\n'
     )
     gw = GatewayProcess("--config", str(cfg), "--workers", "2", workdir=tmp_path)
     try:

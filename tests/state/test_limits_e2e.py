@@ -34,7 +34,7 @@ def serve(tmp_path: Path, sink: SmtpSink, access: str, *args: str) -> GatewayPro
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
         f'[gateway]\nupstream = "{sink.address}"\n[access]\n{access}\n'
-        f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+        f'[state]\ndirectory = "{tmp_path / "state"}"\ntimeout = 10\n'
     )
     return GatewayProcess("--config", str(cfg), *args, workdir=tmp_path)
 

@@ -29,7 +29,7 @@ def serve(tmp_path: Path, sink: SmtpSink, checks: str) -> GatewayProcess:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
         f'[gateway]\nupstream = "{sink.address}"\nlog_format = "json"\nlog_level = "info"\n'
-        f'[state]\ndirectory = "{tmp_path / "state"}"\n{checks}'
+        f'[state]\ndirectory = "{tmp_path / "state"}"\ntimeout = 10\n{checks}'
     )
     return GatewayProcess("--config", str(cfg), "--workers", "2", workdir=tmp_path)
 
@@ -131,7 +131,7 @@ def test_a_rate_limit_added_by_a_reload_is_shared_when_a_store_is_open(tmp_path:
     sink = SmtpSink(tmp_path)
     base = (
         f'[gateway]\nupstream = "{sink.address}"\n'
-        f'[state]\ndirectory = "{tmp_path / "state"}"\n[dedupe]\nenabled = true\n'
+        f'[state]\ndirectory = "{tmp_path / "state"}"\ntimeout = 10\n[dedupe]\nenabled = true\n'
     )
     cfg = tmp_path / "gw.toml"
     cfg.write_text(base)
