@@ -45,6 +45,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import string
@@ -329,9 +330,30 @@ def start_relay(name: str, workdir: Path, args: argparse.Namespace, wrap: list[s
 
 
 def stop_relay(relay: Relay) -> None:
+    """Stop the relay's whole process tree, then its sink. SIGTERM to the root alone is
+    not enough: a strace wrapper exits and leaves its tracee running, and a cluster
+    master killed after its grace period leaves its workers."""
     if relay.proc is not None and relay.proc.poll() is None:
+        pids = tree_pids(relay.proc.pid)[1:]
         stop(relay.proc)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = [p for p in pids if _alive(p)]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            while pids and time.monotonic() < deadline:
+                time.sleep(0.1)
+                pids = [p for p in pids if _alive(p)]
     stop(relay.sink.proc)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 # ---------------------------------------------------------------- installs
