@@ -62,3 +62,24 @@ def test_jsonl_events() -> None:
     assert objs[2] == {**objs[2], "event": "data", "size": 10}
     assert objs[3]["id"] == "SG-CMD-BLOCKED" and objs[3]["action"] == "reject"
     assert objs[4]["event"] == "disconnect"
+
+
+def test_ims_time_prefix_follows_the_wall_clock_second() -> None:
+    # With the default clock the prefix is built once per second: it must still
+    # change as soon as the second does, and say the local time of that second.
+    out = io.StringIO()
+    now = [1_000_000_000.25]
+    log = ImsLog(out, wallclock=lambda: now[0])
+    log.connect("a", "192.0.2.1:1025")
+    now[0] = 1_000_000_000.75
+    log.trace("a", Trace(Direction.CLIENT_TO_GW, "HELO x", verb="HELO"))
+    now[0] = 1_000_000_001.0
+    log.trace("a", Trace(Direction.GW_TO_CLIENT, "250 OK", code=250))
+    log.disconnect("a")
+    first = ims_time(dt.datetime.fromtimestamp(1_000_000_000).astimezone())
+    second = ims_time(dt.datetime.fromtimestamp(1_000_000_001).astimezone())
+    assert out.getvalue().splitlines() == [
+        f"{first} : A connection was accepted from 192.0.2.1",
+        f"{first} : <<< HELO x",
+        f"{second} : >>> 250 OK",
+    ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
 from typing import IO, Protocol
 
@@ -31,6 +32,8 @@ FORMATS = ("ims", "jsonl")
 # The IMS layout's direction marks (the one vocabulary: logscan reads these back).
 IMS_FROM_CLIENT = "<<<"  # client to gateway
 IMS_TO_CLIENT = ">>>"  # gateway to client
+_FROM_CLIENT = IMS_FROM_CLIENT + " "
+_TO_CLIENT = IMS_TO_CLIENT + " "
 
 
 def ims_time(t: dt.datetime) -> str:
@@ -90,13 +93,32 @@ class ImsLog(_Writer):
         out: IO[str],
         clock: Callable[[], dt.datetime] | None = None,
         path: str | None = None,
+        wallclock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(out, clock, path)
         self._pending: dict[str, list[str]] = {}
+        # The layout's time has one-second resolution: with the default clock the
+        # "2/7/01 5:01:21 PM : " prefix is built once per second, not per line.
+        self._wallclock = wallclock if clock is None else None
+        self._second = -1
+        self._prefix = ""
+
+    def _stamp(self) -> str:
+        """The line prefix: the time as the layout writes it, then ``" : "``."""
+        if self._wallclock is None:
+            return f"{ims_time(self.clock())} : "
+        second = int(self._wallclock())
+        if second != self._second:
+            local = dt.datetime.fromtimestamp(second).astimezone()
+            self._prefix = f"{ims_time(local)} : "
+            self._second = second
+        return self._prefix
 
     def _line(self, sid: str, text: str) -> None:
-        lines = self._pending.setdefault(sid, [])
-        lines.append(f"{ims_time(self.clock())} : {text}\n")
+        lines = self._pending.get(sid)
+        if lines is None:
+            lines = self._pending[sid] = []
+        lines.append(f"{self._stamp()}{text}\n")
         if len(lines) >= self.FLUSH_LINES:
             self._write(sid)
 
@@ -113,10 +135,11 @@ class ImsLog(_Writer):
     def trace(self, sid: str, tr: Trace) -> None:
         if tr.size is not None:
             return  # the IMS layout has no entry for message data
-        if tr.direction is Direction.CLIENT_TO_GW:
-            self._line(sid, f"{IMS_FROM_CLIENT} {tr.line}")
-        elif tr.direction is Direction.GW_TO_CLIENT:
-            self._line(sid, f"{IMS_TO_CLIENT} {tr.line}")
+        direction = tr.direction
+        if direction is Direction.CLIENT_TO_GW:
+            self._line(sid, _FROM_CLIENT + tr.line)
+        elif direction is Direction.GW_TO_CLIENT:
+            self._line(sid, _TO_CLIENT + tr.line)
 
     def policy(self, sid: str, ev: PolicyEvent) -> None:
         pass  # not part of the IMS layout; see the application log or jsonl

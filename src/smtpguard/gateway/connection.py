@@ -139,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         self.addr: tuple[str, int] | None = None  # the client (from PROXY if trusted)
         self.local: tuple[str, int] | None = None  # the address the client connected to
         self._proxy_buf: bytearray | None = None  # PROXY header being read
+        self._plog: ProtocolLog | None = None  # the gateway's, when the session began
 
     # -- client transport callbacks --------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,9 +167,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _begin(self, addr: tuple[str, int] | None) -> None:
         self.addr = addr
+        self._plog = self.gw.protocol_log
         session = Session(
             self.gw.policy_for(addr[0]) if addr else self.gw.policy,
-            trace=self.gw.protocol_log is not None,
+            trace=self._plog is not None,
             peer=addr,
             client_tls=self.tls_listener,
         )
@@ -186,8 +188,8 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         if self._done or session is None:
             return
-        if self.gw.protocol_log is not None:
-            self.gw.protocol_log.connect(self.sid, self.peer)
+        if self._plog is not None:
+            self._plog.connect(self.sid, self.peer)
         self._run(session.handle(Start(), self.loop.time()))
 
     def data_received(self, data: bytes) -> None:
@@ -381,8 +383,20 @@ class ClientConnection(asyncio.Protocol):
 
     # -- executing the core's actions ------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
+        # The frequent actions first, called directly (native calls once compiled).
         for a in actions:
-            _HANDLERS[type(a)](self, a)
+            if isinstance(a, ToClient):
+                if self.transport is not None:
+                    self.transport.write(a.data)
+            elif isinstance(a, ToServer):
+                self._do_to_server(a)
+            elif isinstance(a, Trace):
+                if self._plog is not None:
+                    self._plog.trace(self.sid, a)
+            elif isinstance(a, SetTimer):
+                self._set_timer(a.deadline)
+            else:
+                _HANDLERS[type(a)](self, a)
 
     def _do_to_server(self, a: ToServer) -> None:
         if self.upstream is not None:
@@ -395,9 +409,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(a.data)
 
     def _do_trace(self, a: Trace) -> None:
-        log = self.gw.protocol_log
-        if log is not None:
-            log.trace(self.sid, a)
+        if self._plog is not None:
+            self._plog.trace(self.sid, a)
 
     def _do_set_timer(self, a: SetTimer) -> None:
         self._set_timer(a.deadline)
