@@ -24,6 +24,7 @@ from setuptools import setup
 COMPILED = [
     *sorted(str(p) for p in Path("src/smtpguard/core").glob("*.py")),
     "src/smtpguard/gateway/connection.py",
+    "src/smtpguard/logs.py",
 ]
 
 
