@@ -128,7 +128,8 @@ def start_target(
 ) -> tuple[subprocess.Popen[bytes], int]:
     kind, _, src = target.partition("@")
     if kind == "haproxy":
-        return start_haproxy(sink_port, workdir)
+        started: tuple[subprocess.Popen[bytes], int] = start_haproxy(sink_port, workdir)
+        return started
     metrics = None if args.no_metrics else free_port()
     return start_gateway(kind, src or None, sink_port, metrics, workdir, args.workers)
 
@@ -149,7 +150,7 @@ def measure(target: str, args: argparse.Namespace, workdir: Path) -> float:
         if relay is not None:
             stop(relay)
         stop(sink)
-    n = args.messages
+    n: int = args.messages
     us = 1e6 / n
     user, system = (r1[0] - r0[0]) * us, (r1[1] - r0[1]) * us
     print(
