@@ -2,8 +2,9 @@
 
 Everything else about the package is in pyproject.toml. The core is strictly typed
 Python with no I/O; mypyc turns those modules (and connection.py, the shell's per-
-event path) into C extensions: the gateway then needs about 40 % less CPU per message
-(bench/README.md). The ``.py`` files ship too, for reading the source.
+event path, and logs.py, the protocol log's per-line path) into C extensions: the
+gateway then needs about 40 % less CPU per message (bench/README.md). The ``.py``
+files ship too, for reading the source.
 
 Without a C compiler or Python's headers, or with ``SMTPGUARD_PURE_PYTHON=1`` (use
 it for editable installs you edit: an in-place build leaves ``.so`` files beside the
