@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from smtpguard.core.actions import PolicyEvent, Trace
+from smtpguard.core.actions import Direction, PolicyEvent, SetTimer, ToClient, ToServer, Trace
 from smtpguard.core.policy import Policy
 from smtpguard.gateway import connection as conn_mod
 from smtpguard.gateway.access import AccessPolicy
@@ -540,5 +540,46 @@ def test_exception_at_any_entry_point_is_contained(
             c.eof_received()
             c.connection_lost(None)
         assert not h.gw.sessions
+
+    run(go)
+
+
+def test_actions_are_carried_out_in_their_order() -> None:
+    """Writes to either side, protocol-log traces and timers keep the core's order,
+    whichever way each kind of action is dispatched."""
+
+    class OrderLog(RaisingLog):
+        def __init__(self, ct: FakeTransport, ut: FakeTransport) -> None:
+            super().__init__("")
+            self.seen: list[tuple[str, int, int]] = []
+            self.ct, self.ut = ct, ut
+
+        def trace(self, sid: str, tr: Trace) -> None:
+            self.seen.append((tr.line, len(self.ct.written), len(self.ut.written)))
+
+    async def go() -> None:
+        h = Harness()
+        c, ct, ut = h.ready()
+        log = OrderLog(ct, ut)
+        c._plog = log
+        client0, server0 = len(ct.written), len(ut.written)
+        c._run(
+            [
+                ToClient(b"a"),
+                Trace(Direction.GW_TO_CLIENT, "one"),
+                ToServer(b"bb"),
+                SetTimer(h.gw.loop.time() + 60),
+                Trace(Direction.GW_TO_SERVER, "two"),
+                ToClient(b"ccc"),
+                Trace(Direction.GW_TO_CLIENT, "three"),
+            ]
+        )
+        assert log.seen == [
+            ("one", client0 + 1, server0),
+            ("two", client0 + 1, server0 + 2),
+            ("three", client0 + 4, server0 + 2),
+        ]
+        assert ct.written.endswith(b"accc") and ut.written.endswith(b"bb")
+        assert c._timer is not None
 
     run(go)
