@@ -57,9 +57,14 @@ class Commands:
     """Frames and handles client command lines for one session."""
 
     __slots__ = ("_s",)
+    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
 
     def __init__(self, session: Session) -> None:
         self._s = session
+
+    def detach(self) -> None:
+        """The session has closed: drop the reference back to it."""
+        del self._s
 
     def next_line(self) -> bytes | None:
         """The next complete command line, acting on over-long ones on the way."""

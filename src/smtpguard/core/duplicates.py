@@ -26,11 +26,17 @@ if TYPE_CHECKING:
 
 class Duplicates:
     __slots__ = ("_s", "_slot", "tracker")
+    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
 
     def __init__(self, session: Session) -> None:
         self._s = session
         self.tracker = Tracker()
         self._slot: Slot | None = None  # the final reply whose dot is held
+
+    def detach(self) -> None:
+        """The session has closed: drop the reference back to it."""
+        del self._s
+        self._slot = None
 
     def hold_dot(self, data: bytes | memoryview) -> None:
         """Relay the message's last bytes but the end of its terminator."""

@@ -2,9 +2,10 @@
 
 ``TRANSITIONS`` is the whole client-side state machine: which trigger moves which
 phase where. The session changes phase only by looking the pair up here
-(``Session.goto``, as :func:`next_phase` does), so a pair missing from the table is a
-bug that fails loudly (``KeyError``), never a silent new state. ``UPSTREAM`` is the
-same for the upstream connection's life cycle (``UpstreamLink.move``).
+(``Session.goto``, through ``NEXT``: the same table keyed for the hot path), so a
+pair missing from the table is a bug that fails loudly (``KeyError``), never a
+silent new state. ``UPSTREAM`` is the same for the upstream connection's life
+cycle (``UpstreamLink.move``, through ``NEXT_UPSTREAM``).
 ``docs/architecture.md`` shows both, generated from here by :func:`mermaid`.
 """
 
@@ -77,6 +78,14 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     **{(p, Trigger.CLOSE): Phase.CLOSED for p in _ALL if p is not Phase.CLOSED},
 }
 
+# The same table keyed by trigger, then phase: ``NEXT[trigger][phase]`` is
+# ``TRANSITIONS[(phase, trigger)]`` without building and hashing a key tuple on the
+# hot path. Derived from TRANSITIONS, never written by hand: a pair missing there is
+# missing here (``KeyError``).
+NEXT: dict[Trigger, dict[Phase, Phase]] = {
+    t: {p: dst for (p, trig), dst in TRANSITIONS.items() if trig is t} for t in Trigger
+}
+
 # Which trigger a server reply to a held command is: (verb, reply class) -> trigger.
 REPLY_TRIGGERS: dict[tuple[str, int], Trigger] = {
     ("DATA", 3): Trigger.REPLY_354,
@@ -122,6 +131,11 @@ UPSTREAM: dict[tuple[Upstream, Link], Upstream] = {
     (Upstream.READY, Link.SECURE): Upstream.HANDSHAKE,
     **{(u, Link.LOST): Upstream.DOWN for u in Upstream if u is not Upstream.DOWN},
     **{(u, Link.RECONNECT): Upstream.CONNECTING for u in Upstream},
+}
+
+# UPSTREAM keyed by trigger, then state, as NEXT is for TRANSITIONS.
+NEXT_UPSTREAM: dict[Link, dict[Upstream, Upstream]] = {
+    t: {u: dst for (u, trig), dst in UPSTREAM.items() if trig is t} for t in Link
 }
 
 

@@ -3,14 +3,12 @@ sent strictly in order (RFC 2920 §3.1).
 
 A forwarded command's slot waits for the server's next reply (``awaiting`` is the
 subset of slots, in order, that the server still owes); a command the gateway answers
-itself gets a slot already filled. :meth:`ready` yields the filled slots at the head,
-so a local reply waits behind earlier server replies: nothing is dropped or
-reordered.
+itself gets a slot already filled. Only the filled slots at the head are sent
+(:meth:`take_ready`), so a local reply waits behind earlier server replies: nothing
+is dropped or reordered.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 END_OF_DATA_VERB = "."  # slot name for the final reply to a message
 TLS_SLOT = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mode)
@@ -75,23 +73,23 @@ class ReplyPipeline:
     def take_owed(self) -> Slot:
         return self.awaiting.pop(0)
 
-    def ready(self) -> Iterator[Slot]:
-        """Remove and yield the filled slots at the head, in order."""
-        slots = self.slots
-        while slots and slots[0].reply is not None:
-            yield slots.pop(0)
+    def take_ready(self) -> Slot:
+        """Remove and return the head slot, which the caller saw filled (the session
+        sends ``while slots and slots[0].reply is not None``)."""
+        return self.slots.pop(0)
 
     def cut(self, reply: bytes | None) -> None:
         """Keep the filled head; the first unfilled slot gets ``reply`` (or
         nothing); every later slot is dropped (the session is ending)."""
-        kept: list[Slot] = []
-        for slot in self.slots:
+        slots = self.slots
+        kept = 0
+        for slot in slots:
             if slot.reply is None:
                 break
-            kept.append(slot)
+            kept += 1
+        del slots[kept:]  # in place: the list is the same object throughout
         if reply is not None:
-            kept.append(Slot("", reply=reply))
-        self.slots = kept
+            slots.append(Slot("", reply=reply))
         self.awaiting.clear()
 
     def clear(self) -> None:

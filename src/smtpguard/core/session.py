@@ -67,8 +67,8 @@ from smtpguard.core.grammar import Reply
 from smtpguard.core.output import Output
 from smtpguard.core.phases import (
     CLIENT_TURN,
+    NEXT,
     REPLY_TRIGGERS,
-    TRANSITIONS,
     Link,
     Phase,
     Trigger,
@@ -145,12 +145,33 @@ class Session:
     # ---------------------------------------------------------------- the entry point
     def handle(self, event: Event, now: float) -> list[Action]:
         """Feed one event; the actions to carry out, in order."""
-        if self.phase is Phase.CLOSED:
+        phase = self.phase
+        if phase is Phase.CLOSED:
             return []
+        # Bytes from either side are nearly every event: handled here, inline.
         if isinstance(event, ClientData):
-            self._client_data(event.data, now)
+            if not self.client_eof:
+                self.deadlines.client = now + self.policy.timeouts.client_idle
+                if phase is Phase.DATA and not self.buffer.data:
+                    self._data(event.data, now)  # hot path: no copy into the buffer
+                    self._pump(now)
+                elif phase is Phase.TUNNEL:
+                    self.out.emit(ToServer(event.data))
+                elif phase is Phase.TLS:  # plaintext after STARTTLS, before the handshake
+                    self.injected += len(event.data)
+                else:
+                    self.buffer.append(event.data)
+                    self._pump(now)
         elif isinstance(event, ServerData):
-            self._server_data(event.data, now)
+            link = self.link
+            if link.state is Upstream.DOWN:
+                pass
+            elif phase is Phase.TUNNEL:
+                self.deadlines.client = now + self.policy.timeouts.client_idle
+                self.out.emit(ToClient(event.data))
+            else:
+                link.feed(event.data, now)
+                self._pump(now)
         elif isinstance(event, TimerFired):
             self._timer(now)
         elif isinstance(event, Start):
@@ -180,7 +201,24 @@ class Session:
                 self._pump(now)
         else:
             self._tls_failed(event.side, now)
-        return self._finish(now)
+        out = self.out
+        phase = self.phase
+        if phase is not Phase.CLOSED:  # arm the timer for the earliest deadline
+            turn = (not self.replies.slots and phase in CLIENT_TURN) or phase is Phase.TUNNEL
+            deadline = self.deadlines.next_timer(now, turn, self.policy.timeouts.client_idle)
+            if deadline is not None:
+                out.actions.append(SetTimer(deadline))
+        else:
+            # Closed for good: the parts let go of the session, so that nothing refers
+            # back to it and it is freed by reference counting, not the cycle collector.
+            self.cmds.detach()
+            self.link.detach()
+            self.relay = None
+            if self.duplicates is not None:
+                self.duplicates.detach()
+        actions = out.actions
+        out.actions = []
+        return actions
 
     @property
     def client_backlog(self) -> int:
@@ -197,36 +235,10 @@ class Session:
 
     def goto(self, trigger: Trigger) -> Phase:
         """The one way the phase changes: by the table (a missing pair is a bug)."""
-        phase = self.phase = TRANSITIONS[(self.phase, trigger)]  # as phases.next_phase
+        phase = self.phase = NEXT[trigger][self.phase]  # TRANSITIONS[(phase, trigger)]
         return phase
 
     # ------------------------------------------------------------------ events
-    def _client_data(self, data: bytes, now: float) -> None:
-        if self.client_eof:
-            return
-        self.deadlines.client = now + self.policy.timeouts.client_idle
-        if self.phase is Phase.TUNNEL:
-            self.out.emit(ToServer(data))
-            return
-        if self.phase is Phase.TLS:  # plaintext after STARTTLS, before the handshake
-            self.injected += len(data)
-            return
-        if self.phase is Phase.DATA and not self.buffer.data:
-            self._data(data, now)  # hot path: no copy into the buffer
-        else:
-            self.buffer.append(data)
-        self._pump(now)
-
-    def _server_data(self, data: bytes, now: float) -> None:
-        if self.link.state is Upstream.DOWN:
-            return
-        if self.phase is Phase.TUNNEL:
-            self.deadlines.client = now + self.policy.timeouts.client_idle
-            self.out.emit(ToClient(data))
-            return
-        self.link.feed(data, now)
-        self._pump(now)
-
     def _timer(self, now: float) -> None:
         """The armed timer fired: act on what expired, re-arm for the rest."""
         d = self.deadlines
@@ -281,7 +293,8 @@ class Session:
     # ----------------------------------------------------------------- replies
     def on_reply(self, reply: Reply, now: float) -> None:
         """A complete reply from the server (called by the link, in order)."""
-        self.out.trace_reply(Direction.SERVER_TO_GW, reply.raw)
+        if self.out.trace:
+            self.out.trace_reply(Direction.SERVER_TO_GW, reply.raw)
         link = self.link
         if link.state is Upstream.GREETING:
             link.on_greeting(reply, now)
@@ -371,9 +384,9 @@ class Session:
             self.deadlines.client = now + self.policy.timeouts.client_idle
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
             self.abort_with(None)
-        owed = self.replies.next_owed()
+        awaiting = self.replies.awaiting
         self.deadlines.server = (
-            None if owed is None else now + reply_timeout(self.policy.timeouts, owed.verb)
+            now + reply_timeout(self.policy.timeouts, awaiting[0].verb) if awaiting else None
         )
         self.flush()
 
@@ -382,13 +395,13 @@ class Session:
         """Consume held client bytes as far as the current phase allows."""
         buffer = self.buffer
         data = buffer.data
-        slots = self.replies.slots
-        max_pending = self.policy.max_pending
-        link = self.link
         while not self.closing:
             phase = self.phase
             if phase is Phase.COMMAND or phase is Phase.AUTH:
-                if link.state is not Upstream.READY or len(slots) >= max_pending:
+                if not data and not self.draining:
+                    break  # the usual way out: every line read
+                slots = self.replies.slots
+                if self.link.state is not Upstream.READY or len(slots) >= self.policy.max_pending:
                     break
                 if self.draining and not self.envelope.in_transaction and not slots:
                     self.abort_with(replies.SHUTTING_DOWN)
@@ -411,7 +424,8 @@ class Session:
                     break
             else:  # WAIT, QUIT, TLS, TUNNEL, CLOSED: nothing is read
                 break
-        self.finish_if_done()
+        if not self.replies.slots:  # else finish_if_done() has nothing to do
+            self.finish_if_done()
 
     def _data(self, chunk: bytes, now: float) -> None:
         """Relay one chunk of message data; at its end, owe the final reply."""
@@ -490,7 +504,11 @@ class Session:
         self.replies.clear()
 
     def flush(self) -> None:
-        for slot in self.replies.ready():
+        """Send the filled slots at the head of the pipeline, in order."""
+        replies = self.replies
+        slots = replies.slots
+        while slots and slots[0].reply is not None:
+            slot = replies.take_ready()
             assert slot.reply is not None
             self.out.to_client(slot.reply)
             self.deadlines.client = None  # the client's turn starts now
@@ -570,15 +588,3 @@ class Session:
     def _client_turn(self) -> bool:
         """True when the gateway is waiting for the client (its idle timeout runs)."""
         return not self.replies.slots and self.phase in CLIENT_TURN
-
-    def _finish(self, now: float) -> list[Action]:
-        out = self.out
-        phase = self.phase
-        if phase is not Phase.CLOSED:
-            turn = (not self.replies.slots and phase in CLIENT_TURN) or phase is Phase.TUNNEL
-            deadline = self.deadlines.next_timer(now, turn, self.policy.timeouts.client_idle)
-            if deadline is not None:
-                out.actions.append(SetTimer(deadline))
-        actions = out.actions
-        out.actions = []
-        return actions

@@ -29,7 +29,7 @@ from smtpguard.core.grammar import (
     ehlo_keywords,
     frame_reply_line,
 )
-from smtpguard.core.phases import UPSTREAM, Link, Upstream
+from smtpguard.core.phases import NEXT_UPSTREAM, Link, Upstream
 from smtpguard.core.policy import StartTls as StartTlsPolicy
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class UpstreamLink:
         "step",
         "tls",
     )
+    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
 
     def __init__(self, session: Session, peer: tuple[str, int] | None) -> None:
         self._s = session
@@ -80,13 +81,18 @@ class UpstreamLink:
         self._then: Then | None = None
         self._fallback: Reply | None = None  # the EHLO reply if TLS cannot start
 
+    def detach(self) -> None:
+        """The session has closed: drop the reference back to it."""
+        del self._s
+        self._then = None
+
     # -- state -------------------------------------------------------------------
     @property
     def live(self) -> bool:
         return self.state is not Upstream.DOWN
 
     def move(self, trigger: Link) -> None:
-        self.state = UPSTREAM[(self.state, trigger)]  # the one way the state changes
+        self.state = NEXT_UPSTREAM[trigger][self.state]  # UPSTREAM: the one way it changes
 
     # -- framing -------------------------------------------------------------------
     def feed(self, data: bytes, now: float) -> None:
