@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Final
 
 from smtpguard.core.grammar import Reply, make_reply
 from smtpguard.core.policy import BannerPolicy, PixRewrite, Policy
 
-_PIX_KEEP = re.compile(rb"[^20\r\n]")
+_PIX_KEEP: Final = re.compile(rb"[^20\r\n]")
 
 
 def pix_mask(raw: bytes) -> bytes:
@@ -66,7 +67,7 @@ def pix_rewrite(line: bytes, style: PixRewrite) -> bytes:
 # where resp->str is the whole reply as received (smtp_chat.c smtp_chat_resp()): every
 # line with its code and separator, CR/LF stripped, joined by "\n", after printable()
 # replaced each non-printable byte (a tab too) with "?". So only these bytes can pass.
-_PIX_MASK_BYTES = b"20 *"
+_PIX_MASK_BYTES: Final = b"20 *"
 
 
 def looks_like_pix_mask(greeting: bytes) -> bool:

@@ -10,7 +10,9 @@ waiting for its end; the rest of it can then be skipped without being kept.
 
 from __future__ import annotations
 
-CRLF = b"\r\n"
+from typing import Final
+
+CRLF: Final = b"\r\n"
 
 
 class ReceiveBuffer:

@@ -11,7 +11,7 @@ refusal (RFC 2920 §3.1 makes them end a pipelined group anyway).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from smtpguard.core import replies
 from smtpguard.core.actions import Direction, Trace
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 # Client input is held after these until the server answers: DATA and AUTH change
 # how the next bytes are read; HELO/EHLO decide which extensions (and so which MAIL
 # parameters) the client may use.
-HOLD_VERBS = frozenset({"DATA", "AUTH", "EHLO", "HELO", "STARTTLS"})
+HOLD_VERBS: Final = frozenset({"DATA", "AUTH", "EHLO", "HELO", "STARTTLS"})
 # What a client may send before its new EHLO/HELO once TLS has started (RFC 3207 §4.2).
-HELLO_FREE_VERBS = frozenset({"EHLO", "HELO", "NOOP", "RSET", "QUIT"})
+HELLO_FREE_VERBS: Final = frozenset({"EHLO", "HELO", "NOOP", "RSET", "QUIT"})
 
 
 class Envelope:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from smtpguard.core.grammar import END_OF_DATA
 
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+_BARE: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ def _check(body: bytes, pending_cr: bool) -> tuple[int, str]:
     trail_cr = body[-1] == 0x0D
     lf_ok = body.count(b"\n") == n_pairs + (1 if pending_cr else 0)
     cr_ok = body.count(b"\r") == n_pairs + (1 if trail_cr else 0)
-    if lf_ok and cr_ok and b"\x00" not in body:
+    if lf_ok and cr_ok and body.find(b"\x00") < 0:  # find(): see check_line_bytes
         return -1, ""
     start = 1 if pending_cr else 0
     for m in _BARE.finditer(body, start):
@@ -97,7 +98,7 @@ def _check(body: bytes, pending_cr: bool) -> tuple[int, str]:
     return -1, ""  # pragma: no cover - the counts said otherwise
 
 
-_BREAK = re.compile(rb"\r\n|\r|\n")
+_BREAK: Final = re.compile(rb"\r\n|\r|\n")
 
 
 class Normalizer:

@@ -16,15 +16,16 @@ Each check fires at most once per message.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from smtpguard.core.checks import Finding, finding, octets, over, pattern_finding, pattern_fires
 from smtpguard.core.policy import Checks
 
-KEEP = 2048  # octets of a line kept for parsing; the rest is only counted
-FIELD_CAP = 16 * 1024  # unfolded header field kept for parsing
-_PARAM = re.compile(r"""([A-Za-z0-9_.-]+\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)""")
-_ADDR_FIELDS = {"to", "cc"}
-_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")  # RFC 5322 §3.6.8 field-name ":"
+KEEP: Final = 2048  # octets of a line kept for parsing; the rest is only counted
+FIELD_CAP: Final = 16 * 1024  # unfolded header field kept for parsing
+_PARAM: Final = re.compile(r"""([A-Za-z0-9_.-]+\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)""")
+_ADDR_FIELDS: Final = frozenset({"to", "cc"})
+_FIELD: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")  # RFC 5322 §3.6.8 field-name ":"
 
 
 def _params(value: str) -> dict[str, str]:
@@ -38,7 +39,7 @@ def _params(value: str) -> dict[str, str]:
     return out
 
 
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def _count_addresses(value: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Final
 
 
 class Phase(enum.Enum):
@@ -56,7 +57,7 @@ class Trigger(enum.Enum):
 
 _ALL = tuple(Phase)
 
-TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
+TRANSITIONS: Final[dict[tuple[Phase, Trigger], Phase]] = {
     (Phase.COMMAND, Trigger.HOLD): Phase.WAIT,
     (Phase.COMMAND, Trigger.QUIT): Phase.QUIT,
     (Phase.COMMAND, Trigger.BDAT): Phase.BDAT,
@@ -82,19 +83,19 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
 # ``TRANSITIONS[(phase, trigger)]`` without building and hashing a key tuple on the
 # hot path. Derived from TRANSITIONS, never written by hand: a pair missing there is
 # missing here (``KeyError``).
-NEXT: dict[Trigger, dict[Phase, Phase]] = {
+NEXT: Final[dict[Trigger, dict[Phase, Phase]]] = {
     t: {p: dst for (p, trig), dst in TRANSITIONS.items() if trig is t} for t in Trigger
 }
 
 # Which trigger a server reply to a held command is: (verb, reply class) -> trigger.
-REPLY_TRIGGERS: dict[tuple[str, int], Trigger] = {
+REPLY_TRIGGERS: Final[dict[tuple[str, int], Trigger]] = {
     ("DATA", 3): Trigger.REPLY_354,
     ("AUTH", 3): Trigger.REPLY_334,
     ("STARTTLS", 2): Trigger.REPLY_TLS,
 }
 
 # Phases in which the gateway waits for the client (its idle timeout runs).
-CLIENT_TURN = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
+CLIENT_TURN: Final = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
 
 
 def next_phase(phase: Phase, trigger: Trigger) -> Phase:
@@ -123,7 +124,7 @@ class Link(enum.Enum):
     RECONNECT = "fresh connection"
 
 
-UPSTREAM: dict[tuple[Upstream, Link], Upstream] = {
+UPSTREAM: Final[dict[tuple[Upstream, Link], Upstream]] = {
     (Upstream.CONNECTING, Link.CONNECTED): Upstream.GREETING,
     (Upstream.GREETING, Link.GREETED): Upstream.HANDSHAKE,
     (Upstream.GREETING, Link.REFUSED): Upstream.READY,
@@ -134,7 +135,7 @@ UPSTREAM: dict[tuple[Upstream, Link], Upstream] = {
 }
 
 # UPSTREAM keyed by trigger, then state, as NEXT is for TRANSITIONS.
-NEXT_UPSTREAM: dict[Link, dict[Upstream, Upstream]] = {
+NEXT_UPSTREAM: Final[dict[Link, dict[Upstream, Upstream]]] = {
     t: {u: dst for (u, trig), dst in UPSTREAM.items() if trig is t} for t in Link
 }
 

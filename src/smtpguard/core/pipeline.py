@@ -10,8 +10,10 @@ is dropped or reordered.
 
 from __future__ import annotations
 
-END_OF_DATA_VERB = "."  # slot name for the final reply to a message
-TLS_SLOT = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mode)
+from typing import Final
+
+END_OF_DATA_VERB: Final = "."  # slot name for the final reply to a message
+TLS_SLOT: Final = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mode)
 
 
 class Slot:

@@ -16,7 +16,7 @@ holds what it must instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from smtpguard.core import replies
 from smtpguard.core.actions import ToServer
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from smtpguard.core.session import Session
 
 # What feed() found, besides an end-of-data offset (>= 0).
-MORE = -1  # the message goes on
-STOPPED = -2  # the session stopped reading (a drop, a reset, the PIX split-EOD bug)
+MORE: Final = -1  # the message goes on
+STOPPED: Final = -2  # the session stopped reading (a drop, a reset, the PIX split-EOD bug)
 
 
 class MessageRelay:
@@ -112,7 +112,7 @@ class MessageRelay:
     def _normalized(self, normalizer: Normalizer, part: bytes, final: bool) -> None:
         """``normalize`` mode: CRLF line ends and stuffed dots, on bytes whose end of
         data was fixed on the raw stream. A NUL is refused as in ``reject`` mode."""
-        if b"\x00" in part:
+        if part.find(b"\x00") >= 0:  # find(), not ``in``: see grammar.check_line_bytes
             self.refuse(
                 replies.message_rejected("NUL"),
                 "SG-DATA-BAD-BYTES",

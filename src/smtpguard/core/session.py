@@ -29,6 +29,8 @@ client only gets a 2xx that the server sent.
 
 from __future__ import annotations
 
+from typing import Final
+
 from smtpguard.core import replies
 from smtpguard.core.actions import (
     Action,
@@ -83,7 +85,7 @@ from smtpguard.core.upstream import UpstreamLink
 __all__ = ["Phase", "Session", "Upstream"]
 
 # Verbs counted by name in the per-session counters (others count as "OTHER").
-KNOWN_VERBS = frozenset(
+KNOWN_VERBS: Final = frozenset(
     {
         "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
         "HELP", "ETRN", "AUTH", "STARTTLS", "BDAT", "TURN", "ATRN", "XCLIENT", "XFORWARD",
