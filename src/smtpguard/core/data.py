@@ -20,7 +20,6 @@ only an invalid chunk is searched for the offending offset.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
 
 from smtpguard.core.grammar import END_OF_DATA
@@ -28,18 +27,38 @@ from smtpguard.core.grammar import END_OF_DATA
 _BARE: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 
 
-@dataclass(frozen=True, slots=True)
 class DataScan:
     """Result of scanning one chunk.
 
     ``end``: offset just past the terminator in this chunk, or -1 if not yet seen.
     ``invalid_at``: offset of the first forbidden byte in this chunk (-1: none), and
     ``reason`` its name. A bare CR that ended the previous chunk is reported at 0.
+
+    A value like :class:`~smtpguard.core.grammar.Reply`, and a native class for the
+    same reason: one is built per chunk.
     """
 
-    end: int
-    invalid_at: int = -1
-    reason: str = ""
+    __slots__ = ("end", "invalid_at", "reason")
+
+    def __init__(self, end: int, invalid_at: int = -1, reason: str = "") -> None:
+        self.end: Final = end
+        self.invalid_at: Final = invalid_at
+        self.reason: Final = reason
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DataScan):
+            return NotImplemented
+        return (self.end, self.invalid_at, self.reason) == (
+            other.end,
+            other.invalid_at,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.end, self.invalid_at, self.reason))
+
+    def __repr__(self) -> str:
+        return f"DataScan(end={self.end!r}, invalid_at={self.invalid_at!r}, reason={self.reason!r})"
 
 
 class DataScanner:

@@ -77,14 +77,33 @@ def frame_reply_line(raw: bytes) -> bytes:
     return raw if crlf else body + CRLF
 
 
-@dataclass(frozen=True, slots=True)
 class Command:
     """A parsed command line. ``verb`` is upper-case ASCII; ``raw`` keeps the line
-    exactly as received, CRLF included, so forwarding never re-serialises."""
+    exactly as received, CRLF included, so forwarding never re-serialises.
 
-    verb: str
-    args: str
-    raw: bytes
+    A value: equal by its fields, hashable, its fields ``Final`` (read-only once
+    compiled, checked by mypy either way). A plain native class, not a frozen
+    dataclass: one is built per command line, and mypyc compiles this ``__init__``,
+    where a dataclass's is generated at run time and interpreted (~10x the cost).
+    """
+
+    __slots__ = ("args", "raw", "verb")
+
+    def __init__(self, verb: str, args: str, raw: bytes) -> None:
+        self.verb: Final = verb
+        self.args: Final = args
+        self.raw: Final = raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Command):
+            return NotImplemented
+        return self.verb == other.verb and self.args == other.args and self.raw == other.raw
+
+    def __hash__(self) -> int:
+        return hash((self.verb, self.args, self.raw))
+
+    def __repr__(self) -> str:
+        return f"Command(verb={self.verb!r}, args={self.args!r}, raw={self.raw!r})"
 
     @property
     def text(self) -> str:
@@ -159,13 +178,29 @@ def parse_reply_line(raw: bytes) -> ReplyLine | None:
     return ReplyLine(head[0], head[1], line[4:].decode("utf-8", "surrogateescape"))
 
 
-@dataclass(frozen=True, slots=True)
 class Reply:
-    """A complete (possibly multi-line) reply. ``raw`` is the bytes as received."""
+    """A complete (possibly multi-line) reply. ``raw`` is the bytes as received.
 
-    code: int
-    lines: tuple[str, ...]
-    raw: bytes
+    A value, as :class:`Command` is (and a native class for the same reason: one is
+    built per server reply)."""
+
+    __slots__ = ("code", "lines", "raw")
+
+    def __init__(self, code: int, lines: tuple[str, ...], raw: bytes) -> None:
+        self.code: Final = code
+        self.lines: Final = lines
+        self.raw: Final = raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reply):
+            return NotImplemented
+        return self.code == other.code and self.lines == other.lines and self.raw == other.raw
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.lines, self.raw))
+
+    def __repr__(self) -> str:
+        return f"Reply(code={self.code!r}, lines={self.lines!r}, raw={self.raw!r})"
 
     @property
     def positive(self) -> bool:
