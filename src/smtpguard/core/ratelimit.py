@@ -105,12 +105,17 @@ class _Count:
 
 class SharedRates:
     __slots__ = ("_client", "_queue", "_s", "held")
+    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
 
     def __init__(self, session: Session) -> None:
         self._s = session
         self._queue: deque[_Count] = deque()
         self._client: str | None = None
         self.held = b""  # the last octets of a held terminator
+
+    def detach(self) -> None:
+        """The session has closed: drop the reference back to it."""
+        del self._s
 
     def key(self, f: Finding, sender: str | None = None) -> str:
         if sender is not None and f.check in PER_SENDER:

@@ -218,6 +218,8 @@ class Session:
             self.relay = None
             if self.duplicates is not None:
                 self.duplicates.detach()
+            if self.shared_rates is not None:
+                self.shared_rates.detach()
         actions = out.actions
         out.actions = []
         return actions
