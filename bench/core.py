@@ -1,18 +1,25 @@
 """On-demand benchmark: the inspection core alone, no I/O.
 
     python3 bench/core.py [--sessions 20000]
+    python3 bench/core.py --against OTHER/src [--runs 7] [--sessions 8000]
 
 A :class:`~smtpguard.core.session.Session` with the default policy is fed one
 smtp-source-like session (HELO, MAIL, RCPT, DATA with a ~1 KB message, QUIT) and the
 server's replies, ``--sessions`` times; prints microseconds per session for the
 installed package (compiled by mypyc when it could be) and for ``src/`` as pure
 Python, each in its own interpreter, in the same run.
+
+``--against OTHER/src`` compares this tree's ``src/`` with another checkout's (say a
+``git worktree`` of an older commit): ``--runs`` interleaved runs of each, compiled
+if the tree holds a mypyc build (``python3 setup.py build_ext --inplace``), pure
+Python if not; prints the median CPU time per session of each and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -99,13 +106,43 @@ def run(sessions: int) -> None:
     )
 
 
+def child(src: Path, sessions: int) -> tuple[str, float]:
+    """One run in a fresh interpreter importing smtpguard from ``src``: (build, CPU us)."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    me = [sys.executable, __file__, "--child", "--sessions", str(sessions)]
+    line = subprocess.run(me, check=True, cwd="/", env=env, capture_output=True, text=True).stdout
+    build, _, rest = line.partition("  ")
+    return build.strip(), float(rest.split()[0])
+
+
+def against(other: Path, runs: int, sessions: int) -> None:
+    """Interleaved runs of this tree and ``other``; medians and their ratio."""
+    mine, theirs = ROOT / "src", other.resolve()
+    times: dict[Path, list[float]] = {mine: [], theirs: []}
+    builds: dict[Path, str] = {}
+    for _ in range(runs):
+        for src in (theirs, mine):
+            builds[src], us = child(src, sessions)
+            times[src].append(us)
+    for src in (theirs, mine):
+        runs_us = " ".join(f"{t:.1f}" for t in times[src])
+        print(f"{builds[src]:12s} {statistics.median(times[src]):6.1f} us  {src}  ({runs_us})")
+    ratio = statistics.median(times[mine]) / statistics.median(times[theirs])
+    print(f"this tree / other: {ratio:.3f} (median of {runs} interleaved runs, CPU per session)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sessions", type=int, default=20000)
+    ap.add_argument("--against", type=Path, help="another checkout's src/ to compare with")
+    ap.add_argument("--runs", type=int, default=7, help="interleaved runs with --against")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         run(args.sessions)
+        return 0
+    if args.against is not None:
+        against(args.against, args.runs, args.sessions)
         return 0
     me = [sys.executable, __file__, "--child", "--sessions", str(args.sessions)]
     subprocess.run(me, check=True, cwd=ROOT)
