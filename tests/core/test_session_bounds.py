@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import pytest
 
+from smtpguard.core.actions import DedupeLookup
+from smtpguard.core.events import (
+    ClientData,
+    ClientEof,
+    DedupeAnswer,
+    ServerConnected,
+    ServerData,
+    Start,
+)
+from smtpguard.core.phases import Phase
 from smtpguard.core.policy import Mode, Policy, StartTls
+from smtpguard.core.session import Session
 from tests.core.harness import FakeServer, Harness
 
 WHOLE = (
@@ -74,3 +86,55 @@ def test_a_server_closing_a_passthrough_tunnel_gets_no_plaintext_reply() -> None
     h.server_drops()
     assert bytes(h.run.client_out) == before  # no 421 written into the TLS stream
     assert h.run.client_closed
+
+
+CLIENT = (
+    b"HELO c\r\n",
+    b"MAIL FROM:<a@example.org>\r\n",
+    b"RCPT TO:<b@example.net>\r\n",
+    b"DATA\r\n",
+    b"Subject: t\r\n\r\nhello\r\n.\r\n",
+    b"QUIT\r\n",
+)
+SERVER = (
+    b"250 mx\r\n",
+    b"250 2.1.0 Ok\r\n",
+    b"250 2.1.5 Ok\r\n",
+    b"354 Go ahead\r\n",
+    b"250 2.0.0 Ok: queued as Q1\r\n",
+    b"221 2.0.0 Bye\r\n",
+)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Policy(),
+        dataclasses.replace(
+            Policy.for_mode(Mode.ESMTP, hostname="gw"), dedupe=True, shared_rates=True
+        ),
+    ],
+    ids=["mailguard", "esmtp-dedupe-shared-rates"],
+)
+def test_a_closed_session_leaves_no_cyclic_garbage(policy: Policy) -> None:
+    """The parts point back at their session until it closes; then they let go, so
+    a gateway's closed sessions are freed at once, not by the cycle collector."""
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            s = Session(policy, peer=("127.0.0.1", 40000))
+            s.handle(Start(), 1.0)
+            s.handle(ServerConnected(), 1.0)
+            s.handle(ServerData(b"220 mx ESMTP\r\n"), 1.0)
+            for line, reply in zip(CLIENT, SERVER, strict=True):
+                actions = s.handle(ClientData(line), 1.0)
+                if any(isinstance(a, DedupeLookup) for a in actions):
+                    s.handle(DedupeAnswer(None), 1.0)  # the store knows no such message
+                s.handle(ServerData(reply), 1.0)
+            s.handle(ClientEof(), 1.0)
+            assert s.phase is Phase.CLOSED and s.messages_relayed == 1
+        del s
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
