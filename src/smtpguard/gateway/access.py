@@ -29,17 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
+from smtpguard.state.tasks import TaskSet
 
 if TYPE_CHECKING:
     from smtpguard.gateway.connection import ClientConnection
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
     # (pydantic is not installed where the package is built; setup.py).
     Gateway = Any
 
-log = logging.getLogger("smtpguard.gateway")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -213,7 +211,7 @@ class SharedLimits:
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leases: dict[str, Lease] = {}  # session id -> its lease
         self._pending: dict[str, Lease] = {}  # session id -> lease being asked for
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("shared limits")
         self._renewal: asyncio.TimerHandle | None = None
 
     @property
@@ -235,7 +233,7 @@ class SharedLimits:
             gone = self._pending.pop(sid, None) is None  # released while asking
         if gone:  # released while asking; again, should the store have run them reordered
             if verdict == "ok" and p.max_sessions_per_ip > 0:
-                self._spawn(self._release([lease]))
+                self._tasks.spawn(self._release([lease]))
             return None
         if verdict == "rate":
             return rate_refusal(key, p)
@@ -252,7 +250,7 @@ class SharedLimits:
         known at once, so a release that comes first follows the request for it."""
         lease = (address_key(peer_ip(conn.peer)), f"{self.instance}:{conn.sid}")
         self._pending[conn.sid] = lease
-        self._spawn(self._admit(gw, conn, lease))
+        self._tasks.spawn(self._admit(gw, conn, lease))
 
     async def _admit(self, gw: Gateway, conn: ClientConnection, lease: Lease) -> None:
         refusal = None
@@ -284,21 +282,11 @@ class SharedLimits:
         gone never holds a slot that a newer one is refused for)."""
         lease = self.leases.pop(sid, None) or self._pending.pop(sid, None)
         if lease is not None:
-            self._spawn(self._release([lease]))
+            self._tasks.spawn(self._release([lease]))
 
     async def _release(self, leases: list[Lease]) -> None:
         with contextlib.suppress(StoreError):  # the guard logged it; the lease expires
             await self.store.lease_release(leases)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("shared limits task failed", exc_info=task.exception())
 
     def _arm_renewal(self) -> None:
         if self._renewal is None:
@@ -308,7 +296,7 @@ class SharedLimits:
     def _renew(self) -> None:
         self._renewal = None
         if self.leases:
-            self._spawn(self._renew_all(list(self.leases.values())))
+            self._tasks.spawn(self._renew_all(list(self.leases.values())))
             self._arm_renewal()
 
     async def _renew_all(self, leases: list[Lease]) -> None:
@@ -320,8 +308,7 @@ class SharedLimits:
         if self._renewal is not None:
             self._renewal.cancel()
             self._renewal = None
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.store.retry + 1.0)
+        await self._tasks.wait(self.store.retry + 1.0)
         leases, self.leases = list(self.leases.values()), {}
         if leases:
             await self._release(leases)

@@ -13,20 +13,12 @@ that message.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Protocol
 
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.state.base import StoreError
-from smtpguard.state.guard import FAIL_OPEN, Guarded
-
-log = logging.getLogger("smtpguard.gateway")
-
-
-class _Events(Protocol):
-    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
+from smtpguard.state.guard import FAIL_OPEN, Guarded, PolicyEvents
+from smtpguard.state.tasks import TaskSet
 
 
 class _Conn(Protocol):
@@ -40,12 +32,12 @@ class Dedupe:
     def __init__(self, store: Guarded, window: float) -> None:
         self.store = store
         self.window = window
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("dedupe")
 
-    def lookup(self, events: _Events, conn: _Conn, key: str) -> None:
-        self._spawn(self._lookup(events, conn, key))
+    def lookup(self, events: PolicyEvents, conn: _Conn, key: str) -> None:
+        self._tasks.spawn(self._lookup(events, conn, key))
 
-    async def _lookup(self, events: _Events, conn: _Conn, key: str) -> None:
+    async def _lookup(self, events: PolicyEvents, conn: _Conn, key: str) -> None:
         found = None
         try:
             found = await self.store.get(key)
@@ -55,10 +47,10 @@ class Dedupe:
             )
         conn.dedupe_answer(found)
 
-    def record(self, events: _Events, conn: _Conn, key: str, queue_id: str) -> None:
-        self._spawn(self._record(events, conn, key, queue_id))
+    def record(self, events: PolicyEvents, conn: _Conn, key: str, queue_id: str) -> None:
+        self._tasks.spawn(self._record(events, conn, key, queue_id))
 
-    async def _record(self, events: _Events, conn: _Conn, key: str, queue_id: str) -> None:
+    async def _record(self, events: PolicyEvents, conn: _Conn, key: str, queue_id: str) -> None:
         try:
             await self.store.set_if_absent(key, queue_id, self.window)
         except StoreError as exc:
@@ -66,17 +58,6 @@ class Dedupe:
                 conn.sid, conn.peer, PolicyEvent(FAIL_OPEN, f"accepted message not recorded: {exc}")
             )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("dedupe task failed", exc_info=task.exception())
-
     async def close(self) -> None:
         """Let records under way finish (bounded by the store's timeout)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.store.timeout + 1.0)
+        await self._tasks.wait(self.store.timeout + 1.0)

@@ -18,9 +18,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from smtpguard.state.base import Lease, Store, StoreError
+
+if TYPE_CHECKING:
+    from smtpguard.core.actions import PolicyEvent
 
 T = TypeVar("T")
 
@@ -29,6 +32,12 @@ log = logging.getLogger("smtpguard.state")
 UNAVAILABLE = "SG-STATE-UNAVAILABLE"
 RECOVERED = "SG-STATE-RECOVERED"
 FAIL_OPEN = "SG-STATE-FAIL-OPEN"
+
+
+class PolicyEvents(Protocol):
+    """Where a store user reports that it failed open (the gateway logs and counts it)."""
+
+    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
 
 
 class Guarded(Store):

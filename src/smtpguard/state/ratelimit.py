@@ -14,7 +14,6 @@ The store is opened for this only when a check's action is ``rate-limit``
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from typing import Protocol
@@ -22,13 +21,10 @@ from typing import Protocol
 from smtpguard.core.actions import PolicyEvent, RateCheck
 from smtpguard.core.policy import Policy, Verdict
 from smtpguard.state.base import StoreError
-from smtpguard.state.guard import FAIL_OPEN, Guarded
+from smtpguard.state.guard import FAIL_OPEN, Guarded, PolicyEvents
+from smtpguard.state.tasks import TaskSet
 
 log = logging.getLogger("smtpguard.gateway")
-
-
-class _Events(Protocol):
-    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
 
 
 class _Conn(Protocol):
@@ -51,14 +47,12 @@ def uses_rate_limit(policy: Policy) -> bool:
 class RateLimits:
     def __init__(self, store: Guarded) -> None:
         self.store = store
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("rate-limit")
 
-    def check(self, events: _Events, conn: _Conn, a: RateCheck) -> None:
-        task = asyncio.get_running_loop().create_task(self._check(events, conn, a))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+    def check(self, events: PolicyEvents, conn: _Conn, a: RateCheck) -> None:
+        self._tasks.spawn(self._check(events, conn, a))
 
-    async def _check(self, events: _Events, conn: _Conn, a: RateCheck) -> None:
+    async def _check(self, events: PolicyEvents, conn: _Conn, a: RateCheck) -> None:
         allowed = None
         try:
             allowed = await self.store.count_event(a.key, a.period) <= a.rate
@@ -70,12 +64,6 @@ class RateLimits:
             log.exception("%s rate-limit count failed, allowed", conn.sid)
         conn.rate_answer(allowed)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("rate-limit task failed", exc_info=task.exception())
-
     async def close(self) -> None:
         """Let counts under way finish (bounded by the store's timeout)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.store.timeout + 1.0)
+        await self._tasks.wait(self.store.timeout + 1.0)
