@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Protocol
 
-from smtpguard.core.actions import Direction, PolicyEvent, Trace
+from smtpguard.core.actions import TRACE_ALL, TRACE_CLIENT, Direction, PolicyEvent, Trace
 
 FORMATS = ("ims", "jsonl")
 # The IMS layout's direction marks (the one vocabulary: logscan reads these back).
@@ -43,6 +43,10 @@ def ims_time(t: dt.datetime) -> str:
 
 
 class ProtocolLog(Protocol):
+    # Which traces the layout writes (a ``TRACE_*`` mask): sessions build no others.
+    @property
+    def traced(self) -> int: ...
+
     def connect(self, sid: str, peer: str) -> None: ...
     def trace(self, sid: str, tr: Trace) -> None: ...
     def policy(self, sid: str, ev: PolicyEvent) -> None: ...
@@ -87,6 +91,7 @@ class ImsLog(_Writer):
     concurrent sessions and worker processes never interleave inside a session."""
 
     FLUSH_LINES = 200
+    traced = TRACE_CLIENT  # the client's side only: no server lines, no sizes
 
     def __init__(
         self,
@@ -154,6 +159,8 @@ class ImsLog(_Writer):
 
 
 class JsonlLog(_Writer):
+    traced = TRACE_ALL  # all four directions and the message sizes
+
     def _obj(self, sid: str, event: str, **fields: object) -> None:
         obj: dict[str, object] = {"ts": self.clock().isoformat(), "session": sid, "event": event}
         obj.update({k: v for k, v in fields.items() if v is not None})

@@ -3,7 +3,11 @@ harness or a playbook), it is run again with every data event cut at random poin
 (hypothesis chooses them) and one byte at a time, and must give the same actions
 modulo output chunking (DESIGN §2; see ``playbook.differences`` for what that
 allows). Conversations under the PIX split-EOD emulation are segmentation-dependent
-by design and are left out."""
+by design and are left out.
+
+A conversation recorded with every trace on is also run again whole with fewer
+traces asked for (``TRACE_*`` masks, as a protocol log asks for the entries its
+layout writes): it must give the same actions with only the unasked traces left out."""
 
 from __future__ import annotations
 
@@ -14,7 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtpguard.core.actions import Action
+from smtpguard.core.actions import (
+    TRACE_ALL,
+    TRACE_CLIENT,
+    TRACE_SERVER,
+    TRACE_SIZE,
+    Action,
+    Direction,
+    Trace,
+)
 from smtpguard.core.events import Event
 from smtpguard.core.policy import Policy
 from tests.core.harness import Harness
@@ -31,8 +43,16 @@ def _recorded() -> list[tuple[Policy, list[tuple[Event, float]], list[Action], b
         out.append((h.policy, h.events, h.actions, h.trace, h.peer))
     for p in Playbook.instances:
         s = p.session
-        out.append((s.policy, p.events, p.actions, s.out.trace, s.link.peer))
+        out.append((s.policy, p.events, p.actions, s.out.mask, s.link.peer))
     return out
+
+
+def _traced(t: Trace, mask: int) -> bool:
+    if t.size is not None:
+        return bool(mask & TRACE_SIZE)
+    if t.direction in (Direction.CLIENT_TO_GW, Direction.GW_TO_CLIENT):
+        return bool(mask & TRACE_CLIENT)
+    return bool(mask & TRACE_SERVER)
 
 
 def _check(policy, events, actions, trace, peer) -> None:  # type: ignore[no-untyped-def]
@@ -40,6 +60,15 @@ def _check(policy, events, actions, trace, peer) -> None:  # type: ignore[no-unt
         why = differences(actions, replay(policy, events, cutter, trace=trace, peer=peer))
         if why is not None:
             raise AssertionError("re-cut conversation differs: " + why)
+
+    if trace is True or trace == TRACE_ALL:
+        # A session asked for fewer traces builds exactly the others' actions, in
+        # the same order, without the traces it was not asked for.
+        for mask in (0, TRACE_CLIENT, TRACE_SERVER | TRACE_SIZE):
+            whole = replay(policy, events, lambda data: (), trace=mask, peer=peer)
+            want = [a for a in actions if not isinstance(a, Trace) or _traced(a, mask)]
+            if whole != want:
+                raise AssertionError(f"trace mask {mask}: actions differ from the full trace's")
 
     size = sum(len(getattr(e, "data", b"")) for e, _ in events)
     if size <= BYTEWISE_LIMIT:

@@ -124,7 +124,7 @@ def replay(
     events: Sequence[tuple[Event, float]],
     cutter: Cutter,
     *,
-    trace: bool = False,
+    trace: bool | int = False,
     peer: tuple[str, int] | None = None,
 ) -> list[Action]:
     """Run ``events`` on a fresh session, every data event cut where ``cutter`` says."""

@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 
-from smtpguard.core.actions import Direction, PolicyEvent, SetTimer, ToClient, ToServer, Trace
+from smtpguard.core.actions import (
+    TRACE_ALL,
+    Direction,
+    PolicyEvent,
+    SetTimer,
+    ToClient,
+    ToServer,
+    Trace,
+)
 from smtpguard.core.policy import Policy
 from smtpguard.gateway import connection as conn_mod
 from smtpguard.gateway.access import AccessPolicy
@@ -101,6 +109,8 @@ class FakeTransport(asyncio.Transport):
 
 class RaisingLog:
     """A protocol log that raises when a chosen client line is traced."""
+
+    traced = TRACE_ALL
 
     def __init__(self, poison: str) -> None:
         self.poison = poison

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from smtpguard.core.dedupe import DedupeLookup, DedupeRecord
 
@@ -18,6 +19,15 @@ class Direction(enum.Enum):
     GW_TO_SERVER = "gw>server"
     SERVER_TO_GW = "server>gw"
     GW_TO_CLIENT = "gw>client"
+
+
+# Which ``Trace`` entries a session builds (``Session(trace=...)``): a protocol log
+# asks only for what its layout writes. Plain ints, not an ``enum.Flag``: the mask is
+# read once per session and tested on every line.
+TRACE_CLIENT: Final = 1  # client>gw commands and gw>client replies
+TRACE_SERVER: Final = 2  # gw>server commands and server>gw replies
+TRACE_SIZE: Final = 4  # the size of each message
+TRACE_ALL: Final = TRACE_CLIENT | TRACE_SERVER | TRACE_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,7 @@ class Commands:
         body = line[:-2]  # framed on CRLF: any other CR or LF is inside the line
         bad = check_line_bytes(body)
         cmd = parse_command(line) if bad is None else None
-        if s.out.trace:
+        if s.out.client:
             text = body.rstrip(b"\n").decode("utf-8", "surrogateescape")
             verb = cmd.verb if cmd else None
             if verb == "AUTH":
@@ -183,7 +183,7 @@ class Commands:
         server. Such a line is replaced by ``*``, which cancels the exchange (§4), and
         the client gets the gateway's 501 once the server has answered the ``*``."""
         s = self._s
-        if s.out.trace:
+        if s.out.client:
             s.out.emit(Trace(Direction.CLIENT_TO_GW, "(AUTH response)"))
         bad = check_line_bytes(line[:-2])
         if bad is None:

@@ -1,17 +1,36 @@
 """The actions one event produces, collected in order, with the protocol-log traces
-that go with them (only when tracing is on: a session without a protocol log builds
-no trace at all)."""
+that go with them: only those the session's protocol log writes (``TRACE_*`` in
+:mod:`smtpguard.core.actions`). A session without a protocol log builds no trace at
+all, and one logging in the IMS layout, which shows only the client's side, builds
+none of the server's: about half of a session's traces, each a decoded line."""
 
 from __future__ import annotations
 
-from smtpguard.core.actions import Action, Direction, PolicyEvent, ToClient, ToServer, Trace
+from smtpguard.core.actions import (
+    TRACE_ALL,
+    TRACE_CLIENT,
+    TRACE_SERVER,
+    TRACE_SIZE,
+    Action,
+    Direction,
+    PolicyEvent,
+    ToClient,
+    ToServer,
+    Trace,
+)
 
 
 class Output:
-    __slots__ = ("actions", "trace")
+    """``trace``: a ``TRACE_*`` mask, or a bool (True: every entry)."""
 
-    def __init__(self, trace: bool) -> None:
-        self.trace = trace
+    __slots__ = ("actions", "client", "mask", "server", "size")
+
+    def __init__(self, trace: bool | int) -> None:
+        mask = TRACE_ALL if trace is True else int(trace)
+        self.mask = mask
+        self.client = bool(mask & TRACE_CLIENT)  # client>gw and gw>client lines
+        self.server = bool(mask & TRACE_SERVER)  # gw>server and server>gw lines
+        self.size = bool(mask & TRACE_SIZE)  # message sizes
         self.actions: list[Action] = []
 
     def emit(self, action: Action) -> None:
@@ -19,19 +38,18 @@ class Output:
 
     def to_client(self, raw: bytes) -> None:
         self.actions.append(ToClient(raw))
-        if self.trace:
+        if self.client:
             self.trace_reply(Direction.GW_TO_CLIENT, raw)
 
     def to_server(self, line: bytes, verb: str) -> None:
         self.actions.append(ToServer(line))
-        if self.trace:
+        if self.server:
             text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
             shown = "AUTH ..." if verb == "AUTH" else text  # never credentials
             self.actions.append(Trace(Direction.GW_TO_SERVER, shown, verb=verb))
 
     def trace_reply(self, direction: Direction, raw: bytes) -> None:
-        if not self.trace:
-            return
+        """Trace each line of a reply (the caller checks that its side is traced)."""
         for line in raw.splitlines():
             text = line.decode("utf-8", "surrogateescape")
             code = int(text[:3]) if text[:3].isdigit() else None

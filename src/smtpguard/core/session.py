@@ -97,15 +97,17 @@ KNOWN_VERBS: Final = frozenset(
 class Session:
     """Inspector state machine for one client session. See the module docstring.
 
-    ``Session(policy, trace=False, peer=None, client_tls=False)``: ``peer`` is the
-    client's (address, port) for XCLIENT; ``client_tls`` marks an implicit-TLS port.
+    ``Session(policy, trace=False, peer=None, client_tls=False)``: ``trace`` says
+    which protocol-log entries to build (a ``TRACE_*`` mask of core/actions.py, or
+    True for all); ``peer`` is the client's (address, port) for XCLIENT;
+    ``client_tls`` marks an implicit-TLS port.
     """
 
     def __init__(
         self,
         policy: Policy,
         *,
-        trace: bool = False,
+        trace: bool | int = False,
         peer: tuple[str, int] | None = None,
         client_tls: bool = False,
     ) -> None:
@@ -297,7 +299,7 @@ class Session:
     # ----------------------------------------------------------------- replies
     def on_reply(self, reply: Reply, now: float) -> None:
         """A complete reply from the server (called by the link, in order)."""
-        if self.out.trace:
+        if self.out.server:
             self.out.trace_reply(Direction.SERVER_TO_GW, reply.raw)
         link = self.link
         if link.state is Upstream.GREETING:
@@ -442,7 +444,7 @@ class Session:
         self.goto(Trigger.END_OF_DATA)
         self.envelope.rcpt_count = 0
         self.message_octets += relay.size
-        if self.out.trace:
+        if self.out.size:
             self.out.emit(Trace(Direction.CLIENT_TO_GW, "", size=relay.size))
         if relay.refusal is not None:
             self.messages_refused += 1

@@ -170,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
         self._plog = self.gw.protocol_log
         session = Session(
             self.gw.policy_for(addr[0]) if addr else self.gw.policy,
-            trace=self._plog is not None,
+            trace=self._plog.traced if self._plog is not None else 0,
             peer=addr,
             client_tls=self.tls_listener,
         )
