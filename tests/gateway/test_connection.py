@@ -315,8 +315,15 @@ def test_connect_has_its_own_timeout() -> None:
 
         h.gw.loop.create_connection = slow  # type: ignore[method-assign,assignment]
         up = UpstreamConnection(c)  # not the session's own: nobody closes it
-        await asyncio.wait_for(h.gw._connect(up), 5)
-        assert up.closed
+        h.real_open(up)
+        task = up.connecting
+        assert task is not None
+        for _ in range(500):
+            if up.closed:
+                break
+            await asyncio.sleep(0.01)
+        await turns(3)
+        assert up.closed and task.cancelled() and not h.gw._connects
 
     run(go)
 

@@ -137,7 +137,9 @@ class ClientConnection(asyncio.Protocol):
         self._feed_handle: asyncio.Handle | None = None  # the next turn's feed
         self.peer = ""
         self.addr: tuple[str, int] | None = None  # the client (from PROXY if trusted)
-        self.local: tuple[str, int] | None = None  # the address the client connected to
+        # The address the client connected to (from PROXY if trusted; else read when
+        # first needed).
+        self.local: tuple[str, int] | None = None
         self._proxy_buf: bytearray | None = None  # PROXY header being read
         self._plog: ProtocolLog | None = None  # the gateway's, when the session began
 
@@ -151,8 +153,8 @@ class ClientConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
             addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
             self.addr = addr  # replaced by the PROXY header's source, if trusted
-            local = transport.get_extra_info("sockname")
-            self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+            # self.local: read from the socket only if a PROXY header for the upstream
+            # needs it (a system call per session otherwise).
             access = self.gw.access.policy
             if addr is not None and access.proxy_from and access.expects_proxy(parse_ip(addr[0])):
                 # A trusted load balancer: the real client is in the PROXY header first.
@@ -322,7 +324,12 @@ class ClientConnection(asyncio.Protocol):
     def upstream_proxy_header(self) -> bytes:
         """The PROXY header the upstream gets first, if configured (the real client)."""
         version = self.gw.upstream_proxy
-        if version == "off" or self.addr is None or self.local is None:
+        if version == "off" or self.addr is None:
+            return b""
+        if self.local is None and self.transport is not None:
+            local = self.transport.get_extra_info("sockname")
+            self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        if self.local is None:
             return b""
         build = proxyproto.build_v1 if version == "v1" else proxyproto.build_v2
         return build(self.addr, self.local)
