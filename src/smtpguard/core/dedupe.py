@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import Final
 
 from smtpguard.core.grammar import parse_command, parse_path
 
@@ -37,21 +37,49 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")  # RFC 3463 enhanced status cod
 _PRINTABLE = re.compile(r"[^!-~]")
 
 
-@dataclass(frozen=True, slots=True)
 class DedupeLookup:
     """Look ``key`` up in the shared store; answer with ``dedupe_result(queue_id or
-    None, now)``. The final dot is held until then."""
+    None, now)``. The final dot is held until then.
 
-    key: str
+    An action (core/actions.py), and a native class for the same reason."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key: Final = key
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DedupeLookup):
+            return NotImplemented
+        return self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash((self.key,))
+
+    def __repr__(self) -> str:
+        return f"DedupeLookup(key={self.key!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class DedupeRecord:
     """The server accepted the message: remember ``key`` with ``queue_id`` for the
-    configured window (fire and forget)."""
+    configured window (fire and forget). An action, as :class:`DedupeLookup`."""
 
-    key: str
-    queue_id: str
+    __slots__ = ("key", "queue_id")
+
+    def __init__(self, key: str, queue_id: str) -> None:
+        self.key: Final = key
+        self.queue_id: Final = queue_id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DedupeRecord):
+            return NotImplemented
+        return self.key == other.key and self.queue_id == other.queue_id
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.queue_id))
+
+    def __repr__(self) -> str:
+        return f"DedupeRecord(key={self.key!r}, queue_id={self.queue_id!r})"
 
 
 class MessageDigest:
