@@ -8,16 +8,17 @@ Plain native classes with ``__slots__``, not the frozen dataclasses of STYLE.md'
 convention 1, as :class:`~smtpguard.core.grammar.Reply` is: a session builds ~20-40
 of them (most of them ``Trace``), and a frozen dataclass's ``__init__`` is generated
 at run time, so even the compiled core runs it interpreted, one
-``object.__setattr__`` per field: ~1,800 ns to build a 5-field one compiled, where
-mypyc compiles a native class's ``__init__`` (~40-90 ns; pure Python ~670 against
-~2,000 ns). They behave as the dataclasses did: the same constructors, each equal to
-an instance of the same class with equal fields (two field-less events of one class
-are equal), hashable, and shown as a dataclass shows itself
-(``ToServer(data=b'...')``). The fields are ``Final``: mypy rejects an assignment,
-and so does the compiled class at run time; the pure-Python class does not check (a
-``__setattr__`` would put back the cost of a dataclass's ``__init__``). Each class
-writes these methods out: a shared base class is as fast, but the core has no class
-deriving from another (tests/core/test_phases.py).
+``object.__setattr__`` per field. A ``Trace`` (5 fields) cost ~1,700 ns to build
+compiled; as a native class mypyc compiles its ``__init__``: ~40 ns from compiled
+code (~140 ns called from Python), and pure Python ~330 ns instead of ~900
+(bench/README.md, Core alone). They behave as the dataclasses did: the same
+constructors, each equal to an instance of the same class with equal fields (two
+field-less events of one class are equal), hashable, and shown as a dataclass shows
+itself (``ToServer(data=b'...')``). The fields are ``Final``: mypy rejects an
+assignment, and so does the compiled class at run time; the pure-Python class does
+not check (a ``__setattr__`` would put back the cost of a dataclass's ``__init__``).
+Each class writes these methods out: a shared base class is as fast, but the core
+has no class deriving from another (tests/core/test_phases.py).
 """
 
 from __future__ import annotations
