@@ -197,11 +197,15 @@ class Rates:
     __slots__ = ("_seen",)
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[float, int]] = {}
+        # Made at the first finding: most sessions have none.
+        self._seen: dict[str, tuple[float, int]] | None = None
 
     def allow(self, f: Finding, now: float) -> bool:
-        start, count = self._seen.get(f.check, (now, 0))
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = {}
+        start, count = seen.get(f.check, (now, 0))
         if now - start >= f.period:
             start, count = now, 0
-        self._seen[f.check] = (start, count + 1)
+        seen[f.check] = (start, count + 1)
         return count < f.rate

@@ -659,7 +659,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._closed = False
         self._paused = False  # the client asked us not to read the server
         self._full = False  # told the client our write side is full
-        self._early: list[bytes] = []
+        self._early: list[bytes] | None = None  # written before the connection is up
         self._early_size = 0
 
     @property
@@ -679,9 +679,9 @@ class UpstreamConnection(asyncio.Protocol):
         header = self.client.upstream_proxy_header()
         if header:
             transport.write(header)
-        early, self._early, self._early_size = self._early, [], 0
+        early, self._early, self._early_size = self._early, None, 0
         was_full, self._full = self._full, False
-        for data in early:
+        for data in early or ():
             transport.write(data)
         if was_full and transport.get_write_buffer_size() <= WRITE_HIGH:
             self.client.upstream_full(self, False)
@@ -721,6 +721,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._closed:
             return
         if self.transport is None:
+            if self._early is None:
+                self._early = []
             self._early.append(bytes(data))
             self._early_size += len(data)
             if self._early_size > WRITE_HIGH and not self._full:
@@ -742,7 +744,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self, abort: bool) -> None:
         """Close on the core's request: no callbacks into the session after this."""
         self._closed = True
-        self._early = []
+        self._early = None
         task, self.connecting = self.connecting, None
         if task is not None and not task.done():
             task.cancel()
