@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +32,7 @@ from smtpguard.core.policy import Policy
 from smtpguard.gateway import connection as conn_mod
 from smtpguard.gateway.access import AccessPolicy
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
+from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.server import Gateway, GatewayConfig
 from smtpguard.gateway.tls import TlsContexts
 
@@ -326,6 +328,55 @@ def test_connect_has_its_own_timeout() -> None:
         assert up.closed and task.cancelled() and not h.gw._connects
 
     run(go)
+
+
+def test_a_refused_or_failing_connect_is_counted_and_told_to_the_session() -> None:
+    """A real refused connect (a closed loopback port) and a connect that fails
+    with something other than OSError: each counted once as a connect error, the
+    client answered 421, the task gone, the session released."""
+
+    class Counting(Metrics):
+        def __init__(self) -> None:
+            self.errors: list[str] = []
+
+        def upstream_error(self, kind: str) -> None:
+            self.errors.append(kind)
+
+    async def go(fail: Callable[..., Any] | None) -> list[str]:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connect is refused
+        port = closed.getsockname()[1]
+        h = Harness(upstream_host="127.0.0.1", upstream_port=port)
+        h.gw.metrics = metrics = Counting()
+        if fail is not None:
+            h.gw.loop.create_connection = fail  # type: ignore[method-assign]
+        h.gw.open_upstream = h.real_open  # type: ignore[method-assign]
+        _c, ct = h.client()
+        for _ in range(200):
+            if ct.closed:
+                break
+            await asyncio.sleep(0.01)
+        closed.close()
+        await turns(3)
+        assert b"421 " in ct.written and ct.closed, ct.written
+        assert not h.gw._connects and not h.gw.sessions
+        return metrics.errors
+
+    async def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("not an OSError")
+
+    assert asyncio.run(go(None)) == ["connect"]  # not also "lost": it never was up
+    assert asyncio.run(go(broken)) == ["connect"]
+
+    async def lost() -> list[str]:
+        h = Harness()
+        h.gw.metrics = metrics = Counting()
+        _c, ct, _ut = h.ready()
+        h.upstreams[-1].connection_lost(None)
+        assert b"421 " in ct.written
+        return metrics.errors
+
+    assert asyncio.run(lost()) == ["lost"]
 
 
 def test_drain_cancels_connects_and_frees_sessions() -> None:

@@ -355,7 +355,8 @@ class ClientConnection(asyncio.Protocol):
     def upstream_lost(self, up: UpstreamConnection) -> None:
         if up is self.upstream and self.session is not None:
             try:
-                self.gw.metrics.upstream_error("lost")
+                if up.transport is not None:  # a connect that failed is counted as such
+                    self.gw.metrics.upstream_error("lost")
                 self.upstream = None
                 self._up_full = False
                 self._run(self.session.handle(ServerClosed(), self.loop.time()))
