@@ -181,6 +181,14 @@ async def turns(n: int = 50) -> None:
         await asyncio.sleep(0)
 
 
+async def until(cond: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Let the loop run until ``cond()`` holds or ``seconds`` have passed."""
+    for _ in range(int(seconds / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+
+
 def test_greeting_command_and_reply_relayed() -> None:
     async def go() -> None:
         h = Harness()
@@ -320,10 +328,7 @@ def test_connect_has_its_own_timeout() -> None:
         h.real_open(up)
         task = up.connecting
         assert task is not None
-        for _ in range(500):
-            if up.closed:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: up.closed)
         await turns(3)
         assert up.closed and task.cancelled() and not h.gw._connects
 
@@ -352,10 +357,7 @@ def test_a_refused_or_failing_connect_is_counted_and_told_to_the_session() -> No
             h.gw.loop.create_connection = fail  # type: ignore[method-assign]
         h.gw.open_upstream = h.real_open  # type: ignore[method-assign]
         _c, ct = h.client()
-        for _ in range(200):
-            if ct.closed:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: ct.closed, 2.0)
         closed.close()
         await turns(3)
         assert b"421 " in ct.written and ct.closed, ct.written

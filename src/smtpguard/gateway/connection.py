@@ -151,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
             transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
             peer = transport.get_extra_info("peername")
             self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-            addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+            addr = _address(peer)
             self.addr = addr  # replaced by the PROXY header's source, if trusted
             # self.local: read from the socket only if a PROXY header for the upstream
             # needs it (a system call per session otherwise).
@@ -327,8 +327,7 @@ class ClientConnection(asyncio.Protocol):
         if version == "off" or self.addr is None:
             return b""
         if self.local is None and self.transport is not None:
-            local = self.transport.get_extra_info("sockname")
-            self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+            self.local = _address(self.transport.get_extra_info("sockname"))
         if self.local is None:
             return b""
         build = proxyproto.build_v1 if version == "v1" else proxyproto.build_v2
@@ -638,6 +637,13 @@ _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
     DedupeRecord: ClientConnection._do_dedupe_record,
     RateCheck: ClientConnection._do_rate_check,
 }
+
+
+def _address(info: object) -> tuple[str, int] | None:
+    """(host, port) of a socket address from ``get_extra_info``; None if not IP."""
+    if isinstance(info, tuple):
+        return str(info[0]), int(info[1])
+    return None
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
