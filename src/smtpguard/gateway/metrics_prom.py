@@ -215,8 +215,15 @@ class PrometheusMetrics(Metrics):
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        # Pending counts, keyed by (metric, label values); the gauge's is a delta.
+        # Pending counts of the rarer hooks, keyed by (metric, label values).
         self._pending: dict[tuple[Any, tuple[str, ...]], float] = {}
+        # The per-session ones as plain numbers: the hooks run for every session.
+        self._opened = 0
+        self._closed = 0
+        self._commands: dict[tuple[str, str], int] = {}
+        self._relayed = 0
+        self._refused_messages = 0
+        self._octets = 0
         self._bounds = (*LATENCY_BUCKETS, float("inf"))
         self._latency_counts = [0] * len(self._bounds)
         self._latency_sum = 0.0
@@ -238,6 +245,24 @@ class PrometheusMetrics(Metrics):
     def flush(self) -> None:
         """Add the counts gathered since the last flush to the shared samples."""
         pending, self._pending = self._pending, {}
+        opened, closed, self._opened, self._closed = self._opened, self._closed, 0, 0
+        if opened:
+            pending[(self.sessions, ())] = opened
+        if opened != closed:
+            pending[(self.sessions_open, ())] = opened - closed
+        commands, self._commands = self._commands, {}
+        for (verb, verdict), count in commands.items():
+            key = (self.commands, (verb if verb in KNOWN_VERBS else "OTHER", verdict))
+            pending[key] = pending.get(key, 0) + count
+        totals: list[tuple[Any, tuple[str, ...], int]] = [
+            (self.messages, ("relayed",), self._relayed),
+            (self.messages, ("refused",), self._refused_messages),
+            (self.message_bytes, (), self._octets),
+        ]
+        for counter, values, total in totals:
+            if total:
+                pending[(counter, values)] = total
+        self._relayed = self._refused_messages = self._octets = 0
         for (metric, labels), n in pending.items():
             if n:
                 (metric.labels(*labels) if labels else metric).inc(n)
@@ -251,22 +276,19 @@ class PrometheusMetrics(Metrics):
             self._latency_sum = 0.0
 
     def session_opened(self) -> None:
-        self._add(self.sessions, (), 1)
-        self._add(self.sessions_open, (), 1)
+        self._opened += 1
 
     def session_refused(self, reason: str) -> None:
         self._add(self.refused, (reason,), 1)
 
     def session_closed(self, session: Session) -> None:
-        self._add(self.sessions_open, (), -1)
-        for (verb, verdict), n in session.commands.items():
-            self._add(self.commands, (verb if verb in KNOWN_VERBS else "OTHER", verdict), n)
-        if session.messages_relayed:
-            self._add(self.messages, ("relayed",), session.messages_relayed)
-        if session.messages_refused:
-            self._add(self.messages, ("refused",), session.messages_refused)
-        if session.message_octets:
-            self._add(self.message_bytes, (), session.message_octets)
+        self._closed += 1
+        counts = self._commands  # verbs are the core's (Session.count): bounded
+        for key, n in session.commands.items():
+            counts[key] = counts.get(key, 0) + n
+        self._relayed += session.messages_relayed
+        self._refused_messages += session.messages_refused
+        self._octets += session.message_octets
 
     def policy_event(self, event_id: str) -> None:
         self._add(self.events, (event_id,), 1)
