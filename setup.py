@@ -1,10 +1,11 @@
 """Build hook: compile the inspection core and the connection shell with mypyc.
 
 Everything else about the package is in pyproject.toml. The core is strictly typed
-Python with no I/O; mypyc turns those modules (and connection.py, the shell's per-
-event path, and logs.py, the protocol log's per-line path) into C extensions: the
-gateway then needs about 40 % less CPU per message (bench/README.md). The ``.py``
-files ship too, for reading the source.
+Python with no I/O; mypyc turns those modules (and the shell's per-session code:
+connection.py, the per-event path; server.py, admitting and releasing sessions and
+opening upstreams; the metrics hooks; logs.py, the protocol log's per-line path) into
+C extensions: the gateway then needs about 40 % less CPU per message
+(bench/README.md). The ``.py`` files ship too, for reading the source.
 
 Without a C compiler or Python's headers, or with ``SMTPGUARD_PURE_PYTHON=1`` (use
 it for editable installs you edit: an in-place build leaves ``.so`` files beside the
@@ -25,6 +26,9 @@ from setuptools import setup
 COMPILED = [
     *sorted(str(p) for p in Path("src/smtpguard/core").glob("*.py")),
     "src/smtpguard/gateway/connection.py",
+    "src/smtpguard/gateway/metrics.py",
+    "src/smtpguard/gateway/metrics_prom.py",
+    "src/smtpguard/gateway/server.py",
     "src/smtpguard/logs.py",
 ]
 

@@ -205,8 +205,7 @@ def test_gateway_admit_refuses_denied_network_with_event() -> None:
 
 
 def test_gateway_release_frees_the_per_address_slot() -> None:
-    gw = _gateway(AccessPolicy(max_sessions_per_ip=1))
-    gw.metrics.session_closed = lambda session: None  # type: ignore[method-assign]
+    gw = _gateway(AccessPolicy(max_sessions_per_ip=1))  # (no core session to count)
     first = FakeConn("127.0.0.1:1")
     assert gw.admit(first) is True  # type: ignore[arg-type]
     second = FakeConn("127.0.0.1:2")

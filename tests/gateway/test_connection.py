@@ -137,11 +137,16 @@ class RaisingLog:
         pass
 
 
+class _Gateway(Gateway):
+    """A gateway of the tests' own: its methods can be replaced on the instance (the
+    Gateway class itself is compiled, and compiled instances have no ``__dict__``)."""
+
+
 class Harness:
     """A Gateway whose upstream connects are captured instead of made."""
 
     def __init__(self, access: AccessPolicy | None = None, **gw: Any) -> None:
-        self.gw = Gateway(GatewayConfig(**gw), Policy(), access=access)
+        self.gw = _Gateway(GatewayConfig(**gw), Policy(), access=access)
         self.upstreams: list[UpstreamConnection] = []
         real_open = self.gw.open_upstream
 

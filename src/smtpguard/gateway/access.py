@@ -33,7 +33,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
@@ -41,12 +41,7 @@ from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
 from smtpguard.state.tasks import TaskSet
 
 if TYPE_CHECKING:
-    from smtpguard.gateway.connection import ClientConnection
-
-    # Not smtpguard.gateway.server's class: mypyc compiles connection.py, which
-    # imports this module, and its analysis must not reach the configuration code
-    # (pydantic is not installed where the package is built; setup.py).
-    Gateway = Any
+    from smtpguard.gateway.server import Conn, Gateway
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -244,7 +239,7 @@ class SharedLimits:
             self._arm_renewal()
         return None
 
-    def admit(self, gw: Gateway, conn: ClientConnection) -> None:
+    def admit(self, gw: Gateway, conn: Conn) -> None:
         """Decide in the background; the session starts (``gw.register`` then
         ``conn.admitted``) or is refused once the store has answered. The lease is
         known at once, so a release that comes first follows the request for it."""
@@ -252,7 +247,7 @@ class SharedLimits:
         self._pending[conn.sid] = lease
         self._tasks.spawn(self._admit(gw, conn, lease))
 
-    async def _admit(self, gw: Gateway, conn: ClientConnection, lease: Lease) -> None:
+    async def _admit(self, gw: Gateway, conn: Conn, lease: Lease) -> None:
         refusal = None
         try:
             refusal = await self.decide(lease, conn.sid)

@@ -34,13 +34,10 @@ import shutil
 import sys
 import tempfile
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.metrics import Metrics, SessionCounts
 from smtpguard.netaddr import split_hostport
-
-if TYPE_CHECKING:
-    from smtpguard.core.session import Session
 
 # Verb labels are limited to known commands: a client must not be able to create
 # label values (and memory) at will.
@@ -269,9 +266,9 @@ class PrometheusMetrics(Metrics):
         if self._latency_sum or any(self._latency_counts):
             hist: Any = self.latency
             hist._sum.inc(self._latency_sum)
-            for i, n in enumerate(self._latency_counts):
-                if n:
-                    hist._buckets[i].inc(n)
+            for i, hits in enumerate(self._latency_counts):
+                if hits:
+                    hist._buckets[i].inc(hits)
                     self._latency_counts[i] = 0
             self._latency_sum = 0.0
 
@@ -281,7 +278,7 @@ class PrometheusMetrics(Metrics):
     def session_refused(self, reason: str) -> None:
         self._add(self.refused, (reason,), 1)
 
-    def session_closed(self, session: Session) -> None:
+    def session_closed(self, session: SessionCounts) -> None:
         self._closed += 1
         counts = self._commands  # verbs are the core's (Session.count): bounded
         for key, n in session.commands.items():
