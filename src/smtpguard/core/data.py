@@ -105,7 +105,7 @@ def _check(body: bytes, pending_cr: bool) -> tuple[int, str]:
     trail_cr = body[-1] == 0x0D
     lf_ok = body.count(b"\n") == n_pairs + (1 if pending_cr else 0)
     cr_ok = body.count(b"\r") == n_pairs + (1 if trail_cr else 0)
-    if lf_ok and cr_ok and body.find(b"\x00") < 0:  # find(): see check_line_bytes
+    if lf_ok and cr_ok and 0x00 not in body:  # a byte's value: see check_line_bytes
         return -1, ""
     start = 1 if pending_cr else 0
     for m in _BARE.finditer(body, start):

@@ -22,6 +22,11 @@ TEXT_LINE_LIMIT: Final = 998
 REPLY_MAX_LINES: Final = 200
 
 CRLF: Final = b"\r\n"
+# Byte values, for ``_CR in line`` (see check_line_bytes).
+_CR: Final = 0x0D
+_LF: Final = 0x0A
+_NUL: Final = 0x00
+_TAB: Final = 0x09
 # RFC 5321 §4.1.1.4: the end of mail data is "CRLF . CRLF".
 END_OF_DATA: Final = b"\r\n.\r\n"
 
@@ -46,13 +51,15 @@ def check_line_bytes(line: bytes) -> str | None:
     Used for command lines: a bare CR, a bare LF or a NUL inside a command is the
     signature of a smuggling attempt (and never valid, RFC 5321 §2.3.8).
     """
-    # find(), not ``in``: ``bytes in bytes`` first tries the operand as an int and
-    # builds (and drops) a TypeError each time, several times slower.
-    if line.find(b"\r") >= 0:
+    # A byte's value as the operand (``13 in line``): one memchr. Not ``b"\r" in
+    # line``, which first tries the operand as an int and builds (and drops) a
+    # TypeError each time, nor ``find()``, a method call whose arguments are parsed
+    # from a tuple (Python 3.11): each was several times slower once compiled.
+    if _CR in line:
         return "bare CR"
-    if line.find(b"\n") >= 0:
+    if _LF in line:
         return "bare LF"
-    if line.find(b"\x00") >= 0:
+    if _NUL in line:
         return "NUL"
     return None
 
@@ -70,9 +77,9 @@ def frame_reply_line(raw: bytes) -> bytes:
         raise LineError("reply line too long")
     crlf = raw.endswith(CRLF)
     body = raw[:-2] if crlf else raw[:-1]
-    if body.find(b"\r") >= 0:  # find(), not ``in``: see check_line_bytes
+    if _CR in body:  # a byte's value: see check_line_bytes
         raise LineError("bare CR in reply line")
-    if body.find(b"\x00") >= 0:
+    if _NUL in body:
         raise LineError("NUL in reply line")
     return raw if crlf else body + CRLF
 
@@ -115,9 +122,10 @@ def parse_command(raw: bytes) -> Command | None:
     """Parse one command line (with or without the CRLF). ``None`` if no verb."""
     line = raw[:-2] if raw.endswith(CRLF) else raw.rstrip(b"\r\n")
     sp = line.find(b" ")
-    tab = line.find(b"\t")
-    if tab >= 0 and (sp < 0 or tab < sp):
-        sp = tab
+    if _TAB in line:  # rare: a second find() only then
+        tab = line.find(b"\t")
+        if sp < 0 or tab < sp:
+            sp = tab
     verb = line if sp < 0 else line[:sp]
     # RFC 5321 §4.1.1: verbs are alphabetic keywords (we allow digits and "-" after
     # the first letter, as extensions such as XEXCH50 do).

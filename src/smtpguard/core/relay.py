@@ -112,7 +112,7 @@ class MessageRelay:
     def _normalized(self, normalizer: Normalizer, part: bytes, final: bool) -> None:
         """``normalize`` mode: CRLF line ends and stuffed dots, on bytes whose end of
         data was fixed on the raw stream. A NUL is refused as in ``reject`` mode."""
-        if part.find(b"\x00") >= 0:  # find(), not ``in``: see grammar.check_line_bytes
+        if 0x00 in part:  # a byte's value: see grammar.check_line_bytes
             self.refuse(
                 replies.message_rejected("NUL"),
                 "SG-DATA-BAD-BYTES",

@@ -101,7 +101,7 @@ class UpstreamLink:
         partial = self._partial
         if partial:
             partial += data
-            if data.find(b"\n") < 0:  # find(), not ``in``: see grammar.check_line_bytes
+            if 0x0A not in data:  # a byte's value: see grammar.check_line_bytes
                 if len(partial) > REPLY_LINE_LIMIT:
                     self.failed("reply line too long", now)
                 return
