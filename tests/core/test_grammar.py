@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from smtpguard.core.grammar import (
     LineError,
@@ -43,6 +46,41 @@ def test_parse_reply_line() -> None:
     assert parse_reply_line(b"2501\r\n") is None
     assert parse_reply_line(b"hello\r\n") is None
     assert parse_reply_line(b"600 x\r\n") is None
+
+
+# RFC 5321 §4.2: Reply-code [ SP textstring ] ends a reply, Reply-code "-" textstring
+# continues it; the first digit is 2 to 5 (the gateway reads no 1yz replies).
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
+
+_near_reply = st.builds(
+    lambda head, sep, text, end: head + sep + text + end,
+    st.one_of(
+        st.integers(0, 999).map(lambda n: b"%d" % n),  # codes, and 1- and 2-digit ones
+        st.lists(st.sampled_from(b"0123456789/:\xb2 -"), max_size=4).map(bytes),
+    ),
+    st.sampled_from([b"", b" ", b"-", b"\t", b"x", b"0"]),
+    st.binary(max_size=12),
+    st.sampled_from([b"", b"\r\n", b"\n", b"\r"]),
+)
+
+
+@given(st.one_of(st.binary(max_size=16), _near_reply))
+@example(b"250\t x\r\n")
+@example(b"199 x\r\n")
+@example(b"600 x\r\n")
+@example(b"25\r\n")
+@example(b"2a0 x\r\n")
+@example(b"250")
+def test_parse_reply_line_is_the_grammar(raw: bytes) -> None:
+    line = raw.rstrip(b"\r\n")
+    m = _REPLY_LINE.fullmatch(line)
+    got = parse_reply_line(raw)
+    if m is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got.code, got.last) == (int(m.group(1)), m.group(2) != b"-")
+        assert got.text == line[4:].decode("utf-8", "surrogateescape")
 
 
 def test_assembler_multiline() -> None:

@@ -166,14 +166,22 @@ def _reply_head(line: bytes) -> tuple[int, bool] | None:
     """Code and last-line flag of a CRLF-stripped reply line (RFC 5321 §4.2):
     ``Reply-code [ SP textstring ]`` ends a reply, ``Reply-code "-" textstring``
     continues it. ``None`` if the line is not a reply line."""
-    code = line[:3]
-    if len(code) != 3 or not code.isdigit() or not 0x32 <= line[0] <= 0x35:
+    # Byte by byte as ints (native once compiled): bytes.isdigit() and int(bytes)
+    # would be generic calls, and slicing would make objects, on every reply line.
+    n = len(line)
+    if n < 3:
         return None
-    sep = line[3:4]
-    if sep == b"-":
-        return int(code), False
-    if sep == b" " or len(line) == 3:
-        return int(code), True
+    c0, c1, c2 = line[0], line[1], line[2]
+    if not (0x32 <= c0 <= 0x35 and 0x30 <= c1 <= 0x39 and 0x30 <= c2 <= 0x39):
+        return None
+    code = (c0 - 0x30) * 100 + (c1 - 0x30) * 10 + (c2 - 0x30)
+    if n == 3:
+        return code, True
+    sep = line[3]
+    if sep == 0x2D:  # "-"
+        return code, False
+    if sep == 0x20:  # " "
+        return code, True
     return None
 
 
