@@ -33,8 +33,8 @@ END_OF_DATA: Final = b"\r\n.\r\n"
 _VERB_MAX: Final = 32
 # RFC 3463 §2: enhanced status code class.subject.detail
 _ENHANCED: Final = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
-# RFC 5321 §4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; we only need the bracketed part.
-_PATH: Final = re.compile(rb"\s*<([^<>]*)>(.*)\Z", re.DOTALL)
+# What a bytes regex's \s is: leading white space before a path's "<".
+_PATH_SPACE: Final = " \t\n\r\f\v"
 
 
 class LineError(ValueError):
@@ -146,12 +146,21 @@ def parse_path(args: str, keyword: str) -> tuple[str, str] | None:
     head, sep, rest = args.partition(":")
     if not sep or head.strip().upper() != keyword:
         return None
-    m = _PATH.match(rest.encode("utf-8", "surrogateescape"))
-    if m is None:
+    # RFC 5321 §4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; only the bracketed part
+    # matters here, up to the first ">", with no "<" inside. Worked on the str as
+    # decoded (surrogateescape keeps every non-ASCII byte off "<", ">" and white space).
+    path = rest.lstrip(_PATH_SPACE)
+    if not path.startswith("<"):
+        return None
+    end = path.find(">", 1)
+    if end < 0:
+        return None
+    addr = path[1:end]
+    if "<" in addr:
         return None
     return (
-        m.group(1).decode("utf-8", "surrogateescape"),
-        m.group(2).decode("utf-8", "surrogateescape").strip(),
+        addr,
+        path[end + 1 :].strip(),
     )
 
 
