@@ -49,10 +49,16 @@ class Output:
             self.actions.append(Trace(Direction.GW_TO_SERVER, shown, verb=verb))
 
     def trace_reply(self, direction: Direction, raw: bytes) -> None:
-        """Trace each line of a reply (the caller checks that its side is traced)."""
+        """Trace each line of a reply (the caller checks that its side is traced); a
+        line's code is its three leading ASCII digits, read as byte values (native once
+        compiled; ``str.isdigit`` would also take other scripts' digits)."""
         for line in raw.splitlines():
+            code: int | None = None
+            if len(line) >= 3:
+                c0, c1, c2 = line[0], line[1], line[2]
+                if 0x30 <= c0 <= 0x39 and 0x30 <= c1 <= 0x39 and 0x30 <= c2 <= 0x39:
+                    code = (c0 - 0x30) * 100 + (c1 - 0x30) * 10 + (c2 - 0x30)
             text = line.decode("utf-8", "surrogateescape")
-            code = int(text[:3]) if text[:3].isdigit() else None
             self.actions.append(Trace(direction, text, code=code))
 
     def event(self, event_id: str, message: str, action: str = "log") -> None:
