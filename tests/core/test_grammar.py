@@ -30,6 +30,46 @@ def test_parse_command() -> None:
     assert parse_command(b"HELO \xff\r\n") is not None
 
 
+def _reference_command(raw: bytes) -> tuple[str, str] | None:
+    """RFC 5321 §4.1.1 read with bytes methods: the verb up to the first SP or tab,
+    1 to 32 ASCII letters, digits and "-", a letter first."""
+    line = raw[:-2] if raw.endswith(b"\r\n") else raw.rstrip(b"\r\n")
+    seps = [i for i in (line.find(b" "), line.find(b"\t")) if i >= 0]
+    sp = min(seps) if seps else -1
+    verb = line if sp < 0 else line[:sp]
+    if not 0 < len(verb) <= 32 or not verb[:1].isalpha():
+        return None
+    if not verb.replace(b"-", b"").isalnum():
+        return None
+    args = "" if sp < 0 else line[sp + 1 :].decode("utf-8", "surrogateescape").strip(" \t")
+    return verb.decode("ascii").upper(), args
+
+
+_command_lines = st.builds(
+    lambda verb, sep, args, end: verb + sep + args + end,
+    st.one_of(
+        st.sampled_from([b"MAIL", b"rcpt", b"Data", b"X-EXCH50", b"XEXCH50", b"-X", b"9A"]),
+        st.text("aZz09-_.\t\xe9", max_size=34).map(lambda s: s.encode("utf-8")),
+        st.integers(31, 34).map(lambda n: b"A" * n),
+    ),
+    st.sampled_from([b"", b" ", b"\t", b"  ", b" \t", b"\t "]),
+    st.binary(max_size=10),
+    st.sampled_from([b"", b"\r\n", b"\n", b"\r", b"\r\r\n"]),
+)
+
+
+@given(st.one_of(st.binary(max_size=40), _command_lines))
+@example(b"A" * 32 + b" x\r\n")
+@example(b"A" * 33 + b"\r\n")
+@example(b"mail\tFROM:<a@b>\r\n")
+@example(b"\r\n")
+def test_parse_command_is_the_grammar(raw: bytes) -> None:
+    c = parse_command(raw)
+    want = _reference_command(raw)
+    assert (None if c is None else (c.verb, c.args)) == want
+    assert c is None or c.raw == raw
+
+
 def test_parse_path() -> None:
     assert parse_path("FROM:<a@b> SIZE=1", "FROM") == ("a@b", "SIZE=1")
     assert parse_path("TO: <x@y>", "TO") == ("x@y", "")
