@@ -4,12 +4,14 @@ with the configured action observed on the wire (DESIGN §3.4, issue 3)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from smtpguard.core.data import Normalizer
+from smtpguard.core.message import starts_field
 from smtpguard.core.policy import Check, Checks, Mode, PatternCheck, Policy, Smuggling, Verdict
 from tests.core.harness import FakeServer, Run, converse
 
@@ -385,3 +387,30 @@ def test_a_non_field_line_ends_the_header_section() -> None:
         policy=policy,
     )
     assert "SG-CHK-HEADER-LINE" in run.event_ids()
+
+
+# RFC 5322 §3.6.8 field-name, then white space as real mail has it, then ":": the
+# reference for where the header section ends.
+_FIELD_REFERENCE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=12),
+        st.lists(
+            st.sampled_from(
+                [b"Subject", b"X-A", b":", b" ", b"\t", b"\x7f", b"\xe9", b"~", b"\r\n"]
+            ),
+            max_size=5,
+        ).map(b"".join),
+    )
+)
+@example(b"Subject:x\r\n")
+@example(b"Subject \t :x\r\n")
+@example(b"Sub;ject:\r\n")
+@example(b":x\r\n")
+@example(b"Subj ect: x\r\n")
+@example(b"Subject")
+@example(b"")
+def test_starts_field_is_the_field_name_grammar(line: bytes) -> None:
+    assert starts_field(line) == (_FIELD_REFERENCE.match(line) is not None)
