@@ -295,8 +295,8 @@ class PrometheusMetrics(Metrics):
     def reply_latency(self, seconds: float) -> None:
         if self._batch_latency:
             # The first bound >= seconds (bisect_left; the last bound is +Inf), walked
-            # from the smallest: a reply takes well under the first bound's 0.5 ms to
-            # a few ms, and the walk is native where bisect_left is a generic call.
+            # from the smallest: most replies fall in the first few buckets (0.5, 1,
+            # 2.5 ms), and the walk is native where bisect_left is a generic call.
             bounds = self._bounds
             i = 0
             while bounds[i] < seconds:
