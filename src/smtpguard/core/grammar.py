@@ -181,20 +181,26 @@ class ReplyLine:
     text: str
 
 
+def leading_code(line: bytes) -> int:
+    """The number the three leading ASCII digits of ``line`` make; -1 if it does not
+    start with three. Byte values, native once compiled: ``bytes.isdigit()`` and
+    ``int()`` of a slice would be generic calls, on every reply line."""
+    if len(line) < 3:
+        return -1
+    c0, c1, c2 = line[0], line[1], line[2]
+    if not (0x30 <= c0 <= 0x39 and 0x30 <= c1 <= 0x39 and 0x30 <= c2 <= 0x39):
+        return -1
+    return (c0 - 0x30) * 100 + (c1 - 0x30) * 10 + (c2 - 0x30)
+
+
 def _reply_head(line: bytes) -> tuple[int, bool] | None:
     """Code and last-line flag of a CRLF-stripped reply line (RFC 5321 §4.2):
     ``Reply-code [ SP textstring ]`` ends a reply, ``Reply-code "-" textstring``
     continues it. ``None`` if the line is not a reply line."""
-    # Byte by byte as ints (native once compiled): bytes.isdigit() and int(bytes)
-    # would be generic calls, and slicing would make objects, on every reply line.
-    n = len(line)
-    if n < 3:
+    code = leading_code(line)
+    if not 200 <= code <= 599:
         return None
-    c0, c1, c2 = line[0], line[1], line[2]
-    if not (0x32 <= c0 <= 0x35 and 0x30 <= c1 <= 0x39 and 0x30 <= c2 <= 0x39):
-        return None
-    code = (c0 - 0x30) * 100 + (c1 - 0x30) * 10 + (c2 - 0x30)
-    if n == 3:
+    if len(line) == 3:
         return code, True
     sep = line[3]
     if sep == 0x2D:  # "-"

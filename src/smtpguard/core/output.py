@@ -18,6 +18,7 @@ from smtpguard.core.actions import (
     ToServer,
     Trace,
 )
+from smtpguard.core.grammar import leading_code
 
 
 class Output:
@@ -50,16 +51,12 @@ class Output:
 
     def trace_reply(self, direction: Direction, raw: bytes) -> None:
         """Trace each line of a reply (the caller checks that its side is traced); a
-        line's code is its three leading ASCII digits, read as byte values (native once
-        compiled; ``str.isdigit`` would also take other scripts' digits)."""
+        line's code is its three leading ASCII digits (``str.isdigit`` would also take
+        other scripts' digits)."""
         for line in raw.splitlines():
-            code: int | None = None
-            if len(line) >= 3:
-                c0, c1, c2 = line[0], line[1], line[2]
-                if 0x30 <= c0 <= 0x39 and 0x30 <= c1 <= 0x39 and 0x30 <= c2 <= 0x39:
-                    code = (c0 - 0x30) * 100 + (c1 - 0x30) * 10 + (c2 - 0x30)
+            code = leading_code(line)
             text = line.decode("utf-8", "surrogateescape")
-            self.actions.append(Trace(direction, text, code=code))
+            self.actions.append(Trace(direction, text, code=code if code >= 0 else None))
 
     def event(self, event_id: str, message: str, action: str = "log") -> None:
         """A policy event; ``action`` is a :class:`~smtpguard.core.policy.Verdict` value
