@@ -52,7 +52,7 @@ def test_a_rcpt_rate_limit_is_exact_across_two_workers(tmp_path: Path) -> None:
     gw = serve(
         tmp_path,
         sink,
-        '[checks.recipient_domains]\naction = "rate-limit"\npatterns = ["example\\\\.net"]\n'
+        '[checks.recipient_domains]\naction = "rate-limit"\npatterns = ["^example\\\\.net$"]\n'
         "rate = 3\nperiod = 3600.0\n",
     )
     client = "127.0.0.4"
@@ -111,7 +111,7 @@ def test_a_content_rate_limit_holds_the_dot_exactly_across_two_workers(tmp_path:
 
 
 RELAYING = (
-    '[checks.recipient_domains]\naction = "rate-limit"\npatterns = ["example\\\\.net"]\n'
+    '[checks.recipient_domains]\naction = "rate-limit"\npatterns = ["^example\\\\.net$"]\n'
     "rate = 2\nperiod = 3600.0\n"
 )
 

@@ -102,6 +102,53 @@ All event IDs are listed in [events.md](events.md).
 """
 
 
+# (check, patterns, allow, value the check reads, fires?): rendered into
+# docs/config.md and run through the real check by tests/config/test_patterns_doc.py.
+_EXE = (r"\.(exe|scr|pif|bat|vbs|js)$",)
+_DOMAINS = (r"^example\.net$", r"\.example\.net$")
+_MSDOWNLOAD = (r"^application/(x-)?msdownload$",)
+PATTERN_EXAMPLES: tuple[tuple[str, tuple[str, ...], bool, str, bool], ...] = (
+    ("mime_filename_pattern", _EXE, False, "invoice.exe", True),
+    ("mime_filename_pattern", _EXE, False, "INVOICE.EXE", True),
+    ("mime_filename_pattern", _EXE, False, "invoice.exe.pdf", False),
+    ("mime_filename_pattern", (r"\.exe",), False, "invoice.exe.pdf", True),
+    ("sender_pattern", (r"@spam\.example$",), False, "boss@spam.example", True),
+    ("sender_pattern", (r"@spam\.example$",), False, "boss@spam.example.org", False),
+    ("recipient_domains", _DOMAINS, True, "example.net", False),
+    ("recipient_domains", _DOMAINS, True, "mx.example.net", False),
+    ("recipient_domains", _DOMAINS, True, "example.net.evil.test", True),
+    ("recipient_domains", _DOMAINS, True, "badexample.net", True),
+    ("mime_type_pattern", _MSDOWNLOAD, False, "application/x-msdownload", True),
+    ("mime_type_pattern", _MSDOWNLOAD, False, "application/pdf", False),
+)
+
+
+def _pattern_notes() -> str:
+    rows = [
+        f"| `{check}` | {_cell(', '.join(f'`{p}`' for p in pats))} "
+        f"| {'allow' if allow else 'deny'} | `{value}` | {'fires' if fires else 'passes'} |"
+        for check, pats, allow, value, fires in PATTERN_EXAMPLES
+    ]
+    return (
+        "Patterns are Python regular expressions, matched case-insensitively with search "
+        "semantics (`re.search`): a pattern fires when it matches anywhere in the value, "
+        "and anchors mean what they say (`^` the start, `$` the end). `\\.exe$` catches "
+        "every name ending in `.exe`; `^example\\.net$` is exactly that domain. 0.1.0 "
+        "matched the whole value (`fullmatch`); see CHANGELOG.md. An allow-list pattern "
+        "(`allow = true`) must be anchored at the end (`$` or `\\Z`), or the file is "
+        "refused: `example\\.net` would also allow `example.net.evil.test`.\n\n"
+        "What each check reads, as the server and the mail client read it: "
+        "`sender_pattern` the MAIL FROM mailbox without its brackets; `recipient_domains` "
+        "the domain a RCPT is routed to (a source route removed); `mime_filename_pattern` "
+        "a part's file name as a mail client decodes it (RFC 2231, RFC 2047); "
+        "`mime_type_pattern` a part's `type/subtype`, lower case; "
+        "`transfer_encoding_pattern` the Content-Transfer-Encoding, lower case.\n\n"
+        "| check | patterns | list | value | result |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 SECTION_TEXT = {
     "timeouts": "Timeouts in seconds (RFC 5321 §4.5.3.2 minimums by default).",
     "emulation": "Faithful PIX Mailguard emulation, for labs. Never on by default.",
@@ -168,6 +215,8 @@ def render() -> str:
             else _toml(getattr(core.PatternCheck(), n))
         ),
     )
+    out.append("")
+    out.append(_pattern_notes())
     out.append(
         "\n`special_characters` is not a table but an action: "
         '`special_characters = "reject"` under `[checks]`.\n'

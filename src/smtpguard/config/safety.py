@@ -62,4 +62,45 @@ def unsafe_combinations(cfg: schema.ConfigFile) -> list[Problem]:
                     "could send a PROXY header and claim any address)",
                 )
             )
+    found += _unanchored_allow_lists(cfg)
+    return found
+
+
+def _end_anchored(pattern: str) -> bool:
+    """Whether every match of ``pattern`` must end at the value's end: a trailing
+    ``$`` or ``\\Z`` that is not escaped."""
+    for anchor in ("$", "\\Z"):
+        if pattern.endswith(anchor):
+            stem = pattern[: -len(anchor)]
+            backslashes = len(stem) - len(stem.rstrip("\\"))
+            if backslashes % 2 == 0:
+                return True
+    return False
+
+
+def _unanchored_allow_lists(cfg: schema.ConfigFile) -> list[Problem]:
+    """An allow-list pattern is searched (core/checks.py): ``example\\.net`` would also
+    allow ``example.net.evil.test``. Each one must say where the value ends."""
+    found: list[Problem] = []
+    defaults = core.Checks()
+    for name in schema.Checks.model_fields:
+        section = getattr(cfg.checks, name)
+        if not isinstance(section, schema.PatternCheck):
+            continue
+        allow = section.allow
+        if allow is None:
+            allow = getattr(defaults, name).allow
+        if not allow:
+            continue
+        for pattern in section.patterns or ():
+            if not _end_anchored(pattern):
+                found.append(
+                    (
+                        ("checks", name, "patterns"),
+                        pattern,
+                        f"an allow-list pattern anchored at the end, e.g. '{pattern}$' "
+                        "(patterns are searched: without $ it also allows any value that "
+                        "merely contains a match, such as 'example.net.evil.test')",
+                    )
+                )
     return found

@@ -53,10 +53,15 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
 
 def pattern_fires(check: PatternCheck, value: str) -> bool:
     """True when ``value`` breaks the rule: matches a pattern (deny list) or, for an
-    allow list, matches none."""
+    allow list, matches none.
+
+    Search semantics (``re.search``), as grep, Postfix's regexp tables and every
+    shipped example read a pattern: ``\\.exe$`` matches any name that ends in ".exe",
+    and a pattern matches the whole value only when it says so with ``^…$``. (0.1.0
+    used ``fullmatch``: an unanchored deny pattern never fired; CHANGELOG.)"""
     if not check.patterns:
         return False
-    hit = any(p.fullmatch(value) for p in _compiled(check.patterns))
+    hit = any(p.search(value) for p in _compiled(check.patterns))
     return hit != check.allow
 
 
