@@ -12,6 +12,14 @@ Incremental use: call :func:`parse` on everything received so far. It returns
 at most ``V1_MAX`` or ``16 + V2_MAX_BLOCK`` octets, so re-parsing the growing prefix
 costs a bounded amount per call and a peer cannot make the caller buffer more.
 
+A v1 header is read on bytes, field by field, as the specification's grammar has
+it: TCP4 carries dotted-quad IPv4 addresses, TCP6 IPv6 addresses in their textual
+form (RFC 4291 §2.2, hex digits, colons and dots only: no ``%zone``, which
+``ipaddress`` would accept with any bytes after it, tab and LF included), ports
+are ASCII decimal digits. Whatever does not fit is a :class:`ProxyError`, so an
+address handed on (to XCLIENT, to an upstream PROXY header, to the logs) is one
+that ``ipaddress`` prints back the same way, in printable ASCII.
+
 Addresses are returned as the header states them (an IPv4-mapped IPv6 address
 stays IPv6; access rules unmap it). ``local`` means "use the connection's own
 addresses": v2 LOCAL (the balancer's health check), v1 UNKNOWN, v2 AF_UNSPEC, and
@@ -30,6 +38,9 @@ V2_MAX_BLOCK = 2048  # address block + TLVs we are willing to read
 V2_HEADER = 16  # signature, version/command, family/protocol, length
 # Address block sizes by family (spec 2.2): a longer block carries TLVs.
 _V2_INET, _V2_INET6, _V2_UNIX = 12, 36, 216
+# v1 field alphabets (spec 2.1): dotted-quad IPv4, textual IPv6, decimal ports.
+_V1_ADDRESS_BYTES = {4: b"0123456789.", 6: b"0123456789abcdefABCDEF:."}
+_V1_PORT_BYTES = b"0123456789"
 
 
 class ProxyError(ValueError):
@@ -61,12 +72,12 @@ def _parse_v1(buf: bytes) -> ProxyHeader | None:
         if len(buf) >= V1_MAX:
             raise ProxyError("v1 header longer than 107 octets")
         return None
-    parts = buf[:end].decode("ascii", "replace").split(" ")
-    if len(parts) >= 2 and parts[1] == "UNKNOWN":
+    parts = buf[:end].split(b" ")
+    if len(parts) >= 2 and parts[1] == b"UNKNOWN":
         return ProxyHeader(1, True, None, None, end + 2)
-    if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
+    if len(parts) != 6 or parts[1] not in (b"TCP4", b"TCP6"):
         raise ProxyError("v1 header: expected PROXY TCP4|TCP6 SRC DST SPORT DPORT")
-    version = 4 if parts[1] == "TCP4" else 6
+    version = 4 if parts[1] == b"TCP4" else 6
     src, dst = _ip(parts[2], version), _ip(parts[3], version)
     return ProxyHeader(1, False, (src, _port(parts[4])), (dst, _port(parts[5])), end + 2)
 
@@ -109,20 +120,34 @@ def _parse_v2(buf: bytes) -> ProxyHeader | None:
     return ProxyHeader(2, False, (str(make(src)), sport), (str(make(dst)), dport), total)
 
 
-def _ip(text: str, version: int) -> str:
+def _ip(field: bytes, version: int) -> str:
+    """The address in a v1 field, strictly as the grammar has it (no ``%zone``)."""
+    if not field or not _only(field, _V1_ADDRESS_BYTES[version]):
+        raise ProxyError(f"v1 header: bad IPv{version} address {field!r}")
+    text = field.decode("ascii")
     try:
-        addr = ipaddress.ip_address(text)
+        addr = ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text)
     except ValueError:
-        raise ProxyError(f"v1 header: bad address {text!r}") from None
-    if addr.version != version:
-        raise ProxyError(f"v1 header: {text} is not IPv{version}")
+        raise ProxyError(f"v1 header: bad IPv{version} address {field!r}") from None
     return str(addr)
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535 or (len(text) > 1 and text[0] == "0"):
-        raise ProxyError(f"v1 header: bad port {text!r}")
-    return int(text)
+def _port(field: bytes) -> int:
+    """A v1 port: ASCII digits, 0 to 65535, no leading zero."""
+    if (
+        not field
+        or len(field) > 5
+        or not _only(field, _V1_PORT_BYTES)
+        or (len(field) > 1 and field[:1] == b"0")
+        or int(field) > 65535
+    ):
+        raise ProxyError(f"v1 header: bad port {field!r}")
+    return int(field)
+
+
+def _only(field: bytes, alphabet: bytes) -> bool:
+    """Every byte of ``field`` is one of ``alphabet`` (``translate`` deletes them)."""
+    return not field.translate(None, alphabet)
 
 
 def build_v1(source: tuple[str, int], dest: tuple[str, int]) -> bytes:
@@ -158,7 +183,10 @@ def _same_family(
     for _host, port in (source, dest):
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} out of range")
-    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(dest[0])
+    # A zone (``fe80::1%eth0``, from the kernel for a link-local peer) names an
+    # interface of this host: it means nothing to the server, and v1 has no room for it.
+    src = ipaddress.ip_address(source[0].partition("%")[0])
+    dst = ipaddress.ip_address(dest[0].partition("%")[0])
     if src.version != dst.version:
         src, dst = (
             ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a for a in (src, dst)

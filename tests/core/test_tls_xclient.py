@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtpguard.core.events import ServerConnected
 from smtpguard.core.phases import Phase
 from smtpguard.core.policy import Mode, Policy, StartTls
+from smtpguard.core.upstream import xclient_line, xtext
 from tests.core.harness import FakeServer, Harness, converse
 
 
@@ -93,18 +99,112 @@ def test_xclient_ipv6_and_client_xclient_refused() -> None:
     assert h.run.replies()[-1] == b"500 5.5.1 Unrecognized command"
 
 
-def test_xclient_unavailable_is_logged() -> None:
-    class Plain(FakeServer):
-        def answer(self, line: bytes) -> bytes:
-            if line.upper().startswith(b"EHLO"):
-                return b"250-mx\r\n250 PIPELINING\r\n"
-            return super().answer(line)
+def test_xclient_values_are_xtext_encoded() -> None:
+    # A peer address is not trusted to be clean: none of its bytes may end the line.
+    h = Harness(esmtp(xclient=True), peer=("192.0.2.7\r\nRSET x", 25)).start()
+    assert h.run.server.xclient == [
+        b"XCLIENT ADDR=192.0.2.7+0D+0ARSET+20x PORT=25 NAME=[UNAVAILABLE]"
+    ]
 
-    h = Harness(esmtp(xclient=True), peer=("192.0.2.7", 1))
-    h._open = lambda: _open_with(h, Plain())  # type: ignore[method-assign]
-    h.start().client(b"HELO c\r\n")
-    assert "SG-XCLIENT-UNAVAILABLE" in h.run.event_ids()
+
+def test_xclient_drops_a_zone_from_the_address() -> None:
+    h = Harness(esmtp(xclient=True), peer=("fe80::1%\teth0", 25)).start()
+    assert h.run.server.xclient == [b"XCLIENT ADDR=IPV6:fe80::1 PORT=25 NAME=[UNAVAILABLE]"]
+
+
+def test_xtext_rfc3461() -> None:
+    assert xtext("!~:[]<>") == "!~:[]<>"
+    assert xtext("a+b=c d\t\x7f\x00\u00e9") == "a+2Bb+3Dc+20d+09+7F+00+C3+A9"
+
+
+def _xtext_decode(value: bytes) -> bytes:
+    assert re.fullmatch(rb"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*", value), value
+    return re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m[1], 16)]), value)
+
+
+@given(st.text(), st.integers(0, 65535))
+def test_xclient_line_is_one_printable_line_for_any_peer(host: str, port: int) -> None:
+    line = xclient_line((host, port))
+    assert line.endswith(b"\r\n") and all(0x20 <= b <= 0x7E for b in line[:-2])
+    verb, addr, port_attr, name = line[:-2].split(b" ")
+    assert verb == b"XCLIENT" and name == b"NAME=[UNAVAILABLE]"
+    host = host.partition("%")[0]
+    want = f"IPV6:{host}" if ":" in host else host
+    assert _xtext_decode(addr.removeprefix(b"ADDR=")) == want.encode("utf-8", "surrogateescape")
+    assert _xtext_decode(port_attr.removeprefix(b"PORT=")) == str(port).encode()
+
+
+class Plain(FakeServer):
+    """A server that does not offer XCLIENT (to the gateway, here: to anyone)."""
+
+    def answer(self, line: bytes) -> bytes:
+        if line.upper().startswith(b"EHLO"):
+            return b"250-mx\r\n250 PIPELINING\r\n"
+        return super().answer(line)
+
+
+class Unauthorised(FakeServer):
+    """Offers XCLIENT but refuses it, as Postfix does to a host outside
+    smtpd_authorized_xclient_hosts."""
+
+    def answer(self, line: bytes) -> bytes:
+        if line.upper().startswith(b"XCLIENT"):
+            self.xclient.append(line)
+            return b"550 5.7.0 Error: insufficient authorization\r\n"
+        return super().answer(line)
+
+
+REFUSED_421 = b"421 4.7.0 Client address not accepted by the mail server, closing connection"
+
+
+@pytest.mark.parametrize(
+    ("server", "event"),
+    [(Plain, "SG-XCLIENT-UNAVAILABLE"), (Unauthorised, "SG-XCLIENT-FAILED")],
+    ids=["not-offered", "refused"],
+)
+def test_xclient_not_taken_refuses_the_client(server: type[FakeServer], event: str) -> None:
+    # Carrying on would show the server every client as the gateway's own address,
+    # which Postfix's default mynetworks trusts to relay.
+    h = Harness(esmtp(xclient=True), server=server(), peer=("192.0.2.7", 1)).start()
+    assert h.run.replies() == [b"220 gw ESMTP", REFUSED_421]
+    assert h.run.client_closed and h.run.server.closed
+    assert h.run.events[-1].id == event and h.run.events[-1].action == "drop-connection"
+    h.client(b"HELO c\r\nMAIL FROM:<a@x.org>\r\n")
+    assert b"HELO c" not in h.run.server.received and h.run.replies()[-1] == REFUSED_421
+
+
+def test_xclient_not_taken_refuses_pipelined_input_too() -> None:
+    h = Harness(esmtp(xclient=True), server=Unauthorised(), peer=("192.0.2.7", 1), auto=False)
+    h.start().release()  # the greeting: the gateway sends EHLO, its reply is held
+    h.client(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\n")
+    h.release().release()  # EHLO reply, then XCLIENT refused
+    assert h.run.replies() == [b"220 gw ESMTP", REFUSED_421]
+    assert h.run.server.received.count(b"\r\n") == 2  # its EHLO and XCLIENT only
+
+
+@pytest.mark.parametrize(
+    ("server", "event"),
+    [(Plain, "SG-XCLIENT-UNAVAILABLE"), (Unauthorised, "SG-XCLIENT-FAILED")],
+    ids=["not-offered", "refused"],
+)
+def test_xclient_fail_open_carries_on_as_the_gateway(server: type[FakeServer], event: str) -> None:
+    policy = esmtp(xclient=True, xclient_fail_open=True)
+    h = Harness(policy, server=server(), peer=("192.0.2.7", 1)).start()
+    h.client(b"HELO c\r\n")
+    assert event in h.run.event_ids()
+    assert "gateway's address" in h.run.events[-1].message
     assert h.run.replies()[-1] == b"250 mx.example.test"
+    assert not h.run.client_closed
+
+
+def test_xclient_refused_on_a_fresh_upstream_refuses_the_client() -> None:
+    # A refused message drops the upstream; the next one must be told the client too.
+    h = Harness(esmtp(xclient=True), peer=("192.0.2.7", 1)).start()
+    h.client(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
+    h.template = Unauthorised()
+    h.client(b"bad\nline\r\n.\r\n")
+    assert len(h.run.servers) == 2 and h.run.servers[1].xclient
+    assert h.run.replies()[-1] == REFUSED_421 and h.run.client_closed
 
 
 def _open_with(h: Harness, srv: FakeServer) -> None:

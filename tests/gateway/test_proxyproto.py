@@ -6,9 +6,12 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtpguard.core.actions import PolicyEvent
+from smtpguard.core.upstream import xclient_line, xtext_addr
+from smtpguard.gateway.access import AccessPolicy
 from smtpguard.proxyproto import (
     V2_SIGNATURE,
     ProxyError,
@@ -105,3 +108,102 @@ def test_round_trip_v2(a: str, p: int, q: int) -> None:
     raw = build_v2((a, p), (dest, q))
     h = feed_bytewise(raw)
     assert h.source == (str(ipaddress.ip_address(a)), p) and h.length == len(raw)
+
+
+# -- strict v1 grammar: what reaches XCLIENT and the logs --------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"PROXY TCP6 fe80::1%\teth0 2001:db8::2 4000 25\r\n",  # zone with a tab
+        b"PROXY TCP6 fe80::1%\nRSET 2001:db8::2 4000 25\r\n",  # zone with a LF
+        b"PROXY TCP6 fe80::1%eth0 2001:db8::2 4000 25\r\n",  # any zone at all
+        b"PROXY TCP6 2001:db8::1 fe80::2%1 4000 25\r\n",  # in the destination too
+        b"PROXY TCP6 fe80::1%\xff\xfe 2001:db8::2 4000 25\r\n",  # non-ASCII zone
+        b"PROXY TCP6 [2001:db8::1] 2001:db8::2 4000 25\r\n",
+        b"PROXY TCP4 192.0.2.1\x00 198.51.100.2 4000 25\r\n",
+        b"PROXY TCP4 192.000.2.1 198.51.100.2 4000 25\r\n",
+        "PROXY TCP4 192.0.2.1 198.51.100.2 \u0664\u0660 25\r\n".encode(),  # Arabic-Indic
+        "PROXY TCP4 192.0.2.1 198.51.100.2 4000 \u00b2\r\n".encode(),  # superscript two
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 +40 25\r\n",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 4_0 25\r\n",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 000000000040 25\r\n",
+    ],
+)
+def test_v1_addresses_and_ports_strictly_to_the_grammar(raw: bytes) -> None:
+    with pytest.raises(ProxyError):
+        parse(raw)
+
+
+def test_v1_ipv6_textual_forms_accepted() -> None:
+    h = parse(b"PROXY TCP6 ::FFFF:192.0.2.1 2001:DB8::2 0 65535\r\n")
+    assert h is not None and h.source == (str(ipaddress.ip_address("::ffff:192.0.2.1")), 0)
+    assert h.dest == ("2001:db8::2", 65535)
+
+
+def test_builders_drop_a_zone() -> None:
+    # A link-local client as the kernel reports it: the zone is this host's business.
+    assert (
+        build_v1(("fe80::1%eth0", 1), ("fe80::2%eth0", 25))
+        == b"PROXY TCP6 fe80::1 fe80::2 1 25\r\n"
+    )
+    assert parse(build_v2(("fe80::1%eth0", 1), ("fe80::2", 25))) is not None
+
+
+_odd = st.sampled_from(["", "0", "00", "\u0663", "\u00b2", "::", "1.2.3.4", "TCP4", "UNKNOWN"])
+_hosts = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded.upper()),
+    st.tuples(st.ip_addresses(v=6).map(str), st.text(max_size=8)).map("%".join),
+    _odd,
+    st.text(max_size=12),
+)
+_ports = st.one_of(st.integers(-5, 70000).map(str), _odd, st.text(max_size=6))
+_v1_lines = st.one_of(
+    st.tuples(st.sampled_from(["TCP4", "TCP6"]), _hosts, _hosts, _ports, _ports).map(
+        lambda f: "PROXY " + " ".join(f) + "\r\n"
+    ),
+    st.lists(st.one_of(_hosts, _ports), min_size=1, max_size=7).map(
+        lambda f: "PROXY " + " ".join(f) + "\r\n"
+    ),
+    st.text(max_size=110).map(lambda t: "PROXY " + t),
+)
+
+
+@settings(max_examples=500)
+@given(_v1_lines)
+def test_any_v1_text_is_refused_or_gives_printable_addresses(text: str) -> None:
+    """Whatever a balancer's line says: a ProxyError, or addresses that ipaddress
+    prints back the same way and that an XCLIENT command carries as they are."""
+    for raw in (text.encode("utf-8"), text.encode("latin-1", "replace")):
+        try:
+            h = parse(raw)
+        except ProxyError:
+            continue
+        if h is None or h.local:
+            continue
+        assert h.source is not None and h.dest is not None
+        for host, port in (h.source, h.dest):
+            assert str(ipaddress.ip_address(host)) == host
+            assert xtext_addr(host).removeprefix("IPV6:") == host  # nothing to encode
+            assert all(0x21 <= ord(c) <= 0x7E for c in host) and 0 <= port <= 65535
+        line = xclient_line(h.source)
+        assert all(0x20 <= b <= 0x7E for b in line[:-2]) and line.endswith(b"\r\n")
+
+
+def test_gateway_refuses_a_balancer_header_with_a_zone() -> None:
+    """The connection is dropped before any session: nothing reaches the server."""
+    from tests.gateway.test_connection import Harness, run
+
+    async def go() -> None:
+        h = Harness(access=AccessPolicy(proxy_from=(ipaddress.ip_network("192.0.2.0/24"),)))
+        events: list[PolicyEvent] = []
+        h.gw.policy_event = lambda sid, peer, ev: events.append(ev)  # type: ignore[method-assign]
+        c, ct = h.client()
+        c.data_received(b"PROXY TCP6 fe80::1%\nRSET 2001:db8::2 4000 25\r\nEHLO x\r\n")
+        assert ct.aborted and not ct.written and not h.upstreams and c.session is None
+        assert [e.id for e in events] == ["SG-PROXY-INVALID"]
+        assert "\n" not in events[0].message  # the bytes are shown escaped
+
+    run(go)

@@ -159,6 +159,9 @@ class Policy:
     # Tell the server the real client address with XCLIENT (Postfix
     # smtpd_authorized_xclient_hosts) on every upstream connection.
     xclient: bool = False
+    # When the server refuses XCLIENT or does not offer it: refuse the client with
+    # 421 4.7.0 (False), or carry on with the client seen as the gateway (True).
+    xclient_fail_open: bool = False
     checks: Checks = field(default_factory=Checks)
     # Pipelined commands awaiting replies before we stop reading (RFC 2920 §3.1 lets
     # a client send a whole group; 100 covers the RCPT default limit).

@@ -46,10 +46,36 @@ class Step(enum.Enum):
 
 Then = Callable[[Reply, float], None]  # what the secured EHLO reply goes to
 
+# The server would see the client as the gateway (its XCLIENT refused or not offered).
+XCLIENT_REFUSED = replies.dropped("Client address not accepted by the mail server")
+
+
+def xtext(value: str) -> str:
+    """``value`` as xtext (RFC 3461 §4), the form of every XCLIENT attribute value
+    (Postfix XCLIENT_README): "!" to "~" as they are, except "+" and "=", and every
+    other octet of its UTF-8 form as ``+HH``."""
+    out: list[str] = []
+    for byte in value.encode("utf-8", "surrogateescape"):
+        if 0x21 <= byte <= 0x7E and byte != 0x2B and byte != 0x3D:
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
+
 
 def xtext_addr(ip: str) -> str:
-    """XCLIENT ADDR value: IPv6 addresses carry the ``IPV6:`` prefix (Postfix)."""
-    return f"IPV6:{ip}" if ":" in ip else ip
+    """XCLIENT ADDR value: IPv6 addresses carry the ``IPV6:`` prefix (Postfix). A
+    zone (``%eth0``, a link-local peer as the kernel names it) is dropped: it names
+    an interface of this host, and Postfix's address syntax has no room for it."""
+    ip = ip.partition("%")[0]
+    return xtext(f"IPV6:{ip}" if ":" in ip else ip)
+
+
+def xclient_line(peer: tuple[str, int]) -> bytes:
+    """The XCLIENT command for the client at ``peer``; every value xtext-encoded."""
+    ip, port = peer
+    line = f"XCLIENT ADDR={xtext_addr(ip)} PORT={xtext(str(port))} NAME=[UNAVAILABLE]\r\n"
+    return line.encode("ascii")
 
 
 class UpstreamLink:
@@ -168,8 +194,7 @@ class UpstreamLink:
             line = f"EHLO {s.policy.hostname}\r\n".encode()
         elif step is Step.XCLIENT:
             assert self.peer is not None
-            ip, port = self.peer
-            line = f"XCLIENT ADDR={xtext_addr(ip)} PORT={port} NAME=[UNAVAILABLE]\r\n".encode()
+            line = xclient_line(self.peer)
         elif step is Step.REPLAY:
             assert s.helo is not None
             line = s.helo
@@ -188,13 +213,15 @@ class UpstreamLink:
         self.step = None
         if step is Step.XCLIENT_EHLO:
             if reply.code != 250 or "XCLIENT" not in ehlo_keywords(reply):
-                s.out.event(
-                    "SG-XCLIENT-UNAVAILABLE", "mail server does not offer XCLIENT to the gateway"
-                )
+                why = "mail server does not offer XCLIENT to the gateway"
+                if not self._xclient_failed("SG-XCLIENT-UNAVAILABLE", why):
+                    return
                 self._plan.remove(Step.XCLIENT)
         elif step is Step.XCLIENT:
-            if reply.code != 220:  # Postfix answers XCLIENT with a fresh 220 greeting
-                s.out.event("SG-XCLIENT-FAILED", f"XCLIENT refused: {reply.code}")
+            # Postfix answers XCLIENT with a fresh 220 greeting.
+            why = f"XCLIENT refused: {reply.code}"
+            if reply.code != 220 and not self._xclient_failed("SG-XCLIENT-FAILED", why):
+                return
         elif step is Step.REPLAY:
             if not reply.positive:
                 self.reconnect_failed("replayed HELO/EHLO refused")
@@ -215,6 +242,23 @@ class UpstreamLink:
             self._secured(reply, now)
             return
         self._advance(now)
+
+    def _xclient_failed(self, event_id: str, why: str) -> bool:
+        """The server will not take the client's address. Carry on (True) only with
+        ``xclient_fail_open``: the server then sees the gateway's own address, which
+        a Postfix ``mynetworks`` trusts to relay. By default refuse the client."""
+        s = self._s
+        if s.policy.xclient_fail_open:
+            s.out.event(event_id, f"{why}; the server sees the gateway's address")
+            return True
+        s.out.event(event_id, f"{why}; client refused", "drop-connection")
+        s.out.emit(CloseServer(abort=True))
+        self._plan.clear()
+        if self.state is not Upstream.DOWN:
+            self.move(Link.LOST)
+        s.deadlines.server = None
+        s.abort_with(XCLIENT_REFUSED)
+        return False
 
     def secure_first(self, ehlo: Reply, then: Then, now: float) -> bool:
         """Terminate mode, the client's EHLO answered: if the server offers STARTTLS,
