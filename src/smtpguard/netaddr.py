@@ -3,6 +3,8 @@ the probe's target, with errors that say what is wrong."""
 
 from __future__ import annotations
 
+from smtpguard.core.grammar import ascii_number
+
 
 def split_hostport(
     text: str, *, default_host: str | None = None, default_port: int | None = None
@@ -25,7 +27,7 @@ def split_hostport(
         if default_port is None:
             raise ValueError(f"expected HOST:PORT, got {text!r}")
         return _host(host, text, default_host), default_port
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not 0 <= ascii_number(port) <= 65535:
         raise ValueError(f"port must be a number 0-65535, got {port!r}")
     return _host(host, text, default_host), int(port)
 

@@ -63,3 +63,15 @@ def test_ims_continuation_lines_only_after_a_non_final_reply() -> None:
     ]
     events = list(module.parse(enumerate(raw, 1), Context("x")))
     assert [type(e).__name__ for e in events] == ["Connect", "ServerReply", "ServerReply"]
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a status or size written
+    with such a digit is not a number, and no parser raises on it (issue 23)."""
+    head = (FIXTURES / "iis_clean.log").read_bytes().splitlines()[:4]
+    row = (
+        "2024-02-08 09:12:41 198.51.100.7 h SMTPSVC1 EXCH01 192.0.2.25 0 DATA - <x@y> "
+        "²5⁰ 0 133 ¹8 205 SMTP - - - -"
+    ).encode()
+    events = list(formats.registry()["iis"].parse(enumerate([*head, row], 1), Context("x")))
+    assert all(getattr(e, "size", 0) != 18 for e in events)

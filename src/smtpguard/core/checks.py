@@ -12,7 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from smtpguard.core.grammar import make_reply, parse_path
+from smtpguard.core.grammar import ascii_number, ascii_upper, make_reply, parse_path
 from smtpguard.core.policy import Check, Checks, PatternCheck, Verdict
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f|]")
@@ -190,8 +190,10 @@ def size_param(params: str) -> int | None:
     """The value of a MAIL ``SIZE=`` parameter (RFC 1870), or None."""
     for p in params.split():
         name, _, value = p.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if ascii_upper(name) == "SIZE":
+            size = ascii_number(value)
+            if size >= 0:
+                return size
     return None
 
 

@@ -20,7 +20,7 @@ from smtpguard.core.buffer import LineTooLong
 from smtpguard.core.checks import Finding, check_mail, check_rcpt, finding, over
 from smtpguard.core.deadlines import reply_timeout
 from smtpguard.core.ehlo import parameter_refused_reply, refused_parameter
-from smtpguard.core.grammar import check_line_bytes, parse_command
+from smtpguard.core.grammar import ascii_number, check_line_bytes, parse_command
 from smtpguard.core.phases import Trigger
 from smtpguard.core.pipeline import TLS_SLOT, Slot
 from smtpguard.core.policy import StartTls as StartTlsPolicy
@@ -215,13 +215,13 @@ class Commands:
         """BDAT is never relayed; its chunk is drained unparsed (RFC 3030 §2)."""
         s = self._s
         s.commands_refused += 1
-        size = args.split(" ")[0] if args else ""
-        if not size.isdigit() or int(size) > s.policy.bdat_drain_limit:
+        size = ascii_number(args.split(" ")[0]) if args else -1
+        if size < 0 or size > s.policy.bdat_drain_limit:
             s.out.event("SG-BDAT-REFUSED", "BDAT with unusable size: closing", "drop")
             s.close_after(replies.bdat_too_large())
             return
         s.out.event("SG-BDAT-REFUSED", f"BDAT chunk of {size} octets drained", "reject")
-        s.bdat_left = int(size)
+        s.bdat_left = size
         s.goto(Trigger.BDAT)
         self.drain_bdat()
 

@@ -122,7 +122,7 @@ def queue_id(text: str) -> str:
         found = m.group(1) or m.group(2)
     else:
         words = [w for w in text.split() if not _STATUS.fullmatch(w)]
-        found = words[-1] if words and any(c.isdigit() for c in words[-1]) else ""
+        found = words[-1] if words and any("0" <= c <= "9" for c in words[-1]) else ""
     return _PRINTABLE.sub("", found)[:QUEUE_ID_LIMIT]
 
 

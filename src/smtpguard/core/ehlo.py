@@ -9,7 +9,7 @@ it was never offered is refused (RFC 5321 §4.1.1.11: 555).
 
 from __future__ import annotations
 
-from smtpguard.core.grammar import Reply, ehlo_keyword, make_reply
+from smtpguard.core.grammar import Reply, ascii_upper, ehlo_keyword, make_reply
 from smtpguard.core.policy import ALWAYS_STRIPPED_KEYWORDS, Policy, StartTls
 
 # RFC 1870 SIZE, RFC 6152 8BITMIME (BODY=), RFC 3461 DSN, RFC 6531 SMTPUTF8,
@@ -77,9 +77,9 @@ def refused_parameter(verb: str, params: str, shown: frozenset[str]) -> str | No
     table = _MAIL_PARAMS if verb == "MAIL" else _RCPT_PARAMS
     for param in params.split():
         name, _, value = param.partition("=")
-        name = name.upper()
+        name = ascii_upper(name)
         needed = table.get(name)
-        if name == "BODY" and value.upper() == "BINARYMIME":
+        if name == "BODY" and ascii_upper(value) == "BINARYMIME":
             needed = "BINARYMIME"
         if needed is None or needed not in shown:
             return param

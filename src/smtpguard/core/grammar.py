@@ -31,7 +31,7 @@ END_OF_DATA: Final = b"\r\n.\r\n"
 
 _VERB_MAX: Final = 32
 # RFC 3463 §2: enhanced status code class.subject.detail
-_ENHANCED: Final = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
+_ENHANCED: Final = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})\b", re.ASCII)
 # What a bytes regex's \s is: leading white space before a path's "<".
 _PATH_SPACE: Final = " \t\n\r\f\v"
 
@@ -193,6 +193,39 @@ def leading_code(line: bytes) -> int:
     return (c0 - 0x30) * 100 + (c1 - 0x30) * 10 + (c2 - 0x30)
 
 
+# Numbers in commands are clamped here: more than any size or count we compare with,
+# and int() of a longer digit string could raise (sys.int_info.str_digits_check_threshold).
+NUMBER_CLAMP: Final = 10**18
+_ASCII_UPPER: Final = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def ascii_number(text: str) -> int:
+    """The value of ``text`` if it is ``1*DIGIT`` (RFC 5234 DIGIT: ASCII 0-9 only),
+    clamped to :data:`NUMBER_CLAMP`; -1 otherwise. ``str.isdigit()`` also takes
+    Arabic-Indic and superscript digits (and ``int()`` of a superscript raises): a
+    server reads neither as a digit."""
+    n = len(text)
+    if n == 0:
+        return -1
+    i = 0
+    while i < n:
+        c = ord(text[i])
+        if c < 0x30 or c > 0x39:
+            return -1
+        i += 1
+    digits = text.lstrip("0")
+    if len(digits) > 18:
+        return NUMBER_CLAMP
+    return int(digits) if digits else 0
+
+
+def ascii_upper(text: str) -> str:
+    """``text`` upper-cased by ASCII rules only, as servers compare keywords
+    (strcasecmp): ``str.upper()`` also turns U+017F (long s) into "S" and "ß" into
+    "SS"."""
+    return text.upper() if text.isascii() else text.translate(_ASCII_UPPER)
+
+
 def _reply_head(line: bytes) -> tuple[int, bool] | None:
     """Code and last-line flag of a CRLF-stripped reply line (RFC 5321 §4.2):
     ``Reply-code [ SP textstring ]`` ends a reply, ``Reply-code "-" textstring``
@@ -270,7 +303,7 @@ def ehlo_keyword(line: str) -> str:
     """The keyword of one EHLO reply line's text (RFC 5321 §4.1.1.1: ``ehlo-keyword
     *( SP ehlo-param )``), upper-cased."""
     words = line.split(None, 1)
-    return words[0].upper() if words else ""
+    return ascii_upper(words[0]) if words else ""
 
 
 def ehlo_keywords(reply: Reply) -> frozenset[str]:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from smtpguard.core.banner import looks_like_pix_mask
+from smtpguard.core.grammar import ascii_number
 
 # A greeting in which only part was masked (ASA mask-banner, a filter that masks the
 # host or software name) still shows the mask as a long run of asterisks.
@@ -53,7 +54,7 @@ def strip_port(endpoint: str) -> str:
     A client's ephemeral port differs on every retry; the host is what identifies it.
     """
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or ascii_number(port) < 0:
         return endpoint
     if host.startswith("[") and host.endswith("]"):
         return host[1:-1]

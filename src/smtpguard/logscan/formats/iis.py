@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from smtpguard.core.grammar import ReplyLine, parse_command, parse_reply_line
+from smtpguard.core.grammar import ReplyLine, ascii_number, parse_command, parse_reply_line
 
 from .. import rules
 from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply, Side
@@ -106,12 +106,12 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         win32 = row.get("sc-win32-status", "0")
         if status is None:  # no such column: the outcome is not logged (docstring)
             status = "250" if cmd.verb == "DATA" and win32 not in _TIMEOUT_WIN32 else "-"
-        code = int(status) if status.isdigit() else 0
+        code = max(ascii_number(status), 0)
         if cmd.verb == "DATA":
             yield ServerReply(no, time, sid, ReplyLine(354, True, ""))
             size = row.get("cs-bytes", "-")
-            if size.isdigit():
-                yield DataSize(no, time, sid, int(size), rules.angle_id(query))
+            if (octets := ascii_number(size)) >= 0:
+                yield DataSize(no, time, sid, octets, rules.angle_id(query))
             if 200 <= code < 600 and code != 354 and win32 not in _TIMEOUT_WIN32:
                 yield ServerReply(no, time, sid, ReplyLine(code, True, query))
             else:  # the line was written when the session timed out or was reset

@@ -21,6 +21,8 @@ import csv
 import re
 from collections.abc import Iterator
 
+from smtpguard.core.grammar import ascii_number
+
 from ..model import Delivered, Event
 from ..timefmt import parse_iso
 from . import Context, Lines, RecentIds
@@ -179,7 +181,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 message_id=message_id,
                 mail_from=sender or None,
                 rcpt_to=(rcpt,),
-                size=int(size) if size.isdigit() else None,
+                size=n if (n := ascii_number(size)) >= 0 else None,
                 leg=f"{event}@{server}",
                 start=time,
                 end=time,

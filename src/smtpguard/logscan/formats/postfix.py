@@ -142,7 +142,7 @@ def _session(raw: bytes, m: re.Match[bytes]) -> str:
 
 
 def _time(clock: SyslogClock, stamp: bytes) -> datetime | None:
-    if stamp[:1].isdigit():  # RFC 3339
+    if stamp[:1].isdigit():  # RFC 3339 (bytes: ASCII digits only)
         return parse_iso(stamp.decode())
     mon, day, hms = stamp.split(None, 2)
     return clock.parse(mon, day, hms)
