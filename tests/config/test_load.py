@@ -75,7 +75,8 @@ def test_every_policy_field_is_settable() -> None:
         return {f.name for f in dataclasses.fields(cls)}
 
     top = set(schema.ConfigFile.model_fields)
-    derived = {"shared_rates"}  # set by the gateway when it has a shared store
+    # shared_rates: set by the gateway when it has a shared store; dedupe_answer: [dedupe].
+    derived = {"shared_rates", "dedupe_answer"}
     assert names(core.Policy) - derived <= top, names(core.Policy) - derived - top
     assert names(core.Checks) == set(schema.Checks.model_fields)
     assert names(core.Check) == set(schema.LimitCheck.model_fields)

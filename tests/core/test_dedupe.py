@@ -4,13 +4,15 @@ relayed, and only a server 250 records a key. Same outcome for every segmentatio
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.core.actions import Action
 from smtpguard.core.dedupe import DedupeLookup, DedupeRecord, Tracker, queue_id, transaction_key
 from smtpguard.core.events import DedupeAnswer
-from smtpguard.core.policy import Policy, Smuggling
+from smtpguard.core.policy import DedupeReply, Policy, Smuggling
 from tests.core.harness import FakeServer, Harness
 
 MSG = b"Subject: hello\r\n\r\nbody line\r\n..stuffed\r\n.\r\n"
@@ -228,3 +230,14 @@ def test_queue_ids_of_common_servers() -> None:
     assert queue_id("ok 1701234567 qp 12345") == "12345"  # qmail
     assert queue_id("2.0.0 Ok") == "" and queue_id("2.0.0") == "" and queue_id("") == ""
     assert queue_id("queued as \x1b[31mred") == "[31mred"  # printable only
+
+
+def test_answer_ok_names_no_queue_id() -> None:
+    """``[dedupe] answer = "ok"``: a client that sends another's exact bytes learns no
+    queue ID and no "already" (docs/scale-out.md); the copy is suppressed all the same."""
+    policy = dataclasses.replace(POLICY, dedupe_answer=DedupeReply.OK)
+    store: dict[str, str] = {}
+    session(store, TX + MSG + b"QUIT\r\n", policy=policy)
+    again = session(store, TX + MSG + b"QUIT\r\n", policy=policy)
+    assert again.run.replies()[-2:] == [b"250 2.0.0 Ok", b"221 2.0.0 Bye"]
+    assert all(s.messages == [] for s in again.run.servers)

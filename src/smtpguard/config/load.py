@@ -296,6 +296,7 @@ def policy_from(cfg: schema.ConfigFile, problems: list[_Invalid] | None = None) 
         top["ehlo_keywords"] = frozenset(cfg.ehlo_keywords)
     top["hostname"] = cfg.hostname or default_hostname()
     top["dedupe"] = cfg.dedupe.enabled
+    top["dedupe_answer"] = cfg.dedupe.answer
     banner = top.get("banner", base.banner)
     text = top.get("banner_text", "")
     found: list[_Invalid] = [] if problems is None else problems

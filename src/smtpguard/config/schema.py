@@ -29,6 +29,7 @@ from pydantic import StrictStr as Str
 from smtpguard.core.policy import (
     ALWAYS_STRIPPED_KEYWORDS,
     BannerPolicy,
+    DedupeReply,
     Mode,
     PixRewrite,
     Smuggling,
@@ -359,6 +360,12 @@ class DedupeSection(Section):
     )
     window: Seconds = Field(
         default=86400.0, description="seconds a message is remembered after the server's 250"
+    )
+    answer: DedupeReply = Field(
+        default=DedupeReply.QUEUE_ID,
+        description='the reply to a suppressed copy: "queue-id": "250 2.0.0 Already accepted '
+        'as <queue id>"; "ok": "250 2.0.0 Ok", which tells a client that sends another\'s '
+        "exact bytes nothing of the first copy (docs/scale-out.md)",
     )
 
 

@@ -127,7 +127,10 @@ def queue_id(text: str) -> str:
 
 
 def already_accepted(queue: str) -> bytes:
-    """The reply to a suppressed copy."""
+    """The reply to a suppressed copy; ``queue`` empty: one that names nothing
+    (``[dedupe] answer = "ok"``)."""
+    if not queue:
+        return b"250 2.0.0 Ok\r\n"
     return f"250 2.0.0 Already accepted as {queue}\r\n".encode("ascii", "replace")
 
 

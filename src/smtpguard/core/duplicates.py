@@ -19,6 +19,7 @@ from smtpguard.core.dedupe import DedupeLookup, DedupeRecord, Tracker, already_a
 from smtpguard.core.grammar import Reply
 from smtpguard.core.phases import Phase, Trigger, Upstream
 from smtpguard.core.pipeline import Slot
+from smtpguard.core.policy import DedupeReply
 
 if TYPE_CHECKING:
     from smtpguard.core.session import Session
@@ -85,7 +86,8 @@ class Duplicates:
             f"copy of a message the server accepted as {queue}: not relayed again",
             "suppress",
         )
-        slot.reply = already_accepted(queue)
+        named = s.policy.dedupe_answer is DedupeReply.QUEUE_ID
+        slot.reply = already_accepted(queue if named else "")
         s.envelope.in_transaction = False
         s.flush()
         s.link.reconnect(now)  # the server never sees this copy's terminator

@@ -49,6 +49,13 @@ class StartTls(enum.Enum):
     TERMINATE = "terminate"  # the gateway speaks TLS to both sides, inspects in clear
 
 
+class DedupeReply(enum.Enum):
+    """What a suppressed copy is answered ([dedupe] answer, docs/scale-out.md)."""
+
+    QUEUE_ID = "queue-id"  # 250 2.0.0 Already accepted as <the server's queue ID>
+    OK = "ok"  # 250 2.0.0 Ok: names no queue ID and says nothing of a first copy
+
+
 class PixRewrite(enum.Enum):
     """How the PIX emulation masks a disallowed command (lab tool, issue #5)."""
 
@@ -176,6 +183,7 @@ class Policy:
     # Duplicate suppression ([dedupe]): at the end of data the session asks its driver
     # whether the server already accepted this transaction (core/dedupe.py).
     dedupe: bool = False
+    dedupe_answer: DedupeReply = DedupeReply.QUEUE_ID
     # Shared rate limits: a ``rate-limit`` finding is counted by the driver in the
     # shared store (per client or sender address, across workers and instances) and
     # what it concerns waits for the count (core/ratelimit.py); off: per session.
