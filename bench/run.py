@@ -1,7 +1,7 @@
 """On-demand benchmark: the gateway against baselines measured in the same run.
 
     python3 bench/run.py [--messages 10000] [--sessions 20] [--size 1000] [--rounds 3]
-                         [--big-mb 100] [--mode mailguard]
+                         [--big-mb 100] [--big-parts N] [--mode mailguard]
 
 1. Message rate: ``smtp-source -s 20 -m 10000 -l 1000`` straight to ``smtp-sink``,
    through HAProxy in TCP mode, and through the gateway, interleaved over several
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,19 +148,51 @@ def _reply(sock: socket.socket) -> bytes:
             return buf
 
 
-def send_big(port: int, megabytes: int) -> float:
-    """Relay one message of ``megabytes`` MB; returns MB/s from DATA to final reply."""
-    # A realistic big message: headers, then a MIME attachment in base64 lines, so
-    # the content checks (header, MIME boundary and body line scans) do their work.
+def big_message(megabytes: int, parts_per_mb: int = 0) -> Iterator[bytes]:
+    """The big message's data, in pieces of about 1 MB, without the final dot.
+
+    A realistic big message: headers, then MIME attachments in base64 lines, so the
+    content checks (header, MIME boundary and body line scans) do their work. With
+    ``parts_per_mb``, each megabyte is a nested ``multipart/mixed`` of that many
+    parts, each with its own header block and RFC 2231 file names (continuations
+    and a percent-encoded UTF-8 one): the MIME reader's worst realistic load.
+    """
     line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
     block = line * (1024 * 1024 // len(line))
-    head = (
+    yield (
         b"From: a@example.org\r\nTo: b@example.net\r\nSubject: big\r\n"
         b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
-        b"--B\r\nContent-Type: application/octet-stream\r\n"
-        b'Content-Disposition: attachment; filename="big.bin"\r\n'
+    )
+    attachment = (
+        b"Content-Type: application/octet-stream; name*0=\"part\"; name*1=\"%d.bin\"\r\n"
+        b"Content-Disposition: attachment;\r\n filename*=utf-8''p%%C3%%A4rt%%20%d.bin\r\n"
         b"Content-Transfer-Encoding: base64\r\n\r\n"
     )
+    if not parts_per_mb:  # one attachment, as every earlier run had it
+        yield (
+            b"--B\r\nContent-Type: application/octet-stream\r\n"
+            b'Content-Disposition: attachment; filename="big.bin"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+        )
+        for _ in range(megabytes):
+            yield block
+        yield b"--B--\r\n"
+        return
+    lines = block.count(b"\n")
+    per_part = line * max(1, lines // parts_per_mb)
+    for mb in range(megabytes):
+        inner = b"C%d" % mb
+        out = [b"--B\r\nContent-Type: multipart/mixed; boundary=\"" + inner + b"\"\r\n\r\n"]
+        for n in range(parts_per_mb):
+            out.append(b"--" + inner + b"\r\n" + attachment % (n, n) + per_part)
+        out.append(b"--" + inner + b"--\r\n")
+        yield b"".join(out)
+    yield b"--B--\r\n"
+
+
+def send_big(port: int, megabytes: int, parts_per_mb: int = 0) -> float:
+    """Relay one message of ``megabytes`` MB; returns MB/s from DATA to final reply."""
+    size = 0
     with socket.create_connection((LOOPBACK, port), 30) as s:
         s.settimeout(300)
         _reply(s)
@@ -172,16 +205,16 @@ def send_big(port: int, megabytes: int) -> float:
             s.sendall(cmd + b"\r\n")
             _reply(s)
         start = time.perf_counter()
-        s.sendall(head)
-        for _ in range(megabytes):
-            s.sendall(block)
-        s.sendall(b"--B--\r\n.\r\n")
+        for piece in big_message(megabytes, parts_per_mb):
+            s.sendall(piece)
+            size += len(piece)
+        s.sendall(b".\r\n")
         final = _reply(s)
         elapsed = time.perf_counter() - start
         if not final.startswith(b"250"):
             raise RuntimeError(f"big message refused: {final!r}")
         s.sendall(b"QUIT\r\n")
-    return megabytes * len(block) / 1e6 / elapsed
+    return size / 1e6 / elapsed
 
 
 def scrape_relayed(port: int) -> float:
@@ -214,6 +247,12 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big-mb", type=int, default=100)
+    ap.add_argument(
+        "--big-parts",
+        type=int,
+        default=0,
+        help="make each MB of the big message a nested multipart of this many parts",
+    )
     ap.add_argument(
         "--gateways",
         default="mailguard:1",
@@ -281,12 +320,14 @@ def main() -> int:
             mode, workers = variants[0]
             gw, gw_port = start_gateway(sink_port, mode, 1)
             procs.append(gw)
-            send_big(gw_port, 1)  # warm-up: buffers and code paths in place
+            parts = args.big_parts
+            send_big(gw_port, 1, parts)  # warm-up: buffers and code paths in place
             base = rss_kib(gw.pid, "VmRSS")
-            hap_mbs = send_big(hap_port, args.big_mb)
-            gw_mbs = send_big(gw_port, args.big_mb)
+            hap_mbs = send_big(hap_port, args.big_mb, parts)
+            gw_mbs = send_big(gw_port, args.big_mb, parts)
             peak = rss_kib(gw.pid, "VmHWM")
-            print(f"\none {args.big_mb} MB message ({mode} mode, 1 worker):")
+            shape = f", {parts * args.big_mb + args.big_mb} MIME parts" if parts else ""
+            print(f"\none {args.big_mb} MB message ({mode} mode, 1 worker{shape}):")
             print(f"  haproxy  {hap_mbs:8.1f} MB/s")
             print(f"  gateway  {gw_mbs:8.1f} MB/s  = {gw_mbs / hap_mbs:.2f}x haproxy")
             print(
