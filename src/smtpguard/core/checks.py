@@ -12,7 +12,8 @@ import functools
 import re
 from dataclasses import dataclass
 
-from smtpguard.core.grammar import ascii_number, ascii_upper, make_reply, parse_path
+from smtpguard.core.address import EnvelopePath, parse_path
+from smtpguard.core.grammar import ascii_number, ascii_upper, make_reply
 from smtpguard.core.policy import Check, Checks, PatternCheck, Verdict
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f|]")
@@ -101,9 +102,10 @@ def check_mail(args: str, checks: Checks) -> tuple[Finding | None, str, str]:
             "",
         )
     path = parse_path(args, "FROM")
-    if path is None:
-        return None, "", ""  # the server answers the syntax error itself
-    addr, params = path
+    if path is None:  # never forwarded unread: the server may take what we cannot read
+        return path_syntax("MAIL FROM", "5.1.7 Bad sender address syntax"), "", ""
+    addr = path.mailbox  # as the server reads it: route dropped, quotes removed
+    params = path.params
     size = octets(addr)
     if over(checks.sender_length, size):
         return (
@@ -170,20 +172,62 @@ def check_rcpt(args: str, checks: Checks, count: int) -> tuple[Finding | None, s
             make_reply(553, f"5.1.3 Recipient address rejected: {bad}").raw,
         ), ""
     path = parse_path(args, "TO")
-    if path is None:
-        return None, ""
-    addr, params = path
-    domain = addr.rpartition("@")[2] if "@" in addr else ""
-    if domain and pattern_fires(checks.recipient_domains, domain):
+    if path is None:  # never forwarded unread: the server may take what we cannot read
+        return path_syntax("RCPT TO", "5.1.3 Bad recipient address syntax"), ""
+    params = path.params
+    why = relay_refused(checks.recipient_domains, path)
+    if why is not None:
         return pattern_finding(
             "recipient_domains",
             "SG-CHK-RECIPIENT-DOMAIN",
-            f"relaying to {domain} is not allowed",
+            why,
             checks.recipient_domains,
             550,
             "5.7.1 Relay access denied",
         ), params
     return None, params
+
+
+def path_syntax(where: str, text: str) -> Finding:
+    """A MAIL/RCPT argument the gateway cannot read as the server would: refused,
+    whatever the policy (core/address.py)."""
+    return Finding(
+        "path_syntax",
+        "SG-CHK-PATH-SYNTAX",
+        f"{where} address the gateway cannot read unambiguously",
+        Verdict.REJECT,
+        make_reply(501, text).raw,
+    )
+
+
+def relay_refused(check: PatternCheck, path: EnvelopePath) -> str | None:
+    """Why ``recipient_domains`` refuses this recipient, or None. Every domain the
+    server may route on is checked: the one after the last "@" and, for a U-label
+    domain, its IDNA A-label (Postfix routes on that); a local part with routing
+    characters ("@", "%", "!") may be re-routed by the server on a domain inside it,
+    which no pattern on the domain sees, so it is refused while the check is on. A
+    recipient without a domain goes where the server's $myorigin says, which no
+    pattern sees either: only ``<Postmaster>`` passes (RFC 5321 §4.1.1.3 requires it
+    to be accepted without a domain)."""
+    if not check.patterns:
+        return None
+    domain = path.domain
+    if path.routed:
+        return f"sender-specified routing in <{path.mailbox}> is not allowed"
+    if not domain:
+        if path.mailbox.isascii() and path.mailbox.lower() == "postmaster":
+            return None
+        return f"recipient <{path.mailbox}> without a domain is not allowed"
+    if pattern_fires(check, domain):
+        return f"relaying to {domain} is not allowed"
+    if not domain.isascii():
+        try:
+            alabel = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return f"relaying to {domain} is not allowed (no IDNA form)"
+        if pattern_fires(check, alabel):
+            return f"relaying to {domain} ({alabel}) is not allowed"
+    return None
 
 
 def size_param(params: str) -> int | None:

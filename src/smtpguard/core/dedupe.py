@@ -21,7 +21,8 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from smtpguard.core.grammar import parse_command, parse_path
+from smtpguard.core.address import parse_path
+from smtpguard.core.grammar import parse_command
 
 KEY_VERSION = b"smtpguard-dedupe-1"
 QUEUE_ID_LIMIT = 64  # octets of a queue ID kept (it is shown to the client again)
@@ -188,4 +189,4 @@ def _address(line: bytes, keyword: str) -> str | None:
     if cmd is None:
         return None
     path = parse_path(cmd.args, keyword)
-    return None if path is None else path[0]
+    return None if path is None else path.mailbox

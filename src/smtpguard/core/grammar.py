@@ -32,8 +32,6 @@ END_OF_DATA: Final = b"\r\n.\r\n"
 _VERB_MAX: Final = 32
 # RFC 3463 §2: enhanced status code class.subject.detail
 _ENHANCED: Final = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})\b", re.ASCII)
-# What a bytes regex's \s is: leading white space before a path's "<".
-_PATH_SPACE: Final = " \t\n\r\f\v"
 
 
 class LineError(ValueError):
@@ -145,33 +143,6 @@ def parse_command(raw: bytes) -> Command | None:
         verb = verb.upper()
     args = "" if sp == n else line[sp + 1 :].decode("utf-8", "surrogateescape").strip(" \t")
     return Command(verb, args, raw)
-
-
-def parse_path(args: str, keyword: str) -> tuple[str, str] | None:
-    """Split ``FROM:<addr> PARAMS`` into ``(addr, params)``; ``None`` if malformed.
-
-    ``keyword`` is ``FROM`` or ``TO`` (RFC 5321 §4.1.1.2, §4.1.1.3). A space after
-    the colon is tolerated, as real clients send it.
-    """
-    head, sep, rest = args.partition(":")
-    if not sep or head.strip().upper() != keyword:
-        return None
-    # RFC 5321 §4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; only the bracketed part
-    # matters here, up to the first ">", with no "<" inside. Worked on the str as
-    # decoded (surrogateescape keeps every non-ASCII byte off "<", ">" and white space).
-    path = rest.lstrip(_PATH_SPACE)
-    if not path.startswith("<"):
-        return None
-    end = path.find(">", 1)
-    if end < 0:
-        return None
-    addr = path[1:end]
-    if "<" in addr:
-        return None
-    return (
-        addr,
-        path[end + 1 :].strip(),
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
 
+from smtpguard.core.address import parse_path
 from smtpguard.core.checks import size_param
-from smtpguard.core.grammar import parse_path
 
 from . import rules
 from .model import (
@@ -157,8 +157,8 @@ class SessionTracker:
             s.reset()
             path = parse_path(args, "FROM")
             if path is not None:
-                s.mail_from = path[0]
-                s.size = size_param(path[1])
+                s.mail_from = path.mailbox
+                s.size = size_param(path.params)
         elif verb in ("HELO", "EHLO", "RSET"):
             s.reset()
 
@@ -189,7 +189,7 @@ class SessionTracker:
         elif verb == "RCPT" and 200 <= r.code < 300:
             path = parse_path(args, "TO")
             if path is not None:
-                s.rcpt_to.append(path[0])
+                s.rcpt_to.append(path.mailbox)
 
     def _end_of_data(self, s: _Session, ev: ServerReply) -> Iterator[Output]:
         r = ev.reply
