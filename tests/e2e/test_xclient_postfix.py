@@ -1,12 +1,18 @@
-"""XCLIENT towards a real Postfix: the server logs the real client, not the gateway."""
+"""XCLIENT towards a real Postfix: the server logs the real client, not the gateway;
+and when Postfix will not take XCLIENT from the gateway, the client is refused with
+421 4.7.0 instead of being relayed as the gateway's own address."""
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
+import socket
 from pathlib import Path
 
 import pytest
 
+from smtpguard.gateway.cli import XCLIENT_FAIL_OPEN_WARNING
+from tests.core.test_tls_xclient import REFUSED_421
 from tests.peers import LOOPBACK, GatewayProcess
 from tests.postfix import PrivatePostfix
 
@@ -36,3 +42,99 @@ def test_postfix_sees_the_real_client(tmp_path: Path, xclient: bool) -> None:
             assert "[127.0.0.2]" in clients[0]
         else:
             assert "[127.0.0.1]" in clients[0]
+
+
+# -- a Postfix that does not authorise the gateway for XCLIENT ------------------------------
+#
+# Postfix offers XCLIENT in its EHLO reply only to smtpd_authorized_xclient_hosts (empty
+# by default), so an unauthorised gateway sees it not offered. mynetworks holds the
+# gateway's address (127.0.0.1) and not the client's (127.0.0.2), as a default
+# mynetworks holds a gateway on the Postfix host and not the internet behind it.
+
+FOREIGN = "victim@elsewhere.test"  # not a domain this Postfix is the destination for
+UNAUTHORISED = {"mynetworks": f"{LOOPBACK}/32", "smtpd_authorized_xclient_hosts": ""}
+
+
+def _raw_session(port: int, commands: bytes) -> bytes:
+    """Connect from 127.0.0.2, read the greeting and whatever follows, send
+    ``commands``, and read until the gateway closes (bounded)."""
+    with socket.create_connection((LOOPBACK, port), 15, ("127.0.0.2", 0)) as s:
+        got = b""
+        while got.count(b"\r\n") < 2:  # the greeting, then the gateway's verdict
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        with contextlib.suppress(OSError):  # the gateway may have closed already
+            s.sendall(commands)
+            while chunk := s.recv(4096):
+                got += chunk
+        return got
+
+
+def test_unauthorised_xclient_refuses_the_client_with_421(tmp_path: Path) -> None:
+    with PrivatePostfix(**UNAUTHORISED) as pf:
+        gw = GatewayProcess(
+            "--upstream", pf.address, "--mode", "esmtp", "--xclient", workdir=tmp_path
+        )
+        try:
+            got = _raw_session(
+                gw.port,
+                b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<"
+                + FOREIGN.encode()
+                + b">\r\nQUIT\r\n",
+            )
+        finally:
+            gw.stop()
+        lines = got.split(b"\r\n")
+        assert lines[0].startswith(b"220 ") and lines[1] == REFUSED_421, got
+        assert b"250" not in got, got
+        text = pf.wait_log(lambda t: "disconnect from" in t, 15)
+        assert "disconnect from" in text and "RCPT" not in text and "client=" not in text, text
+
+
+def test_unauthorised_xclient_with_fail_open_relays_as_the_gateway(tmp_path: Path) -> None:
+    """What xclient_fail_open = true means, shown: the client is relayed as the
+    gateway's address, and serve said so when it started."""
+    with PrivatePostfix(**UNAUTHORISED) as pf:
+        gw = GatewayProcess(
+            "--upstream",
+            pf.address,
+            "--mode",
+            "esmtp",
+            "--xclient",
+            "--xclient-fail-open",
+            workdir=tmp_path,
+        )
+        try:
+            with smtplib.SMTP(LOOPBACK, gw.port, timeout=15, source_address=("127.0.0.2", 0)) as s:
+                refused = s.sendmail("a@example.org", [FOREIGN], MSG)
+        finally:
+            _code, out = gw.stop()
+        assert refused == {}
+        assert XCLIENT_FAIL_OPEN_WARNING[0] in out and "mynetworks" in out, out
+        text = pf.wait_log(lambda t: f"to=<{FOREIGN}>" in t, 15)
+        clients = [line for line in text.splitlines() if ": client=" in line]
+        assert len(clients) == 1 and f"[{LOOPBACK}]" in clients[0], text[-3000:]
+
+
+def test_authorised_xclient_is_not_relayed_for_a_client_outside_mynetworks(
+    tmp_path: Path,
+) -> None:
+    """The control: with XCLIENT authorised the same client is seen as itself and
+    the same relay attempt is refused by Postfix."""
+    settings = {**UNAUTHORISED, "smtpd_authorized_xclient_hosts": LOOPBACK}
+    with PrivatePostfix(**settings) as pf:
+        gw = GatewayProcess(
+            "--upstream", pf.address, "--mode", "esmtp", "--xclient", workdir=tmp_path
+        )
+        try:
+            with (
+                smtplib.SMTP(LOOPBACK, gw.port, timeout=15, source_address=("127.0.0.2", 0)) as s,
+                pytest.raises(smtplib.SMTPRecipientsRefused) as exc,
+            ):
+                s.sendmail("a@example.org", [FOREIGN], MSG)
+        finally:
+            gw.stop()
+        code, _msg = exc.value.recipients[FOREIGN]
+        assert code == 554  # Relay access denied

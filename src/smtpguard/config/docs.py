@@ -37,9 +37,9 @@ INTRO = """\
   `--upstream`, `--mode`, `--banner`, `--hostname`, `--protocol-log`,
   `--protocol-log-format`, `--maildir`, `--max-sessions`, `--workers`,
   `--drain-grace`, `--timeout NAME=SECONDS`, `--log-level`, `--starttls`,
-  `--tls-cert`, `--tls-key`, `--tls-listen`, `--xclient`, `--emulate pix`,
-  `--emulate-rewrite`, `--emulate-bug split-eod`, `--metrics-listen`, `--log-format`,
-  `--proxy-from`, `--upstream-proxy`.
+  `--tls-cert`, `--tls-key`, `--tls-listen`, `--xclient`, `--xclient-fail-open`,
+  `--emulate pix`, `--emulate-rewrite`, `--emulate-bug split-eod`, `--metrics-listen`,
+  `--log-format`, `--proxy-from`, `--upstream-proxy`.
 - **Types are strict.** `limit = "100"` is a string, not an integer; unknown keys
   are errors (with a "did you mean" hint).
 - **Errors** are one line per problem (all of them, in the order of the file), exit

@@ -283,7 +283,15 @@ def default_hostname() -> str:
 def policy_from(cfg: schema.ConfigFile, problems: list[_Invalid] | None = None) -> core.Policy:
     base = core.Policy.for_mode(cfg.mode or core.Mode.MAILGUARD)
     top: dict[str, Any] = {}
-    for name in ("banner", "banner_text", "smuggling", "starttls", "xclient", "max_pending"):
+    for name in (
+        "banner",
+        "banner_text",
+        "smuggling",
+        "starttls",
+        "xclient",
+        "xclient_fail_open",
+        "max_pending",
+    ):
         if getattr(cfg, name) is not None:
             top[name] = getattr(cfg, name)
     if cfg.bdat_drain_limit is not None:

@@ -399,6 +399,12 @@ class ConfigFile(Section):
         description="send the real client address to the server with XCLIENT "
         "(Postfix smtpd_authorized_xclient_hosts)",
     )
+    xclient_fail_open: StrictBool | None = Field(
+        default=None,
+        description="when the server refuses XCLIENT or does not offer it, carry on with "
+        "the client seen as the gateway's address (which Postfix's mynetworks trusts to "
+        "relay) instead of refusing the client with 421 4.7.0",
+    )
     max_pending: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description="pipelined commands awaiting replies before reading pauses"
     )

@@ -127,6 +127,13 @@ def register(sub: Any) -> None:
         const=True,
         help="tell the server the real client address with XCLIENT (Postfix)",
     )
+    p.add_argument(
+        "--xclient-fail-open",
+        action="store_const",
+        const=True,
+        help="if the server refuses XCLIENT, carry on with the client seen as the "
+        "gateway's address instead of refusing it with 421 (see docs/security.md)",
+    )
     lab = p.add_argument_group("lab emulation (never in production)")
     lab.add_argument(
         "--emulate",
@@ -186,6 +193,7 @@ _FLAG_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "tls_key": (("tls", "keyfile"), "--tls-key"),
     "tls_listen": (("tls", "implicit_listen"), "--tls-listen"),
     "xclient": (("xclient",), "--xclient"),
+    "xclient_fail_open": (("xclient_fail_open",), "--xclient-fail-open"),
     "emulate_rewrite": (("emulation", "rewrite"), "--emulate-rewrite"),
 }
 
@@ -685,6 +693,15 @@ XCLIENT_OFF_WARNING = [
     "                permit_mynetworks with the gateway in mynetworks makes an open relay);",
     "                use --xclient (Postfix) or --upstream-proxy v2; see docs/servers.md",
 ]
+# At start-up when a refused XCLIENT does not refuse the client (docs/security.md).
+XCLIENT_FAIL_OPEN_WARNING = [
+    "  WARNING       xclient_fail_open = true: when the server refuses XCLIENT or does",
+    "                not offer it, it sees the client as this gateway's address. Postfix's",
+    "                default mynetworks (its own addresses and loopback; its subnets with",
+    "                mynetworks_style = subnet) trusts that address to relay, so any",
+    "                client could relay. Keep the gateway out of mynetworks, or turn",
+    "                xclient_fail_open off (the client then gets 421 4.7.0)",
+]
 
 
 def _print_banner(
@@ -733,6 +750,8 @@ def _print_banner(
         lines.append(f"  shared state  {shared}")
     if policy.xclient:
         lines.append("  XCLIENT       on (the server sees the real client address)")
+        if policy.xclient_fail_open:
+            lines += XCLIENT_FAIL_OPEN_WARNING
     elif not builtin and settings.upstream_proxy == "off":
         lines += XCLIENT_OFF_WARNING
     lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
