@@ -6,7 +6,7 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from smtpguard.core.actions import PolicyEvent
@@ -160,7 +160,25 @@ _hosts = st.one_of(
     st.text(max_size=12),
 )
 _ports = st.one_of(st.integers(-5, 70000).map(str), _odd, st.text(max_size=6))
+_valid_v1 = st.one_of(
+    st.tuples(st.just("TCP4"), st.ip_addresses(v=4), st.ip_addresses(v=4), ports, ports),
+    st.tuples(st.just("TCP6"), st.ip_addresses(v=6), st.ip_addresses(v=6), ports, ports),
+).map(lambda f: "PROXY " + " ".join(map(str, f)) + "\r\n")
+
+
+@st.composite
+def _near_valid_v1(draw: st.DrawFn) -> str:
+    """A valid line, left alone or with a few characters replaced or inserted."""
+    line = draw(_valid_v1)
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(6, len(line) - 2))
+        new = draw(st.one_of(st.sampled_from("%\t\n .:0a\u0663\ufffd"), st.characters()))
+        line = line[:at] + new + line[at + draw(st.integers(0, 1)) :]
+    return line
+
+
 _v1_lines = st.one_of(
+    _near_valid_v1(),
     st.tuples(st.sampled_from(["TCP4", "TCP6"]), _hosts, _hosts, _ports, _ports).map(
         lambda f: "PROXY " + " ".join(f) + "\r\n"
     ),
@@ -180,9 +198,12 @@ def test_any_v1_text_is_refused_or_gives_printable_addresses(text: str) -> None:
         try:
             h = parse(raw)
         except ProxyError:
+            event("refused")
             continue
         if h is None or h.local:
+            event("incomplete or local")
             continue
+        event("accepted")
         assert h.source is not None and h.dest is not None
         for host, port in (h.source, h.dest):
             assert str(ipaddress.ip_address(host)) == host
