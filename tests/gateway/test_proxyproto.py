@@ -177,8 +177,12 @@ def _near_valid_v1(draw: st.DrawFn) -> str:
     return line
 
 
+_zoned_v1 = st.tuples(
+    st.ip_addresses(v=6), st.text(st.characters(max_codepoint=0x7F), max_size=4), ports
+).map(lambda f: f"PROXY TCP6 {f[0]}%{f[1]} ::1 {f[2]} 25\r\n")
 _v1_lines = st.one_of(
     _near_valid_v1(),
+    _zoned_v1,
     st.tuples(st.sampled_from(["TCP4", "TCP6"]), _hosts, _hosts, _ports, _ports).map(
         lambda f: "PROXY " + " ".join(f) + "\r\n"
     ),
