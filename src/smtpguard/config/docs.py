@@ -87,6 +87,33 @@ in their data are rewritten to CRLF after the end of data is found on the raw
 stream (DESIGN §3.3); everyone else keeps the top-level `smuggling` setting.
 """
 
+MIME_TEXT = """\
+### MIME parts
+
+The MIME checks (`mime_filename_length`, `mime_filename_pattern`, `mime_type_pattern`,
+`transfer_encoding_pattern`) see the parts a mail client sees; Python's `email`
+package with `policy.default` is the model. The gateway follows the part structure
+as it streams (delimiters with transport padding, nested multiparts, `message/*`
+parts and the message they enclose, `message/delivery-status` blocks, the
+multipart/digest default type) and decodes each part's Content-Type,
+Content-Disposition and Content-Transfer-Encoding fields with the `email` package
+itself. Every part is checked, the message itself included: its content type as
+`get_content_type()` gives it (a part without a valid one is `text/plain`, or
+`message/rfc822` in a digest); both file names, the Content-Disposition `filename`
+and the Content-Type `name`, decoded (RFC 2231 continuations, charsets and
+percent-encoding, RFC 2047 encoded words); the transfer encoding as written
+(lower case) and as `email` reads its token. Lines are read as the server reads
+them: dot-stuffing removed, and in `normalize` mode after the rewrite.
+
+The reader is bounded by `[checks.mime_structure]`: `limit` is the nesting depth
+(the message is level 0). A message past any bound, or with a part header the
+`email` package cannot decode, gets the `mime_structure` action (event
+`SG-CHK-MIME-STRUCTURE`, reply `554 5.6.0 Message refused: MIME structure not
+accepted`), never a pass. With `mime_structure` off (`limit = 0`) such a message
+fires every MIME check that is on, each with its own action, and the depth bound
+is 20. The reader runs only while one of the four MIME checks is on. Its extra
+keys:"""
+
 EVENTS = f"""\
 ## Event IDs of access control and reload
 
@@ -200,6 +227,13 @@ def render() -> str:
         )
     out.append("\nKeys of a threshold check (`[checks.rcpt_count]` and the like):\n")
     out += _table(schema.LimitCheck, list(schema.LimitCheck.model_fields), lambda n: "per check")
+    out.append("\n" + MIME_TEXT + "\n")
+    mime = schema.MimeStructureCheck.model_fields
+    out += _table(
+        schema.MimeStructureCheck,
+        [n for n in mime if n not in schema.LimitCheck.model_fields],
+        lambda n: _toml(getattr(core.Checks().mime_structure, n)),
+    )
     out.append(
         "\nKeys of a pattern check (`sender_pattern`, `recipient_domains`, "
         "`mime_filename_pattern`, `mime_type_pattern`, `transfer_encoding_pattern`):\n"
@@ -277,7 +311,7 @@ def _table(model: type[BaseModel], names: list[str], default: Any) -> list[str]:
 def _check_default(check: object) -> str:
     if isinstance(check, core.Verdict):
         return _toml(check.value)
-    if isinstance(check, core.Check):
+    if isinstance(check, core.Check | core.MimeStructureCheck):
         if check.limit is None:
             return f"off (action {_toml(check.action.value)})"
         return f"> {check.limit}: {_toml(check.action.value)}"

@@ -127,6 +127,22 @@ class LimitCheck(Section):
     )
 
 
+class MimeStructureCheck(LimitCheck):
+    """``limit`` is the MIME nesting depth; the other keys bound the MIME reader."""
+
+    header_block: Annotated[StrictInt, Field(ge=1024)] | None = Field(
+        default=None,
+        description="octets of one MIME part's Content-Type, Content-Disposition and "
+        "Content-Transfer-Encoding fields",
+    )
+    header_total: Annotated[StrictInt, Field(ge=1024)] | None = Field(
+        default=None, description="octets of those fields in all parts of one message"
+    )
+    parts: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None, description="MIME parts in one message (enclosed messages count)"
+    )
+
+
 class PatternCheck(Section):
     """A check matching regular expressions (Python syntax, case-insensitive)."""
 
@@ -178,6 +194,11 @@ class Checks(Section):
     )
     mime_filename_length: LimitCheck = Field(
         default_factory=LimitCheck, description="length of a MIME part's file name"
+    )
+    mime_structure: MimeStructureCheck = Field(
+        default_factory=MimeStructureCheck,
+        description="MIME nesting depth; fires also past the other bounds of "
+        "[checks.mime_structure] and on a MIME header block the reader cannot decode",
     )
     special_characters: Verdict | None = Field(
         default=None,

@@ -2,15 +2,19 @@
 
 Theory of operation
 -------------------
-The inspector sees the raw DATA bytes of one message (as relayed, dot-stuffing
-included), chunk by chunk, and never holds more than one line prefix. Header
-sections (the message's and each MIME part's) are read line by line: fields are
-unfolded (RFC 5322 §2.2.3) up to a cap, and Content-Type, Content-Disposition and
-Content-Transfer-Encoding are examined. Bodies are scanned at C speed: long lines by
-stepping ``rfind`` over windows of the line limit, MIME boundaries by searching for
-``LF --``; only candidate boundary lines drop back to line mode. Multipart
-boundaries are tracked as a stack (RFC 2046 §5.1), across any chunking.
-Each check fires at most once per message.
+The inspector sees the DATA bytes of one message (as relayed, dot-stuffing included),
+chunk by chunk, and never holds more than one line prefix. In ``normalize`` mode it
+reads them as the server will, through its own :class:`~smtpguard.core.data.Normalizer`.
+The message's header section is read as MTAs read it (a field name, optional white
+space, a colon; RFC 5322 §2.2, §3.6.8) for the header size, header line and To/Cc
+checks. MIME structure is read as a mail client reads it, by
+:class:`~smtpguard.core.mime.MimeReader` (Python's ``email`` package is the model):
+it is fed unstuffed lines (RFC 5321 §4.5.2) and reports every part's content type,
+file names and transfer encoding, which the MIME checks test. Bodies are scanned at
+C speed: long lines by stepping ``rfind`` over windows of the line limit, delimiter
+candidates (lines starting with ``--``, or ``.--`` before unstuffing) by ``find``;
+only the lines the MIME reader asks for drop back to line mode. Each check fires at
+most once per message.
 """
 
 from __future__ import annotations
@@ -19,12 +23,26 @@ import re
 from typing import Final
 
 from smtpguard.core.checks import Finding, finding, octets, over, pattern_finding, pattern_fires
-from smtpguard.core.policy import Checks
+from smtpguard.core.data import Normalizer
+from smtpguard.core.grammar import make_reply
+from smtpguard.core.mime import ALL, DASHES, Limits, MimeReader, Part
+from smtpguard.core.policy import Check, Checks, PatternCheck
 
 KEEP: Final = 2048  # octets of a line kept for parsing; the rest is only counted
-FIELD_CAP: Final = 16 * 1024  # unfolded header field kept for parsing
-_PARAM: Final = re.compile(r"""([A-Za-z0-9_.-]+\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)""")
+FIELD_CAP: Final = 16 * 1024  # unfolded To/Cc field kept for counting
+DEPTH_OFF: Final = 20  # nesting bound while the mime_structure check is off
+_NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
 _ADDR_FIELDS: Final = frozenset({"to", "cc"})
+
+
+def _mime_checks(c: Checks) -> list[tuple[str, str, Check | PatternCheck]]:
+    """The checks that need the MIME reader, with their event IDs."""
+    return [
+        ("mime_filename_length", "SG-CHK-MIME-FILENAME-LENGTH", c.mime_filename_length),
+        ("mime_filename_pattern", "SG-CHK-MIME-FILENAME", c.mime_filename_pattern),
+        ("mime_type_pattern", "SG-CHK-MIME-TYPE", c.mime_type_pattern),
+        ("transfer_encoding_pattern", "SG-CHK-TRANSFER-ENCODING", c.transfer_encoding_pattern),
+    ]
 
 
 def starts_field(line: bytes) -> bool:
@@ -43,17 +61,6 @@ def starts_field(line: bytes) -> bool:
     return i < n and line[i] == 0x3A
 
 
-def _params(value: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, raw in _PARAM.findall(value):
-        v = raw[1:-1].replace('\\"', '"') if raw.startswith('"') else raw
-        key = name.lower()
-        if key.endswith("*"):  # RFC 2231: charset'lang'value
-            key, v = key[:-1], v.split("'", 2)[-1]
-        out.setdefault(key, v)
-    return out
-
-
 _QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
@@ -64,29 +71,42 @@ def _count_addresses(value: str) -> int:
     return _QUOTED.sub("", value).count("@")
 
 
+def _limits(checks: Checks) -> Limits:
+    s = checks.mime_structure
+    depth = s.limit if s.limit is not None else DEPTH_OFF
+    return Limits(depth, s.header_block, s.header_total, s.parts)
+
+
 class MessageInspector:
     """Feed message chunks (terminator excluded or included, it does not matter);
-    collect :class:`Finding` objects from :meth:`feed`."""
+    collect :class:`Finding` objects from :meth:`feed`. ``record``: keep every MIME
+    part read in :attr:`parts` (tests compare them with a mail client's reading)."""
 
-    def __init__(self, checks: Checks) -> None:
+    def __init__(self, checks: Checks, normalize: bool = False, record: bool = False) -> None:
         self.c = checks
-        self._header = True  # in a header section (message or MIME part)
-        self._top = True  # ... and it is the message's own
+        self._header = True  # in the message's header section (as MTAs read it)
         self._carry = b""  # prefix of the current incomplete line
         self._carry_len = 0  # its true length
+        self._blank_tail = True  # what was cut off the carried line was white space
+        self._crlf = True  # the last line read ended with CRLF (the next may be stuffed)
         self._field = ""  # header field being unfolded
         self._header_size = 0
         self._to_cc = 0
-        self._boundaries: list[bytes] = []  # open multipart delimiters, innermost last
-        self._part_type = ""
-        self._part_boundary: bytes | None = None
         self._fired: set[str] = set()
         self._out: list[Finding] = []
+        self._normalizer = Normalizer() if normalize else None
+        on = any(check.enabled for _, _, check in _mime_checks(checks))
+        self._mime: MimeReader | None = MimeReader(_limits(checks)) if on else None
+        self._keep = max(KEEP, checks.mime_structure.header_block + 2)
+        self.parts: list[Part] | None = [] if record else None
+        self.refused = ""  # why the MIME structure was refused, if it was
         self.size = 0
 
     # -- input -----------------------------------------------------------------
     def feed(self, chunk: bytes) -> list[Finding]:
         self.size += len(chunk)
+        if self._normalizer is not None:
+            chunk = self._normalizer.feed(chunk)
         pos, end = 0, len(chunk)
         while pos < end:
             if not self._header and not self._carry_len:
@@ -115,14 +135,31 @@ class MessageInspector:
         out, self._out = self._out, []
         return out
 
+    def close(self) -> list[Finding]:
+        """The end of the message, for a caller that feeds it without the
+        terminator."""
+        if self._mime is not None:
+            self._mime.close()
+            self._mime_news()
+        out, self._out = self._out, []
+        return out
+
     def _partial(self, chunk: bytes, pos: int, end: int) -> None:
-        if len(self._carry) < KEEP:
-            self._carry += chunk[pos : min(end, pos + KEEP - len(self._carry))]
+        room = self._keep - len(self._carry)
+        if room > 0:
+            self._carry += chunk[pos : min(end, pos + room)]
+        cut = pos + max(room, 0)
+        if cut < end and self._blank_tail and _NOT_BLANK.search(chunk, cut, end):
+            self._blank_tail = False
         self._carry_len += end - pos
 
     def _complete(self, chunk: bytes, pos: int, stop: int) -> tuple[bytes, int]:
         if not self._carry_len:
-            return chunk[pos : min(stop, pos + KEEP)], stop - pos
+            cut = pos + self._keep
+            if cut < stop:
+                self._blank_tail = _NOT_BLANK.search(chunk, cut, stop) is None
+                return chunk[pos:cut], stop - pos
+            return chunk[pos:stop], stop - pos
         self._partial(chunk, pos, stop)
         line, length = self._carry, self._carry_len
         self._carry, self._carry_len = b"", 0
@@ -130,15 +167,22 @@ class MessageInspector:
 
     def _scan_body(self, chunk: bytes, pos: int) -> int:
         """Check whole body lines from ``pos`` (a line start) at C speed; return where
-        line-by-line handling must resume (a boundary candidate or the last partial
-        line)."""
+        line-by-line handling must resume (a line the MIME reader needs, or the last
+        partial line)."""
+        mime = self._mime
+        mode = mime.mode if mime is not None else 0
+        if mode == ALL:
+            return pos
         end = chunk.rfind(b"\n", pos) + 1
         if end <= pos:
             return pos
-        if self._boundaries:
-            if chunk.startswith(b"--", pos):
+        if mode == DASHES:
+            if chunk.startswith(b"--", pos) or chunk.startswith(b".--", pos):
                 return pos
             cand = chunk.find(b"\n--", pos, end)
+            dot = chunk.find(b"\n.--", pos, end if cand < 0 else cand)
+            if dot >= 0:
+                cand = dot
             if cand >= 0:
                 end = cand + 1
         self._long_lines(chunk, pos, end)
@@ -171,26 +215,28 @@ class MessageInspector:
 
     # -- lines ------------------------------------------------------------------
     def _line(self, line: bytes, length: int) -> None:
+        whole = length == len(line)
+        blank_tail, self._blank_tail = self._blank_tail, True
+        crlf, self._crlf = self._crlf, line.endswith(b"\r\n") if whole else True
+        part_header = False
+        mime = self._mime
+        if mime is not None:
+            text = line
+            if crlf and line[:1] == b".":  # RFC 5321 §4.5.2: unstuff
+                if line == b".\r\n":  # the end of data
+                    mime.close()
+                    self._mime_news()
+                    return
+                text = line[1:]
+            if mime.mode != 0:
+                part_header = mime.line(text, whole, blank_tail)
+                self._mime_news()
         if self._header:
             self._header_line(line, length)
-        else:
-            self._body_line(line, length)
-
-    def _body_line(self, line: bytes, length: int) -> None:
-        if over(self.c.body_line_length, length - 2):
+        elif part_header:
+            self._header_line_length(length)
+        elif over(self.c.body_line_length, length - 2):
             self._long_body_line()
-        if not line.startswith(b"--") or not self._boundaries:
-            return
-        text = line.rstrip(b"\r\n")
-        for depth in range(len(self._boundaries) - 1, -1, -1):
-            delim = self._boundaries[depth]
-            if text == delim + b"--":  # close delimiter: back to the outer part's body
-                del self._boundaries[depth:]
-                return
-            if text == delim:
-                del self._boundaries[depth + 1 :]
-                self._start_header(top=False)
-                return
 
     def _header_line(self, line: bytes, length: int) -> None:
         c = self.c
@@ -199,22 +245,37 @@ class MessageInspector:
             # RFC 5322 §2.2: the first line that is neither a field nor a continuation
             # starts the body, as MTAs read it (no empty line needed).
             self._end_field()
-            self._end_header()
-            self._body_line(line, length)
+            self._header = False
+            if over(c.body_line_length, length - 2):
+                self._long_body_line()
             return
-        if self._top:
-            self._header_size += length
-            if over(c.header_size, self._header_size):
-                self._fire(
-                    finding(
-                        "header_size",
-                        "SG-CHK-HEADER-SIZE",
-                        f"header section over {c.header_size.limit} octets",
-                        c.header_size,
-                        554,
-                        "5.6.0 Message refused: header section too large",
-                    )
+        self._header_size += length
+        if over(c.header_size, self._header_size):
+            self._fire(
+                finding(
+                    "header_size",
+                    "SG-CHK-HEADER-SIZE",
+                    f"header section over {c.header_size.limit} octets",
+                    c.header_size,
+                    554,
+                    "5.6.0 Message refused: header section too large",
                 )
+            )
+        self._header_line_length(length)
+        if line in (b"\r\n", b"\n"):  # end of the header section
+            self._end_field()
+            self._header = False
+            return
+        text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+        if text[:1] in (" ", "\t"):
+            if len(self._field) < FIELD_CAP:
+                self._field += " " + text.strip()
+            return
+        self._end_field()
+        self._field = text
+
+    def _header_line_length(self, length: int) -> None:
+        c = self.c
         if over(c.header_line_length, length - 2):
             self._fire(
                 finding(
@@ -226,63 +287,56 @@ class MessageInspector:
                     "5.6.0 Message refused: header line too long",
                 )
             )
-        if line in (b"\r\n", b"\n"):  # end of this header section
-            self._end_field()
-            self._end_header()
-            return
-        text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        if text[:1] in (" ", "\t"):
-            if len(self._field) < FIELD_CAP:
-                self._field += " " + text.strip()
-            return
-        self._end_field()
-        self._field = text
 
     def _end_field(self) -> None:
         field, self._field = self._field, ""
         name, sep, value = field.partition(":")
-        if not sep:
+        if not sep or name.strip().lower() not in _ADDR_FIELDS:
             return
-        name, value = name.strip().lower(), value.strip()
         c = self.c
-        if self._top and name in _ADDR_FIELDS:
-            self._to_cc += _count_addresses(value)
-            if over(c.to_cc_count, self._to_cc):
-                self._fire(
-                    finding(
-                        "to_cc_count",
-                        "SG-CHK-TO-CC-COUNT",
-                        f"{self._to_cc} addresses in To/Cc (limit {c.to_cc_count.limit})",
-                        c.to_cc_count,
-                        554,
-                        "5.6.0 Message refused: too many To/Cc addresses",
-                    )
+        self._to_cc += _count_addresses(value)
+        if over(c.to_cc_count, self._to_cc):
+            self._fire(
+                finding(
+                    "to_cc_count",
+                    "SG-CHK-TO-CC-COUNT",
+                    f"{self._to_cc} addresses in To/Cc (limit {c.to_cc_count.limit})",
+                    c.to_cc_count,
+                    554,
+                    "5.6.0 Message refused: too many To/Cc addresses",
                 )
-        elif name == "content-type":
-            ctype = value.split(";", 1)[0].strip().lower()
-            self._part_type = ctype
-            params = _params(value)
-            if ctype.startswith("multipart/") and params.get("boundary"):
-                self._part_boundary = b"--" + params["boundary"].encode("utf-8", "surrogateescape")
-            if pattern_fires(c.mime_type_pattern, ctype):
-                self._fire(
-                    pattern_finding(
-                        "mime_type_pattern",
-                        "SG-CHK-MIME-TYPE",
-                        f"MIME part of type {ctype}",
-                        c.mime_type_pattern,
-                        554,
-                        "5.7.1 Message refused: content type not allowed",
-                    )
+            )
+
+    # -- MIME parts ---------------------------------------------------------------
+    def _mime_news(self) -> None:
+        mime = self._mime
+        if mime is None:
+            return
+        if mime.parts:
+            parts, mime.parts = mime.parts, []
+            for part in parts:
+                self._part(part)
+            if self.parts is not None:
+                self.parts += parts
+        if mime.failure:
+            self._structure(mime.failure)
+            self._mime = None
+
+    def _part(self, part: Part) -> None:
+        c = self.c
+        ctype = part.content_type
+        if pattern_fires(c.mime_type_pattern, ctype):
+            self._fire(
+                pattern_finding(
+                    "mime_type_pattern",
+                    "SG-CHK-MIME-TYPE",
+                    f"MIME part of type {ctype}",
+                    c.mime_type_pattern,
+                    554,
+                    "5.7.1 Message refused: content type not allowed",
                 )
-            if "name" in params:
-                self._filename(params["name"])
-        elif name == "content-disposition":
-            params = _params(value)
-            if "filename" in params:
-                self._filename(params["filename"])
-        elif name == "content-transfer-encoding":
-            enc = value.lower()
+            )
+        for enc in part.transfer_encodings:
             if pattern_fires(c.transfer_encoding_pattern, enc):
                 self._fire(
                     pattern_finding(
@@ -294,6 +348,8 @@ class MessageInspector:
                         "5.6.0 Message refused: transfer encoding not allowed",
                     )
                 )
+        for name in part.names:
+            self._filename(name)
 
     def _filename(self, name: str) -> None:
         c = self.c
@@ -321,16 +377,30 @@ class MessageInspector:
                 )
             )
 
-    def _start_header(self, top: bool) -> None:
-        self._header, self._top = True, top
-        self._part_type, self._part_boundary = "", None
-
-    def _end_header(self) -> None:
-        self._header = False
-        self._top = False
-        if self._part_boundary is not None:
-            self._boundaries.append(self._part_boundary)
-        self._part_boundary = None
+    def _structure(self, why: str) -> None:
+        """The MIME reader stopped: fail closed. The mime_structure check fires; when
+        it is off, every MIME check that is on fires with its own action."""
+        self.refused = why
+        c = self.c
+        s = c.mime_structure
+        reply = make_reply(554, "5.6.0 Message refused: MIME structure not accepted").raw
+        if s.enabled:
+            event = "SG-CHK-MIME-STRUCTURE"
+            self._fire(Finding("mime_structure", event, why, s.action, reply, s.rate, s.period))
+            return
+        for name, event_id, check in _mime_checks(c):
+            if check.enabled:
+                self._fire(
+                    Finding(
+                        name,
+                        event_id,
+                        f"{why}: MIME parts not checked",
+                        check.action,
+                        reply,
+                        check.rate,
+                        check.period,
+                    )
+                )
 
     def _fire(self, f: Finding) -> None:
         if f.check not in self._fired:

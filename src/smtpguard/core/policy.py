@@ -108,6 +108,27 @@ class PatternCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class MimeStructureCheck:
+    """The MIME reader's bounds (core/mime.py), a :class:`Check` with more of them.
+    ``limit`` is the nesting depth (None: the check is off, and a structure past a
+    bound fires the MIME checks that are on instead, with their own actions). The
+    other bounds always hold: they bound memory and work per message (the ``email``
+    decoder is slow on long, odd fields)."""
+
+    action: Verdict = Verdict.REJECT
+    limit: int | None = 20  # the message is level 0
+    rate: int = 0  # RATE_LIMIT: events that pass per period
+    period: float = 60.0
+    header_block: int = 8 * 1024  # octets of one part's Content-* fields
+    header_total: int = 64 * 1024  # octets of Content-* fields in one message
+    parts: int = 10_000  # MIME parts (nodes of a client's walk()) in one message
+
+    @property
+    def enabled(self) -> bool:
+        return self.limit is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Checks:
     """Per-check thresholds and actions. Defaults are ASA's ``_default_esmtp_map``
     where it has the check, else off."""
@@ -122,6 +143,7 @@ class Checks:
     invalid_recipients: Check = Check(Verdict.DROP, None)  # server 5xx to RCPT, per session
     message_size: Check = Check(Verdict.REJECT, None)  # declared SIZE= and actual octets
     mime_filename_length: Check = Check(Verdict.DROP, 255)
+    mime_structure: MimeStructureCheck = MimeStructureCheck()
     special_characters: Verdict = Verdict.REJECT  # |, unbalanced <>, controls in addresses
     sender_pattern: PatternCheck = PatternCheck()
     recipient_domains: PatternCheck = PatternCheck(allow=True)  # mail-relay restriction

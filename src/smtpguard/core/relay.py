@@ -44,7 +44,9 @@ class MessageRelay:
         policy = session.policy
         self._scanner = DataScanner()
         self._normalizer = Normalizer() if policy.smuggling is Smuggling.NORMALIZE else None
-        self._inspector: MessageInspector | None = MessageInspector(policy.checks)
+        self._inspector: MessageInspector | None = MessageInspector(
+            policy.checks, normalize=self._normalizer is not None
+        )
         self._held_cr = False
         self.refusal: bytes | None = None  # the reply owed at the end of a refused message
         # Shared rate-limit findings, counted at the end of data (core/ratelimit.py).
