@@ -53,9 +53,9 @@ XCLIENT_REFUSED = replies.dropped("Client address not accepted by the mail serve
 def xtext(value: str) -> str:
     """``value`` as xtext (RFC 3461 §4), the form of every XCLIENT attribute value
     (Postfix XCLIENT_README): "!" to "~" as they are, except "+" and "=", and every
-    other octet of its UTF-8 form as ``+HH``."""
+    other octet of its UTF-8 form as ``+HH`` (a lone surrogate too: any text)."""
     out: list[str] = []
-    for byte in value.encode("utf-8", "surrogateescape"):
+    for byte in value.encode("utf-8", "surrogatepass"):
         if 0x21 <= byte <= 0x7E and byte != 0x2B and byte != 0x3D:
             out.append(chr(byte))
         else:
