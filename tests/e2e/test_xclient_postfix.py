@@ -8,6 +8,7 @@ import contextlib
 import smtplib
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_unauthorised_xclient_refuses_the_client_with_421(tmp_path: Path) -> Non
             line for line in text.splitlines() if "disconnect from" in line and "ehlo=" in line
         ]
         assert len(sessions) == 1 and sessions[0].endswith(" ehlo=1 commands=1"), text
-        assert "client=" not in text and "rcpt=" not in text, text
+        assert ": client=" not in text and "rcpt=" not in text, text
 
 
 def test_unauthorised_xclient_with_fail_open_relays_as_the_gateway(tmp_path: Path) -> None:
@@ -144,3 +145,76 @@ def test_authorised_xclient_is_not_relayed_for_a_client_outside_mynetworks(
             gw.stop()
         code, _msg = exc.value.recipients[FOREIGN]
         assert code == 554  # Relay access denied
+
+
+# -- a client behind a trusted load balancer: PROXY v1 in, XCLIENT out ------------------------
+
+
+def _reply(f: Any) -> bytes:
+    """One whole reply (its last line) from a socket file."""
+    while (line := f.readline()) and line[3:4] == b"-":
+        pass
+    return line.rstrip(b"\r\n")
+
+
+def _proxied_message(port: int, header: bytes) -> list[bytes]:
+    """Send ``header`` then a message, one command at a time; every reply's last line
+    (ending at the first refusal or close)."""
+    steps = [b"EHLO c", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>", b"DATA"]
+    with socket.create_connection((LOOPBACK, port), 15) as s, s.makefile("rb") as f:
+        s.sendall(header)
+        replies = [_reply(f)]
+        for step in [*steps, MSG + b".", b"QUIT"]:
+            if replies[-1][:1] not in (b"2", b"3"):
+                break
+            with contextlib.suppress(OSError):
+                s.sendall(step + b"\r\n")
+            replies.append(_reply(f))
+        return replies
+
+
+PROXIED = b"PROXY TCP6 2001:db8::7 2001:db8::25 40000 25\r\n"
+
+
+def test_a_proxied_ipv6_client_is_the_client_postfix_sees(tmp_path: Path) -> None:
+    settings = {"smtpd_authorized_xclient_hosts": LOOPBACK, "inet_protocols": "all"}
+    with PrivatePostfix(**settings) as pf:
+        args = ("--upstream", pf.address, "--mode", "esmtp", "--xclient")
+        gw = GatewayProcess(*args, "--proxy-from", f"{LOOPBACK}/32", workdir=tmp_path)
+        try:
+            replies = _proxied_message(gw.port, PROXIED)
+        finally:
+            gw.stop()
+        assert [r[:3] for r in replies] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+        text = pf.wait_log(lambda t: ": client=" in t, 15)
+        assert "client=unknown[2001:db8::7]" in text, text[-3000:]
+
+
+def test_a_proxied_ipv6_client_to_an_ipv4_only_postfix_gets_421(tmp_path: Path) -> None:
+    """Postfix refuses an IPv6 ADDR unless inet_protocols includes ipv6 (501 5.5.4
+    Bad ADDR syntax): the client is refused, not relayed as the gateway."""
+    with PrivatePostfix(smtpd_authorized_xclient_hosts=LOOPBACK) as pf:  # ipv4 only
+        args = ("--upstream", pf.address, "--mode", "esmtp", "--xclient")
+        gw = GatewayProcess(*args, "--proxy-from", f"{LOOPBACK}/32", workdir=tmp_path)
+        try:
+            replies = _proxied_message(gw.port, PROXIED)
+        finally:
+            gw.stop()
+        assert replies[0][:3] == b"220" and replies[1] == REFUSED_421, replies
+        text = pf.wait_log(lambda t: " xclient=0/1 " in t, 15)  # its 501 to the gateway
+        assert ": client=" not in text and "rcpt=" not in text, text
+
+
+def test_a_proxy_header_with_a_zone_never_reaches_postfix(tmp_path: Path) -> None:
+    with PrivatePostfix(smtpd_authorized_xclient_hosts=LOOPBACK, inet_protocols="all") as pf:
+        args = ("--upstream", pf.address, "--mode", "esmtp", "--xclient")
+        proxy = ("--proxy-from", f"{LOOPBACK}/32", "--log-level", "info")
+        gw = GatewayProcess(*args, *proxy, workdir=tmp_path)
+        try:
+            header = b"PROXY TCP6 fe80::7%\tRSET 2001:db8::25 40000 25\r\n"
+            replies = _proxied_message(gw.port, header)
+        finally:
+            _code, out = gw.stop()
+        assert replies == [b""], replies  # closed without a word
+        assert "SG-PROXY-INVALID" in out, out
+        assert "ehlo=" not in pf.log()  # no session reached it
