@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from smtpguard.core.message import MessageInspector
-from smtpguard.core.mime import ALL, Limits, MimeReader
+from smtpguard.core.mime import ALL, MimeReader
 from smtpguard.core.policy import (
     Check,
     Checks,
@@ -346,7 +346,7 @@ def test_a_100_mb_message_of_many_parts_streams_with_flat_state() -> None:
 
 
 def test_the_reader_asks_for_every_line_only_in_headers() -> None:
-    reader = MimeReader(Limits(20, 8192, 65536, 100))
+    reader = MimeReader(MimeStructureCheck())
     assert reader.mode == ALL
     for line in (b"Content-Type: multipart/mixed; boundary=x\r\n", b"\r\n", b"pre\r\n"):
         reader.line(line)

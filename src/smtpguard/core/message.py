@@ -12,7 +12,7 @@ checks. MIME structure is read as a mail client reads it, by
 it is fed unstuffed lines (RFC 5321 §4.5.2) and reports every part's content type,
 file names and transfer encoding, which the MIME checks test. Bodies are scanned at
 C speed: long lines by stepping ``rfind`` over windows of the line limit, delimiter
-candidates (lines starting with ``--``, or ``.--`` before unstuffing) by ``find``;
+candidates (lines starting with ``--``, or ``.--`` before unstuffing) by one regex;
 only the lines the MIME reader asks for drop back to line mode. Each check fires at
 most once per message.
 """
@@ -25,13 +25,15 @@ from typing import Final
 from smtpguard.core.checks import Finding, finding, octets, over, pattern_finding, pattern_fires
 from smtpguard.core.data import Normalizer
 from smtpguard.core.grammar import make_reply
-from smtpguard.core.mime import ALL, DASHES, Limits, MimeReader, Part
+from smtpguard.core.mime import ALL, DASHES, MimeReader, Part
 from smtpguard.core.policy import Check, Checks, PatternCheck
 
 KEEP: Final = 2048  # octets of a line kept for parsing; the rest is only counted
 FIELD_CAP: Final = 16 * 1024  # unfolded To/Cc field kept for counting
-DEPTH_OFF: Final = 20  # nesting bound while the mime_structure check is off
 _NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
+# A line that may be a delimiter: "--", or ".--" before unstuffing. A regex: faster
+# here than bytes.find, which would need two passes.
+_CANDIDATE: Final = re.compile(rb"\n\.?--")
 _ADDR_FIELDS: Final = frozenset({"to", "cc"})
 
 
@@ -71,12 +73,6 @@ def _count_addresses(value: str) -> int:
     return _QUOTED.sub("", value).count("@")
 
 
-def _limits(checks: Checks) -> Limits:
-    s = checks.mime_structure
-    depth = s.limit if s.limit is not None else DEPTH_OFF
-    return Limits(depth, s.header_block, s.header_total, s.parts)
-
-
 class MessageInspector:
     """Feed message chunks (terminator excluded or included, it does not matter);
     collect :class:`Finding` objects from :meth:`feed`. ``record``: keep every MIME
@@ -95,8 +91,13 @@ class MessageInspector:
         self._fired: set[str] = set()
         self._out: list[Finding] = []
         self._normalizer = Normalizer() if normalize else None
-        on = any(check.enabled for _, _, check in _mime_checks(checks))
-        self._mime: MimeReader | None = MimeReader(_limits(checks)) if on else None
+        on = (
+            checks.mime_filename_length.limit is not None
+            or bool(checks.mime_filename_pattern.patterns)
+            or bool(checks.mime_type_pattern.patterns)
+            or bool(checks.transfer_encoding_pattern.patterns)
+        )  # one of _mime_checks() is on
+        self._mime: MimeReader | None = MimeReader(checks.mime_structure) if on else None
         self._keep = max(KEEP, checks.mime_structure.header_block + 2)
         self.parts: list[Part] | None = [] if record else None
         self.refused = ""  # why the MIME structure was refused, if it was
@@ -179,12 +180,9 @@ class MessageInspector:
         if mode == DASHES:
             if chunk.startswith(b"--", pos) or chunk.startswith(b".--", pos):
                 return pos
-            cand = chunk.find(b"\n--", pos, end)
-            dot = chunk.find(b"\n.--", pos, end if cand < 0 else cand)
-            if dot >= 0:
-                cand = dot
-            if cand >= 0:
-                end = cand + 1
+            m = _CANDIDATE.search(chunk, pos, end)
+            if m is not None:
+                end = m.start() + 1
         self._long_lines(chunk, pos, end)
         return end
 
@@ -222,7 +220,7 @@ class MessageInspector:
         mime = self._mime
         if mime is not None:
             text = line
-            if crlf and line[:1] == b".":  # RFC 5321 §4.5.2: unstuff
+            if crlf and line and line[0] == 0x2E:  # RFC 5321 §4.5.2: unstuff
                 if line == b".\r\n":  # the end of data
                     mime.close()
                     self._mime_news()
@@ -230,7 +228,8 @@ class MessageInspector:
                 text = line[1:]
             if mime.mode != 0:
                 part_header = mime.line(text, whole, blank_tail)
-                self._mime_news()
+                if mime.parts or mime.failure:
+                    self._mime_news()
         if self._header:
             self._header_line(line, length)
         elif part_header:

@@ -44,6 +44,8 @@ from email.message import EmailMessage
 from email.utils import collapse_rfc2231_value
 from typing import Final
 
+from smtpguard.core.policy import MimeStructureCheck
+
 # The feedparser's header line: a field name and colon, a continuation, or an mbox
 # "From " line (email.feedparser.headerRE, on bytes as BytesParser decodes them).
 _HEADER_LINE: Final = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
@@ -52,6 +54,7 @@ _KEPT_FIELDS: Final = frozenset(
     {b"content-type", b"content-disposition", b"content-transfer-encoding"}
 )
 _FROM_LINE: Final = b"From \r\n"  # what a pushed-back From line reads as (its text never matters)
+DEPTH_OFF: Final = 20  # the nesting bound while the mime_structure check is off
 
 ALL: Final = 2  # every line is needed
 DASHES: Final = 1  # only lines starting with "--"
@@ -83,14 +86,6 @@ class Part:
     transfer_encodings: tuple[str, ...]  # Content-Transfer-Encoding as read, if present
     boundary: str | None  # get_boundary(), for a multipart
     error: str = ""  # why email could not decode the block ("" if it could)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    depth: int  # frames below the message's own
-    header_block: int  # octets of kept fields in one header block
-    header_total: int  # octets of kept fields in the whole message
-    parts: int  # nodes of walk()
 
 
 _REGISTRY: Final = HeaderRegistry()
@@ -165,10 +160,13 @@ class MimeReader:
     objects from :attr:`parts` as they are read, and :attr:`failure` when the
     structure is beyond a bound or cannot be decoded."""
 
-    __slots__ = ("_active", "_frames", "_limits", "_nparts", "_total", "failure", "mode", "parts")
+    __slots__ = (
+        "_active", "_depth", "_frames", "_limits", "_nparts", "_total", "failure", "mode", "parts"
+    )  # fmt: skip
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: MimeStructureCheck) -> None:
         self._limits = limits
+        self._depth = limits.limit if limits.limit is not None else DEPTH_OFF
         self._frames: list[_Frame] = []
         self._active: list[_Frame] = []  # frames whose end-of-input rule is in force
         self._nparts = 0
@@ -183,8 +181,15 @@ class MimeReader:
         """One line, with its line ending. ``whole`` False: ``text`` is only the
         line's start, and ``blank_tail`` says whether the rest was only spaces, tabs
         and the line ending. True when the line was taken by a body part's header."""
-        if not self._frames:
+        frames = self._frames
+        if not frames:
             return False
+        f = frames[-1]
+        if f.stage is Stage.HEADERS and not self._active and _HEADER_LINE.match(text) is not None:
+            # The common case, a header line with no delimiter in force: nothing else
+            # to decide, and the mode stays ALL.
+            self._header_field(f, text, whole)
+            return len(frames) > 1
         cand = text if whole else (text + b"\n" if blank_tail else b"")
         header = self._line(text, whole, cand)
         self._set_mode()
@@ -277,8 +282,8 @@ class MimeReader:
     def _push(self, digest: bool) -> None:
         self._nparts += 1
         limits = self._limits
-        if len(self._frames) > limits.depth:
-            self._fail(f"MIME structure nested deeper than {limits.depth} levels")
+        if len(self._frames) > self._depth:
+            self._fail(f"MIME structure nested deeper than {self._depth} levels")
         elif self._nparts > limits.parts:
             self._fail(f"more than {limits.parts} MIME parts")
         else:
@@ -297,22 +302,27 @@ class MimeReader:
             if not blank and self._frames:
                 self._line(text, whole, cand)
             return False
+        self._header_field(f, text, whole)
+        return len(self._frames) > 1
+
+    def _header_field(self, f: _Frame, text: bytes, whole: bool) -> None:
+        """A line the feedparser takes as a header line (``_HEADER_LINE``)."""
         f.lines += 1
         f.last_from = False
         first = text[0]
         if first == 0x20 or first == 0x09:
             if f.cur is not None:
                 self._keep(f, f.cur, text, whole)
-            return len(self._frames) > 1
-        self._end_field(f)
-        if text.startswith(b"From "):
+            return
+        if f.cur is not None:
+            self._end_field(f)
+        if first == 0x46 and text.startswith(b"From "):
             f.last_from = f.lines > 1
-        else:
+        elif first == 0x43 or first == 0x63:  # only Content-* fields are kept
             colon = text.find(b":")
             if colon > 0 and text[:colon].lower() in _KEPT_FIELDS:
                 f.cur = bytearray()
                 self._keep(f, f.cur, text, whole)
-        return len(self._frames) > 1
 
     def _keep(self, f: _Frame, cur: bytearray, text: bytes, whole: bool) -> None:
         f.size += len(text)
