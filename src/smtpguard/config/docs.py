@@ -106,8 +106,9 @@ percent-encoding, RFC 2047 encoded words); the transfer encoding as written
 them: dot-stuffing removed, and in `normalize` mode after the rewrite.
 
 The reader is bounded by `[checks.mime_structure]`: `limit` is the nesting depth
-(the message is level 0). A message past any bound, or with a part header the
-`email` package cannot decode, gets the `mime_structure` action (event
+(the message is level 0). A message past any bound, with a Content-* field of more
+than 512 `;`, `"`, `(` and `)` (the decoder's work grows with their square), or with a
+part header the `email` package cannot decode, gets the `mime_structure` action (event
 `SG-CHK-MIME-STRUCTURE`, reply `554 5.6.0 Message refused: MIME structure not
 accepted`), never a pass. With `mime_structure` off (`limit = 0`) such a message
 fires every MIME check that is on, each with its own action, and the depth bound
