@@ -120,7 +120,7 @@ class MimeStructureCheck:
     rate: int = 0  # RATE_LIMIT: events that pass per period
     period: float = 60.0
     header_block: int = 8 * 1024  # octets of one part's Content-* fields
-    header_total: int = 256 * 1024  # octets of Content-* fields in one message
+    header_total: int = 1024 * 1024  # octets of Content-* fields in one message
     parts: int = 10_000  # MIME parts (nodes of a client's walk()) in one message
 
     @property
