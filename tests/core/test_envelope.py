@@ -270,3 +270,33 @@ def test_parameters_after_an_unbracketed_path(script: bytes) -> None:
 )
 def test_what_cannot_be_read_is_refused(script: bytes, reply: bytes) -> None:
     _refused(script, RELAY_ONLY_TO_EXAMPLE_NET, reply, "SG-CHK-PATH-SYNTAX", script[:4])
+
+
+@pytest.mark.parametrize(
+    ("patterns", "allow", "rcpt"),
+    [
+        # a deny list naming the A-label: the U-label form is the same domain
+        ((r"^xn--bcher-kva\.example$",), False, "RCPT TO:<a@b\u00fccher.example>"),
+        # an allow list must name both forms: the server routes on the A-label
+        ((r"^b\u00fccher\.example$",), True, "RCPT TO:<a@b\u00fccher.example>"),
+        # no IDNA form at all (an undecodable byte): even a deny list refuses it
+        ((r"^evil\.test$",), False, "RCPT TO:<a@b\udcfcher.example>"),
+    ],
+)
+def test_a_u_label_domain_is_checked_in_both_forms(
+    patterns: tuple[str, ...], allow: bool, rcpt: str
+) -> None:
+    policy = esmtp(recipient_domains=PatternCheck(Verdict.REJECT, patterns, allow=allow))
+    _refused(
+        MAIL + rcpt.encode("utf-8", "surrogateescape") + b"\r\n",
+        policy,
+        b"550 5.7.1 Relay access denied",
+        "SG-CHK-RECIPIENT-DOMAIN",
+        b"RCPT",
+    )
+    both = (r"^b\u00fccher\.example$", r"^xn--bcher-kva\.example$")
+    ok = converse(
+        EHLO + MAIL + "RCPT TO:<a@b\u00fccher.example>\r\nQUIT\r\n".encode(),
+        policy=esmtp(recipient_domains=PatternCheck(Verdict.REJECT, both, allow=True)),
+    )
+    assert b"250 2.1.5 Ok" in ok.replies()
