@@ -266,6 +266,7 @@ def test_parameters_after_an_unbracketed_path(script: bytes) -> None:
         (MAIL + b"RCPT TO:<<victim@evil.test>>\r\n", b"501 5.1.3 Bad recipient address syntax"),
         (MAIL + b"RCPT TO:x<victim@evil.test>\r\n", b"501 5.1.3 Bad recipient address syntax"),
         (MAIL + b"RCPT TO:<victim@evil.test.>\r\n", b"501 5.1.3 Bad recipient address syntax"),
+        (MAIL + b"RCPT TO:<>\r\n", b"501 5.1.3 Bad recipient address syntax"),
     ],
 )
 def test_what_cannot_be_read_is_refused(script: bytes, reply: bytes) -> None:

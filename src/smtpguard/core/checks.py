@@ -172,7 +172,9 @@ def check_rcpt(args: str, checks: Checks, count: int) -> tuple[Finding | None, s
             make_reply(553, f"5.1.3 Recipient address rejected: {bad}").raw,
         ), ""
     path = parse_path(args, "TO")
-    if path is None:  # never forwarded unread: the server may take what we cannot read
+    # Never forwarded unread: the server may take what we cannot read. An empty
+    # forward-path is no recipient at all (RFC 5321 §4.1.1.3).
+    if path is None or not path.mailbox:
         return path_syntax("RCPT TO", "5.1.3 Bad recipient address syntax"), ""
     params = path.params
     why = relay_refused(checks.recipient_domains, path)
