@@ -371,3 +371,51 @@ def test_no_recipient_outside_the_list_reaches_postfix(
         f"\nthrough the gateway: {len(rcpts)} RCPT lines, {len(relayed)} relayed, all to {ALLOWED}"
     )
     assert relayed  # the allowed forms still pass
+
+
+ROUTED = [
+    "victim%evil.test@ok.example",
+    '"victim@evil.test"@ok.example',
+    "evil.test!victim@ok.example",
+    "evil.test!victim",
+]
+
+
+def test_postfix_routes_on_a_domain_inside_the_local_part(tmp_path: Path) -> None:
+    """Why a routed local part is refused while ``recipient_domains`` is on: with the
+    listed domain local to Postfix (mydestination), Postfix delivers all of these to
+    victim@evil.test (allow_percent_hack, resolve_dequoted_address, swap_bangpath are
+    on by default); through the gateway, each gets 550."""
+    with PrivatePostfix(
+        "smtpguard-routed",
+        mydestination="ok.example",
+        myorigin="ok.example",
+        alias_maps="",
+        local_recipient_maps="",
+    ) as pf:
+        for rcpt in ROUTED:
+            c = Client(pf.port)
+            assert c.send("HELO c.example").startswith("250")
+            assert c.send("MAIL FROM:<a@example.org>").startswith("250")
+            assert c.send(f"RCPT TO:<{rcpt}>").startswith("250")
+            assert c.send("DATA").startswith("354")
+            assert c.send("Subject: routed\r\n\r\nhi\r\n.").startswith("250")
+            c.close()
+        log = pf.wait_log(lambda t: t.count("to=<victim@evil.test>") >= len(ROUTED))
+        delivered = [ln for ln in log.splitlines() if "to=<victim@evil.test>" in ln]
+        assert len(delivered) == len(ROUTED), log[-3000:]
+        cfg = tmp_path / "gw.toml"
+        cfg.write_text(
+            "mode = \"esmtp\"\n[checks.recipient_domains]\npatterns = ['^ok\\.example$']\n"
+        )
+        gw = GatewayProcess("--config", str(cfg), "--upstream", pf.address, workdir=tmp_path)
+        try:
+            c = Client(gw.port)
+            assert c.send("HELO c.example").startswith("250")
+            assert c.send("MAIL FROM:<a@example.org>").startswith("250")
+            for rcpt in ROUTED:
+                assert c.send(f"RCPT TO:<{rcpt}>").startswith("550 5.7.1"), rcpt
+            assert c.send("RCPT TO:<victim@ok.example>").startswith("250")
+            c.close()
+        finally:
+            gw.stop()
