@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtpguard.core.message import MessageInspector
-from smtpguard.core.mime import ALL, MimeReader
+from smtpguard.core.mime import ALL, MimeReader, header_line
 from smtpguard.core.policy import (
     Check,
     Checks,
@@ -361,3 +364,31 @@ def test_a_field_the_decoder_would_chew_on_is_refused() -> None:
     run = send(mixed(lines + b"\r\nA\r\n"), esmtp(mime_filename_pattern=EXE))
     assert refused(run, STRUCTURE, "SG-CHK-MIME-STRUCTURE")
     assert any("delimiters" in e.message for e in run.events)
+
+
+_HEADER_RE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # email.feedparser.headerRE
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"From ",
+                b"From",
+                b"Subject",
+                b"X-A",
+                b":",
+                b" ",
+                b"\t",
+                b"\x7f",
+                b"\xe9",
+                b"~",
+                b"\r\n",
+                b"a",
+            ]
+        ),
+        max_size=5,
+    ).map(b"".join)
+)
+def test_header_line_is_the_feedparsers_header_line(line: bytes) -> None:
+    assert header_line(line) == (_HEADER_RE.match(line) is not None)

@@ -46,9 +46,6 @@ from typing import Final
 
 from smtpguard.core.policy import MimeStructureCheck
 
-# The feedparser's header line: a field name and colon, a continuation, or an mbox
-# "From " line (email.feedparser.headerRE, on bytes as BytesParser decodes them).
-_HEADER_LINE: Final = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _NAME_RUN: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]*")
 _KEPT_FIELDS: Final = frozenset(
     {b"content-type", b"content-disposition", b"content-transfer-encoding"}
@@ -63,6 +60,30 @@ FIELD_DELIMITERS: Final = 256
 ALL: Final = 2  # every line is needed
 DASHES: Final = 1  # only lines starting with "--"
 NONE: Final = 0  # no line is needed
+
+
+def header_line(text: bytes) -> bool:
+    """The feedparser's header line (email.feedparser.headerRE on the line as
+    BytesParser decodes it): a continuation, an mbox "From " line, or a field name
+    of printable ASCII but ":" (possibly empty) and a colon. A loop over byte
+    values, native once compiled: a regular expression was a generic call a line."""
+    n = len(text)
+    if n == 0:
+        return False
+    c = text[0]
+    if c == 0x20 or c == 0x09:
+        return True
+    if c == 0x46 and text.startswith(b"From "):
+        return True
+    i = 0
+    while i < n:
+        c = text[i]
+        if c == 0x3A:
+            return True
+        if c < 0x21 or c > 0x7E:
+            return False
+        i += 1
+    return False
 
 
 class Stage(enum.Enum):
@@ -189,7 +210,7 @@ class MimeReader:
         if not frames:
             return False
         f = frames[-1]
-        if f.stage is Stage.HEADERS and not self._active and _HEADER_LINE.match(text) is not None:
+        if f.stage is Stage.HEADERS and not self._active and header_line(text):
             # The common case, a header line with no delimiter in force: nothing else
             # to decide, and the mode stays ALL.
             self._header_field(f, text, whole)
@@ -295,7 +316,7 @@ class MimeReader:
 
     # -- header blocks -----------------------------------------------------------
     def _header_line(self, f: _Frame, text: bytes, whole: bool, cand: bytes) -> bool:
-        if _HEADER_LINE.match(text) is None:
+        if not header_line(text):
             if not whole and _NAME_RUN.fullmatch(text) is not None:
                 self._fail("MIME header line too long to read")
                 return False
@@ -310,7 +331,7 @@ class MimeReader:
         return len(self._frames) > 1
 
     def _header_field(self, f: _Frame, text: bytes, whole: bool) -> None:
-        """A line the feedparser takes as a header line (``_HEADER_LINE``)."""
+        """A line the feedparser takes as a header line (:func:`header_line`)."""
         f.lines += 1
         f.last_from = False
         first = text[0]
