@@ -255,7 +255,8 @@ def ask_postfix(
     seen = re.compile(r"seen-rcpt; from=<(.*?)> to=<(.*)> proto=ESMTP helo=<")
 
     def lines(text: str) -> list[re.Match[str]]:
-        return [m for m in map(seen.search, text.splitlines()) if m and tag in m[0]]
+        # Split on LF only: str.splitlines() also splits at U+0085 inside an address.
+        return [m for m in map(seen.search, text.split("\n")) if m and tag in m[0]]
 
     end = f"from=<{tag}-end@example.org> to=<{tag}-end@{ALLOWED}>"
     found = lines(pf.wait_log(lambda t: end in t, timeout=20))
