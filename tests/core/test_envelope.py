@@ -87,7 +87,7 @@ FORMS = [
     ("TO:<a@b.example>x", "TO", None),
     ("TO:<a@b.example", "TO", None),
     ('TO:"a@b.example', "TO", None),
-    ("TO:<>", "TO", P("", "", "", False)),  # the server refuses an empty RCPT itself
+    ("TO:<>", "TO", P("", "", "", False)),  # read; check_rcpt refuses it (501)
     ("TO:", "TO", None),
     ("TO :<a@b.example>", "TO", None),
     ("FROM:<a@b.example>", "TO", None),
