@@ -10,7 +10,8 @@ another order is the same transaction) and that digest. The session then emits
 stored queue ID or None; only a server 250 to the final dot makes it emit
 :class:`DedupeRecord`, with the queue ID the reply names (or, when it names none,
 the first 16 hex digits of the key, so the answer to a copy still names one entry).
-Addresses are compared as sent, except that the domain is case-insensitive
+Addresses are compared as the server reads them (core/address.py: brackets and
+source route removed, quotes and backslashes removed), the domain case-insensitive
 (RFC 5321 §2.4).
 """
 
