@@ -164,7 +164,7 @@ def big_message(megabytes: int, parts_per_mb: int = 0) -> Iterator[bytes]:
         b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
     )
     attachment = (
-        b"Content-Type: application/octet-stream; name*0=\"part\"; name*1=\"%d.bin\"\r\n"
+        b'Content-Type: application/octet-stream; name*0="part"; name*1="%d.bin"\r\n'
         b"Content-Disposition: attachment;\r\n filename*=utf-8''p%%C3%%A4rt%%20%d.bin\r\n"
         b"Content-Transfer-Encoding: base64\r\n\r\n"
     )
@@ -182,7 +182,7 @@ def big_message(megabytes: int, parts_per_mb: int = 0) -> Iterator[bytes]:
     per_part = line * max(1, lines // parts_per_mb)
     for mb in range(megabytes):
         inner = b"C%d" % mb
-        out = [b"--B\r\nContent-Type: multipart/mixed; boundary=\"" + inner + b"\"\r\n\r\n"]
+        out = [b'--B\r\nContent-Type: multipart/mixed; boundary="' + inner + b'"\r\n\r\n']
         for n in range(parts_per_mb):
             out.append(b"--" + inner + b"\r\n" + attachment % (n, n) + per_part)
         out.append(b"--" + inner + b"--\r\n")

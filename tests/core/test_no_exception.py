@@ -55,10 +55,12 @@ paths = st.one_of(
     st.text(st.sampled_from([*ODD, *'a@.<>"\\ :,']), max_size=20),
 )
 commands = st.one_of(
-    st.tuples(st.sampled_from(["MAIL FROM:", "RCPT TO:", "mail from:", "RCPT TO: "]), paths, params)
-    .map(lambda t: f"{t[0]}{t[1]} {t[2]}".rstrip()),
-    st.tuples(st.sampled_from(["BDAT", "BDAT ", "bdat"]), numbers, st.sampled_from(["", " LAST"]))
-    .map(lambda t: f"{t[0]} {t[1]}{t[2]}"),
+    st.tuples(
+        st.sampled_from(["MAIL FROM:", "RCPT TO:", "mail from:", "RCPT TO: "]), paths, params
+    ).map(lambda t: f"{t[0]}{t[1]} {t[2]}".rstrip()),
+    st.tuples(
+        st.sampled_from(["BDAT", "BDAT ", "bdat"]), numbers, st.sampled_from(["", " LAST"])
+    ).map(lambda t: f"{t[0]} {t[1]}{t[2]}"),
     st.sampled_from(["EHLO c", "HELO c", "RSET", "NOOP", "DATA", "QUIT", "VRFY x", "AUTH PLAIN"]),
     st.text(st.sampled_from([*ODD, "A", "M", " ", ":", "<", ">"]), max_size=12),
 )
@@ -73,9 +75,9 @@ headers = st.lists(
             "Content-Disposition: attachment; filename*=us-ascii'en'%",
             "Content-Transfer-Encoding: ²bit",
             "Content-Type: message/rfc822",
-            "Content-Type: ;;;=\"",
-            "To: ²@x, \"a,b\"@y",
-            " folded; name=\"z\"",
+            'Content-Type: ;;;="',
+            'To: ²@x, "a,b"@y',
+            ' folded; name="z"',
             "--B",
             "--B--",
             "--B  ",
