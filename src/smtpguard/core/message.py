@@ -29,7 +29,6 @@ from smtpguard.core.mime import ALL, DASHES, MimeReader, Part
 from smtpguard.core.policy import Check, Checks, PatternCheck
 
 KEEP: Final = 2048  # octets of a line kept for parsing; the rest is only counted
-FIELD_CAP: Final = 16 * 1024  # unfolded To/Cc field kept for counting
 _NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
 # A line that may be a delimiter: "--", or ".--" before unstuffing. A regex: faster
 # here than bytes.find, which would need two passes.
@@ -63,14 +62,52 @@ def starts_field(line: bytes) -> bool:
     return i < n and line[i] == 0x3A
 
 
-_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+class AddressCount:
+    """Addresses in one To or Cc field, counted as the field streams, line by line,
+    with no cap: the larger of its "@"s and its list entries (commas plus one),
+    each outside quoted strings and comments (RFC 5322 §3.4, §3.2.2). A mail client
+    reads at most that many (a group's members are separated by commas too; an
+    address without a domain has no "@" but is an entry). An upper bound on purpose:
+    a limit is never walked round by writing the list in a form one count misses."""
 
+    __slots__ = ("ats", "commas", "comment", "escape", "quoted", "text")
 
-def _count_addresses(value: str) -> int:
-    # Good enough for a limit: one "@" per address outside quoted strings.
-    if '"' not in value:
-        return value.count("@")
-    return _QUOTED.sub("", value).count("@")
+    def __init__(self) -> None:
+        self.ats = 0
+        self.commas = 0
+        self.comment = 0  # depth of nested comments
+        self.escape = False  # the last character was a backslash
+        self.quoted = False
+        self.text = False  # anything but white space seen
+
+    def feed(self, text: str) -> None:
+        for c in text:
+            if self.escape:
+                self.escape = False
+            elif c == "\\":
+                self.escape = True
+            elif self.quoted:
+                if c == '"':
+                    self.quoted = False
+            elif self.comment:
+                if c == "(":
+                    self.comment += 1
+                elif c == ")":
+                    self.comment -= 1
+            elif c == '"':
+                self.quoted = True
+            elif c == "(":
+                self.comment = 1
+            elif c == "@":
+                self.ats += 1
+            elif c == ",":
+                self.commas += 1
+            if not self.text and c not in " \t":
+                self.text = True
+
+    @property
+    def count(self) -> int:
+        return max(self.ats, self.commas + 1 if self.text else 0)
 
 
 class MessageInspector:
@@ -85,7 +122,8 @@ class MessageInspector:
         self._carry_len = 0  # its true length
         self._blank_tail = True  # what was cut off the carried line was white space
         self._crlf = True  # the last line read ended with CRLF (the next may be stuffed)
-        self._field = ""  # header field being unfolded
+        self._addresses: AddressCount | None = None  # a To/Cc field being counted
+        self._uncounted = False  # a To/Cc line was longer than the part kept of it
         self._header_size = 0
         self._to_cc = 0
         self._fired: set[str] = set()
@@ -267,11 +305,12 @@ class MessageInspector:
             return
         text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
         if text[:1] in (" ", "\t"):
-            if len(self._field) < FIELD_CAP:
-                self._field += " " + text.strip()
+            if self._addresses is not None:
+                self._addresses.feed(text)
+                self._uncounted |= length > len(line)
             return
         self._end_field()
-        self._field = text
+        self._to_cc_field(text, length > len(line))
 
     def _header_line_length(self, length: int) -> None:
         c = self.c
@@ -287,24 +326,39 @@ class MessageInspector:
                 )
             )
 
-    def _end_field(self) -> None:
-        field, self._field = self._field, ""
-        name, sep, value = field.partition(":")
+    def _to_cc_field(self, text: str, cut: bool) -> None:
+        """A field starts: count its addresses if it is To or Cc and the check is on."""
+        if self.c.to_cc_count.limit is None:
+            return
+        name, sep, value = text.partition(":")
         if not sep or name.strip().lower() not in _ADDR_FIELDS:
             return
+        self._addresses = AddressCount()
+        self._addresses.feed(value)
+        self._uncounted = cut
+
+    def _end_field(self) -> None:
+        addresses, self._addresses = self._addresses, None
+        if addresses is None:
+            return
         c = self.c
-        self._to_cc += _count_addresses(value)
-        if over(c.to_cc_count, self._to_cc):
-            self._fire(
-                finding(
-                    "to_cc_count",
-                    "SG-CHK-TO-CC-COUNT",
-                    f"{self._to_cc} addresses in To/Cc (limit {c.to_cc_count.limit})",
-                    c.to_cc_count,
-                    554,
-                    "5.6.0 Message refused: too many To/Cc addresses",
-                )
+        self._to_cc += addresses.count
+        if self._uncounted:  # part of a line was not kept: it may hold more
+            why = f"a To/Cc line over {self._keep} octets: its addresses not counted"
+        elif over(c.to_cc_count, self._to_cc):
+            why = f"{self._to_cc} addresses in To/Cc (limit {c.to_cc_count.limit})"
+        else:
+            return
+        self._fire(
+            finding(
+                "to_cc_count",
+                "SG-CHK-TO-CC-COUNT",
+                why,
+                c.to_cc_count,
+                554,
+                "5.6.0 Message refused: too many To/Cc addresses",
             )
+        )
 
     # -- MIME parts ---------------------------------------------------------------
     def _mime_news(self) -> None:
