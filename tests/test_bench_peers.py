@@ -35,7 +35,10 @@ def test_a_short_run_counts_every_message_at_each_sink() -> None:
             rows = peers.summary(relays, args)
             # 10 + 40 + 3 lock-step + 1 MB warm-up + 1 MB message, all delivered
             assert [r["delivered"] for r in rows.values()] == [55, 55, 55]
-            assert rows["haproxy"]["cpu_us_per_msg"] > 0
+            # CPU is read in clock ticks (10 ms): HAProxy's 50 messages may use less
+            # than one, the gateway's (about 250 us each) several.
+            assert rows["haproxy"]["cpu_us_per_msg"] >= 0
+            assert rows["mailguard-w1"]["cpu_us_per_msg"] > 0
             assert "idle_kib_per_session" in rows["mailguard-w1"]
             assert Path(tmp, "mailguard-w1.log").stat().st_size > 0  # the IMS log is on
             relays[1].sink.expected += 1  # one message more than was sent: a loss

@@ -173,6 +173,23 @@ def test_xclient_not_taken_refuses_the_client(server: type[FakeServer], event: s
     assert b"HELO c" not in h.run.server.received and h.run.replies()[-1] == REFUSED_421
 
 
+class OkXclient(FakeServer):
+    """Older Postfix and smtp-sink answer XCLIENT with 250, not a fresh 220."""
+
+    def answer(self, line: bytes) -> bytes:
+        if line.upper().startswith(b"XCLIENT"):
+            self.xclient.append(line)
+            return b"250 2.0.0 Ok\r\n"
+        return super().answer(line)
+
+
+def test_xclient_answered_with_any_2xx_is_taken() -> None:
+    h = Harness(esmtp(xclient=True), server=OkXclient(), peer=("192.0.2.7", 1)).start()
+    h.client(b"HELO c\r\nMAIL FROM:<a@x.org>\r\n")
+    assert h.run.replies() == [b"220 gw ESMTP", b"250 mx.example.test", b"250 2.1.0 Ok"]
+    assert h.run.server.xclient and not h.run.client_closed
+
+
 def test_xclient_not_taken_refuses_pipelined_input_too() -> None:
     h = Harness(esmtp(xclient=True), server=Unauthorised(), peer=("192.0.2.7", 1), auto=False)
     h.start().release()  # the greeting: the gateway sends EHLO, its reply is held

@@ -218,9 +218,11 @@ class UpstreamLink:
                     return
                 self._plan.remove(Step.XCLIENT)
         elif step is Step.XCLIENT:
-            # Postfix answers XCLIENT with a fresh 220 greeting.
+            # Postfix answers XCLIENT with a fresh 220 greeting, older Postfix and
+            # smtp-sink with 250: any 2xx took the attributes.
             why = f"XCLIENT refused: {reply.code}"
-            if reply.code != 220 and not self._xclient_failed("SG-XCLIENT-FAILED", why):
+            accepted = 200 <= reply.code < 300
+            if not accepted and not self._xclient_failed("SG-XCLIENT-FAILED", why):
                 return
         elif step is Step.REPLAY:
             if not reply.positive:
