@@ -8,6 +8,8 @@ at random segmentations by tests/core/conftest.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -301,3 +303,24 @@ def test_a_u_label_domain_is_checked_in_both_forms(
         policy=esmtp(recipient_domains=PatternCheck(Verdict.REJECT, both, allow=True)),
     )
     assert b"250 2.1.5 Ok" in ok.replies()
+
+
+# The regular expression simple_mailbox() replaced, kept as its reference.
+SIMPLE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*"
+    r"@[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*"
+)
+NEAR = "aZ09!#$%&'*+/=?^_`{|}~-.@\"(),:;<>[\\] \x00\x7f\xe9\u017f\u0131"
+
+
+@given(st.text(st.sampled_from(NEAR), max_size=14), st.text(max_size=3), st.text(max_size=3))
+@example("a@b", "", "")
+@example("a.b-c@d_e.f", "<", "> SIZE=1")
+@example(".a@b", "", "")
+@example("a@b.", "", "")
+@example("a@@b", "", "")
+def test_simple_mailbox_is_the_regular_expression(inside: str, before: str, after: str) -> None:
+    text = before + inside + after
+    start, end = len(before), len(before) + len(inside)
+    want = SIMPLE.fullmatch(text, start, end) is not None
+    assert address.simple_mailbox(text, start, end) is want

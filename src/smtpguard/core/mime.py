@@ -126,12 +126,18 @@ def _header(name: str, value: str) -> BaseHeader:
 _POLICY: Final = email_policy.default.clone(header_factory=_header)
 
 
+# Built once: a frozen dataclass's __init__ is interpreted, and these are the parts
+# of nearly every message.
+_PLAIN: Final = Part("text/plain", None, (), (), None)
+_DIGEST_DEFAULT: Final = Part("message/rfc822", None, (), (), None)
+
+
 def read_fields(fields: tuple[bytes, ...], digest: bool) -> Part:
     """Decode the kept fields of one header block (each with its continuation lines
     and line ends) as ``email`` reads them; ``digest``: the parent is a
     multipart/digest, whose parts default to message/rfc822 (RFC 2046 §5.1.5)."""
-    if not fields:
-        return Part("message/rfc822" if digest else "text/plain", None, (), (), None)
+    if not fields:  # most header blocks: no Content-* field at all
+        return _DIGEST_DEFAULT if digest else _PLAIN
     return _read_fields(fields, digest)
 
 

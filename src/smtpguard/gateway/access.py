@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from smtpguard.core.actions import PolicyEvent
-from smtpguard.core.grammar import ascii_number, make_reply
+from smtpguard.core.grammar import make_reply
 from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
 from smtpguard.state.tasks import TaskSet
 
@@ -324,7 +324,7 @@ def parse_ip(text: str) -> Address | None:
 def peer_ip(peer: str) -> str:
     """The address part of a connection's ``"ip:port"`` peer string."""
     host, sep, port = peer.rpartition(":")
-    return host if sep and ascii_number(port) >= 0 else peer
+    return host if sep and port.isascii() and port.isdigit() else peer
 
 
 def _longest(networks: tuple[Network, ...], ip: Address) -> int:
