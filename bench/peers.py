@@ -11,7 +11,10 @@ Relays, each in front of its own ``smtp-sink``, all started in one run:
   ``auth_http`` request answered by the same nginx with the relay's sink;
 - ``haraka-nN``: Haraka with ``queue/smtp_forward``, ``nodes=N``;
 - ``MODE-wN``: ``smtpguard serve --mode MODE --workers N`` with the default checks
-  and the IMS protocol log on (``--protocol-log``), from ``--gateway-src`` if given.
+  and the IMS protocol log on (``--protocol-log``), from ``--gateway-src`` if given;
+  ``MODE-wN@SRC`` from the source tree SRC instead, so two builds (say, a worktree of
+  an older commit built with ``python3 setup.py build_ext --inplace``) are measured
+  interleaved in one run.
 
 Measured, interleaved over the rounds (the order rotates each round):
 
@@ -77,7 +80,12 @@ DEFAULT_RELAYS = (
     "direct,haproxy,nginx-w1,nginx-w2,haraka-n1,haraka-n2,mailguard-w1,mailguard-w2,esmtp-w2"
 )
 SENDER, RECIPIENT = "bench@example.org", "sink@example.net"
-RELAY_RE = re.compile(r"^(direct|haproxy|nginx-w[1-9]|haraka-n[1-9]|(mailguard|esmtp)-w[1-9])$")
+# MODE-wN@SRC: that smtpguard from another source tree (PYTHONPATH=SRC, e.g. a build
+# made with ``python3 setup.py build_ext --inplace`` in a worktree of an older commit),
+# so two builds are measured interleaved in one run.
+RELAY_RE = re.compile(
+    r"^(direct|haproxy|nginx-w[1-9]|haraka-n[1-9]|(mailguard|esmtp)-w[1-9](@[^,@]+)?)$"
+)
 
 
 # ---------------------------------------------------------------- processes
@@ -289,8 +297,12 @@ def start_smtpguard(
     wrap: list[str],
     no_log: bool = False,
 ) -> Relay:
-    mode, _, workers = name.partition("-w")
-    log = () if no_log else ("--protocol-log", str(workdir / f"{name}.log"))
+    base, _, src = name.partition("@")
+    if src:
+        env = gateway_env(src)
+        build = gateway_build(env)
+    mode, _, workers = base.partition("-w")
+    log = () if no_log else ("--protocol-log", str(workdir / f"{_file(name)}.log"))
     extra = (
         *log,
         "--protocol-log-format",
@@ -304,14 +316,19 @@ def start_smtpguard(
         port = free_port()
         cmd = [sys.executable, "-m", "smtpguard", "serve", "--listen", f"{LOOPBACK}:{port}"]
         cmd += ["--upstream", f"{LOOPBACK}:{sink.port}", "--mode", mode, "--workers", workers]
-        proc = launch([*wrap, *cmd, *extra], port, workdir / f"{name}.err", env=env)
+        proc = launch([*wrap, *cmd, *extra], port, workdir / f"{_file(name)}.err", env=env)
     else:
         proc, port = start_gateway(sink.port, mode, int(workers), env=env, extra=extra)
     return Relay(name, sink, port, proc, f"smtpguard {build}{', no log' if no_log else ''}")
 
 
+def _file(name: str) -> str:
+    """A relay's name as part of a file name (``esmtp-w2@/tmp/old/src``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
 def start_relay(name: str, workdir: Path, args: argparse.Namespace, wrap: list[str]) -> Relay:
-    sink = Sink(workdir, name)
+    sink = Sink(workdir, _file(name))
     try:
         if name == "direct":
             return Relay(name, sink, sink.port, None, "smtp-sink")
@@ -611,7 +628,7 @@ def check_loopback(names: list[str], workdir: Path, args: argparse.Namespace) ->
     for name in names:
         if name == "direct":
             continue
-        trace = workdir / f"{name}.strace"
+        trace = workdir / f"{_file(name)}.strace"
         wrap = [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace)]
         relay = start_relay(name, workdir, args, wrap)
         try:
