@@ -10,6 +10,8 @@ import pytest
 from smtpguard.cli import build_parser
 from smtpguard.config.load import ConfigError, load
 from smtpguard.gateway.cli import overrides
+from tests.gateway.test_serve_config import Serve
+from tests.peers import SmtpSink
 
 
 def test_off_by_default() -> None:
@@ -37,3 +39,20 @@ def test_the_serve_flag_overrides_the_file(tmp_path: Path) -> None:
     assert load(str(path), overrides(args)).policy.xclient_fail_open
     plain = build_parser().parse_args(["serve"])
     assert not load(str(path), overrides(plain)).policy.xclient_fail_open
+
+
+def test_a_reload_that_turns_it_on_warns(tmp_path: Path) -> None:
+    """The start-up block warns about xclient_fail_open; a SIGHUP that turns it on
+    logs the same warning."""
+    sink = SmtpSink(tmp_path)
+    base = f'xclient = true\n[gateway]\nupstream = "{sink.address}"\n'
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(base)
+    g = Serve(cfg)
+    try:
+        assert not [ln for ln in g.lines if "mynetworks" in ln]
+        hits = g.reload("xclient_fail_open = true\n" + base, "xclient_fail_open = true")
+        assert "mynetworks" in hits[0] and "WARNING" in hits[0]
+    finally:
+        g.stop()
+        sink.stop()

@@ -517,6 +517,8 @@ def _reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Ca
         _reload_tls(gateway, new)  # ConfigError too: nothing was changed yet
         # smtpguard's own logger: it has its own level and does not propagate.
         logging.getLogger(LOGGER).setLevel(effective_log_level(new, sys.stderr.isatty()).upper())
+        if new.policy.xclient and new.policy.xclient_fail_open:  # as the start-up block says
+            logging.getLogger(LOGGER).warning(fail_open_warning())
         ignored = tuple(k for k in fixed if getattr(new, k) != getattr(first, k))
         if new.tls.implicit_listen != first.tls.implicit_listen:
             ignored += ("tls.implicit_listen",)
@@ -702,6 +704,12 @@ XCLIENT_FAIL_OPEN_WARNING = [
     "                client could relay. Keep the gateway out of mynetworks, or turn",
     "                xclient_fail_open off (the client then gets 421 4.7.0)",
 ]
+
+
+def fail_open_warning() -> str:
+    """XCLIENT_FAIL_OPEN_WARNING as one log line (a reload that turns it on)."""
+    text = " ".join(line.strip() for line in XCLIENT_FAIL_OPEN_WARNING)
+    return text.removeprefix("WARNING").strip()
 
 
 def _print_banner(
