@@ -68,7 +68,9 @@ class AddressCount:
     each outside quoted strings and comments (RFC 5322 §3.4, §3.2.2). A mail client
     reads at most that many (a group's members are separated by commas too; an
     address without a domain has no "@" but is an entry). An upper bound on purpose:
-    a limit is never walked round by writing the list in a form one count misses."""
+    a limit is never walked round by writing the list in a form one count misses.
+    (Python's ``email`` also splits at a comma decoded from an RFC 2047 encoded word;
+    RFC 2047 §6.2 decodes only after the field is parsed, so this count does not.)"""
 
     __slots__ = ("ats", "commas", "comment", "escape", "quoted", "text")
 
