@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from smtpguard.core.address import EnvelopePath, parse_path
 from smtpguard.core.grammar import ascii_number, ascii_upper, make_reply
-from smtpguard.core.policy import Check, Checks, PatternCheck, Verdict
+from smtpguard.core.policy import Check, Checks, MimeStructureCheck, PatternCheck, Verdict
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f|]")
 
@@ -41,7 +41,15 @@ def over(check: Check, value: int) -> bool:
     return check.limit is not None and value > check.limit
 
 
-def finding(name: str, event_id: str, message: str, check: Check, code: int, text: str) -> Finding:
+def finding(
+    name: str,
+    event_id: str,
+    message: str,
+    check: Check | PatternCheck | MimeStructureCheck,
+    code: int,
+    text: str,
+) -> Finding:
+    """The finding of ``check``: its action and rate, and the reply a reject sends."""
     return Finding(
         name, event_id, message, check.action, make_reply(code, text).raw, check.rate, check.period
     )
@@ -64,14 +72,6 @@ def pattern_fires(check: PatternCheck, value: str) -> bool:
         return False
     hit = any(p.search(value) for p in _compiled(check.patterns))
     return hit != check.allow
-
-
-def pattern_finding(
-    name: str, event_id: str, message: str, check: PatternCheck, code: int, text: str
-) -> Finding:
-    return Finding(
-        name, event_id, message, check.action, make_reply(code, text).raw, check.rate, check.period
-    )
 
 
 def special_characters(args: str) -> str | None:
@@ -122,7 +122,7 @@ def check_mail(args: str, checks: Checks) -> tuple[Finding | None, str, str]:
         )
     if pattern_fires(checks.sender_pattern, addr):
         return (
-            pattern_finding(
+            finding(
                 "sender_pattern",
                 "SG-CHK-SENDER-PATTERN",
                 f"sender <{addr}> matches the sender patterns",
@@ -179,7 +179,7 @@ def check_rcpt(args: str, checks: Checks, count: int) -> tuple[Finding | None, s
     params = path.params
     why = relay_refused(checks.recipient_domains, path)
     if why is not None:
-        return pattern_finding(
+        return finding(
             "recipient_domains",
             "SG-CHK-RECIPIENT-DOMAIN",
             why,

@@ -22,9 +22,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from smtpguard.core.checks import Finding, finding, octets, over, pattern_finding, pattern_fires
+from smtpguard.core.checks import Finding, finding, octets, over, pattern_fires
 from smtpguard.core.data import Normalizer
-from smtpguard.core.grammar import make_reply
 from smtpguard.core.mime import ALL, DASHES, MimeReader, Part
 from smtpguard.core.policy import Check, Checks, PatternCheck
 
@@ -60,6 +59,10 @@ def starts_field(line: bytes) -> bool:
     while i < n and (line[i] == 0x20 or line[i] == 0x09):
         i += 1
     return i < n and line[i] == 0x3A
+
+
+def _text(line: bytes) -> str:
+    return line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
 
 
 class AddressCount:
@@ -131,12 +134,7 @@ class MessageInspector:
         self._fired: set[str] = set()
         self._out: list[Finding] = []
         self._normalizer = Normalizer() if normalize else None
-        on = (
-            checks.mime_filename_length.limit is not None
-            or bool(checks.mime_filename_pattern.patterns)
-            or bool(checks.mime_type_pattern.patterns)
-            or bool(checks.transfer_encoding_pattern.patterns)
-        )  # one of _mime_checks() is on
+        on = any(check.enabled for _name, _event, check in _mime_checks(checks))
         self._mime: MimeReader | None = MimeReader(checks.mime_structure) if on else None
         self._keep = max(KEEP, checks.mime_structure.header_block + 2)
         self.parts: list[Part] | None = [] if record else None
@@ -305,14 +303,14 @@ class MessageInspector:
             self._end_field()
             self._header = False
             return
-        text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        if text[:1] in (" ", "\t"):
+        if first == 0x20 or first == 0x09:  # a continuation line
             if self._addresses is not None:
-                self._addresses.feed(text)
+                self._addresses.feed(_text(line))
                 self._uncounted |= length > len(line)
             return
         self._end_field()
-        self._to_cc_field(text, length > len(line))
+        if c.to_cc_count.limit is not None:  # the only check that reads a field's text
+            self._to_cc_field(_text(line), length > len(line))
 
     def _header_line_length(self, length: int) -> None:
         c = self.c
@@ -329,9 +327,7 @@ class MessageInspector:
             )
 
     def _to_cc_field(self, text: str, cut: bool) -> None:
-        """A field starts: count its addresses if it is To or Cc and the check is on."""
-        if self.c.to_cc_count.limit is None:
-            return
+        """A field starts: count its addresses if it is To or Cc."""
         name, sep, value = text.partition(":")
         if not sep or name.strip().lower() not in _ADDR_FIELDS:
             return
@@ -382,7 +378,7 @@ class MessageInspector:
         ctype = part.content_type
         if pattern_fires(c.mime_type_pattern, ctype):
             self._fire(
-                pattern_finding(
+                finding(
                     "mime_type_pattern",
                     "SG-CHK-MIME-TYPE",
                     f"MIME part of type {ctype}",
@@ -394,7 +390,7 @@ class MessageInspector:
         for enc in part.transfer_encodings:
             if pattern_fires(c.transfer_encoding_pattern, enc):
                 self._fire(
-                    pattern_finding(
+                    finding(
                         "transfer_encoding_pattern",
                         "SG-CHK-TRANSFER-ENCODING",
                         f"transfer encoding {enc}",
@@ -422,7 +418,7 @@ class MessageInspector:
             )
         if pattern_fires(c.mime_filename_pattern, name):
             self._fire(
-                pattern_finding(
+                finding(
                     "mime_filename_pattern",
                     "SG-CHK-MIME-FILENAME",
                     f"attachment {name!r} matches the file name patterns",
@@ -438,24 +434,14 @@ class MessageInspector:
         self.refused = why
         c = self.c
         s = c.mime_structure
-        reply = make_reply(554, "5.6.0 Message refused: MIME structure not accepted").raw
+        text = "5.6.0 Message refused: MIME structure not accepted"
         if s.enabled:
-            event = "SG-CHK-MIME-STRUCTURE"
-            self._fire(Finding("mime_structure", event, why, s.action, reply, s.rate, s.period))
+            self._fire(finding("mime_structure", "SG-CHK-MIME-STRUCTURE", why, s, 554, text))
             return
         for name, event_id, check in _mime_checks(c):
             if check.enabled:
-                self._fire(
-                    Finding(
-                        name,
-                        event_id,
-                        f"{why}: MIME parts not checked",
-                        check.action,
-                        reply,
-                        check.rate,
-                        check.period,
-                    )
-                )
+                message = f"{why}: MIME parts not checked"
+                self._fire(finding(name, event_id, message, check, 554, text))
 
     def _fire(self, f: Finding) -> None:
         if f.check not in self._fired:
