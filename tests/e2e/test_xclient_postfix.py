@@ -176,15 +176,21 @@ def _proxied_message(port: int, header: bytes) -> list[bytes]:
 PROXIED = b"PROXY TCP6 2001:db8::7 2001:db8::25 40000 25\r\n"
 
 
+def _through_gateway(pf: PrivatePostfix, tmp_path: Path, header: bytes) -> list[bytes]:
+    """``_proxied_message`` through a gateway (esmtp, XCLIENT, PROXY from loopback)
+    in front of ``pf``."""
+    args = ("--upstream", pf.address, "--mode", "esmtp", "--xclient")
+    gw = GatewayProcess(*args, "--proxy-from", f"{LOOPBACK}/32", workdir=tmp_path)
+    try:
+        return _proxied_message(gw.port, header)
+    finally:
+        gw.stop()
+
+
 def test_a_proxied_ipv6_client_is_the_client_postfix_sees(tmp_path: Path) -> None:
     settings = {"smtpd_authorized_xclient_hosts": LOOPBACK, "inet_protocols": "all"}
     with PrivatePostfix(**settings) as pf:
-        args = ("--upstream", pf.address, "--mode", "esmtp", "--xclient")
-        gw = GatewayProcess(*args, "--proxy-from", f"{LOOPBACK}/32", workdir=tmp_path)
-        try:
-            replies = _proxied_message(gw.port, PROXIED)
-        finally:
-            gw.stop()
+        replies = _through_gateway(pf, tmp_path, PROXIED)
         assert [r[:3] for r in replies] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
         text = pf.wait_log(lambda t: ": client=" in t, 15)
         assert "client=unknown[2001:db8::7]" in text, text[-3000:]
@@ -194,12 +200,7 @@ def test_a_proxied_ipv6_client_to_an_ipv4_only_postfix_gets_421(tmp_path: Path) 
     """Postfix refuses an IPv6 ADDR unless inet_protocols includes ipv6 (501 5.5.4
     Bad ADDR syntax): the client is refused, not relayed as the gateway."""
     with PrivatePostfix(smtpd_authorized_xclient_hosts=LOOPBACK) as pf:  # ipv4 only
-        args = ("--upstream", pf.address, "--mode", "esmtp", "--xclient")
-        gw = GatewayProcess(*args, "--proxy-from", f"{LOOPBACK}/32", workdir=tmp_path)
-        try:
-            replies = _proxied_message(gw.port, PROXIED)
-        finally:
-            gw.stop()
+        replies = _through_gateway(pf, tmp_path, PROXIED)
         assert replies[0][:3] == b"220" and replies[1] == REFUSED_421, replies
         text = pf.wait_log(lambda t: " xclient=0/1 " in t, 15)  # its 501 to the gateway
         assert ": client=" not in text and "rcpt=" not in text, text
