@@ -34,7 +34,6 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import count
 from typing import Any, Protocol, cast
 
 from mypy_extensions import mypyc_attr
@@ -46,6 +45,7 @@ from smtpguard.core.session import Session
 from smtpguard.gateway.access import AccessControl, AccessPolicy, SharedLimits, parse_ip, peer_ip
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.sessionid import SessionIds
 from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
@@ -147,7 +147,7 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Conn] = set()
         self.stats = Stats()
-        self._ids = count(1)
+        self._ids = SessionIds()
         self._server: asyncio.AbstractServer | None = None
         self._tls_server: asyncio.AbstractServer | None = None
         self._connects: set[asyncio.Task[Any]] = set()
@@ -163,7 +163,7 @@ class Gateway:
         self.metrics.flush()
 
     def next_session_id(self) -> str:
-        return f"{next(self._ids):08x}"
+        return self._ids.next()
 
     async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
         """Listen (on ``sock`` if given); returns the bound address."""
