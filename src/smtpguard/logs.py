@@ -149,6 +149,11 @@ class ImsLog(_Writer):
     def policy(self, sid: str, ev: PolicyEvent) -> None:
         pass  # not part of the IMS layout; see the application log or jsonl
 
+    def note(self, sid: str, text: str) -> None:
+        """A free-text entry of the session (IMS logged "The connection was closed"
+        and its own remarks this way; logscan skips entries it does not know)."""
+        self._line(sid, text)
+
     def disconnect(self, sid: str) -> None:
         self._write(sid)
 
