@@ -139,7 +139,8 @@ class Scanner:
                     self.result.files.append(FileStats(src.display, "empty", 0, 0, 0, 0))
                     return
                 raise FormatError(
-                    f"{src.display}: cannot tell the log format; name it with --format"
+                    f"{src.display}: cannot tell the log format: "
+                    f"{formats.explain([raw for _, raw in head])}"
                 )
             fmt = detected
         module = self._registry[fmt]
@@ -184,7 +185,8 @@ class Scanner:
             named = "" if self.options.format == "auto" else " (named with --format)"
             raise FormatError(
                 f"{src.display}: none of its {src.lines_read:,} lines reads as the "
-                f"{fmt} format{named}; nothing was scanned"
+                f"{fmt} format{named}; nothing was scanned: "
+                f"{formats.explain([raw for _, raw in head], fmt)}"
             )
         self.result.files.append(
             FileStats(

@@ -54,9 +54,21 @@ _STAMP = (
     rb"([A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?"
     rb"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
 )
+# The programs of a Postfix system as they name themselves in the log, after its
+# syslog_name (postfix(1) "syslog_name"; master.cf "-o syslog_name=postfix/$service_name"
+# and multi-instance names add more "/"-parts before them). Any NAME/program with one
+# of these is Postfix's, whatever the NAME; a NAME that starts with "postfix" takes any.
+PROGRAMS = frozenset(
+    b"""anvil bounce cleanup discard dnsblog error flush lmtp local master oqmgr pickup
+    pipe postdrop postfix-script postlogd postmap postmulti postqueue postscreen postsuper
+    proxymap qmgr qmqpd scache sendmail showq smtp smtpd spawn tlsmgr tlsproxy
+    trivial-rewrite verify virtual""".split()
+)
 # Possessive quantifiers: a line that is not Postfix's fails without backtracking.
+# Groups: 1 stamp, 2 the program name's path ("postfix/", "mx-in/", "postfix/10025/",
+# host included before it, for session keys), 3 program, 4 pid, 5 queue id.
 _HEAD = re.compile(
-    _STAMP + rb" \S++ postfix[\w.-]*+/(?:[\w.-]++/)?([\w-]++)\[(\d++)\]: "
+    _STAMP + rb" (\S++ (?:[\w.-]++/)++)([\w-]++)\[(\d++)\]: "
     # Queue id: short (hex) or long (enable_long_queue_ids, base 52 without vowels).
     rb"(?:([0-9A-F]{6,}+|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}+): )?"
 )
@@ -129,7 +141,19 @@ class _Queued:
 
 
 def sniff(lines: list[bytes]) -> int:
-    return sum(3 for raw in lines if _HEAD.match(raw))
+    score = 0
+    for raw in lines:
+        m = _HEAD.match(raw)
+        if m is not None and _is_postfix(raw, m):
+            score += 3
+    return score
+
+
+def _is_postfix(raw: bytes, m: re.Match[bytes]) -> bool:
+    """A Postfix program, under any syslog_name (see PROGRAMS)."""
+    if m.group(3) in PROGRAMS:
+        return True
+    return raw.startswith(b"postfix", raw.index(b" ", m.start(2)) + 1)
 
 
 def _s(b: bytes) -> str:
@@ -137,8 +161,9 @@ def _s(b: bytes) -> str:
 
 
 def _session(raw: bytes, m: re.Match[bytes]) -> str:
-    """``smtpd[2117]``: daemon and pid are adjacent in the line."""
-    return _s(raw[m.start(2) : m.end(3) + 1])
+    """``postfix/smtpd[2117]``, ``mx-in/smtpd[2117]``: the program's full name and pid,
+    as adjacent in the line (the host before them is left out)."""
+    return _s(raw[raw.index(b" ", m.start(2)) + 1 : m.end(4) + 1])
 
 
 def _time(clock: SyslogClock, stamp: bytes) -> datetime | None:
@@ -152,6 +177,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
     stats = ctx.stats
     clock = SyslogClock(ctx.year)
     head = _HEAD.match
+    programs = PROGRAMS
     known = _KNOWN.match
     stamp_key = b"\0"  # never a prefix of a line the regex matched
     minute = b""  # the last classic stamp's minute, and its time
@@ -165,13 +191,13 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
     try:
         for no, raw in lines:
             m = head(raw)
-            if m is None:
+            if m is None or (m.group(3) not in programs and not _is_postfix(raw, m)):
                 if _OTHER.match(raw):
                     other += 1
                 elif raw.strip():
                     unknown += 1
                 continue
-            if not raw.startswith(stamp_key):  # the previous line's stamp and host
+            if not raw.startswith(stamp_key):  # the previous line's stamp
                 stamp_key = raw[: m.start(2)]
                 stamp = m.group(1)
                 # A new second of the same minute (classic stamps): no full parse.
@@ -183,10 +209,12 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                         minute, minute_time = stamp[:12], time
                     else:
                         minute_time = None
-            daemon, qid = m.group(2, 4)
+            daemon, qid = m.group(3, 5)
             pos = m.end()
             if daemon == b"smtpd":
-                key = m.group(3)  # the smtpd process id: one session at a time
+                # One smtpd process holds one session at a time and its pid is reused
+                # only after it exits; host and program name keep instances apart.
+                key = raw[m.start(2) : m.end(4)]
                 if qid is None:
                     if raw.startswith(b"connect from ", pos):
                         sessions += 1
@@ -253,7 +281,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 if daemon == b"smtp" and raw.startswith(b"enabling PIX", pos):
                     p = _PIX.match(raw, pos)
                     if p is not None:
-                        yield _pix(no, time, _s(raw[m.start(2) : m.end(3) + 1]), b"", p)
+                        yield _pix(no, time, _session(raw, m), b"", p)
                         continue
                 if known(raw, pos) is None:
                     unknown += 1
@@ -308,7 +336,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 if not stalled and status != b"sent":
                     continue
                 session, relay = _session(raw, m), _s(t.group(2))
-                attempt = raw[m.start(2) : m.end(4)]  # b"smtp[2140]: 4Tq1pS2Wb0z9rKD"
+                attempt = raw[m.start(2) : m.end(5)]  # b"mx postfix/smtp[2140]: 4Tq1pS2W…"
                 if stalled and attempt != last_stall:  # one finding per attempt, not per rcpt
                     last_stall = attempt
                     yield _stall_out(no, time, session, relay, qid)
