@@ -9,7 +9,15 @@ after end of data`` or ``closed connection in response to end of data`` is a sta
 a reply after the end of data (``SMTP error … after end of data: 451 …``) is not.
 Deliveries come from ``<=`` arrivals over SMTP (``H=``, ``S=`` size, ``id=``
 Message-ID) completed by the ``=>``/``->`` recipient lines and ``Completed``.
-Sessions are the distinct ``Ci=`` connection ids (Exim logs no other session id).
+Sessions: Exim logs no session id but ``Ci=`` (4.92+: the connection's process id), so
+a line with ``Ci=`` counts its id once. Without it, a session shows by the one line
+Exim writes when it ends: ``SMTP connection from … closed by QUIT``/``lost``/``closed by
+DROP in ACL`` (``+smtp_connection``), ``no MAIL in SMTP connection from``, ``SMTP call
+from … dropped``, an SMTP command or data timeout, an unexpected disconnection, a
+synchronization error's ``rejected connection``, a connect ACL's drop or rejection; and
+with ``+smtp_connection`` by the line it writes when it begins (``SMTP connection from
+… (TCP/IP connection count = N)``). A begin and an end from the same address are one
+session: an end line counts only when no begin from that address is still open.
 Lines may carry a ``[pid]`` prefix, a syslog prefix (``host exim[pid]:``) before or
 after the stamp.
 """
@@ -42,6 +50,17 @@ _STALL_IN = re.compile(
     rb"SMTP (?:data timeout \(message abandoned\) on connection from (.*?\])"
     rb"|connection (?:Ci=\S+ )?from (.*?\](?::\d+)?).*? lost while reading message data)"
 )
+# The line that begins a session (log_selector +smtp_connection) and those that end one.
+_SESSION_START = re.compile(rb"SMTP connection (?:Ci=\S+ )?from .*\(TCP/IP connection count = \d+")
+_SESSION_END = re.compile(
+    rb"(?:SMTP connection (?:Ci=\S+ )?from |no MAIL in SMTP connection from |SMTP call from "
+    rb"|SMTP (?:command|data) timeout |unexpected disconnection while reading SMTP command"
+    rb"|SMTP protocol synchronization error .*?rejected connection from "
+    rb"|H=.*? (?:rejected connection in|dropped by) [\"']connect[\"'] ACL)"
+)
+_ADDRESS = re.compile(rb"\[([0-9A-Fa-f:.]+)\]")
+# Addresses with a begun session whose end line has not come yet.
+MAX_OPEN_ADDRESSES = 100_000
 _STALL_OUT = re.compile(rb"timeout after end of data|closed connection in response to end of data")
 # What else Exim writes that this parser reads past on purpose (docs/logscan.md).
 _KNOWN = re.compile(
@@ -101,6 +120,7 @@ def _time(m: re.Match[bytes]) -> datetime | None:
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
     stats = ctx.stats
     connections = RecentIds()
+    begun: dict[bytes, int] = {}  # address → sessions begun and not yet ended (no Ci=)
     pending: dict[bytes, _Arrival] = {}
     for no, raw in lines:
         h = _HEAD.match(raw)
@@ -115,6 +135,8 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             stats.sessions += 1
         m = _MSG.match(raw, h.end())
         if m is None:
+            if ci is None:
+                stats.sessions += _session_edge(raw, h.end(), begun)
             s = _STALL_IN.search(raw, h.end())
             if s is not None:
                 peer = _s(s.group(1) or s.group(2))
@@ -176,6 +198,28 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 yield _delivered(a_)
     for a in pending.values():
         yield _delivered(a)
+
+
+def _session_edge(raw: bytes, pos: int, begun: dict[bytes, int]) -> int:
+    """1 when the line (without ``Ci=``) begins a session, or ends one whose begin was
+    not seen; else 0 (see the module docstring)."""
+    id_ = _MSG_ID.match(raw, pos)
+    if id_ is not None:
+        pos = id_.end()
+    end = _SESSION_END.match(raw, pos)
+    if end is None:
+        return 0
+    a = _ADDRESS.search(raw, end.end())
+    address = a.group(1) if a is not None else b"local"
+    if _SESSION_START.match(raw, pos):
+        if address not in begun and len(begun) >= MAX_OPEN_ADDRESSES:
+            del begun[next(iter(begun))]
+        begun[address] = begun.get(address, 0) + 1
+        return 1
+    n = begun.pop(address, 0)
+    if n > 1:
+        begun[address] = n - 1
+    return 0 if n else 1
 
 
 def _rcpt(rest: bytes) -> str:
