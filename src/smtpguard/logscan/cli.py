@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from smtpguard.cli import CliError
 
     from . import report_json, report_text
+    from .correlate import gateway_first
     from .scan import Options, Scanner
     from .source import InputError, Source
     from .timefmt import parse_duration, parse_user_time
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     scanner = Scanner(options, on_progress=progress.update if progress else None)
     errors: list[str] = []
     try:
-        for name in args.files:
+        for name in gateway_first(args.files):  # a server log is then read knowingly
             try:
                 src = Source(name)
             except InputError as exc:

@@ -19,12 +19,24 @@ seen is past its window, or when the index is full. Memory is thus bounded by
 Every delivery goes through :meth:`DuplicateIndex.add` and almost none is a
 duplicate, so the descriptive text and the :class:`Copy` records are only built
 when a group is reported.
+
+Loopback: nothing is set aside for its address alone (a server behind a gateway
+without XCLIENT sees every client as 127.0.0.1, and must still find duplicates).
+What is set aside, and counted by reason in :attr:`DuplicateIndex.set_aside`:
+
+* ``loopback_relay``: a copy *sent* to a relay on loopback — the hand-off to a
+  content filter (Postfix ``relay=127.0.0.1[127.0.0.1]:10024``) or to a local
+  gateway — is not a delivery to the destination;
+* ``content_filter_reinjection``: a copy *received* from loopback of a message (same
+  Message-ID) that was handed to such a relay: the filter re-injecting it (Postfix's
+  second smtpd on 127.0.0.1:10025), one per hand-off. Decided when the group is
+  flushed, so the hand-off may be logged before or after the re-injected copy.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
@@ -37,6 +49,10 @@ DEFAULT_MAX_GROUPS = 200_000
 # Copies kept per group for the report; the count goes on past it.
 MAX_COPIES = 50
 MAX_PEERS_CACHED = 10_000
+# Messages remembered as handed to a loopback relay (content filter), oldest forgotten.
+MAX_HANDOFFS = 200_000
+LOOPBACK_RELAY = "loopback_relay"
+REINJECTION = "content_filter_reinjection"
 _NONE: tuple[Finding, ...] = ()
 _SENDING = Side.SENDING
 
@@ -46,7 +62,7 @@ _CopyAt = tuple[str, int, datetime, str, bool, datetime | None, datetime | None]
 
 
 class _Group:
-    __slots__ = ("count", "digest", "file", "first", "more", "opened", "stalled", "weak")
+    __slots__ = ("count", "digest", "file", "first", "loop", "more", "opened", "stalled", "weak")
 
     def __init__(
         self, digest: str, file: str, first: Delivered, opened: datetime, weak: bool
@@ -59,13 +75,20 @@ class _Group:
         self.more: list[_CopyAt] | None = None  # the other copies, once there are any
         self.count = 1
         self.stalled = int(first.stalled)
+        self.loop = 0  # copies received from loopback
 
-    def copies(self) -> list[Copy]:
-        """Every copy kept, in time order."""
+    def copies(self, drop_loopback: int = 0) -> list[Copy]:
+        """Every copy kept, in time order; the last ``drop_loopback`` copies from
+        loopback left out (content-filter re-injections come after their original)."""
         d = self.first
         first = Copy(self.file, d.line, d.time, d.peer, d.stalled, d.start, d.end)
         out = [first, *(Copy(*c) for c in self.more or ())]
         out.sort(key=lambda c: (c.time or datetime.min, c.file, c.line))
+        if drop_loopback:
+            for i in range(len(out) - 1, -1, -1):
+                if drop_loopback and rules.is_loopback(out[i].peer):
+                    del out[i]
+                    drop_loopback -= 1
         return out
 
 
@@ -82,6 +105,12 @@ class DuplicateIndex:
         self.deliveries = 0
         self.evicted_early = 0
         self._loopback: dict[str, bool] = {}  # peer → is it loopback (peers repeat)
+        # Message-ID → queue files handed to a loopback relay, not yet paired with a
+        # re-injected copy; and the (Message-ID, queue file) pairs already counted.
+        self._handoffs: dict[str, int] = {}
+        self._handed: dict[tuple[str, str], None] = {}
+        self.set_aside: Counter[str] = Counter()  # copies not indexed, by reason
+        self.loopback_counted = 0  # copies from loopback indexed as ordinary copies
 
     def add(self, file: str, d: Delivered) -> Sequence[Finding]:
         """Index one copy; returns the findings of the groups it closed (usually none)."""
@@ -93,7 +122,8 @@ class DuplicateIndex:
             if len(self._loopback) >= MAX_PEERS_CACHED:
                 self._loopback.clear()
             loop = self._loopback[d.peer] = rules.is_loopback(d.peer)
-        if loop:
+        if loop and d.side is _SENDING:
+            self._handoff(d)
             return _NONE
         self.deliveries += 1
         out: Sequence[Finding] = _NONE
@@ -117,12 +147,14 @@ class DuplicateIndex:
                 self.evicted_early += 1
                 out = [*out, *self._report(self._pop_oldest())]
             g = groups[digest] = _Group(digest, file, d, t, weak)
+            g.loop = int(loop)
             self._order.append(g)
             if len(self._order) > 2 * self.max_groups:  # replaced groups, out-of-order times
                 self._order = deque(x for x in self._order if groups.get(x.digest) is x)
             return out
         g.count += 1
         g.stalled += d.stalled
+        g.loop += loop
         if g.more is None:
             g.more = []
         if len(g.more) < MAX_COPIES - 1:
@@ -138,6 +170,34 @@ class DuplicateIndex:
     @property
     def size(self) -> int:
         return len(self._groups)
+
+    def _handoff(self, d: Delivered) -> None:
+        """A copy sent to a relay on loopback: set aside, remembered for its message."""
+        self.set_aside[LOOPBACK_RELAY] += 1
+        mid = d.message_id
+        if not mid:
+            return
+        key = (mid, d.queue_id or d.session)
+        handed = self._handed
+        if key in handed:  # another recipient of the same hand-off
+            return
+        if len(handed) >= MAX_HANDOFFS:
+            del handed[next(iter(handed))]
+        handed[key] = None
+        handoffs = self._handoffs
+        if mid not in handoffs and len(handoffs) >= MAX_HANDOFFS:
+            del handoffs[next(iter(handoffs))]
+        handoffs[mid] = handoffs.get(mid, 0) + 1
+
+    def _reinjected(self, g: _Group) -> int:
+        """How many of the group's loopback copies a content filter re-injected."""
+        mid = g.first.message_id
+        if not g.loop or not mid:
+            return 0
+        n = self._handoffs.pop(mid, 0)
+        if n > g.loop:
+            self._handoffs[mid] = n - g.loop
+        return min(n, g.loop)
 
     def _pop_oldest(self) -> _Group:
         groups, order = self._groups, self._order
@@ -163,10 +223,16 @@ class DuplicateIndex:
         return out
 
     def _report(self, g: _Group) -> Sequence[Finding]:
-        if g.count < 2 or (g.weak and not g.stalled):
+        reinjected = self._reinjected(g)
+        if reinjected:
+            self.set_aside[REINJECTION] += reinjected
+            self.deliveries -= reinjected
+        self.loopback_counted += g.loop - reinjected
+        count = g.count - reinjected
+        if count < 2 or (g.weak and not g.stalled):
             return _NONE
         desc = _describe(g.first)
-        copies = g.copies()
+        copies = g.copies(reinjected)
         first = copies[0]
         parts = []
         prev: datetime | None = None
@@ -176,11 +242,16 @@ class DuplicateIndex:
             gap = f" ({human_delta(began - prev)})" if prev and began else ""
             parts.append(f"{when}{gap} {c.file}:{c.line}")
             prev = began
-        more = f" and {g.count - len(copies)} more" if g.count > len(copies) else ""
+        more = f" and {count - len(copies)} more" if count > len(copies) else ""
         stalled = f", {g.stalled} of them without a final reply" if g.stalled else ""
         hint = _interval_hint(copies, g.stalled)
+        if reinjected:
+            hint += (
+                f" ({reinjected} more cop{'y' if reinjected == 1 else 'ies'} from loopback "
+                f"set aside: the content filter re-injecting it.)"
+            )
         detail = (
-            f"{desc} reached the end of data {g.count} times within the window{stalled}: "
+            f"{desc} reached the end of data {count} times within the window{stalled}: "
             f"{'; '.join(parts)}{more}.{hint}"
         )
         peers = sorted({c.peer for c in copies if c.peer})

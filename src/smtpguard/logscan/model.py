@@ -34,6 +34,12 @@ class Kind(enum.StrEnum):
     PIX_WORKAROUND = "pix_workaround"
     SUPPRESSED = "suppressed_copy"  # a re-sent copy smtpguard's [dedupe] answered itself
     PIX_REWRITE = "pix_rewrite"
+    # A server-side loss in DATA that the gateway's own log explains: it refused the
+    # message, or suppressed a re-sent copy, and aborted its upstream on purpose.
+    GATEWAY_ABORT = "gateway_abort"
+    # The end of data reached the server and it accepted the message, but only after
+    # the client side had given up: a slow server, not a filter eating CRLF.CRLF.
+    SLOW_SERVER = "slow_server"
 
 
 class Side(enum.StrEnum):
@@ -127,9 +133,43 @@ class Flag:
     kind: Kind
     detail: str
     start: datetime | None = None  # the session's connect, when the log shows it
+    side: Side = Side.RECEIVING  # which end wrote it: a server's loss, or a sender's
 
 
-Event = Connect | ClientCommand | ServerReply | DataSize | Disconnect | Delivered | Flag
+@dataclass(frozen=True, slots=True)
+class UpstreamEnd:
+    """smtpguard ``jsonl``: how the gateway's leg to the server ended for one message.
+
+    Written for every transaction whose DATA the server answered 354 (the upstream
+    leg, ``gw>server``/``server>gw``). ``line``/``time``: the server's 354;
+    ``end_line``/``end_time``: its final reply (``reply``, code and text), or where
+    the gateway dropped that connection (a fresh upstream greeting, the session's
+    end; ``reply`` is then empty). ``cause_*``: the policy
+    event that made the gateway abort it (a refusal, ``SG-DEDUPE-SUPPRESSED``,
+    ``SG-UPSTREAM-TIMEOUT``…), empty when none was logged. ``terminator_sent``: the
+    client's end of data was relayed (neither refused nor held for dedupe).
+    """
+
+    line: int
+    time: datetime | None
+    session: str
+    end_line: int
+    end_time: datetime | None
+    client_peer: str
+    mail_from: str | None
+    rcpt_to: tuple[str, ...]
+    accepted: bool
+    reply: str
+    cause_id: str
+    cause_line: int
+    cause_message: str
+    terminator_sent: bool
+    client_replied: bool  # the client got a final reply to its end of data
+
+
+Event = (
+    Connect | ClientCommand | ServerReply | DataSize | Disconnect | Delivered | Flag | UpstreamEnd
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +197,12 @@ class Finding:
     copies: tuple[Copy, ...] = field(default=())
     start: datetime | None = None  # session connect (timeline bar), if known
     sender: str | None = None  # envelope sender, if known
+    # What another log says caused it (gateway_abort, slow_server): the gateway's
+    # event id (or "" when it logged none), and where that log says so.
+    cause: Cause | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {
+        obj: dict[str, object] = {
             "kind": str(self.kind),
             "file": self.file,
             "line": self.line,
@@ -168,3 +211,17 @@ class Finding:
             "session": self.session,
             "detail": self.detail,
         }
+        if self.cause is not None:  # an added key, only on correlated findings
+            obj["cause"] = {
+                "event": self.cause.event,
+                "file": self.cause.file,
+                "line": self.cause.line,
+            }
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    event: str
+    file: str
+    line: int

@@ -1,8 +1,10 @@
 """Drives a scan: sources → format parser → session tracker / dedupe → findings.
 
 One :class:`Scanner` spans all files of a run, so duplicates are found across
-rotated logs; sessions are tracked per file. Nothing here prints: the reports
-module renders the :class:`Result`.
+rotated logs; sessions are tracked per file. Stalls and suppressed copies are held
+until every input is read, so that a gateway's ``jsonl`` log can explain what the
+server behind it logged (:mod:`smtpguard.logscan.correlate`), whatever the order of
+the files. Nothing here prints: the reports module renders the :class:`Result`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from datetime import datetime, timedelta
 from types import ModuleType
 
 from . import formats
+from .correlate import Correlator, explained_summary
 from .dedupe import DEFAULT_WINDOW, DuplicateIndex
 from .formats import Context, LineStats
-from .model import Copy, Delivered, Finding, Flag, Kind
+from .model import Copy, Delivered, Finding, Flag, Kind, Side, UpstreamEnd
 from .sessions import SessionTracker
 from .source import SNIFF_LINES, InputError, Source
 
@@ -70,6 +73,11 @@ class Result:
     first_time: datetime | None = None
     last_time: datetime | None = None
     window: timedelta = DEFAULT_WINDOW
+    # Copies not indexed for duplicates, by reason (dedupe.LOOPBACK_RELAY, …), and
+    # the copies from loopback that were indexed like any other.
+    set_aside: Counter[str] = field(default_factory=Counter)
+    loopback_counted: int = 0
+    correlation: dict[str, object] | None = None  # when a gateway jsonl log was read
 
     def summary(self) -> dict[str, object]:
         formats: dict[str, dict[str, int]] = {}
@@ -107,6 +115,9 @@ class Result:
             "errors": list(self.errors),
             "findings_not_listed": self.dropped_findings,
             "dedupe_groups_evicted_early": self.dedupe_evicted_early,
+            "set_aside": dict(sorted(self.set_aside.items())),
+            "loopback_copies_counted": self.loopback_counted,
+            "correlation": self.correlation,
         }
 
 
@@ -124,6 +135,8 @@ class Scanner:
         self._on_progress = on_progress
         self._registry: dict[str, ModuleType] = formats.registry()
         self._filtered = options.since is not None or options.until is not None
+        self._correlator = Correlator()
+        self._gateway_logs: list[str] = []
 
     def scan(self, src: Source) -> None:
         """Scan one input; raises InputError (FormatError) when it cannot be read."""
@@ -149,25 +162,36 @@ class Scanner:
         ctx = Context(file=src.display, year=self.options.year, stats=stats)
         stream = self._progress(itertools.chain(head, lines), src)
         delivered = self._delivered
+        gateway = fmt == "jsonl"
+        if gateway:
+            self._gateway_logs.append(src.display)
+            self._correlator.gateway_seen = True
+        hold = self._correlator.hold
         copies = 0
         for ev in module.parse(stream, ctx):
             if isinstance(ev, Delivered):
                 copies += 1
                 delivered(src.display, ev)
+                if not gateway:
+                    self._correlator.server_copy(src.display, ev)
             elif isinstance(ev, Flag):
-                self._add(
-                    Finding(
-                        ev.kind,
-                        src.display,
-                        ev.line,
-                        ev.time,
-                        ev.peer,
-                        ev.session,
-                        ev.detail,
-                        _stall_copy(src.display, ev),
-                        ev.start,
-                    )
+                f = Finding(
+                    ev.kind,
+                    src.display,
+                    ev.line,
+                    ev.time,
+                    ev.peer,
+                    ev.session,
+                    ev.detail,
+                    _stall_copy(src.display, ev),
+                    ev.start,
                 )
+                if ev.kind is Kind.SUPPRESSED:
+                    tracker.suppress(ev.session)
+                if ev.kind not in _HELD or not hold(f, ev.side, gateway):
+                    self._add(f)
+            elif isinstance(ev, UpstreamEnd):
+                self._correlator.upstream(src.display, ev)
             else:
                 if ev.time is not None:
                     self._seen(ev.time)
@@ -175,7 +199,7 @@ class Scanner:
                     if isinstance(out, Delivered):
                         copies += 1
                         self._delivered(src.display, out)
-                    else:
+                    elif out.kind not in _HELD or not hold(out, Side.RECEIVING, gateway):
                         self._add(out)
         for _ in tracker.close():
             pass
@@ -203,11 +227,17 @@ class Scanner:
         )
 
     def finish(self) -> Result:
+        for f in self._correlator.finish():
+            self._add(f)
         for f in self._dedupe.close():
             self._add(f)
         r = self.result
         r.deliveries = self._dedupe.deliveries
         r.dedupe_evicted_early = self._dedupe.evicted_early
+        r.set_aside = self._dedupe.set_aside
+        r.loopback_counted = self._dedupe.loopback_counted
+        if self._gateway_logs:
+            r.correlation = explained_summary(self._correlator, self._gateway_logs)
         r.findings.sort(key=lambda f: (f.time or datetime.min, f.file, f.line))
         return r
 
@@ -265,6 +295,10 @@ class Scanner:
             self.result.findings.append(f)
         else:
             self.result.dropped_findings += 1
+
+
+# Findings held until every input is read (correlate.py).
+_HELD = frozenset({Kind.STALLED_DATA, Kind.SUPPRESSED})
 
 
 def _stall_copy(file: str, ev: Flag) -> tuple[Copy, ...]:

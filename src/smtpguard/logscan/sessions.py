@@ -70,6 +70,7 @@ class _Session:
         "side",
         "size",
         "start",
+        "suppressed",
     )
 
     def __init__(self, sid: str, peer: str, side: Side, start: datetime | None) -> None:
@@ -93,6 +94,7 @@ class _Session:
         self.message_id = ""
         self.data_line = 0
         self.data_time = None
+        self.suppressed = False
 
 
 class SessionTracker:
@@ -128,6 +130,13 @@ class SessionTracker:
             s.size = ev.size
             if ev.message_id:
                 s.message_id = ev.message_id
+
+    def suppress(self, sid: str) -> None:
+        """The gateway answered this session's message itself ([dedupe]): the 250 the
+        client gets is not a delivery (the ``suppressed_copy`` finding tells it)."""
+        s = self._open.get(sid)
+        if s is not None:
+            s.suppressed = True
 
     def close(self) -> Iterator[Output]:
         """End of input: forget open sessions, counting those stuck in data."""
@@ -193,7 +202,7 @@ class SessionTracker:
 
     def _end_of_data(self, s: _Session, ev: ServerReply) -> Iterator[Output]:
         r = ev.reply
-        if 200 <= r.code < 300:
+        if 200 <= r.code < 300 and not s.suppressed:
             yield Delivered(
                 line=s.data_line,
                 time=s.data_time,

@@ -401,6 +401,7 @@ def _stall_out(no: int, time: datetime | None, session: str, relay: str, qid: by
         f"data (CRLF.CRLF) — 'message may be sent more than once'; a "
         f"filter in the path is eating the terminator (Mailguard "
         f"signature)",
+        side=Side.SENDING,
     )
 
 
