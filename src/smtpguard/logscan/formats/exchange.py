@@ -6,15 +6,21 @@ remote-endpoint, event, data, context``. Events: ``+`` connect, ``-`` disconnect
 client's command and ``>`` our reply; in a Send log it is the other way round
 (``#Log-type: SMTP Send Protocol Log``). Both meet the same session model, so a
 354 with no final reply before ``-`` is a stall on either side. A log without its
-header (an excerpt) is recognised by its rows and read as a Receive log; rows with an
-empty event field (Exchange writes some) and blank lines between rows are skipped.
+header (an excerpt) is recognised by its rows; which side wrote it is read from its
+first rows (``LOOKAHEAD``, held back and then replayed): a Send log's connector
+"attempting to connect", its ``<`` rows are replies (three digits) and its ``>`` rows
+commands; a Receive log the other way round. Rows with an empty event field (Exchange
+writes some) and blank lines between rows are skipped. A session opens at its first
+row: in a Send log that is ``*`` "attempting to connect", before its ``+``, so a
+``+`` of a session already open is not a second session.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from smtpguard.core.grammar import parse_command, parse_reply_line
 
@@ -38,6 +44,9 @@ _DEFAULT_FIELDS = [
 
 
 _EVENTS = frozenset({"+", "-", "<", ">", "*", ""})
+# Rows read ahead of a header-less log to tell a Send log from a Receive log.
+LOOKAHEAD = 200
+_REPLY = re.compile(r"\d{3}(?:[ -]|$)")
 _ROW = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?,[^,]*,[0-9A-Za-z]{8,},\d+,")
 
 
@@ -63,12 +72,33 @@ def _values(raw: bytes) -> list[str]:
         return []
 
 
+def _side(head: Iterable[bytes]) -> Side:
+    """Which side wrote a log, from its header or its first rows (module docstring)."""
+    for raw in head:
+        if raw.startswith(b"#Log-type:"):
+            return Side.SENDING if b"Send" in raw else Side.RECEIVING
+        if raw.startswith(b"#") or not _ROW.match(raw):
+            continue
+        values = _values(raw)
+        if len(values) < 8:
+            continue
+        event, data = values[6], values[7]
+        if "attempting to connect" in ",".join(values[7:]):
+            return Side.SENDING
+        if event in ("<", ">") and data:
+            reply = _REPLY.match(data) is not None
+            return Side.SENDING if reply == (event == "<") else Side.RECEIVING
+    return Side.RECEIVING
+
+
 def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
     stats = ctx.stats
     fields = _DEFAULT_FIELDS
-    side = Side.RECEIVING
+    rest = iter(lines)
+    head = list(itertools.islice(rest, LOOKAHEAD))
+    side = _side(raw for _, raw in head)
     seen = RecentIds()  # sessions already opened (a log may start mid-session)
-    for no, raw in lines:
+    for no, raw in itertools.chain(head, rest):
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         if text.startswith("#"):
             if text.startswith("#Fields:"):
@@ -90,7 +120,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         time = parse_iso(row.get("date-time", ""))
         event = row.get("event", "")
         data = row.get("data", "")
-        if seen.add(sid) or event == "+":
+        if seen.add(sid):
             remote = row.get("remote-endpoint", "")
             peer = remote if side is Side.SENDING else rules.strip_port(remote)
             yield Connect(no, time, sid, peer, side)

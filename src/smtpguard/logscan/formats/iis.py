@@ -13,7 +13,9 @@ and size (``cs-bytes``); one whose status is not a final reply code, or whose
 IIS writes the DATA line once the transfer is over; a log configured without the
 ``sc-status`` column (IIS 7's default SMTP fields) does not say what was answered,
 so such a DATA line is read as accepted unless ``sc-win32-status`` names a time-out
-or a reset. IIS logs one line of each outbound response (the first of a multi-line
+or a reset. A new header block (``#Software:``/``#Fields:`` after rows) is the
+service starting again: every session still open ended with the old process. IIS
+logs one line of each outbound response (the first of a multi-line
 one), so every ``OutboundConnectionResponse`` is a complete reply.
 """
 
@@ -51,9 +53,17 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
     fields: list[str] = []
     open_in: dict[str, bool] = {}  # client ips with an open session
     open_out: dict[str, bool] = {}  # remote ip → QUIT sent
+    time = None
     for no, raw in lines:
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         if text.startswith("#"):
+            if text.startswith(("#Software:", "#Fields:")):  # a (re)start: see docstring
+                for ip in open_in:
+                    yield Disconnect(no, time, f"in:{ip}")
+                for ip in open_out:
+                    yield Disconnect(no, time, f"out:{ip}")
+                open_in.clear()
+                open_out.clear()
             if text.startswith("#Fields:"):
                 fields = text[len("#Fields:") :].split()
             continue
