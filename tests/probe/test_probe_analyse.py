@@ -76,17 +76,35 @@ def test_ehlo_refused_like_the_seed() -> None:
     assert "500 Unrecognized command" in check.detail and "HELO works" in check.detail
 
 
-def test_ehlo_bare_ok() -> None:
-    check = analyse.ehlo_check(reply(b"250 OK\r\n"), None)
+def test_ehlo_answered_like_a_noop() -> None:
+    """PIX 6.x: EHLO overwritten with NOOP, the server answers the NOOP."""
+    check = analyse.ehlo_check(reply(b"250 OK\r\n"), reply(b"250 mx.example\r\n"))
+    assert check.verdict is Verdict.PROBLEM and check.filter_sign
+    assert "like a NOOP" in check.detail and "HELO works" in check.detail
+
+
+def test_ehlo_bare_reply_naming_the_server() -> None:
+    check = analyse.ehlo_check(reply(b"250 mx.example.org\r\n"), None)
     assert check.verdict is Verdict.PROBLEM and check.filter_sign
     assert "no extension keywords" in check.detail
 
 
 def test_ehlo_masked_keywords() -> None:
+    """The dialogue seen in the wild behind a Cisco filter (2006)."""
     raw = b"250-mx.example\r\n250-PIPELINING\r\n250-XXXXXXXA\r\n250 XXXB\r\n"
     check = analyse.ehlo_check(reply(raw), None)
     assert check.verdict is Verdict.PROBLEM and check.filter_sign
     assert check.data["masked"] == ["XXXXXXXA", "XXXB"]
+    assert check.data["starttls_masked"] == "XXXXXXXA"
+    assert "strips STARTTLS" in check.detail and "XXXB = AUTH/SIZE" in check.detail
+
+
+def test_starttls_masked_is_a_stripped_starttls() -> None:
+    check = analyse.starttls_check(analyse.TlsResult(False, False), False, "XXXXXXXA")
+    assert check.verdict is Verdict.PROBLEM and check.filter_sign
+    assert "strips STARTTLS" in check.detail and "XXXXXXXA" in check.detail
+    _, summary = analyse.summarise([check])
+    assert "STARTTLS is stripped" in summary
 
 
 def test_ehlo_xforward_is_not_a_mask() -> None:

@@ -17,7 +17,7 @@ VARIANTS = tuple(SMUGGLING_VARIANTS)
 # Receivers that take a bare LF as a line end, and a CR before an LF as part of it.
 LF_LINES = frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"})
 NUL = frozenset({"CRLF.NUL-before", "CRLF.NUL-after"})
-DIALOGUE = ("banner", "ehlo", "commands", "pipelining", "starttls")
+DIALOGUE = ("banner", "ehlo", "hello", "commands", "pipelining", "starttls")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Expect:
 CLEAN = {
     "banner": "ok",
     "ehlo": "ok",
+    "hello": "ok",
     "commands": "ok",
     "pipelining": "ok",
     "starttls": "info",
@@ -56,6 +57,8 @@ PIX = {
     **CLEAN,
     "banner": "problem",
     "ehlo": "problem",
+    # Every PIX-style target makes the probe greet with HELO, as Postfix would.
+    "hello": "info",
     "pipelining": "info",
 }
 
@@ -83,7 +86,11 @@ TARGETS = [
     pytest.param("fake-pix-fixed", Expect(PIX, True), id="fake-pix-fixed"),
     pytest.param(
         "fake-pix-noop",
-        Expect({**PIX, "commands": "problem"}, True, extra={"commands": "NOOP", "ehlo": "bare"}),
+        Expect(
+            {**PIX, "commands": "problem"},
+            True,
+            extra={"commands": "NOOP", "ehlo": "like a NOOP", "hello": "like a NOOP"},
+        ),
         id="fake-pix-noop",
     ),
     pytest.param(
@@ -118,7 +125,7 @@ TARGETS = [
     pytest.param(
         "gateway-mailguard",
         Expect(
-            {**CLEAN, "ehlo": "problem", "pipelining": "info"},
+            {**CLEAN, "ehlo": "problem", "hello": "info", "pipelining": "info"},
             True,
             extra={"ehlo": "500 5.5.1 Unrecognized command", "banner": "clear"},
         ),
@@ -131,7 +138,7 @@ TARGETS = [
         Expect(
             {**PIX, "commands": "problem"},
             True,
-            extra={"commands": "NOOP", "ehlo": "bare", "banner": "Mailguard mask"},
+            extra={"commands": "NOOP", "ehlo": "like a NOOP", "banner": "Mailguard mask"},
         ),
         marks=e2e,
         id="gateway-emulate-pix",

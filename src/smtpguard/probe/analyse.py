@@ -14,14 +14,20 @@ from dataclasses import dataclass
 
 from smtpguard.core.banner import looks_like_pix_mask
 from smtpguard.core.grammar import Reply, ehlo_keyword
+from smtpguard.probe.hello import (
+    MASKED_KEYWORD,
+    Cause,
+    HelloChoice,
+    is_ehlo_reply,
+    masked_keywords,
+    stripped_starttls,
+)
 from smtpguard.probe.messages import CARRIER_TAIL, SMUGGLED_MAIL, escaped
 from smtpguard.probe.model import Check, Delivered, Outcome, VariantResult, Verdict
 
 # A run of asterisks in a greeting that is not a full PIX mask (ASA mask-banner, or a
 # filter that masks only the host or software name).
 _ASTERISK_RUN = re.compile(r"\*{3,}")
-# ASA "inspect esmtp" overwrites extension keywords it does not allow with X's.
-_MASKED_KEYWORD = re.compile(r"X{3,}[A-Z0-9]?")
 # PIX 7.x / ASA rewrite disallowed commands to "XXXX"; servers that echo the unknown
 # verb then name it in their reply.
 _XXXX = re.compile(r"X{4}")
@@ -107,20 +113,39 @@ def ehlo_check(ehlo: Reply | None, helo: Reply | None, error: str | None = None)
             data={"reply": reply_summary(ehlo), "keywords": []},
         )
     keywords = ehlo_keywords(ehlo)
-    masked = [k for k in keywords if _MASKED_KEYWORD.fullmatch(k)]
+    masked = [k for k in keywords if MASKED_KEYWORD.fullmatch(k)]
     missing = [k for k in COMMON_KEYWORDS if k not in keywords]
+    tls_mask = stripped_starttls(keywords)
     data = {
         "reply": reply_summary(ehlo),
         "keywords": keywords,
         "masked": masked,
         "missing_common": missing,
+        "starttls_masked": tls_mask,
     }
     if masked:
+        read = "; ".join(
+            f"{m.token} = {'/'.join(m.candidates) or '?'}" for m in masked_keywords(keywords)
+        )
+        tls = (
+            f"; {tls_mask} stands where STARTTLS was: the path strips STARTTLS" if tls_mask else ""
+        )
         return Check(
             "ehlo",
             Verdict.PROBLEM,
-            f"extension keywords overwritten with X's ({', '.join(masked)}): an ASA-style "
-            f"filter strips extensions; offered: {', '.join(keywords) or 'none'}",
+            f"extension keywords overwritten with X's, same length ({read}): an ASA-style "
+            f"filter (inspect esmtp) masks extensions{tls}; offered: "
+            f"{', '.join(keywords) or 'none'}",
+            filter_sign=True,
+            data=data,
+        )
+    if not is_ehlo_reply(ehlo):
+        return Check(
+            "ehlo",
+            Verdict.PROBLEM,
+            f"EHLO answered like a NOOP ({reply_summary(ehlo)!r} names no server, as an "
+            "EHLO reply does): a PIX 6.x-style filter rewrites EHLO to NOOP; senders get "
+            f"no ESMTP{helo_note}",
             filter_sign=True,
             data=data,
         )
@@ -135,6 +160,17 @@ def ehlo_check(ehlo: Reply | None, helo: Reply | None, error: str | None = None)
         )
     note = f" (not offered: {', '.join(missing)})" if missing else ""
     return Check("ehlo", Verdict.OK, f"offers {', '.join(keywords)}{note}", data=data)
+
+
+def hello_check(choice: HelloChoice) -> Check:
+    """Which greeting the message sessions used, and why (:mod:`probe.hello`)."""
+    data = choice.to_json()
+    if choice.cause is Cause.EHLO:
+        return Check("hello", Verdict.OK, choice.detail, data=data)
+    if choice.cause is Cause.MAIL_ASKS_HELO:
+        return Check("hello", Verdict.PROBLEM, choice.detail, filter_sign=True, data=data)
+    # The banner or EHLO check already judges what made the probe fall back.
+    return Check("hello", Verdict.INFO, choice.detail, data=data)
 
 
 def _same_reply(a: Reply, b: Reply) -> bool:
@@ -225,13 +261,24 @@ class TlsResult:
     implicit: bool = False  # TLS from the first byte (port 465): no STARTTLS at all
 
 
-def starttls_check(result: TlsResult, ehlo_refused: bool) -> Check:
+def starttls_check(result: TlsResult, ehlo_refused: bool, masked: str | None = None) -> Check:
+    """``masked``: the X'd keyword that stands where STARTTLS was (ASA), if any."""
     if result.implicit:
         return Check(
             "starttls",
             Verdict.OK,
             f"implicit TLS from the first byte ({result.cipher or 'TLS'}), no STARTTLS needed",
             data={"implicit": True, "working": True, "cipher": result.cipher},
+        )
+    if not result.offered and masked:
+        return Check(
+            "starttls",
+            Verdict.PROBLEM,
+            f"the path strips STARTTLS: the EHLO reply shows {masked} where it was (an "
+            "ASA-style filter without allow-tls masks it, same length); mail to this host "
+            "travels unencrypted",
+            filter_sign=True,
+            data={"offered": False, "masked": masked},
         )
     if not result.offered:
         if result.tried:
@@ -610,6 +657,8 @@ def summarise(checks: Sequence[Check]) -> tuple[Verdict, str]:
         notes.append("split end-of-data is dropped (duplicate deliveries)")
     if "smuggling" in ids:
         notes.append("bogus end-of-data accepted (SMTP smuggling)")
+    if any(c.id == "starttls" and c.data.get("masked") for c in problems):
+        notes.append("STARTTLS is stripped (mail travels in clear)")
     if not problems:
         return Verdict.OK, "no problem found"
     if "delivery" in ids:

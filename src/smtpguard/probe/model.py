@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smtpguard.probe.hello import HelloChoice
+
 DEFAULT_PORT = 25
 # SMTP submission over implicit TLS (RFC 8314 §3.3): a target on this port gets TLS
 # from the first byte unless told otherwise.
@@ -134,6 +136,7 @@ class ProbeReport:
     summary: str
     variants: tuple[VariantResult, ...] = ()
     mailbox: str | None = None
+    hello: HelloChoice | None = None  # the greeting the run used, and why
 
     @property
     def filter_detected(self) -> bool:
@@ -153,6 +156,7 @@ class ProbeReport:
         return {
             "target": self.target,
             "banner": self.banner,
+            "hello": self.hello.to_json() if self.hello else None,
             "filter_detected": self.filter_detected,
             "split_terminator": self.split_terminator.value,
             "smuggling": {k: v.value for k, v in self.smuggling.items()},

@@ -35,6 +35,10 @@ def render_table(report: ProbeReport, out: TextIO) -> None:
     console = Console(file=out, highlight=False, soft_wrap=False)
     console.print(Text(f"smtpguard probe {report.target}", style="bold"))
     console.print(Text("banner: ", style="bold") + Text(report.banner))
+    if report.hello is not None:
+        console.print(
+            Text("hello: ", style="bold") + Text(f"{report.hello.verb} - {report.hello.detail}")
+        )
     table = Table(show_lines=False, expand=False)
     table.add_column("check", no_wrap=True)
     table.add_column("verdict", no_wrap=True)

@@ -3,8 +3,12 @@
 Theory of operation: each phase opens its own SMTP session, so that a check that
 leaves a session in an unknown state (a timeout, a bogus end-of-data) cannot spoil
 the next one. Every session is set up the same way: TCP (TLS first with
-``--implicit-tls``), greeting, EHLO (HELO fallback), STARTTLS and EHLO again with
-``--tls``, AUTH with ``--auth-user``:
+``--implicit-tls``), greeting, EHLO or HELO, STARTTLS and EHLO again with ``--tls``,
+AUTH with ``--auth-user``. The dialogue always tries EHLO and decides, as a Postfix
+sender would (:mod:`smtpguard.probe.hello`), whether to go on with HELO: masked
+banner, EHLO refused, a 250 that is no EHLO reply (PIX 6.x NOOP rewrite), or MAIL
+asking for HELO. The message sessions then greet as decided (a :class:`Plan`), and
+the first MAIL that asks for HELO after an EHLO switches the rest of the run to HELO:
 
 1. dialogue — banner, EHLO, NOOP/VRFY/EXPN/HELP/unknown verb, pipelined
    MAIL/RCPT/RSET (never DATA), the STARTTLS and AUTH results;
@@ -30,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from smtpguard.core.grammar import END_OF_DATA, Reply
-from smtpguard.probe import analyse
+from smtpguard.probe import analyse, hello
 from smtpguard.probe.client import ConnectFailed, ProbeError, SmtpClient
 from smtpguard.probe.mailbox import Mailbox
 from smtpguard.probe.messages import (
@@ -58,6 +62,14 @@ MAX_SMUGGLE_REPLIES = 6
 NO_TLS = analyse.TlsResult(offered=False, tried=False)
 
 
+@dataclass(slots=True)
+class Plan:
+    """How every message session greets: the dialogue's choice, switched to HELO for
+    the rest of the run by the first MAIL that asks for HELO after an EHLO."""
+
+    choice: hello.HelloChoice | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Greeting:
     banner: Reply
@@ -67,6 +79,7 @@ class Greeting:
     tls: analyse.TlsResult = NO_TLS
     ehlo_after_tls: Reply | None = None
     auth: Check | None = None
+    hello: hello.HelloChoice | None = None  # None: no usable greeting at all
 
     @property
     def ehlo_refused(self) -> bool:
@@ -119,8 +132,36 @@ async def _authenticate(client: SmtpClient, opts: ProbeOptions, ehlo: Reply | No
     return analyse.auth_check(mechanism, reply, None)
 
 
-async def open_session(opts: ProbeOptions, strict: bool = True) -> tuple[SmtpClient, Greeting]:
-    """Connect, read the greeting, EHLO (HELO if EHLO is refused), then STARTTLS and
+async def _greet(
+    client: SmtpClient, opts: ProbeOptions, banner: Reply, plan: hello.HelloChoice | None
+) -> Greeting:
+    """HELO alone when ``plan`` says so; else EHLO, and HELO after it when
+    :func:`hello.choose` says a sender would fall back."""
+    if plan is not None and plan.verb == "HELO":
+        try:
+            helo = await client.command(f"HELO {opts.helo_name}")
+        except ProbeError as exc:
+            return Greeting(banner, None, None, str(exc))
+        return Greeting(banner, None, helo, hello=plan)
+    try:
+        ehlo = await client.command(f"EHLO {opts.helo_name}")
+    except ProbeError as exc:
+        return Greeting(banner, None, None, str(exc))
+    need_esmtp = opts.tls or opts.auth_user is not None
+    choice = hello.choose(banner, ehlo, need_esmtp)
+    if choice.verb == "EHLO":
+        return Greeting(banner, ehlo, None, hello=choice)
+    try:
+        helo = await client.command(f"HELO {opts.helo_name}")
+    except ProbeError as exc:
+        return Greeting(banner, ehlo, None, str(exc), hello=choice)
+    return Greeting(banner, ehlo, helo, hello=choice)
+
+
+async def open_session(
+    opts: ProbeOptions, strict: bool = True, plan: hello.HelloChoice | None = None
+) -> tuple[SmtpClient, Greeting]:
+    """Connect, read the greeting, EHLO or HELO (:func:`_greet`), then STARTTLS and
     AUTH as the options ask.
 
     Raises :class:`ConnectFailed` if there is no usable session at all; with
@@ -136,17 +177,9 @@ async def open_session(opts: ProbeOptions, strict: bool = True) -> tuple[SmtpCli
     if banner.code != 220:
         await client.close()
         raise ConnectFailed(f"{opts.target} refuses the session: {analyse.reply_summary(banner)}")
-    try:
-        ehlo = await client.command(f"EHLO {opts.helo_name}")
-    except ProbeError as exc:
-        return client, Greeting(banner, None, None, str(exc))
-    helo = None
-    if ehlo.code != 250:
-        try:
-            helo = await client.command(f"HELO {opts.helo_name}")
-        except ProbeError as exc:
-            return client, Greeting(banner, ehlo, None, str(exc))
-    greet = Greeting(banner, ehlo, helo)
+    greet = await _greet(client, opts, banner, plan)
+    if greet.error is not None:
+        return client, greet
     if opts.implicit_tls:
         tls = analyse.TlsResult(False, False, cipher=client.tls_description(), implicit=True)
         greet = dataclasses.replace(greet, tls=tls)
@@ -211,6 +244,20 @@ def _plain(opts: ProbeOptions) -> ProbeOptions:
     return dataclasses.replace(opts, tls=False, auth_user=None, auth_pass=None)
 
 
+async def _mail_asks_helo(
+    client: SmtpClient, opts: ProbeOptions, choice: hello.HelloChoice
+) -> hello.HelloChoice | None:
+    """MAIL (and RSET after it) in a session greeted with EHLO: the new choice when
+    the server answers as if it never saw a greeting (PIX rewrote the EHLO)."""
+    try:
+        reply = await client.command(f"MAIL FROM:<{opts.mail_from}>")
+        if reply.positive:
+            await client.command("RSET")
+    except ProbeError:
+        return None
+    return hello.after_mail(choice, reply)
+
+
 async def dialogue(opts: ProbeOptions) -> tuple[Greeting, list[Check]]:
     client, greet = await open_session(opts, strict=False)
     checks = [
@@ -218,20 +265,28 @@ async def dialogue(opts: ProbeOptions) -> tuple[Greeting, list[Check]]:
         analyse.ehlo_check(greet.ehlo, greet.helo, greet.error),
     ]
     try:
-        if greet.ehlo is None or (greet.ehlo.code != 250 and greet.helo is None):
+        if greet.hello is None or (greet.hello.verb == "HELO" and greet.helo is None):
             return greet, checks
         if client.broken:  # the STARTTLS handshake failed: go on in clear
             await client.close()
             client, _ = await open_session(_plain(opts))
         replies, usable = await _commands(client)
         checks.append(analyse.commands_check(replies))
+        again = opts if greet.tls.cipher else _plain(opts)
+        if usable and greet.hello.verb == "EHLO":
+            switched = await _mail_asks_helo(client, opts, greet.hello)
+            usable = not client.broken and switched is None
+            if switched is not None:
+                greet = dataclasses.replace(greet, hello=switched)
+                again = _plain(opts)  # STARTTLS and AUTH need EHLO
         if not usable:
             await client.close()
-            client, _ = await open_session(opts if greet.tls.cipher else _plain(opts))
+            client, _ = await open_session(again, plan=greet.hello)
         offered = "PIPELINING" in greet.keywords
         piped = await _pipelining(client, opts) if offered else None
         checks.append(piped or analyse.pipelining_check(False, greet.ehlo_refused, None, None))
-        checks.append(analyse.starttls_check(greet.tls, greet.ehlo_refused))
+        masked = hello.stripped_starttls(greet.keywords)
+        checks.append(analyse.starttls_check(greet.tls, greet.ehlo_refused, masked))
         if greet.auth is not None:
             checks.append(greet.auth)
     finally:
@@ -273,15 +328,34 @@ async def _start_data(client: SmtpClient, opts: ProbeOptions) -> analyse.Deliver
     return None
 
 
-async def deliver(opts: ProbeOptions, purpose: str, end: Ender) -> analyse.Delivery:
+async def _transaction(
+    opts: ProbeOptions, plan: Plan
+) -> tuple[SmtpClient, analyse.Delivery | None]:
+    """A session greeted as ``plan`` says, then MAIL, RCPT, DATA (:func:`_start_data`).
+    A MAIL that asks for HELO after an EHLO switches ``plan`` to HELO and the
+    transaction is started again in a new session. Raises :class:`ConnectFailed`."""
+    client, greet = await open_session(opts, plan=plan.choice)
+    refused = await _start_data(client, opts)
+    current = greet.hello or plan.choice
+    if refused is None or refused.refused_at != "MAIL" or refused.refused is None or not current:
+        return client, refused
+    switched = hello.after_mail(current, refused.refused)
+    if switched is None:
+        return client, refused
+    plan.choice = switched
+    await client.quit()
+    client, _ = await open_session(opts, plan=switched)
+    return client, await _start_data(client, opts)
+
+
+async def deliver(opts: ProbeOptions, purpose: str, end: Ender, plan: Plan) -> analyse.Delivery:
     """One message in its own session; the end-of-data goes out through ``end``."""
     message_id = new_message_id(opts.helo_name)
     try:
-        client, _ = await open_session(opts)
+        client, refused = await _transaction(opts, plan)
     except ConnectFailed as exc:
         return analyse.Delivery(refused_at="CONNECT", error=str(exc))
     try:
-        refused = await _start_data(client, opts)
         if refused is not None:
             return refused
         body = probe_message(purpose, opts.mail_from, opts.rcpt_to, opts.helo_name, message_id)
@@ -307,14 +381,13 @@ async def _more_replies(client: SmtpClient, wait: float, limit: int) -> list[Rep
     return replies
 
 
-async def pipelined_data(opts: ProbeOptions) -> Check:
+async def pipelined_data(opts: ProbeOptions, plan: Plan) -> Check:
     """A message, then MAIL, RCPT, DATA and a second message, all in one write."""
     try:
-        client, _ = await open_session(opts)
+        client, refused = await _transaction(opts, plan)
     except ConnectFailed as exc:
         return analyse.pipelined_data_check(None, (), str(exc))
     try:
-        refused = await _start_data(client, opts)
         if refused is not None:
             return analyse.pipelined_data_check(refused.refused, (), refused.error)
         first = probe_message("pipelined 1/2", opts.mail_from, opts.rcpt_to, opts.helo_name)
@@ -338,17 +411,16 @@ async def pipelined_data(opts: ProbeOptions) -> Check:
         await client.quit()
 
 
-async def smuggle(opts: ProbeOptions, name: str, bogus: bytes) -> analyse.Attempt:
+async def smuggle(opts: ProbeOptions, name: str, bogus: bytes, plan: Plan) -> analyse.Attempt:
     """Carrier body + bogus end-of-data; wait for an early answer; then the smuggled
     transaction and the real end in one write; collect every reply."""
     cid = new_message_id(opts.helo_name, "carrier")
     sid = new_message_id(opts.helo_name, "smuggled")
     try:
-        client, _ = await open_session(opts)
+        client, refused = await _transaction(opts, plan)
     except ConnectFailed as exc:
         return analyse.Attempt(cid, sid, untested=str(exc))
     try:
-        refused = await _start_data(client, opts)
         if refused is not None:
             why = analyse.reply_summary(refused.refused) if refused.refused else refused.error
             return analyse.Attempt(cid, sid, untested=f"{refused.refused_at} refused: {why}")
@@ -387,12 +459,16 @@ async def _watch(
 
 
 async def _check_mailbox(
-    opts: ProbeOptions, box: Mailbox, acknowledged: list[str], attempts: dict[str, analyse.Attempt]
+    opts: ProbeOptions,
+    box: Mailbox,
+    acknowledged: list[str],
+    attempts: dict[str, analyse.Attempt],
+    plan: Plan,
 ) -> tuple[Check, bool]:
     """Wait for the acknowledged messages (and the smuggled one of each carrier that
     arrived cut at its bogus sequence); returns the delivery check and whether the
     mailbox is complete."""
-    sentinel = await deliver(opts, "delivery check, last message", _end_whole)
+    sentinel = await deliver(opts, "delivery check, last message", _end_whole, plan)
     if sentinel.reply is not None and sentinel.reply.positive and sentinel.message_id:
         acknowledged = [*acknowledged, sentinel.message_id]
     carriers = {a.carrier_id: a for a in attempts.values() if a.carrier_expected}
@@ -420,19 +496,21 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
     if box is not None:
         box.scan()
     greet, checks = await dialogue(opts)
+    plan = Plan(greet.hello)
     control = split = None
     if opts.send:
-        control = await deliver(opts, "control, end-of-data in one segment", _end_whole)
+        control = await deliver(opts, "control, end-of-data in one segment", _end_whole, plan)
         if control.reply is not None:
-            split = await deliver(opts, "end-of-data split over 3 segments", _end_split(opts.gap))
+            split_end = _end_split(opts.gap)
+            split = await deliver(opts, "end-of-data split over 3 segments", split_end, plan)
     checks.append(analyse.control_check(control, opts.mail_from, opts.rcpt_to))
     split_result, split_outcome = analyse.split_check(control, split, opts.gap)
     checks.append(split_result)
     attempts: dict[str, analyse.Attempt] = {}
     if control is not None and control.reply is not None:
-        checks.append(await pipelined_data(opts))
+        checks.append(await pipelined_data(opts, plan))
         for name, bogus in SMUGGLING_VARIANTS.items():
-            attempts[name] = await smuggle(opts, name, bogus)
+            attempts[name] = await smuggle(opts, name, bogus, plan)
     else:
         why = (
             "not sent (--no-send)"
@@ -449,7 +527,7 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
             for d in (control, split)
             if d is not None and d.reply is not None and d.reply.positive and d.message_id
         ]
-        delivery, complete = await _check_mailbox(opts, box, acknowledged, attempts)
+        delivery, complete = await _check_mailbox(opts, box, acknowledged, attempts, plan)
     mailbox = box.messages if box is not None and delivery is not None else None
     variants = tuple(
         analyse.judge_variant(name, escaped(SMUGGLING_VARIANTS[name]), a, mailbox, complete)
@@ -458,6 +536,8 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
     checks.append(analyse.smuggling_check(variants))
     if delivery is not None:
         checks.append(delivery)
+    if plan.choice is not None:  # after "ehlo": the greeting the whole run used
+        checks.insert(2, analyse.hello_check(plan.choice))
     verdict, summary = analyse.summarise(checks)
     return ProbeReport(
         target=opts.target,
@@ -469,4 +549,5 @@ async def run_probe(opts: ProbeOptions) -> ProbeReport:
         summary=summary,
         variants=variants,
         mailbox=f"{opts.mailbox[0]}:{opts.mailbox[1]}" if opts.mailbox else None,
+        hello=plan.choice,
     )
