@@ -35,7 +35,8 @@ the gateway's log it is not:
 Clocks: ``jsonl`` times carry their offset (read as UTC); a classic syslog stamp is
 the server's local time. The offset between the logs is the one, among 0 and
 every quarter hour up to ±14 h, under which the most upstream events find their
-server counterpart (ties: the smallest); with no counterpart at all it is 0.
+server counterpart (ties: the smallest; a shift other than 0 needs two pairs at
+least); with no counterpart at all it is 0.
 
 What it cannot see: Postfix does not log the client's port by default, and the
 gateway's log does not count the bytes it relayed upstream, so two aborts in one
@@ -70,6 +71,9 @@ MAX_OFFSET = timedelta(hours=14)
 # problems, not the server log's size. Hence gateway logs are read first
 # (:func:`gateway_first`).
 OFFSET_SAMPLE = 5_000
+# A clock shift other than 0 must pair at least this many events: one coincidence
+# (a single loss half an hour from a single gateway abort) is not a time zone.
+MIN_SHIFT_EVIDENCE = 2
 SUPPRESSED = "SG-DEDUPE-SUPPRESSED"
 
 
@@ -200,7 +204,8 @@ class Correlator:
         aborted = [leg.ev.end_time for leg in self._legs if _dropped(leg.ev) and leg.ev.end_time]
         accepted = [leg.ev for leg in self._legs if leg.ev.accepted and leg.ev.time]
         aborted, accepted = aborted[:OFFSET_SAMPLE], accepted[:OFFSET_SAMPLE]
-        loss_times = sorted(f.time for f in losses if f.time)
+        loss_times = sorted(f.time for f in losses if f.time)[:OFFSET_SAMPLE]
+        aborted_times = sorted(aborted)
         copies = self._copies_by_envelope()
         best, best_score = timedelta(0), 0
         steps = int(MAX_OFFSET / OFFSET_STEP)
@@ -208,12 +213,12 @@ class Correlator:
             (OFFSET_STEP * k for k in range(-steps, steps + 1)), key=lambda d: abs(d)
         )
         for shift in candidates:
-            score = sum(_near(loss_times, t + shift, self.tolerance) for t in aborted)
+            score = sum(_near(aborted_times, t - shift, self.tolerance) for t in loss_times)
             for ev in accepted:
                 times = copies.get(_envelope(ev))
                 if times and ev.time is not None:
                     score += _within(times, ev.time + shift - ENVELOPE_LEAD, ev.time + shift)
-            if score > best_score:
+            if score > best_score and (not shift or score >= MIN_SHIFT_EVIDENCE):
                 best, best_score = shift, score
         return best
 

@@ -155,9 +155,9 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         if event == "connect":
             old = keys.get(sid)
             if old is not None:
-                up = ups.pop(old, None)
-                if up is not None and up.data_line:  # a clashing id: its DATA ends here
-                    yield up.end(old, no, time, False, "")
+                # A clashing id: which later line is whose cannot be told, so the
+                # older session is left open, unjudged (no stall, no upstream end).
+                ups.pop(old, None)
             session = sid if used.add(sid) else f"{sid}#{no}"
             keys[sid] = session
             peer = rules.strip_port(str(obj.get("peer", "")))
