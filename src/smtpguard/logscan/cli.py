@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,23 +100,43 @@ def run(args: argparse.Namespace) -> int:
             progress.stop()
     result = scanner.finish()
     result.errors.extend(errors)
+    hints = _year_hints(result, args.year)
 
     if args.json:
         report_json.render(result, sys.stdout)
+        for hint in hints:
+            print(f"smtpguard logscan: hint: {hint}", file=sys.stderr)
     else:
         from rich.console import Console
 
-        report_text.render(result, Console())
+        report_text.render(result, Console(), hints)
     if args.html:
         from .report_html import write
 
         try:
-            write(result, Path(args.html))
+            write(result, Path(args.html), hints)
         except OSError as exc:
             raise CliError(f"cannot write {args.html}: {exc.strerror or exc}") from None
     if errors:
         return 2
     return 1 if result.counts else 0
+
+
+def _year_hints(result: Any, year: int | None) -> list[str]:
+    """A hint per input whose stamps carry no year (timefmt.year_hint)."""
+    from .timefmt import year_hint
+
+    now = datetime.now()
+    hints = []
+    for st in result.files:
+        modified = None
+        if st.yearless_latest is not None and st.file != "<stdin>":
+            with contextlib.suppress(OSError, ValueError, OverflowError):
+                modified = datetime.fromtimestamp(Path(st.file).stat().st_mtime)
+        hint = year_hint(st.file, st.yearless_latest, year, now, modified)
+        if hint is not None:
+            hints.append(hint)
+    return hints
 
 
 def _error(errors: list[str], message: str) -> None:

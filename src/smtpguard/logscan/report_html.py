@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -42,10 +42,16 @@ MARKERS = {
     Kind.PIX_REWRITE: ("#975a16", "command rewritten by a PIX (XXXX → 500)"),
     Kind.PIX_WORKAROUND: ("#2f855a", "Postfix PIX work-arounds on"),
 }
-_STEPS = [
+# Axis steps, "nice" ones from a second to 50 years: seconds for fixed lengths, then
+# whole months and years (calendar steps). The first whose ticks fit is drawn.
+_FIXED_STEPS = [
     timedelta(seconds=s)
     for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 ] + [timedelta(hours=12), timedelta(days=1), timedelta(days=2), timedelta(days=7)]
+_MONTH_STEPS = [1, 2, 3, 6, 12, 24, 60, 120, 240, 600]  # calendar months
+_STEPS: list[timedelta | int] = [*_FIXED_STEPS, timedelta(days=14), *_MONTH_STEPS]
+MAX_TICKS = 12
+CHAR_W = 7.5  # px per label character at font-size 12, with room to spare
 
 
 class _Row:
@@ -162,27 +168,73 @@ def timeline_svg(findings: list[Finding]) -> str:
     return "\n".join(out)
 
 
+def ticks(lo: datetime, hi: datetime, width: float = PLOT_W) -> list[tuple[datetime, str]]:
+    """Axis ticks for ``lo``..``hi``: the finest nice step (seconds to decades) that
+    gives at most ``MAX_TICKS`` ticks whose labels fit side by side in ``width`` px."""
+    for step in _STEPS:
+        if isinstance(step, timedelta):
+            if (hi - lo) / step > MAX_TICKS:
+                continue
+            times = _fixed_ticks(lo, hi, step)
+        else:
+            if (hi - lo).days / 30.4 / step > MAX_TICKS:
+                continue
+            times = _month_ticks(lo, hi, step)
+        fmt = _label_format(lo, hi, step)
+        label_w = CHAR_W * len(f"{lo:{fmt}}") + 12
+        if len(times) <= 1 or len(times) * label_w <= width:
+            return [(t, f"{t:{fmt}}") for t in times]
+    return []
+
+
+def _fixed_ticks(lo: datetime, hi: datetime, step: timedelta) -> list[datetime]:
+    midnight = lo.replace(hour=0, minute=0, second=0, microsecond=0)
+    t = midnight + step * -(-(lo - midnight) // step)  # the first tick at or after lo
+    out: list[datetime] = []
+    while t <= hi:
+        out.append(t)
+        t += step
+    return out
+
+
+def _month_ticks(lo: datetime, hi: datetime, months: int) -> list[datetime]:
+    """The first of every ``months``-th month (January-aligned) within lo..hi."""
+    index = lo.year * 12 + lo.month - 1  # months since year 0 of lo's month
+    if lo > datetime(lo.year, lo.month, 1):
+        index += 1
+    index += -index % months
+    out: list[datetime] = []
+    while True:
+        t = datetime(index // 12, index % 12 + 1, 1)
+        if t > hi:
+            return out
+        out.append(t)
+        index += months
+
+
+def _label_format(lo: datetime, hi: datetime, step: timedelta | int) -> str:
+    if isinstance(step, int):
+        return "%Y" if step % 12 == 0 else "%Y-%m"
+    if step >= timedelta(days=1):
+        return "%m-%d" if lo.year == hi.year else "%Y-%m-%d"
+    clock = "%H:%M:%S" if step < timedelta(minutes=1) else "%H:%M"
+    return clock if lo.date() == hi.date() else f"%m-%d {clock}"
+
+
 def _axis(lo: datetime, hi: datetime, x: Callable[[datetime], float], height: int) -> list[str]:
-    step = next((s for s in _STEPS if (hi - lo) / s <= 10), _STEPS[-1])
     out = [
         f'<line x1="{LABEL_W}" y1="{TOP - 6}" x2="{LABEL_W + PLOT_W}" y2="{TOP - 6}" '
         f'stroke="#999"/>'
     ]
-    sec = int(step.total_seconds())
-    midnight = lo.replace(hour=0, minute=0, second=0, microsecond=0)
-    t = midnight + step * -(-(lo - midnight) // step)  # the first tick at or after lo
-    fmt = "%H:%M:%S" if sec < 60 else "%H:%M"
-    if hi - lo > timedelta(days=1):
-        fmt = "%m-%d %H:%M"
-    while t <= hi:
+    for t, label in ticks(lo, hi):
         px = x(t)
         out.append(
             f'<line x1="{px:.1f}" y1="{TOP - 10}" x2="{px:.1f}" y2="{height - 30}" '
             f'stroke="#e2e2e2"/>'
         )
-        out.append(f'<text x="{px:.1f}" y="{TOP - 14}" text-anchor="middle">{t:{fmt}}</text>')
-        t += step
-    out.append(f'<text x="{LABEL_W}" y="16" font-weight="bold">{lo:%Y-%m-%d}</text>')
+        out.append(f'<text x="{px:.1f}" y="{TOP - 14}" text-anchor="middle">{label}</text>')
+    span = f"{lo:%Y-%m-%d}" if lo.date() == hi.date() else f"{lo:%Y-%m-%d} to {hi:%Y-%m-%d}"
+    out.append(f'<text x="{LABEL_W}" y="16" font-weight="bold">{span}</text>')
     return out
 
 
@@ -251,7 +303,8 @@ _LEGEND = (
 )
 
 
-def write(result: Result, path: Path) -> None:
+def write(result: Result, path: Path, hints: Sequence[str] = ()) -> None:
+    """``hints``: what the reader should know about how the inputs were read."""
     chart = timeline_svg(result.findings)
     rows = []
     for f in result.findings[:MAX_TABLE_ROWS]:
@@ -269,6 +322,8 @@ def write(result: Result, path: Path) -> None:
         for f in result.files
     )
     errors = "".join(f"<li>{_esc(e)}</li>" for e in result.errors)
+    if hints:
+        errors = "<ul>" + "".join(f"<li>{_esc(h)}</li>" for h in hints) + "</ul>" + errors
     errors = f'<h2>Not read</h2><ul class="err">{errors}</ul>' if errors else ""
     more = len(result.findings) - MAX_TABLE_ROWS
     note = f"<p>{more:,} more findings not listed; see --json.</p>" if more > 0 else ""

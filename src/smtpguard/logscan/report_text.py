@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .scan import Result
@@ -17,7 +19,8 @@ MAX_ROWS = 50
 LOW_UNDERSTOOD = 0.5
 
 
-def render(result: Result, console: Console) -> None:
+def render(result: Result, console: Console, hints: Sequence[str] = ()) -> None:
+    """``hints``: what the user should know about how the inputs were read (``--year``)."""
     if not result.files:  # every input failed; the errors are on stderr already
         console.print("[red]Nothing was scanned.[/red]")
         return
@@ -42,6 +45,8 @@ def render(result: Result, console: Console) -> None:
                 f"[yellow]{st.file}: only {share:.0%} of its lines read as {st.format}; "
                 f"the rest was skipped (see --json lines_understood).[/yellow]"
             )
+    for hint in hints:
+        console.print(f"[yellow]{escape(hint)}[/yellow]", highlight=False)
 
     if not result.counts:
         if result.errors:

@@ -53,6 +53,7 @@ class FileStats:
     lines_understood: int = 0
     lines_other_programs: int = 0  # another program's lines in a shared syslog stream
     messages: int = 0  # copies that reached the end of data (or stalled), loopback too
+    yearless_latest: datetime | None = None  # stamps without a year: latest read (--year)
 
     @property
     def understood_share(self) -> float | None:
@@ -223,6 +224,7 @@ class Scanner:
                 understood,
                 other,
                 copies,
+                stats.yearless_latest,
             )
         )
 

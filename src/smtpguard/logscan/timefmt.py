@@ -98,13 +98,16 @@ class SyslogClock:
     year before (a line out of order, a log pasted newest first) and moves nothing.
     Unsorted input therefore cannot make the year drift; sorted input rolls over as
     before. Fields come as the bytes of the log line: a maillog is read undecoded.
+    ``latest`` is the latest time given out (None: no stamp read), for the hint that
+    the year was guessed (:func:`year_hint`).
     """
 
-    __slots__ = ("_latest", "_year")
+    __slots__ = ("_latest", "_year", "latest")
 
     def __init__(self, year: int | None = None) -> None:
         self._year = year or datetime.now().year
         self._latest = 0  # latest month seen in the current year; 0: none yet
+        self.latest: datetime | None = None
 
     def parse(self, mon: bytes, day: bytes, clock: bytes) -> datetime | None:
         """``b"Feb"``, ``b" 7"``, ``b"17:01:20"`` (a fraction of a second is dropped)."""
@@ -123,9 +126,49 @@ class SyslogClock:
             self._latest = month
         try:
             h, mi, s = clock.split(b":")
-            return datetime(year, month, int(day), int(h), int(mi), int(s.partition(b".")[0]))
+            t = datetime(year, month, int(day), int(h), int(mi), int(s.partition(b".")[0]))
         except ValueError:
             return None
+        if self.latest is None or t > self.latest:
+            self.latest = t
+        return t
+
+
+# Slack before a guessed date counts as "in the future" (clock skew, time zones).
+FUTURE_SLACK = timedelta(days=1)
+
+
+def year_hint(
+    file: str,
+    latest: datetime | None,
+    year: int | None,
+    now: datetime,
+    modified: datetime | None = None,
+) -> str | None:
+    """What to tell the user about a file whose stamps carry no year (``latest``: the
+    latest time read from them; None when every stamp had a year), or None.
+
+    Without ``--year`` the year is a guess; say so, and say why the guess looks wrong
+    when the latest date is after the run or after the file was last modified."""
+    if latest is None:
+        return None
+    after = ""
+    if latest > now + FUTURE_SLACK:
+        after = f"; the latest, {latest:%Y-%m-%d %H:%M}, is in the future"
+    elif modified is not None and latest > modified + FUTURE_SLACK:
+        after = (
+            f"; the latest, {latest:%Y-%m-%d %H:%M}, is after the file was last "
+            f"modified ({modified:%Y-%m-%d %H:%M})"
+        )
+    if year is not None:
+        if not after:
+            return None
+        return f"{file}: its stamps carry no year and were read from --year {year}{after}"
+    return (
+        f"{file}: its syslog stamps carry no year; they were read as the current year "
+        f"({now.year}, rolling over at new year){after}. If the log is older, pass "
+        f"--year YYYY (the year of its first line)"
+    )
 
 
 def human_delta(delta: timedelta) -> str:

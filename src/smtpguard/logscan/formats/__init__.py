@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 
 from ..model import Event
@@ -27,11 +28,14 @@ class LineStats:
     to skip), so that ``read - unknown`` is the number of lines understood.
     ``other``: lines of other programs in a shared syslog stream, skipped knowingly.
     ``sessions``: SMTP sessions the log shows, for formats without dialogue events.
+    ``yearless_latest``: the latest time read from stamps without a year (classic
+    syslog), None when every stamp had one: the year was a guess (``--year``).
     """
 
     unknown: int = 0
     other: int = 0  # syslog lines of other programs in the same stream (skipped)
     sessions: int = 0
+    yearless_latest: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,6 +362,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             if d is not None:
                 yield d
     finally:
+        stats.yearless_latest = clock.latest
         stats.sessions += sessions
         stats.unknown += unknown
         stats.other += other
