@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .scan import Result
+from .scan import Result, notes
 
 # Findings listed in the terminal; the JSON and HTML reports list them all.
 MAX_ROWS = 50
@@ -47,6 +47,8 @@ def render(result: Result, console: Console, hints: Sequence[str] = ()) -> None:
             )
     for hint in hints:
         console.print(f"[yellow]{escape(hint)}[/yellow]", highlight=False)
+    for note in notes(result):  # logs read together, copies set aside and why
+        console.print(escape(note), highlight=False)
 
     if not result.counts:
         if result.errors:

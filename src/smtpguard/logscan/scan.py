@@ -18,7 +18,7 @@ from types import ModuleType
 
 from . import formats
 from .correlate import Correlator, explained_summary
-from .dedupe import DEFAULT_WINDOW, DuplicateIndex
+from .dedupe import DEFAULT_WINDOW, LOOPBACK_RELAY, REINJECTION, DuplicateIndex
 from .formats import Context, LineStats
 from .model import Copy, Delivered, Finding, Flag, Kind, Side, UpstreamEnd
 from .sessions import SessionTracker
@@ -120,6 +120,49 @@ class Result:
             "loopback_copies_counted": self.loopback_counted,
             "correlation": self.correlation,
         }
+
+
+_SET_ASIDE_WHY = {
+    LOOPBACK_RELAY: "sent to a relay on loopback (a content filter's hand-off, or a local "
+    "gateway): not a delivery to the destination",
+    REINJECTION: "received from loopback after the same Message-ID was handed to such a "
+    "relay: the content filter re-injecting it",
+}
+
+
+def notes(r: Result) -> list[str]:
+    """What the reports say besides findings: what was read together, what was set
+    aside from the duplicate check and why."""
+    out: list[str] = []
+    c = r.correlation
+    if c is not None:
+        explained = c.get("server_losses_explained") or {}
+        assert isinstance(explained, dict)
+        named = c.get("gateway_logs")
+        logs = ", ".join(map(str, named)) if isinstance(named, list) else ""
+        total = sum(int(v) for v in explained.values())
+        by = ", ".join(f"{k} {v}" for k, v in explained.items())
+        offset = c.get("clock_offset_seconds")
+        shift = f"; the server's clock reads {offset} s ahead of the gateway's" if offset else ""
+        out.append(
+            f"Read with the gateway's log ({logs}): {total} server-side loss(es) in DATA "
+            f"matched a connection the gateway dropped on purpose{f' ({by})' if by else ''}; "
+            f"they are not counted as stalls{shift}."
+        )
+    order = [LOOPBACK_RELAY, REINJECTION]  # the hand-off, then what came back
+    for reason, n in sorted(
+        r.set_aside.items(),
+        key=lambda kv: (kv[0] not in order, order.index(kv[0]) if kv[0] in order else 0, kv[0]),
+    ):
+        why = _SET_ASIDE_WHY.get(reason, reason)
+        out.append(f"Set aside from the duplicate check: {n:,} cop(ies) {why}.")
+    if r.loopback_counted:
+        out.append(
+            f"{r.loopback_counted:,} cop(ies) came from loopback and were checked for "
+            f"duplicates like any other (a gateway or filter in front that does not pass "
+            f"the client's address on shows every client as loopback)."
+        )
+    return out
 
 
 def detect_format(head: list[bytes]) -> str | None:
