@@ -16,7 +16,7 @@ final reply, or the gateway dropping that connection, and the policy event that
 made it), so that :mod:`smtpguard.logscan.correlate` can explain the server's own
 log of the same messages.
 
-Sessions: gateways before 0.2 gave worker processes clashing session ids, so a
+Sessions: older gateways gave their worker processes clashing session ids, so a
 session is keyed by its id *and* its connect: a ``connect`` on an id that is still
 open starts a new session (named ``ID#LINE`` after the line of that connect), and
 an id used again after its disconnect is a new session too.
