@@ -57,6 +57,11 @@ class Behaviour:
     implicit_tls: ssl.SSLContext | None = None
     # (user, password) accepted by AUTH PLAIN/LOGIN; MAIL then needs AUTH first.
     auth: tuple[str, str] | None = None
+    # MAIL before HELO/EHLO gets 503 (aiosmtpd, Postfix, the built-in mailbox).
+    need_hello: bool = False
+    # False: EHLO is answered (with ``ehlo``) by something in front that never passes
+    # it on, so the server behind has still seen no greeting.
+    ehlo_greets: bool = True
 
 
 @dataclass
@@ -81,6 +86,7 @@ class _Session:
         self.closed = False
         self.tls_active = False
         self.authenticated = False
+        self.greeted = False
         self.login_answers: list[str] | None = None  # AUTH LOGIN in progress
 
     def feed(self, chunk: bytes) -> bytes:
@@ -181,6 +187,10 @@ class _Session:
             "HELP": b"214 2.0.0 See RFC 5321\r\n",
             "": b"500 5.5.2 Error: bad syntax\r\n",
         }
+        if verb == "HELO" or (verb == "EHLO" and self.b.ehlo_greets):
+            self.greeted = True
+        if verb == "MAIL" and self.b.need_hello and not self.greeted:
+            return b"503 5.5.1 Error: send HELO/EHLO first\r\n"
         if verb == "DATA":
             self.data = bytearray()
             return b"354 End data with <CR><LF>.<CR><LF>\r\n"
