@@ -142,7 +142,7 @@ def test_postfix_stall_with_byte_count() -> None:
         "postfix/ubuntuforums-2010-vserver1-timeout-after-data.log", "stalled_data"
     )
     assert stall["peer"] == "mail-pw0-f53.google.com[209.85.160.53]"
-    assert "after 0 bytes of data" in stall["detail"]
+    assert "before any message data arrived (0 bytes)" in stall["detail"]
 
 
 def test_tiscali_retries_pasted_newest_first_are_duplicates_in_time_order() -> None:
@@ -157,6 +157,9 @@ def test_tiscali_retries_pasted_newest_first_are_duplicates_in_time_order() -> N
 
 def test_pix_workaround_lines() -> None:
     (p,) = _findings("postfix/ubuntuforums-2008-vivaubuntu-pix.log", "pix_workaround")
-    assert p["peer"] == "xxx.edu[10.22.9.15]:25" and "disable_esmtp delay_dotcrlf" in p["detail"]
+    assert p["peer"] == "xxx.edu[10.22.9.15]:25"
+    assert "disable_esmtp (it greets with HELO" in p["detail"]
+    assert "delay_dotcrlf (it waits before the final CRLF.CRLF" in p["detail"]
     (p,) = _findings("postfix/credicard-relay-doc-pix.log", "pix_workaround")
     assert p["peer"] == "10.136.0.90[10.136.0.90]:25"
+    assert "disable_esmtp (" in p["detail"] and "delay_dotcrlf" not in p["detail"]

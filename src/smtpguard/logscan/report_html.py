@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from .model import Copy, Finding, Kind
+from .report_text import in_row_order, kind_rank
 from .scan import Result
 from .timefmt import human_delta
 
@@ -307,12 +308,15 @@ def write(result: Result, path: Path, hints: Sequence[str] = ()) -> None:
     """``hints``: what the reader should know about how the inputs were read."""
     chart = timeline_svg(result.findings)
     rows = []
-    for f in result.findings[:MAX_TABLE_ROWS]:
+    for f in in_row_order(result.findings)[:MAX_TABLE_ROWS]:
         when = f"{f.time:%Y-%m-%d %H:%M:%S}" if f.time else "-"
         cells = (when, str(f.kind), f.peer or "-", f.session, f"{f.file}:{f.line}", f.detail)
         rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     counts = (
-        "".join(f"<li><b>{_esc(k)}</b>: {n}</li>" for k, n in sorted(result.counts.items()))
+        "".join(
+            f"<li><b>{_esc(k)}</b>: {n}</li>"
+            for k, n in sorted(result.counts.items(), key=lambda kv: kind_rank(kv[0]))
+        )
         or "<li>no findings</li>"
     )
     files = "".join(

@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .model import Finding, Kind
 from .scan import Result, notes
 
 # Findings listed in the terminal; the JSON and HTML reports list them all.
 MAX_ROWS = 50
+# The order of kinds in every table: a stall before the copies and attempts it explains.
+KIND_ORDER = (
+    Kind.STALLED_DATA,
+    Kind.DUPLICATE,
+    Kind.SUPPRESSED,
+    Kind.EHLO_REJECTED,
+    Kind.MASKED_BANNER,
+    Kind.PIX_REWRITE,
+    Kind.PIX_WORKAROUND,
+)
+
+
+def kind_rank(kind: str) -> tuple[int, str]:
+    k = str(kind)
+    ranks = [str(x) for x in KIND_ORDER]
+    return (ranks.index(k) if k in ranks else len(ranks), k)
+
+
+def in_row_order(findings: Iterable[Finding]) -> list[Finding]:
+    """Findings as the tables list them: by time, and at one time a stall before the
+    duplicate (attempts, copies) that begins with it."""
+    return sorted(findings, key=lambda f: (f.time or datetime.min, kind_rank(f.kind)))
 
 
 # Below this share of understood lines, say so: logscan may be half reading a variant.
@@ -70,7 +94,7 @@ def render(result: Result, console: Console, hints: Sequence[str] = ()) -> None:
     per_peer: dict[str, Counter[str]] = {}
     for f in result.findings:
         per_peer.setdefault(str(f.kind), Counter())[f.peer or "?"] += 1
-    for kind, n in sorted(result.counts.items()):
+    for kind, n in sorted(result.counts.items(), key=lambda kv: kind_rank(kv[0])):
         top = per_peer.get(kind, Counter()).most_common(4)
         kinds.add_row(kind, str(n), ", ".join(f"{p} ({c})" for p, c in top))
     console.print(kinds)
@@ -78,7 +102,7 @@ def render(result: Result, console: Console, hints: Sequence[str] = ()) -> None:
     table = Table(title="Findings", title_justify="left", show_lines=False)
     for col in ("time", "kind", "peer", "where", "detail"):
         table.add_column(col, overflow="fold")
-    for f in result.findings[:MAX_ROWS]:
+    for f in in_row_order(result.findings)[:MAX_ROWS]:
         when = f"{f.time:%Y-%m-%d %H:%M:%S}" if f.time else "-"
         table.add_row(when, str(f.kind), f.peer or "-", f"{f.file}:{f.line}", f.detail)
     console.print(table)

@@ -147,8 +147,8 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                     peer,
                     Kind.STALLED_DATA,
                     "the client got 354 but its end of data (CRLF.CRLF) never "
-                    "arrived and Exim gave up on the message — the Mailguard "
-                    "signature; the sender will time out and retry",
+                    "arrived and Exim gave up on the message, as when a filter "
+                    "(Mailguard) holds it back; the message was not accepted",
                 )
                 continue
             id_ = _MSG_ID.match(raw, h.end())
@@ -190,7 +190,8 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                 Kind.STALLED_DATA,
                 f"message {session}: the remote server never answered our end of "
                 f"data (CRLF.CRLF); the message may have been delivered and will be "
-                f"sent again (Mailguard signature)",
+                f"sent again; what a filter that holds back the terminator (Mailguard) "
+                f"causes",
             )
         elif op == b"Completed":
             a_ = pending.pop(mid, None)

@@ -376,19 +376,20 @@ def _add_rcpt(entry: _Queued, rcpt: str) -> None:
 def _stall_in(
     no: int, time: datetime | None, session: str, st: re.Match[bytes], start: datetime | None
 ) -> Flag:
-    got = f", after {int(st.group(2)):,} bytes of data"
+    size = int(st.group(2))
     what = "timed out" if st.group(1) == b"timeout" else "was lost"
-    return Flag(
-        no,
-        time,
-        session,
-        _s(st.group(3)),
-        Kind.STALLED_DATA,
-        f"the connection {what} in the DATA phase{got}: the client "
-        f"got 354 but its end of data (CRLF.CRLF) never arrived — the "
-        f"Mailguard signature; the sender will retry",
-        start,
-    )
+    if size == 0:  # a 354 and then nothing: the log proves no more than that
+        detail = (
+            f"the connection {what} after smtpd answered DATA with 354 and before any "
+            f"message data arrived (0 bytes); the log shows nothing more"
+        )
+    else:
+        detail = (
+            f"the connection {what} in the DATA phase, after {size:,} bytes of data: the "
+            f"client got 354 but its end of data (CRLF.CRLF) never arrived, as when a "
+            f"filter (Mailguard) holds it back; the message was not accepted"
+        )
+    return Flag(no, time, session, _s(st.group(3)), Kind.STALLED_DATA, detail, start)
 
 
 def _stall_out(no: int, time: datetime | None, session: str, relay: str, qid: bytes) -> Flag:
@@ -398,25 +399,36 @@ def _stall_out(no: int, time: datetime | None, session: str, relay: str, qid: by
         session,
         relay,
         Kind.STALLED_DATA,
-        f"queue {_s(qid)}: the remote server never answered our end of "
-        f"data (CRLF.CRLF) — 'message may be sent more than once'; a "
-        f"filter in the path is eating the terminator (Mailguard "
-        f"signature)",
+        f"queue {_s(qid)}: the remote server never answered our end of data "
+        f"(CRLF.CRLF) — 'message may be sent more than once': it may have been "
+        f"delivered and will be sent again; what a filter that holds back the "
+        f"terminator (Mailguard) causes",
         side=Side.SENDING,
     )
 
 
+# What each of Postfix's PIX work-arounds does (postconf(5) smtp_pix_workarounds).
+PIX_WORKAROUNDS = {
+    "disable_esmtp": "disable_esmtp (it greets with HELO, not EHLO: no SIZE, PIPELINING, "
+    "8BITMIME or STARTTLS on this connection)",
+    "delay_dotcrlf": "delay_dotcrlf (it waits before the final CRLF.CRLF of a message "
+    "queued longer than smtp_pix_workaround_threshold_time)",
+}
+
+
 def _pix(no: int, time: datetime | None, session: str, qid: bytes, p: re.Match[bytes]) -> Flag:
+    host = _s(p.group(2))
+    names = _s(p.group(1)).split()
+    what = "; ".join(PIX_WORKAROUNDS.get(n, n) for n in names) or _s(p.group(1))
     return Flag(
         no,
         time,
         session,
-        _s(p.group(2)),
+        host,
         Kind.PIX_WORKAROUND,
-        f"{f'queue {_s(qid)}: ' if qid else ''}Postfix switched on its PIX work-arounds "
-        f"({_s(p.group(1))}) because {_s(p.group(2))} greeted with a "
-        f"masked banner; each message now ends with a delay before "
-        f"CRLF.CRLF",
+        f"{f'queue {_s(qid)}: ' if qid else ''}Postfix turned on PIX work-arounds for "
+        f"{host}: {what}. Postfix does so when the server's 220 greeting looks masked by "
+        f"a PIX/ASA, or when smtp_pix_workaround_maps lists the server",
     )
 
 
