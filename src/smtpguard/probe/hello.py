@@ -25,7 +25,7 @@ Masked keywords: ASA ``inspect esmtp`` overwrites each EHLO keyword its policy d
 not allow (``match ehlo-reply-parameter others mask``; STARTTLS always, unless
 ``allow-tls``) with X's, keeping its length, the last character a letter counting
 the masked keywords (``A``, ``B``, …). Seen in the wild: ``250-XXXXXXXA`` where
-STARTTLS was, then ``250 XXXB`` where HELP was. A masked keyword of STARTTLS's
+STARTTLS was (STARTTLS then got 500), then ``250 XXXB``. A masked keyword of STARTTLS's
 length with no STARTTLS offered is read as a stripped STARTTLS. The smtpguard
 gateway itself removes keywords (esmtp mode) instead of masking them, and its PIX
 emulation never lets EHLO through, so neither shows masked keywords.
