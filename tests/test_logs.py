@@ -49,6 +49,7 @@ def test_jsonl_events() -> None:
     log.connect("s1", "127.0.0.1:5000")
     log.trace("s1", Trace(Direction.SERVER_TO_GW, "250 ok", code=250))
     log.trace("s1", Trace(Direction.CLIENT_TO_GW, "", size=10))
+    log.trace("s1", Trace(Direction.CLIENT_TO_GW, "id.1@example.org", size=11))
     log.policy("s1", PolicyEvent("SG-CMD-BLOCKED", "EHLO refused", "reject"))
     log.disconnect("s1")
     objs = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -59,9 +60,10 @@ def test_jsonl_events() -> None:
         "peer": "127.0.0.1:5000",
     }
     assert objs[1]["event"] == "reply" and objs[1]["code"] == 250 and objs[1]["dir"] == "server>gw"
-    assert objs[2] == {**objs[2], "event": "data", "size": 10}
-    assert objs[3]["id"] == "SG-CMD-BLOCKED" and objs[3]["action"] == "reject"
-    assert objs[4]["event"] == "disconnect"
+    assert objs[2] == {**objs[2], "event": "data", "size": 10} and "message_id" not in objs[2]
+    assert objs[3] == {**objs[3], "event": "data", "size": 11, "message_id": "id.1@example.org"}
+    assert objs[4]["id"] == "SG-CMD-BLOCKED" and objs[4]["action"] == "reject"
+    assert objs[5]["event"] == "disconnect"
 
 
 def test_ims_time_prefix_follows_the_wall_clock_second() -> None:

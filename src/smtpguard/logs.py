@@ -177,7 +177,7 @@ class JsonlLog(_Writer):
     def trace(self, sid: str, tr: Trace) -> None:
         d = tr.direction.value
         if tr.size is not None:
-            self._obj(sid, "data", dir=d, size=tr.size)
+            self._obj(sid, "data", dir=d, size=tr.size, message_id=tr.line or None)
         elif tr.direction in (Direction.CLIENT_TO_GW, Direction.GW_TO_SERVER):
             self._obj(sid, "command", dir=d, verb=tr.verb, line=tr.line)
         else:

@@ -188,7 +188,7 @@ class SetTimer:
 
 class Trace:
     """One protocol-log entry: a command or reply line crossing the gateway, or the
-    size of a message (content is never traced)."""
+    size of a message with its Message-ID in ``line`` (content is never traced)."""
 
     __slots__ = ("code", "direction", "line", "size", "verb")
 

@@ -33,6 +33,8 @@ _NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
 # here than bytes.find, which would need two passes.
 _CANDIDATE: Final = re.compile(rb"\n\.?--")
 _ADDR_FIELDS: Final = frozenset({"to", "cc"})
+# The Message-ID field's text kept for the protocol log (RFC 5322 line limit).
+ID_LIMIT: Final = 998
 
 
 def _mime_checks(c: Checks) -> list[tuple[str, str, Check | PatternCheck]]:
@@ -63,6 +65,30 @@ def starts_field(line: bytes) -> bool:
 
 def _text(line: bytes) -> str:
     return line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+
+
+def is_message_id_field(line: bytes) -> bool:
+    """Whether a header line starts the Message-ID field (its name in any case,
+    optional white space, a colon: the reading of :func:`starts_field`)."""
+    if len(line) < 11 or line[:10].lower() != b"message-id":
+        return False
+    i = 10
+    while i < len(line) and (line[i] == 0x20 or line[i] == 0x09):
+        i += 1
+    return i < len(line) and line[i] == 0x3A
+
+
+def msg_id(value: str) -> str:
+    """The identifier of a Message-ID field's value, without its angle brackets, as
+    Postfix's cleanup logs it and a mail client keys a message: what lies between the
+    first ``<`` and the next ``>``; a value without them, its first word."""
+    start = value.find("<")
+    if start >= 0:
+        end = value.find(">", start + 1)
+        if end > start:
+            return value[start + 1 : end].strip()
+    words = value.split()
+    return words[0] if words else ""
 
 
 class AddressCount:
@@ -118,9 +144,14 @@ class AddressCount:
 class MessageInspector:
     """Feed message chunks (terminator excluded or included, it does not matter);
     collect :class:`Finding` objects from :meth:`feed`. ``record``: keep every MIME
-    part read in :attr:`parts` (tests compare them with a mail client's reading)."""
+    part read in :attr:`parts` (tests compare them with a mail client's reading).
+    ``want_id``: read the first Message-ID field into :attr:`message_id` (for the
+    protocol log, which names each message as the server's and the recipient's logs
+    do)."""
 
-    def __init__(self, checks: Checks, normalize: bool = False, record: bool = False) -> None:
+    def __init__(
+        self, checks: Checks, normalize: bool = False, record: bool = False, want_id: bool = False
+    ) -> None:
         self.c = checks
         self._header = True  # in the message's header section (as MTAs read it)
         self._carry = b""  # prefix of the current incomplete line
@@ -140,6 +171,9 @@ class MessageInspector:
         self.parts: list[Part] | None = [] if record else None
         self.refused = ""  # why the MIME structure was refused, if it was
         self.size = 0
+        self._want_id = want_id
+        self._id_text: str | None = None  # the Message-ID field being read
+        self.message_id = ""
 
     # -- input -----------------------------------------------------------------
     def feed(self, chunk: bytes) -> list[Finding]:
@@ -304,11 +338,16 @@ class MessageInspector:
             self._header = False
             return
         if first == 0x20 or first == 0x09:  # a continuation line
+            if self._id_text is not None and len(self._id_text) < ID_LIMIT:
+                self._id_text += _text(line)
             if self._addresses is not None:
                 self._addresses.feed(_text(line))
                 self._uncounted |= length > len(line)
             return
         self._end_field()
+        if self._want_id and is_message_id_field(line):
+            self._want_id = False  # the first one: the one Postfix logs and email reads
+            self._id_text = _text(line).partition(":")[2]
         if c.to_cc_count.limit is not None:  # the only check that reads a field's text
             self._to_cc_field(_text(line), length > len(line))
 
@@ -336,6 +375,9 @@ class MessageInspector:
         self._uncounted = cut
 
     def _end_field(self) -> None:
+        if self._id_text is not None:
+            self.message_id = msg_id(self._id_text[:ID_LIMIT])
+            self._id_text = None
         addresses, self._addresses = self._addresses, None
         if addresses is None:
             return

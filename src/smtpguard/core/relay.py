@@ -36,7 +36,7 @@ STOPPED: Final = -2  # the session stopped reading (a drop, a reset, the PIX spl
 
 class MessageRelay:
     __slots__ = (
-        "_held_cr", "_inspector", "_normalizer", "_s", "_scanner", "deferred", "refusal"
+        "_held_cr", "_id", "_inspector", "_normalizer", "_s", "_scanner", "deferred", "refusal"
     )  # fmt: skip
 
     def __init__(self, session: Session) -> None:
@@ -45,12 +45,19 @@ class MessageRelay:
         self._scanner = DataScanner()
         self._normalizer = Normalizer() if policy.smuggling is Smuggling.NORMALIZE else None
         self._inspector: MessageInspector | None = MessageInspector(
-            policy.checks, normalize=self._normalizer is not None
+            policy.checks, normalize=self._normalizer is not None, want_id=session.out.size
         )
         self._held_cr = False
+        self._id = ""  # the Message-ID read before the inspector was let go
         self.refusal: bytes | None = None  # the reply owed at the end of a refused message
         # Shared rate-limit findings, counted at the end of data (core/ratelimit.py).
         self.deferred: list[Finding] = []
+
+    @property
+    def message_id(self) -> str:
+        """The message's Message-ID when the protocol log records sizes, else ``""``."""
+        inspector = self._inspector
+        return inspector.message_id if inspector is not None else self._id
 
     @property
     def size(self) -> int:
@@ -159,6 +166,7 @@ class MessageRelay:
                 s.out.event(f.event_id, f.message, "log")
             elif verdict is Verdict.REJECT:
                 self.refuse(f.reply, f.event_id, f.message + ": message refused", memoryview(b""))
+                self._id = inspector.message_id
                 self._inspector = None
                 return True
             elif verdict is Verdict.DROP:

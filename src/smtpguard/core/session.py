@@ -449,7 +449,7 @@ class Session:
         self.envelope.rcpt_count = 0
         self.message_octets += relay.size
         if self.out.size:
-            self.out.emit(Trace(Direction.CLIENT_TO_GW, "", size=relay.size))
+            self.out.emit(Trace(Direction.CLIENT_TO_GW, relay.message_id, size=relay.size))
         if relay.refusal is not None:
             self.messages_refused += 1
             self.local_reply(END_OF_DATA_VERB, relay.refusal)

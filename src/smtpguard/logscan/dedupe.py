@@ -1,11 +1,12 @@
 """Duplicate deliveries: the same message accepted more than once within a window.
 
 Theory of operation: every :class:`Delivered` copy gets an identity key —
-Message-ID plus recipients when the log gives a Message-ID, else sender +
-recipients + size. A log that gives neither Message-ID nor size (Exchange 5.5 IMS)
-only links copies when one of them stalled: the same envelope re-sent after a stall
-is the Mailguard retry pattern, while two ordinary messages between the same two
-people are not evidence of anything.
+Message-ID plus recipients when the log gives a Message-ID, a sending MTA's queue
+file plus recipients, else sender + recipients (+ size when the log gives it). The
+last is *weak*: it only links copies when one of them stalled. The same envelope
+re-sent after a stall is the Mailguard retry pattern, while two ordinary messages
+between the same two people, even of one size (a daily report), are not evidence
+of anything.
 
 A group starts at its first copy and collects every copy that lies within
 ``window`` of it, before or after (a log pasted newest first is read as well as one
@@ -292,7 +293,7 @@ def _identity(d: Delivered) -> tuple[str | None, bool]:
     if not sender and not rcpts:
         return None, False
     if d.size is not None:
-        return f"e\0{sender}\0{rcpts}\0{d.size}", False
+        return f"e\0{sender}\0{rcpts}\0{d.size}", True
     return f"w\0{sender}\0{rcpts}", True
 
 

@@ -24,6 +24,9 @@ from .model import Copy, Delivered, Finding, Flag, Kind, Side, UpstreamEnd
 from .sessions import SessionTracker
 from .source import SNIFF_LINES, InputError, Source
 
+# The hop smtpguard's own log records: its copies group with each other (a fleet's
+# gateways), never with the copies a server behind it logged of the same transfers.
+GATEWAY_LEG = "gateway"
 # Findings kept for the report; a pathological log cannot exhaust memory with them.
 MAX_FINDINGS = 100_000
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -201,7 +204,7 @@ class Scanner:
                 )
             fmt = detected
         module = self._registry[fmt]
-        tracker = SessionTracker(src.display)
+        tracker = SessionTracker(src.display, GATEWAY_LEG if fmt == "jsonl" else "")
         stats = LineStats()
         ctx = Context(file=src.display, year=self.options.year, stats=stats)
         stream = self._progress(itertools.chain(head, lines), src)

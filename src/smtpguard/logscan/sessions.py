@@ -98,10 +98,15 @@ class _Session:
 
 
 class SessionTracker:
-    """Feed dialogue events of one file; yields findings and delivered copies."""
+    """Feed dialogue events of one file; yields findings and delivered copies.
 
-    def __init__(self, file: str) -> None:
+    ``leg`` marks the copies of a log written at another hop than the servers' own
+    (smtpguard's ``jsonl``: ``"gateway"``), so that one copy seen by the gateway and
+    by the server behind it is not taken for two (see :class:`Delivered`)."""
+
+    def __init__(self, file: str, leg: str = "") -> None:
         self.file = file
+        self.leg = leg
         self._open: dict[str, _Session] = {}
         self.sessions_seen = 0
         self.open_in_data_at_end = 0
@@ -212,6 +217,7 @@ class SessionTracker:
                 mail_from=s.mail_from,
                 rcpt_to=tuple(s.rcpt_to),
                 size=s.size,
+                leg=self.leg,
                 start=s.start,
                 end=ev.time,
             )
@@ -257,6 +263,7 @@ class SessionTracker:
                 rcpt_to=tuple(s.rcpt_to),
                 size=s.size,
                 stalled=True,
+                leg=self.leg,
                 start=s.start,
                 end=time,
             )

@@ -3,7 +3,8 @@
 Keys: ``ts`` (ISO-8601 with offset), ``session``, ``event`` (connect, command,
 reply, data, policy, disconnect), ``dir`` (client>gw, gw>server, server>gw,
 gw>client), ``peer`` (connect), ``verb``/``line`` (command), ``code``/``line``
-(reply), ``size`` (data), ``id``/``message``/``action`` (policy).
+(reply), ``size`` and ``message_id`` (data; the Message-ID field's identifier, absent
+in older logs and when the message has none), ``id``/``message``/``action`` (policy).
 
 The client leg (client>gw commands, gw>client replies) feeds the session model:
 that is what the sender saw. A 354 to the client with no later gw>client reply
@@ -206,7 +207,8 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             if isinstance(size, int):
                 if up is not None and up.data_line:
                     up.data_seen = True
-                yield DataSize(no, time, session, size)
+                mid = obj.get("message_id")
+                yield DataSize(no, time, session, size, mid if isinstance(mid, str) else "")
         elif event == "policy":
             pid = str(obj.get("id", ""))
             if up is not None and up.data_line and up.cause is None:

@@ -1,0 +1,93 @@
+"""Which copies are one message: without a Message-ID, an envelope (even with its
+size) links copies only after a stall; the gateway's copies never group with the
+server's copies of the same transfers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.logscan.conftest import scan_json
+
+
+def _session(sid: str, minute: int, size: int, mid: str | None, final: bool) -> list[dict]:
+    ts = f"2026-03-02T10:{minute:02d}:00+00:00"
+    lines: list[dict] = [
+        {"event": "connect", "peer": "192.0.2.7:4000"},
+        {"event": "command", "dir": "client>gw", "line": "HELO c.example"},
+        {"event": "reply", "dir": "gw>client", "code": 250, "line": "250 gw"},
+        {"event": "command", "dir": "client>gw", "line": "MAIL FROM:<report@example.org>"},
+        {"event": "reply", "dir": "gw>client", "code": 250, "line": "250 2.1.0 Ok"},
+        {"event": "command", "dir": "client>gw", "line": "RCPT TO:<ops@example.net>"},
+        {"event": "reply", "dir": "gw>client", "code": 250, "line": "250 2.1.5 Ok"},
+        {"event": "command", "dir": "client>gw", "line": "DATA"},
+        {"event": "reply", "dir": "gw>client", "code": 354, "line": "354 go ahead"},
+        {"event": "data", "dir": "client>gw", "size": size, **({"message_id": mid} if mid else {})},
+    ]
+    if final:
+        lines.append({"event": "reply", "dir": "gw>client", "code": 250, "line": "250 2.0.0 Ok"})
+    lines.append({"event": "disconnect"})
+    return [{"ts": ts, "session": sid, **obj} for obj in lines]
+
+
+def _write(path: Path, sessions: list[list[dict]]) -> str:
+    path.write_text("".join(json.dumps(o) + "\n" for s in sessions for o in s))
+    return str(path)
+
+
+def test_two_reports_of_one_size_between_the_same_two_people_are_two_messages(
+    tmp_path: Path,
+) -> None:
+    log = _write(
+        tmp_path / "g.jsonl",
+        [_session("a.1", 0, 900, None, True), _session("a.2", 30, 900, None, True)],
+    )
+    _, doc = scan_json(log)
+    assert doc["summary"]["by_kind"] == {}
+
+
+def test_the_same_envelope_after_a_stall_is_a_retry(tmp_path: Path) -> None:
+    log = _write(
+        tmp_path / "g.jsonl",
+        [_session("a.1", 0, 900, None, False), _session("a.2", 5, 900, None, True)],
+    )
+    _, doc = scan_json(log)
+    assert doc["summary"]["by_kind"] == {"duplicate": 1, "stalled_data": 1}
+
+
+def test_one_message_id_twice_is_a_duplicate_and_two_are_not(tmp_path: Path) -> None:
+    same = _write(
+        tmp_path / "same.jsonl",
+        [
+            _session("a.1", 0, 900, "r1@example.org", True),
+            _session("a.2", 30, 901, "r1@example.org", True),
+        ],
+    )
+    other = _write(
+        tmp_path / "other.jsonl",
+        [
+            _session("b.1", 0, 900, "r1@example.org", True),
+            _session("b.2", 30, 900, "r2@example.org", True),
+        ],
+    )
+    assert scan_json(same)[1]["summary"]["by_kind"] == {"duplicate": 1}
+    assert scan_json(other)[1]["summary"]["by_kind"] == {}
+
+
+def test_two_gateways_of_a_fleet_group_but_never_with_the_server_behind(tmp_path: Path) -> None:
+    one = _write(tmp_path / "gw1.jsonl", [_session("a.1", 0, 900, "r1@example.org", True)])
+    two = _write(tmp_path / "gw2.jsonl", [_session("b.1", 9, 900, "r1@example.org", True)])
+    assert scan_json(one, two)[1]["summary"]["by_kind"] == {"duplicate": 1}
+    server = tmp_path / "maillog"
+    server.write_text(
+        "Mar  2 10:00:01 mx postfix/smtpd[100]: connect from localhost[127.0.0.1]\n"
+        "Mar  2 10:00:01 mx postfix/smtpd[100]: 4AB12C: client=localhost[127.0.0.1]\n"
+        "Mar  2 10:00:01 mx postfix/cleanup[101]: 4AB12C: message-id=<r1@example.org>\n"
+        "Mar  2 10:00:01 mx postfix/qmgr[102]: 4AB12C: from=<report@example.org>, size=900, "
+        "nrcpt=1 (queue active)\n"
+        "Mar  2 10:00:02 mx postfix/virtual[103]: 4AB12C: to=<ops@example.net>, relay=virtual, "
+        "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (delivered to maildir)\n"
+        "Mar  2 10:00:02 mx postfix/qmgr[102]: 4AB12C: removed\n"
+    )
+    # The gateway relayed it once and the server accepted it once: one copy per hop.
+    assert scan_json("--year", "2026", one, str(server))[1]["summary"]["by_kind"] == {}
