@@ -91,3 +91,31 @@ def test_two_gateways_of_a_fleet_group_but_never_with_the_server_behind(tmp_path
     )
     # The gateway relayed it once and the server accepted it once: one copy per hop.
     assert scan_json("--year", "2026", one, str(server))[1]["summary"]["by_kind"] == {}
+
+
+def test_a_sender_relaying_through_a_gateway_on_loopback_is_not_a_content_filter(
+    tmp_path: Path,
+) -> None:
+    """The lab's sender: every attempt goes to 127.0.0.1 and stalls; nothing comes
+    back from loopback, so nothing is a content filter's hand-off."""
+    lines = [
+        "Mar  2 10:00:00 lab lab-sender/pickup[1]: 9A9A9A: uid=0 from=<a@example.org>",
+        "Mar  2 10:00:00 lab lab-sender/cleanup[2]: 9A9A9A: message-id=<seed-1@lab.test>",
+        "Mar  2 10:00:00 lab lab-sender/qmgr[3]: 9A9A9A: from=<a@example.org>, size=253, "
+        "nrcpt=1 (queue active)",
+    ]
+    for n, minute in enumerate((0, 5, 10)):
+        lines.append(
+            f"Mar  2 10:{minute:02d}:03 lab lab-sender/smtp[{10 + n}]: 9A9A9A: "
+            "to=<b@example.net>, relay=127.0.0.1[127.0.0.1]:2525, delay=3, "
+            "delays=0/0/0/3, dsn=4.4.2, status=deferred (conversation with "
+            "127.0.0.1[127.0.0.1] timed out while sending end of data -- message may be "
+            "sent more than once)"
+        )
+    log = tmp_path / "maillog"
+    log.write_text("\n".join(lines) + "\n")
+    _, doc = scan_json("--year", "2026", str(log))
+    assert doc["summary"]["by_kind"] == {"duplicate": 1, "stalled_data": 3}
+    assert doc["summary"]["set_aside"] == {}
+    [dup] = [f for f in doc["findings"] if f["kind"] == "duplicate"]
+    assert "<seed-1@lab.test>" in dup["detail"] and "3 times" in dup["detail"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from smtpguard.core import replies
-from smtpguard.core.actions import ToServer
+from smtpguard.core.actions import Direction, ToServer, Trace
 from smtpguard.core.checks import Finding
 from smtpguard.core.data import DataScanner, Normalizer
 from smtpguard.core.grammar import END_OF_DATA
@@ -189,4 +189,6 @@ class MessageRelay:
         s.out.event(
             "SG-EMULATE-SPLIT-EOD", "PIX emulation: split end-of-data swallowed (CSCds90792)", "log"
         )
+        if s.out.size:  # the message as the client sent it, for the protocol log
+            s.out.emit(Trace(Direction.CLIENT_TO_GW, self.message_id, size=self.size))
         s.swallow_rest()

@@ -26,6 +26,9 @@ the gateway's log it is not:
   - the gateway sent the whole message and gave up on the server (``SG-UPSTREAM-*``),
     yet the server says the data never ended: still ``stalled_data``, with both
     sides told (something between the two ate the terminator);
+  - swallowed by the lab's PIX emulation (``SG-EMULATE-SPLIT-EOD``): still
+    ``stalled_data`` on both logs, each naming the emulated bug — it is the
+    Mailguard failure, reproduced on purpose;
 
 * a message the gateway relayed in full but gave up on (timeout, server lost)
   that the server log shows accepted (same sender and recipients, same time) is
@@ -75,6 +78,9 @@ OFFSET_SAMPLE = 5_000
 # (a single loss half an hour from a single gateway abort) is not a time zone.
 MIN_SHIFT_EVIDENCE = 2
 SUPPRESSED = "SG-DEDUPE-SUPPRESSED"
+# The lab's PIX emulation swallowing a split end of data (serve --emulate-bug
+# split-eod): not a refusal but the Mailguard bug itself, on purpose.
+EMULATED_BUG = "SG-EMULATE-SPLIT-EOD"
 
 
 class _Copy(NamedTuple):
@@ -161,9 +167,12 @@ class Correlator:
             (f.file, f.session, f.line) for f, _, gw in held if gw and f.kind is Kind.SUPPRESSED
         }
         legs_by_session: dict[tuple[str, str], list[_Leg]] = defaultdict(list)
+        emulated: dict[tuple[str, str], _Leg] = {}
         for each in self._legs:
             if each.ev.accepted:
                 legs_by_session[(each.file, each.ev.session)].append(each)
+            elif each.ev.cause_id == EMULATED_BUG:
+                emulated[(each.file, each.ev.session)] = each
         suppressed_loss: dict[tuple[str, str, int], Finding] = {}
         for i, f in losses:
             p = paired.get(i)
@@ -177,14 +186,19 @@ class Correlator:
             if gw and f.kind is Kind.STALLED_DATA:
                 if (f.file, f.session) in slow_sessions:
                     continue  # told once, as slow_server
-                late = _late_reply(f, legs_by_session.get((f.file, f.session), ()))
-                out.append(late or f)
+                legs = legs_by_session.get((f.file, f.session), ())
+                bug = emulated.get((f.file, f.session))
+                late = _late_reply(f, legs)
+                out.append(late or (_emulated(f, bug, client_leg=True) if bug else f))
                 continue
             leg = paired.get(i)
             if leg is None:
                 out.append(f)
                 continue
             cause = leg.ev.cause_id
+            if cause == EMULATED_BUG:  # a stall all the same: not "explained away"
+                out.append(_emulated(f, leg, client_leg=False))
+                continue
             self.explained[cause or "client-stopped"] += 1
             if cause == SUPPRESSED:
                 if (leg.file, leg.ev.session, leg.ev.cause_line) not in held_suppressed:
@@ -204,7 +218,7 @@ class Correlator:
         aborted = [leg.ev.end_time for leg in self._legs if _dropped(leg.ev) and leg.ev.end_time]
         accepted = [leg.ev for leg in self._legs if leg.ev.accepted and leg.ev.time]
         aborted, accepted = aborted[:OFFSET_SAMPLE], accepted[:OFFSET_SAMPLE]
-        loss_times = sorted(f.time for f in losses if f.time)[:OFFSET_SAMPLE]
+        loss_times = sorted(t for t in map(_lost_at, losses) if t)[:OFFSET_SAMPLE]
         aborted_times = sorted(aborted)
         copies = self._copies_by_envelope()
         best, best_score = timedelta(0), 0
@@ -239,10 +253,11 @@ class Correlator:
         times = [(leg.ev.end_time or datetime.min) + self.offset for leg in legs]
         used: set[int] = set()
         out: dict[int, _Leg] = {}
-        for i, f in sorted(losses, key=lambda x: x[1].time or datetime.min):
-            assert f.time is not None
-            lo = bisect.bisect_left(times, f.time - self.tolerance)
-            hi = bisect.bisect_right(times, f.time + self.tolerance)
+        for i, f in sorted(losses, key=lambda x: _lost_at(x[1]) or datetime.min):
+            at = _lost_at(f)
+            assert at is not None
+            lo = bisect.bisect_left(times, at - self.tolerance)
+            hi = bisect.bisect_right(times, at + self.tolerance)
             host = _host(f.peer)
             choice: tuple[int, float, int] | None = None  # (peer differs, distance, j)
             for j in range(lo, hi):
@@ -250,7 +265,7 @@ class Correlator:
                     continue
                 key = (
                     int(bool(host) and _host(legs[j].ev.client_peer) != host),
-                    abs((times[j] - f.time).total_seconds()),
+                    abs((times[j] - at).total_seconds()),
                     j,
                 )
                 if choice is None or key < choice:
@@ -308,6 +323,14 @@ def _late_reply(f: Finding, legs: Iterable[_Leg]) -> Finding | None:
     return None
 
 
+def _lost_at(f: Finding) -> datetime | None:
+    """When a server lost its client: the end of the stalled session where the log
+    shows it (a dialogue log's stall is dated at its 354), else the finding's time
+    (Postfix dates ``lost connection after DATA`` at the loss)."""
+    end = f.copies[0].end if f.copies else None
+    return end or f.time
+
+
 def _dropped(ev: UpstreamEnd) -> bool:
     """The gateway dropped the leg: no final reply from the server ended it."""
     return not ev.reply and not ev.accepted
@@ -353,14 +376,17 @@ def _abort(f: Finding, leg: _Leg) -> Finding:
             f"the gateway suppressed a re-sent copy: {SUPPRESSED} ({ev.cause_message}) at "
             f"{_at(leg)}"
         )
+        after = "the client was answered by the gateway; no retry follows from it"
     elif ev.cause_id:
         why = f"the gateway refused it: {ev.cause_id} ({ev.cause_message}) at {_at(leg)}"
+        after = "the client got the gateway's own reply to it"
     else:
         why = (
             f"the gateway's own client stopped in the middle of the message data "
             f"(session {ev.session} at {leg.file}:{ev.line}); that stall is reported on "
             f"the gateway's client leg, once"
         )
+        after = "whether the client tries again is for the gateway's side to show"
     return Finding(
         Kind.GATEWAY_ABORT,
         f.file,
@@ -370,11 +396,40 @@ def _abort(f: Finding, leg: _Leg) -> Finding:
         f.session,
         f"the server lost its client in DATA, but not to a filter: {why}. The gateway "
         f"aborts its connection to the server without the end of data by design, so "
-        f"the server discards the message; nothing was lost and no retry follows from it",
+        f"the server discards the message; {after}",
         (),
         f.start,
         ev.mail_from,
         Cause(ev.cause_id, leg.file, ev.cause_line or ev.end_line),
+    )
+
+
+def _emulated(f: Finding, leg: _Leg, client_leg: bool) -> Finding:
+    """A stall the gateway caused on purpose, emulating the PIX bug (lab only)."""
+    ev = leg.ev
+    if client_leg:
+        what = (
+            "the gateway itself swallowed the end of data, split across segments: it "
+            "runs the lab's PIX emulation with the CSCds90792 bug on"
+        )
+    else:
+        what = (
+            "the server never got the end of data because the gateway in front of it "
+            "swallowed it: the lab's PIX emulation with the CSCds90792 bug on"
+        )
+    return Finding(
+        f.kind,
+        f.file,
+        f.line,
+        f.time,
+        f.peer,
+        f.session,
+        f"{f.detail}. Read with the gateway's log: {what} ({EMULATED_BUG} at {_at(leg)}) "
+        f"— the Mailguard failure, reproduced on purpose",
+        f.copies,
+        f.start,
+        ev.mail_from or f.sender,
+        Cause(EMULATED_BUG, leg.file, ev.cause_line or ev.end_line),
     )
 
 

@@ -22,16 +22,21 @@ duplicate, so the descriptive text and the :class:`Copy` records are only built
 when a group is reported.
 
 Loopback: nothing is set aside for its address alone (a server behind a gateway
-without XCLIENT sees every client as 127.0.0.1, and must still find duplicates).
-What is set aside, and counted by reason in :attr:`DuplicateIndex.set_aside`:
+without XCLIENT sees every client as 127.0.0.1, and a sender whose relay host is a
+gateway on loopback sends every copy there; both must still find duplicates). A
+content filter is recognised by what it does: the same log shows the message (same
+Message-ID) *sent* to a relay on loopback and *received* back from loopback — the
+filter's hand-off (Postfix ``relay=127.0.0.1[127.0.0.1]:10024``) and its
+re-injection (Postfix's second smtpd on 127.0.0.1:10025). Only such pairs are set
+aside, counted by reason in :attr:`DuplicateIndex.set_aside`:
 
-* ``loopback_relay``: a copy *sent* to a relay on loopback — the hand-off to a
-  content filter (Postfix ``relay=127.0.0.1[127.0.0.1]:10024``) or to a local
-  gateway — is not a delivery to the destination;
-* ``content_filter_reinjection``: a copy *received* from loopback of a message (same
-  Message-ID) that was handed to such a relay: the filter re-injecting it (Postfix's
-  second smtpd on 127.0.0.1:10025), one per hand-off. Decided when the group is
-  flushed, so the hand-off may be logged before or after the re-injected copy.
+* ``loopback_relay``: a copy sent to loopback whose message came back from loopback;
+* ``content_filter_reinjection``: a copy received from loopback of a message that
+  was handed to loopback, one per hand-off.
+
+Both are decided when the group is flushed, so hand-off and re-injection may be
+logged in either order. A copy sent to loopback that never comes back (a relay
+host on loopback: a local gateway) is a copy like any other.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ _CopyAt = tuple[str, int, datetime, str, bool, datetime | None, datetime | None]
 
 
 class _Group:
-    __slots__ = ("count", "digest", "file", "first", "loop", "more", "opened", "stalled", "weak")
+    __slots__ = (
+        "count", "digest", "file", "first", "loop", "more", "opened", "stalled", "weak"
+    )  # fmt: skip
 
     def __init__(
         self, digest: str, file: str, first: Delivered, opened: datetime, weak: bool
@@ -106,10 +113,11 @@ class DuplicateIndex:
         self.deliveries = 0
         self.evicted_early = 0
         self._loopback: dict[str, bool] = {}  # peer → is it loopback (peers repeat)
-        # Message-ID → queue files handed to a loopback relay, not yet paired with a
-        # re-injected copy; and the (Message-ID, queue file) pairs already counted.
-        self._handoffs: dict[str, int] = {}
-        self._handed: dict[tuple[str, str], None] = {}
+        # (file, Message-ID) → queue files handed to a loopback relay, and copies
+        # received from loopback: a content filter's round trip is in one MTA's log.
+        self._handoffs: dict[tuple[str, str], int] = {}
+        self._handed: dict[tuple[str, str, str], None] = {}  # hand-offs counted
+        self._returned: dict[tuple[str, str], int] = {}
         self.set_aside: Counter[str] = Counter()  # copies not indexed, by reason
         self.loopback_counted = 0  # copies from loopback indexed as ordinary copies
 
@@ -123,9 +131,11 @@ class DuplicateIndex:
             if len(self._loopback) >= MAX_PEERS_CACHED:
                 self._loopback.clear()
             loop = self._loopback[d.peer] = rules.is_loopback(d.peer)
-        if loop and d.side is _SENDING:
-            self._handoff(d)
-            return _NONE
+        if loop:
+            if d.side is _SENDING:
+                self._handoff(file, d)
+            elif d.message_id:
+                self._count(self._returned, (file, d.message_id))
         self.deliveries += 1
         out: Sequence[Finding] = _NONE
         if self._now is None or t > self._now:
@@ -172,33 +182,42 @@ class DuplicateIndex:
     def size(self) -> int:
         return len(self._groups)
 
-    def _handoff(self, d: Delivered) -> None:
-        """A copy sent to a relay on loopback: set aside, remembered for its message."""
-        self.set_aside[LOOPBACK_RELAY] += 1
+    def _handoff(self, file: str, d: Delivered) -> None:
+        """A copy sent to a relay on loopback: remembered for its message, once per
+        queue file (its recipients are one hand-off)."""
         mid = d.message_id
-        if not mid:
+        if not mid or d.stalled:
             return
-        key = (mid, d.queue_id or d.session)
+        key = (file, mid, d.queue_id or d.session)
         handed = self._handed
         if key in handed:  # another recipient of the same hand-off
             return
         if len(handed) >= MAX_HANDOFFS:
             del handed[next(iter(handed))]
         handed[key] = None
-        handoffs = self._handoffs
-        if mid not in handoffs and len(handoffs) >= MAX_HANDOFFS:
-            del handoffs[next(iter(handoffs))]
-        handoffs[mid] = handoffs.get(mid, 0) + 1
+        self._count(self._handoffs, (file, mid))
 
-    def _reinjected(self, g: _Group) -> int:
-        """How many of the group's loopback copies a content filter re-injected."""
+    @staticmethod
+    def _count(counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
+        if key not in counts and len(counts) >= MAX_HANDOFFS:
+            del counts[next(iter(counts))]
+        counts[key] = counts.get(key, 0) + 1
+
+    def _set_aside(self, g: _Group) -> int:
+        """How many of the group's loopback copies are a content filter's round trip:
+        received ones that a hand-off of the message explains (re-injections), sent
+        ones that a copy received back explains (hand-offs)."""
         mid = g.first.message_id
         if not g.loop or not mid:
             return 0
-        n = self._handoffs.pop(mid, 0)
-        if n > g.loop:
-            self._handoffs[mid] = n - g.loop
-        return min(n, g.loop)
+        sent = g.first.side is _SENDING
+        counts = self._returned if sent else self._handoffs
+        # A sent copy names one recipient (a group per recipient), a received one
+        # all of them: each group pairs its own loopback copies.
+        pairs = min(counts.get((g.file, mid), 0), g.loop)
+        if pairs:
+            self.set_aside[LOOPBACK_RELAY if sent else REINJECTION] += pairs
+        return pairs
 
     def _pop_oldest(self) -> _Group:
         groups, order = self._groups, self._order
@@ -224,9 +243,8 @@ class DuplicateIndex:
         return out
 
     def _report(self, g: _Group) -> Sequence[Finding]:
-        reinjected = self._reinjected(g)
+        reinjected = self._set_aside(g)
         if reinjected:
-            self.set_aside[REINJECTION] += reinjected
             self.deliveries -= reinjected
         self.loopback_counted += g.loop - reinjected
         count = g.count - reinjected

@@ -284,7 +284,7 @@ class Scanner:
         r.dedupe_evicted_early = self._dedupe.evicted_early
         r.set_aside = self._dedupe.set_aside
         r.loopback_counted = self._dedupe.loopback_counted
-        if self._gateway_logs:
+        if self._gateway_logs and len(r.files) > len(self._gateway_logs):  # read together
             r.correlation = explained_summary(self._correlator, self._gateway_logs)
         r.findings.sort(key=lambda f: (f.time or datetime.min, f.file, f.line))
         return r

@@ -7,7 +7,10 @@ Theory of operation: :class:`LabSMTP` is aiosmtpd's ``SMTP`` with two additions.
   client sent it (``<<<``), each reply line (``>>>``), and a closing entry. Message
   content is never logged. Command lines are taken where aiosmtpd reads them, from
   its stream reader, which :class:`_LoggedReader` wraps; data lines are not logged
-  (the 354 reply switches the wrapper off until the next reply).
+  (the 354 reply switches the wrapper off until the next reply). Each message
+  stored gets one entry, ``message data: N bytes, Message-ID <id>`` (the ID read
+  as the gateway reads it, :mod:`smtpguard.core.message`), so that logscan tells
+  the copies of one message from other messages between the same two people.
 * ``ims`` emulation, the half of the seed story that happened on the receiving
   server: Exchange 5.5's Internet Mail Service, when the connection went quiet
   (or was dropped) in the middle of DATA, delivered the data it had received so
@@ -40,6 +43,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from smtpguard.core.actions import Direction, Trace
+from smtpguard.core.message import MessageInspector
+from smtpguard.core.policy import Policy
 from smtpguard.logs import ImsLog
 
 EMULATIONS = ("ims",)
@@ -52,6 +57,19 @@ END_OF_DATA_LINE = b".\r\n"  # RFC 5321 §4.1.1.4, after a CRLF
 LINE_LENGTH_LIMIT = 1001  # RFC 5321 §4.5.3.1.6
 
 log = logging.getLogger("smtpguard.sink")
+_CHECKS = Policy().checks  # none on: the inspector only reads the Message-ID
+
+
+def message_note(content: bytes) -> str:
+    """The log entry for one stored message (dot-unstuffed content): its size and
+    Message-ID, which logscan's ``ims`` reader takes (``formats/ims.py``)."""
+    inspector = MessageInspector(_CHECKS, want_id=True)
+    inspector.feed(content if content.endswith(b"\n") else content + b"\r\n")
+    inspector.feed(b"\r\n")  # a message that is all header: its end
+    mid = inspector.message_id
+    return f"message data: {len(content)} bytes" + (f", Message-ID <{mid}>" if mid else "")
+
+
 _session_ids = itertools.count(1)
 
 
@@ -103,6 +121,13 @@ class LabSMTP(SMTP):
     def _note(self, text: str) -> None:
         if self.protocol_log is not None:
             self.protocol_log.note(self.sid, text)
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        status = await super()._call_handler_hook(command, *args)
+        envelope = self.envelope
+        if command == "DATA" and str(status).startswith("250") and envelope is not None:
+            self._note(message_note(envelope.original_content or b""))
+        return status
 
     def client_line(self, line: bytes) -> None:
         if self.protocol_log is None or self._in_data or not line:
@@ -198,6 +223,7 @@ class LabSMTP(SMTP):
             self._note(f"{why}: nothing to deliver")
             return
         key = self.event_handler.store(envelope.mail_from, envelope.rcpt_tos, content)
+        self._note(message_note(content))
         self._note(
             f"{why}: delivered the {len(content)} bytes received so far as a message "
             f"({key}), as Exchange 5.5 IMS did; no reply was sent"

@@ -13,6 +13,10 @@ bare continuation lines; a bare line is accepted only right after a non-final re
 line, so prose pasted around a log excerpt is skipped, not parsed (and
 counted as not understood). ``<<< IO: |…`` lines are the service's raw echo of
 what the client sent; the ``<<<`` line after it is the command.
+
+smtpguard's mailbox (``smtpguard sink --log``) adds one entry per stored message,
+``message data: N bytes, Message-ID <id>``, read as the message's size and
+identity (IMS itself logged neither).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterator
 from smtpguard.core.grammar import parse_command, parse_reply_line
 from smtpguard.logs import IMS_FROM_CLIENT, IMS_TO_CLIENT
 
-from ..model import ClientCommand, Connect, Disconnect, Event, ServerReply
+from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply
 from ..timefmt import parse_ims
 from . import Context, Lines
 
@@ -37,6 +41,8 @@ _FROM_CLIENT = IMS_FROM_CLIENT.encode() + b" "  # the writer's marks (smtpguard.
 _TO_CLIENT = IMS_TO_CLIENT.encode() + b" "
 _ACCEPTED = b"A connection was accepted from "
 _CLOSED = (b"The connection was closed", b"Connection closed", b"Disconnected")
+# The mailbox's entry for a stored message (sink/lab.py message_note).
+_STORED = re.compile(rb"message data: (\d{1,15}) bytes(?:, Message-ID <([^<>]{1,998})>)?\Z")
 
 
 def sniff(lines: list[bytes]) -> int:
@@ -86,3 +92,12 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
         elif body.startswith(_CLOSED):
             yield Disconnect(no, time, session)
             session = ""
+        elif (stored := _STORED.match(body)) is not None:
+            mid = stored.group(2)
+            yield DataSize(
+                no,
+                time,
+                session,
+                int(stored.group(1)),
+                mid.decode("utf-8", "replace") if mid else "",
+            )

@@ -213,7 +213,11 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
             pid = str(obj.get("id", ""))
             if up is not None and up.data_line and up.cause is None:
                 action = str(obj.get("action", ""))
-                if action not in _PASSIVE_ACTIONS or pid.startswith("SG-UPSTREAM-"):
+                # The upstream's own failures, and the lab's PIX emulation eating the
+                # end of data (logged, not refused), end the leg as refusals do.
+                if action not in _PASSIVE_ACTIONS or pid.startswith(
+                    ("SG-UPSTREAM-", "SG-EMULATE-")
+                ):
                     up.cause = (pid, no, str(obj.get("message", "")))
             if pid == SUPPRESSED_ID:
                 # The gateway answered a re-sent copy itself ([dedupe], docs/events.md).
