@@ -119,3 +119,44 @@ def test_a_sender_relaying_through_a_gateway_on_loopback_is_not_a_content_filter
     assert doc["summary"]["set_aside"] == {}
     [dup] = [f for f in doc["findings"] if f["kind"] == "duplicate"]
     assert "<seed-1@lab.test>" in dup["detail"] and "3 times" in dup["detail"]
+
+
+def test_a_content_filter_reinjecting_with_xforward_is_no_duplicate(tmp_path: Path) -> None:
+    """amavis-style: handed to 127.0.0.1:10024, re-injected on :10025 with XFORWARD
+    (``orig_client=`` names the first client), then relayed on. One message."""
+    p = "Mar  2 10:00:0{} mx postfix/{}: {}"
+    lines = [
+        p.format(0, "smtpd[100]", "connect from mail.example.org[192.0.2.9]"),
+        p.format(0, "smtpd[100]", "A1A1A1: client=mail.example.org[192.0.2.9]"),
+        p.format(0, "cleanup[9]", "A1A1A1: message-id=<f@example.org>"),
+        p.format(0, "qmgr[8]", "A1A1A1: from=<a@example.org>, size=500, nrcpt=1 (queue active)"),
+        p.format(1, "smtpd[200]", "connect from localhost[127.0.0.1]"),
+        p.format(
+            1,
+            "smtpd[200]",
+            "B2B2B2: client=localhost[127.0.0.1], orig_queue_id=A1A1A1, "
+            "orig_client=mail.example.org[192.0.2.9]",
+        ),
+        p.format(1, "cleanup[9]", "B2B2B2: message-id=<f@example.org>"),
+        p.format(1, "qmgr[8]", "B2B2B2: from=<a@example.org>, size=900, nrcpt=1 (queue active)"),
+        p.format(
+            1,
+            "smtp[300]",
+            "A1A1A1: to=<b@example.net>, relay=127.0.0.1[127.0.0.1]:10024, delay=1, "
+            "delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 Ok, id=1, from "
+            "MTA([127.0.0.1]:10025): 250 2.0.0 Ok: queued as B2B2B2)",
+        ),
+        p.format(1, "qmgr[8]", "A1A1A1: removed"),
+        p.format(
+            2,
+            "smtp[301]",
+            "B2B2B2: to=<b@example.net>, relay=mx.example.net[198.51.100.2]:25, delay=1, "
+            "delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 77)",
+        ),
+        p.format(2, "qmgr[8]", "B2B2B2: removed"),
+    ]
+    log = tmp_path / "maillog"
+    log.write_text("\n".join(lines) + "\n")
+    _, doc = scan_json("--year", "2026", str(log))
+    assert doc["summary"]["by_kind"] == {}, doc["findings"]
+    assert doc["summary"]["set_aside"] == {"loopback_relay": 1}

@@ -47,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from . import rules
+from .formats.postfix import REINJECTED
 from .model import Copy, Delivered, Finding, Kind, Side
 from .timefmt import human_delta
 
@@ -131,11 +132,10 @@ class DuplicateIndex:
             if len(self._loopback) >= MAX_PEERS_CACHED:
                 self._loopback.clear()
             loop = self._loopback[d.peer] = rules.is_loopback(d.peer)
-        if loop:
-            if d.side is _SENDING:
-                self._handoff(file, d)
-            elif d.message_id:
-                self._count(self._returned, (file, d.message_id))
+        if loop and d.side is _SENDING:
+            self._handoff(file, d)
+        elif (loop or d.leg == REINJECTED) and d.message_id:  # XFORWARD names the
+            self._count(self._returned, (file, d.message_id))  # original client
         self.deliveries += 1
         out: Sequence[Finding] = _NONE
         if self._now is None or t > self._now:

@@ -126,8 +126,8 @@ class Result:
 
 
 _SET_ASIDE_WHY = {
-    LOOPBACK_RELAY: "sent to a relay on loopback (a content filter's hand-off, or a local "
-    "gateway): not a delivery to the destination",
+    LOOPBACK_RELAY: "sent to a relay on loopback and received back in the same log (a "
+    "content filter's hand-off): not a delivery to the destination",
     REINJECTION: "received from loopback after the same Message-ID was handed to such a "
     "relay: the content filter re-injecting it",
 }

@@ -20,10 +20,11 @@ Postfix logs outcomes, not the dialogue, so this parser states findings itself:
 
 Deliveries for the duplicate index come from the queue-id trail: smtpd
 ``client=`` (receipt time and peer; ``orig_client=`` when a content filter
-re-injects) ↔ cleanup ``message-id=`` ↔ qmgr ``from=, size=`` ↔ delivery agents'
-``to=`` ↔ qmgr ``removed``. On the sending side every smtp attempt that reached end
-of data (``status=sent`` or a stall) is one copy. Sessions are smtpd ``connect
-from`` lines.
+re-injects with XFORWARD: the copy is then the filter's hop, ``leg`` "reinjected",
+grouped apart from the message as first received) ↔ cleanup ``message-id=`` ↔
+qmgr ``from=, size=`` ↔ delivery agents' ``to=`` ↔ qmgr ``removed``. On the sending
+side every smtp attempt that reached end of data (``status=sent`` or a stall) is one
+copy. Sessions are smtpd ``connect from`` lines.
 
 Hot path: one compiled bytes regex per line reads the stamp, daemon, pid and queue
 id together; the field regexes then match in place from that offset (no slicing,
@@ -80,6 +81,7 @@ _STALL_IN = re.compile(
 _STALL_IN_PREFIX = (b"timeout after DATA (", b"lost connection after DATA (")
 _CLIENT = re.compile(rb"client=([^,\s]+)")
 _ORIG_CLIENT = b", orig_client="
+REINJECTED = "reinjected"  # the hop of a copy a content filter re-injected (XFORWARD)
 _MSGID = re.compile(rb"message-id=<?([^>\s]*)>?")
 _FROM = re.compile(rb"from=<([^>]*)>, size=(\d+)")
 _TO = re.compile(rb"to=<([^>]*)>,(?: orig_to=<[^>]*>,)? relay=([^,\s]+).*?status=(\w+)")
@@ -116,6 +118,7 @@ class _Open:
 
 class _Queued:
     __slots__ = (
+        "leg",
         "line",
         "message_id",
         "peer",
@@ -129,9 +132,16 @@ class _Queued:
     )
 
     def __init__(
-        self, line: int, time: datetime | None, peer: str, session: str, start: datetime | None
+        self,
+        line: int,
+        time: datetime | None,
+        peer: str,
+        session: str,
+        start: datetime | None,
+        leg: str = "",
     ) -> None:
         self.line, self.time, self.peer, self.session = line, time, peer, session
+        self.leg = leg
         self.start = start  # the smtpd connect, if seen
         self.queued: datetime | None = None  # qmgr took it: the message was accepted
         self.message_id = ""
@@ -254,8 +264,10 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                         o.client = True
                     peer = c.group(1)
                     orig = raw.find(_ORIG_CLIENT, c.end())
+                    leg = ""
                     if orig >= 0:
                         peer = raw[orig + len(_ORIG_CLIENT) :].split(b",", 1)[0].split()[0]
+                        leg = REINJECTED
                     old = queue.pop(qid, None)
                     if old is None and len(queue) >= MAX_PENDING_QUEUE_IDS:
                         old = queue.pop(next(iter(queue)))
@@ -269,6 +281,7 @@ def parse(lines: Lines, ctx: Context) -> Iterator[Event]:
                         peer.decode("utf-8", "surrogateescape"),
                         _session(raw, m),
                         o.start if o else None,
+                        leg,
                     )
                 elif raw.startswith(_STALL_IN_PREFIX, pos):  # Postfix >= 3.10: "<qid>: …"
                     st = _STALL_IN.match(raw, pos)
@@ -447,7 +460,7 @@ def _delivered(entry: _Queued, removed: datetime | None = None) -> Delivered | N
         False,
         Side.RECEIVING,
         "",
-        "",
+        entry.leg,
         entry.start or entry.time,
         entry.queued or removed or entry.time,
     )
