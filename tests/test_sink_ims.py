@@ -167,3 +167,17 @@ def test_cli_refuses_bad_input_without_a_traceback(tmp_path: Path) -> None:
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert expected in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_stored_message_note_names_size_and_message_id_on_one_line() -> None:
+    from smtpguard.sink.lab import message_note
+
+    assert message_note(b"Subject: x\r\nMessage-Id:\r\n <folded@x>\r\n\r\nb\r\n") == (
+        "message data: 43 bytes, Message-ID <folded@x>"
+    )
+    # A bare CR inside the field never splits the log entry.
+    assert (
+        message_note(b"Message-ID: <a\rb@c>\r\n\r\n")
+        == "message data: 23 bytes, Message-ID <a?b@c>"
+    )
+    assert message_note(b"") == "message data: 0 bytes"

@@ -26,7 +26,10 @@ def register(sub: Any) -> None:
             "Read SMTP logs (Exchange IMS, IIS W3C, Exchange 2007+ protocol and message "
             "tracking logs, Postfix, Exim, Zeek, smtpguard ims/jsonl), plain, .gz or '-' "
             "for stdin, and report stalled DATA, duplicate deliveries, EHLO rejected with "
-            "500, commands a PIX rewrote, masked banners and Postfix PIX work-arounds."
+            "500, commands a PIX rewrote, masked banners and Postfix PIX work-arounds. "
+            "Give smtpguard's jsonl protocol log with the server's log behind it to have "
+            "the gateway's own refusals, suppressed copies and slow servers told apart "
+            "from stalls."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="log file, .gz, or - for stdin")

@@ -66,7 +66,9 @@ def message_note(content: bytes) -> str:
     inspector = MessageInspector(_CHECKS, want_id=True)
     inspector.feed(content if content.endswith(b"\n") else content + b"\r\n")
     inspector.feed(b"\r\n")  # a message that is all header: its end
-    mid = inspector.message_id
+    # One log entry: a control character (a bare CR or LF inside the field) is shown
+    # as "?", never written into the log as is.
+    mid = "".join(c if c.isprintable() else "?" for c in inspector.message_id)
     return f"message data: {len(content)} bytes" + (f", Message-ID <{mid}>" if mid else "")
 
 
