@@ -52,6 +52,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -417,56 +418,34 @@ def _emulated(f: Finding, leg: _Leg, client_leg: bool) -> Finding:
             "the server never got the end of data because the gateway in front of it "
             "swallowed it: the lab's PIX emulation with the CSCds90792 bug on"
         )
-    return Finding(
-        f.kind,
-        f.file,
-        f.line,
-        f.time,
-        f.peer,
-        f.session,
-        f"{f.detail}. Read with the gateway's log: {what} ({EMULATED_BUG} at {_at(leg)}) "
-        f"— the Mailguard failure, reproduced on purpose",
-        f.copies,
-        f.start,
-        ev.mail_from or f.sender,
-        Cause(EMULATED_BUG, leg.file, ev.cause_line or ev.end_line),
+    return replace(
+        f,
+        detail=f"{f.detail}. Read with the gateway's log: {what} ({EMULATED_BUG} at "
+        f"{_at(leg)}) — the Mailguard failure, reproduced on purpose",
+        sender=ev.mail_from or f.sender,
+        cause=Cause(EMULATED_BUG, leg.file, ev.cause_line or ev.end_line),
     )
 
 
 def _between(f: Finding, leg: _Leg) -> Finding:
     ev = leg.ev
-    return Finding(
-        f.kind,
-        f.file,
-        f.line,
-        f.time,
-        f.peer,
-        f.session,
-        f"{f.detail}. The gateway relayed the whole message with its end of data and "
-        f"then gave up on the server ({ev.cause_id}: {ev.cause_message}, at {_at(leg)}): "
-        f"the terminator left the gateway but never reached the server — something "
-        f"between the gateway and the server ate it",
-        f.copies,
-        f.start,
-        ev.mail_from or f.sender,
-        Cause(ev.cause_id, leg.file, ev.cause_line or ev.end_line),
+    return replace(
+        f,
+        detail=f"{f.detail}. The gateway relayed the whole message with its end of data "
+        f"and then gave up on the server ({ev.cause_id}: {ev.cause_message}, at "
+        f"{_at(leg)}): the terminator left the gateway but never reached the server — "
+        f"something between the gateway and the server ate it",
+        sender=ev.mail_from or f.sender,
+        cause=Cause(ev.cause_id, leg.file, ev.cause_line or ev.end_line),
     )
 
 
 def _suppressed(f: Finding, loss: Finding) -> Finding:
-    return Finding(
-        f.kind,
-        f.file,
-        f.line,
-        f.time,
-        f.peer,
-        f.session,
-        f"{f.detail}. The server logged the aborted copy at {loss.file}:{loss.line} (a "
-        f"loss in DATA by design, not a stall)",
-        f.copies,
-        f.start,
-        f.sender,
-        Cause(SUPPRESSED, loss.file, loss.line),
+    return replace(
+        f,
+        detail=f"{f.detail}. The server logged the aborted copy at {loss.file}:{loss.line} "
+        f"(a loss in DATA by design, not a stall)",
+        cause=Cause(SUPPRESSED, loss.file, loss.line),
     )
 
 
