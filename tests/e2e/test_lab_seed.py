@@ -182,6 +182,12 @@ def logscan(*files: Path) -> dict[str, object]:
     return report
 
 
+def show(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """The lab's numbers on the terminal of every run (CI's log too), not only -s."""
+    with capsys.disabled():
+        print(line, flush=True)
+
+
 def _named(detail: str) -> str:
     m = re.match(r"Message <([^>]+)>", detail)
     return m.group(1) if m else detail
@@ -200,7 +206,9 @@ def kinds(report: dict[str, object], file: Path | None = None) -> collections.Co
     )
 
 
-def test_seed_story_duplicates_behind_emulated_pix_once_through_smtpguard(tmp_path: Path) -> None:
+def test_seed_story_duplicates_behind_emulated_pix_once_through_smtpguard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     workdir = tmp_path
     table: list[str] = []
 
@@ -219,7 +227,7 @@ def test_seed_story_duplicates_behind_emulated_pix_once_through_smtpguard(tmp_pa
         f"emulated PIX + IMS: copies per message {pix_counts} in {RETRY_WINDOW:.0f} s, "
         f"{pix.attempts()} Postfix attempts, none acknowledged"
     )
-    print("\n" + table[-1])
+    show(capsys, "\n" + table[-1])
 
     # 2. The same sender through smtpguard, in each mode: one 250, one copy.
     runs = {"pix": pix}
@@ -240,7 +248,7 @@ def test_seed_story_duplicates_behind_emulated_pix_once_through_smtpguard(tmp_pa
             f"smtpguard --mode {mode}: copies per message {counts}, all sent in {took:.1f} s, "
             f"{run.attempts()} Postfix attempts"
         )
-        print(table[-1])
+        show(capsys, table[-1])
         assert counts == [1] * MESSAGES, "\n".join(table)
         # the sender did split its terminator, as through the emulation
         assert SPLITTING in run.postfix_log.read_text(), "\n".join(table)
@@ -253,7 +261,7 @@ def test_seed_story_duplicates_behind_emulated_pix_once_through_smtpguard(tmp_pa
         files = (run.postfix_log, run.gateway_log, run.sink.log)
         report = logscan(*files)
         found = {f.name: dict(kinds(report, f)) for f in files}
-        print(f"logscan, {name} run: {found}")
+        show(capsys, f"logscan, {name} run: {found}")
         findings = report["findings"]
         assert isinstance(findings, list)
         if name == "pix":
