@@ -17,10 +17,9 @@ import sys
 from collections.abc import Sequence
 
 from smtpguard import __version__, core_build
+from smtpguard.errors import CliError
 
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+__all__ = ["CliError", "build_parser", "main", "subparser"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtpguard.config import schema
-from smtpguard.config.load import ConfigError, load
+from smtpguard.config.load import load
 from smtpguard.core import policy as core
+from smtpguard.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]
 

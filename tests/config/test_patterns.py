@@ -11,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtpguard.config.docs import PATTERN_EXAMPLES
-from smtpguard.config.load import ConfigError, load
+from smtpguard.config.load import load
 from smtpguard.config.safety import _end_anchored
 from smtpguard.core.checks import pattern_fires
 from smtpguard.core.policy import PatternCheck
+from smtpguard.errors import ConfigError
 from tests.core.harness import converse
 from tests.core.test_checks import esmtp, multipart
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpguard.config.load import ConfigError, load
+from smtpguard.config.load import load
 from smtpguard.core.policy import BannerPolicy, Checks, Mode, Policy, Smuggling, StartTls
+from smtpguard.errors import ConfigError
 from tests.core.harness import FakeServer, Harness, converse
 
 EHLO = b"EHLO c\r\n"

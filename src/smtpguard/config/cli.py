@@ -22,8 +22,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from smtpguard.cli import CliError
-    from smtpguard.config.load import ConfigError, load
+    from smtpguard.config.load import load
     from smtpguard.config.render import to_data, to_text
+    from smtpguard.errors import ConfigError
 
     try:
         settings = load(args.file)

@@ -44,20 +44,12 @@ from smtpguard.config import schema
 from smtpguard.config.locate import find_line
 from smtpguard.config.safety import unsafe_combinations
 from smtpguard.core import policy as core
+from smtpguard.errors import ConfigError
 from smtpguard.gateway.access import AccessPolicy
 from smtpguard.state import DedupeSettings, StateSettings
 
 Loc = tuple[str | int, ...]
 Override = tuple[tuple[str, ...], object, str]  # key path, value, flag that set it
-
-
-class ConfigError(Exception):
-    """An invalid configuration; ``str()`` is the message for the user, one line per
-    problem (``lines``)."""
-
-    def __init__(self, *lines: str) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 @dataclass(frozen=True)

@@ -241,7 +241,8 @@ def overrides(args: argparse.Namespace) -> list[Override]:
 def load_settings(args: argparse.Namespace) -> Settings:
     """The config file (if any) with the command-line overrides; CliError if invalid."""
     from smtpguard.cli import CliError
-    from smtpguard.config.load import ConfigError, load
+    from smtpguard.config.load import load
+    from smtpguard.errors import ConfigError
 
     try:
         return load(args.config, overrides(args))
@@ -539,7 +540,7 @@ def _reload_tls(gateway: Gateway, new: Settings) -> None:
     """Load the (possibly renewed) certificate into the running server context, so
     STARTTLS and the implicit-TLS port both use it for new handshakes, and rebuild
     the upstream side. A file that does not load refuses the whole reload."""
-    from smtpguard.config.load import ConfigError
+    from smtpguard.errors import ConfigError
     from smtpguard.gateway.tls import client_context, server_context
 
     tls, t = gateway.tls, new.tls

@@ -223,7 +223,7 @@ class Gateway:
 
     def reload(self) -> bool:
         """Re-read the configuration (SIGHUP). False, old settings kept, if invalid."""
-        from smtpguard.config.load import ConfigError
+        from smtpguard.errors import ConfigError
 
         if self.reloader is None:
             log.warning("reload requested, but the gateway runs without a config file")
