@@ -8,93 +8,94 @@ input waits too, so nothing overtakes the dot. The answer (``DedupeAnswer``) eit
 releases the dot (not seen, or the store failed) or, for a copy the server accepted
 before, answers ``250 … Already accepted as <id>`` and aborts the upstream, which never
 sees the copy's terminator. Only a server 250 to the final dot records a key.
+
+The part knows nothing of the session: it is fed the bytes and replies it needs and
+returns what should happen (:class:`Release`, :class:`Suppress`, a
+``DedupeLookup`` to send); the session applies it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Final
 
-from smtpguard.core.actions import ToServer
 from smtpguard.core.dedupe import DedupeLookup, DedupeRecord, Tracker, already_accepted, queue_id
 from smtpguard.core.grammar import Reply
-from smtpguard.core.phases import Phase, Trigger, Upstream
 from smtpguard.core.pipeline import Slot
-from smtpguard.core.policy import DedupeReply
 
-if TYPE_CHECKING:
-    from smtpguard.core.session import Session
+
+class Release:
+    """Not a known copy: relay the held octets; the server's reply fills ``slot``."""
+
+    __slots__ = ("held", "slot")
+
+    def __init__(self, slot: Slot, held: bytes) -> None:
+        self.slot: Final = slot
+        self.held: Final = held
+
+
+class Suppress:
+    """A copy the server accepted as ``queue`` before: ``slot`` gets ``reply``, the
+    transaction ends and the upstream is dropped without the terminator."""
+
+    __slots__ = ("queue", "reply", "slot")
+
+    def __init__(self, slot: Slot, reply: bytes, queue: str) -> None:
+        self.slot: Final = slot
+        self.reply: Final = reply
+        self.queue: Final = queue
 
 
 class Duplicates:
-    __slots__ = ("_s", "_slot", "tracker")
-    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
+    """``named``: the suppressed copy's reply names the earlier queue ID."""
 
-    def __init__(self, session: Session) -> None:
-        self._s = session
+    __slots__ = ("_named", "_slot", "tracker")
+
+    def __init__(self, named: bool) -> None:
+        self._named = named
         self.tracker = Tracker()
         self._slot: Slot | None = None  # the final reply whose dot is held
 
-    def detach(self) -> None:
-        """The session has closed: drop the reference back to it."""
-        del self._s
-        self._slot = None
+    @property
+    def waiting(self) -> bool:
+        """A lookup is outstanding (its answer releases or suppresses the dot)."""
+        return self._slot is not None
 
-    def hold_dot(self, data: bytes | memoryview) -> None:
-        """Relay the message's last bytes but the end of its terminator."""
-        part = self.tracker.hold(data)
-        if len(part):
-            self._s.out.emit(ToServer(part))
+    def hold_dot(self, data: bytes | memoryview) -> bytes | memoryview:
+        """The message's last bytes: what to relay now (all but the end of the
+        terminator, which is held)."""
+        return self.tracker.hold(data)
 
-    def lookup(self, slot: Slot) -> bool:
-        """At the client's end of data: True while the dot is held for the answer."""
+    def lookup(self, slot: Slot) -> DedupeLookup | bytes:
+        """At the client's end of data: the lookup to send while the dot is held for
+        ``slot``, or (no key: nothing to look up) the held octets to relay now."""
         tx = self.tracker
-        s = self._s
         tx.sent_key = None
         key = tx.end_key()
         if key is None:
-            if tx.held:
-                s.out.emit(ToServer(tx.held))
-                tx.held = b""
-            return False
+            held, tx.held = tx.held, b""
+            return held
         tx.sent_key = key
         self._slot = slot
-        s.goto(Trigger.DEDUPE_LOOKUP)
-        s.out.emit(DedupeLookup(key))
-        return True
+        return DedupeLookup(key)
 
-    def answer(self, queue: str | None, now: float) -> None:
+    def answer(self, queue: str | None) -> Release | Suppress | None:
         """The driver's answer: the queue ID the server gave this transaction before,
-        or None (not seen, or the store failed: the message is relayed)."""
-        s = self._s
+        or None (not seen, or the store failed: the message is relayed). None back:
+        no lookup was outstanding."""
         slot, self._slot = self._slot, None
         if slot is None:
-            return
+            return None
         tx = self.tracker
         held, tx.held = tx.held, b""
-        if s.phase is Phase.WAIT:
-            s.goto(Trigger.DEDUPE_ANSWER)
-        if slot.reply is not None or s.link.state is not Upstream.READY:
-            return  # the server was lost meanwhile: the client has its 4xx
         if queue is None:
-            s.out.emit(ToServer(held))
-            s.replies.expect(slot)
-            s.deadlines.server = now + s.policy.timeouts.data_end
-            return
+            return Release(slot, held)
         tx.sent_key = None
-        s.out.event(
-            "SG-DEDUPE-SUPPRESSED",
-            f"copy of a message the server accepted as {queue}: not relayed again",
-            "suppress",
-        )
-        named = s.policy.dedupe_answer is DedupeReply.QUEUE_ID
-        slot.reply = already_accepted(queue if named else "")
-        s.envelope.in_transaction = False
-        s.flush()
-        s.link.reconnect(now)  # the server never sees this copy's terminator
+        return Suppress(slot, already_accepted(queue if self._named else ""), queue)
 
-    def accepted(self, reply: Reply) -> None:
+    def accepted(self, reply: Reply) -> DedupeRecord | None:
         """The server's final reply to a message: only a 250 records its key."""
         tx = self.tracker
         key, tx.sent_key = tx.sent_key, None
         if key is not None and reply.code == 250:
-            self._s.out.emit(DedupeRecord(key, queue_id(reply.text) or key[:16]))
+            return DedupeRecord(key, queue_id(reply.text) or key[:16])
+        return None

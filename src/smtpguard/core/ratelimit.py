@@ -250,7 +250,7 @@ class SharedRates:
         duplicates = s.duplicates
         if duplicates is not None and s.phase is Phase.COMMAND:
             duplicates.tracker.held = held  # the lookup holds (or sends) it now
-            if duplicates.lookup(slot):
+            if s.dedupe_lookup(slot):
                 return
         elif held:
             s.out.emit(ToServer(held))

@@ -146,7 +146,9 @@ class MessageRelay:
         if self.deferred and s.shared_rates is not None:
             s.shared_rates.hold_dot(data)
         elif s.duplicates is not None:
-            s.duplicates.hold_dot(data)
+            part = s.duplicates.hold_dot(data)
+            if len(part):
+                s.out.emit(ToServer(part))
 
     def _inspect(self, part: bytes, now: float) -> bool:
         """Content checks on one chunk's message bytes, verdicts applied; False when

@@ -48,7 +48,8 @@ from smtpguard.core.buffer import ReceiveBuffer
 from smtpguard.core.checks import Rates
 from smtpguard.core.commands import Commands, Envelope
 from smtpguard.core.deadlines import Deadlines, reply_timeout
-from smtpguard.core.duplicates import Duplicates
+from smtpguard.core.dedupe import DedupeLookup
+from smtpguard.core.duplicates import Duplicates, Release, Suppress
 from smtpguard.core.ehlo import filter_ehlo, tls_offer
 from smtpguard.core.events import (
     ClientData,
@@ -77,7 +78,7 @@ from smtpguard.core.phases import (
     Upstream,
 )
 from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
-from smtpguard.core.policy import Policy
+from smtpguard.core.policy import DedupeReply, Policy
 from smtpguard.core.ratelimit import SharedRates
 from smtpguard.core.relay import MessageRelay
 from smtpguard.core.upstream import UpstreamLink
@@ -124,7 +125,9 @@ class Session:
         self.envelope = Envelope()
         self.rates = Rates()
         self.relay: MessageRelay | None = None
-        self.duplicates = Duplicates(self) if policy.dedupe else None
+        self.duplicates = (
+            Duplicates(policy.dedupe_answer is DedupeReply.QUEUE_ID) if policy.dedupe else None
+        )
         self.shared_rates = SharedRates(self) if policy.shared_rates else None
         line_check = policy.checks.command_line_length
         # A disabled check still keeps a hard cap: the buffer must stay bounded.
@@ -201,7 +204,7 @@ class Session:
             self._tls_done(event.side, now)
         elif isinstance(event, DedupeAnswer):
             if self.duplicates is not None:
-                self.duplicates.answer(event.queue_id, now)
+                self._dedupe_answer(self.duplicates.answer(event.queue_id), now)
                 self._pump(now)
         elif isinstance(event, RateAnswer):
             if self.shared_rates is not None:
@@ -222,8 +225,6 @@ class Session:
             self.cmds.detach()
             self.link.detach()
             self.relay = None
-            if self.duplicates is not None:
-                self.duplicates.detach()
             if self.shared_rates is not None:
                 self.shared_rates.detach()
         actions = out.actions
@@ -378,7 +379,9 @@ class Session:
             if cls == 2:
                 self.messages_relayed += 1
             if self.duplicates is not None:
-                self.duplicates.accepted(reply)
+                record = self.duplicates.accepted(reply)
+                if record is not None:
+                    self.out.emit(record)
         phase = self.phase
         if phase is Phase.WAIT and not self.replies.awaiting:
             phase = self.goto(REPLY_TRIGGERS.get((verb, cls), Trigger.REPLY))
@@ -458,11 +461,50 @@ class Session:
             slot = self.replies.pending(END_OF_DATA_VERB)
             if relay.deferred and self.shared_rates is not None:
                 self.shared_rates.hold_message(slot, relay.deferred)  # ratelimit.py
-            elif self.duplicates is None or not self.duplicates.lookup(slot):
+            elif not self.dedupe_lookup(slot):
                 self.replies.expect(slot)
             self.deadlines.server = now + self.policy.timeouts.data_end
         if end < len(chunk):
             self.buffer.prepend(chunk[end:])
+
+    def dedupe_lookup(self, slot: Slot) -> bool:
+        """At the end of data with ``[dedupe]`` on: True while the final dot is held
+        for the store's answer (else any held octets went to the server)."""
+        duplicates = self.duplicates
+        if duplicates is None:
+            return False
+        ask = duplicates.lookup(slot)
+        if isinstance(ask, DedupeLookup):
+            self.goto(Trigger.DEDUPE_LOOKUP)
+            self.out.emit(ask)
+            return True
+        if ask:
+            self.out.emit(ToServer(ask))
+        return False
+
+    def _dedupe_answer(self, decision: Release | Suppress | None, now: float) -> None:
+        """Apply the duplicates part's decision on the store's answer."""
+        if decision is None:
+            return
+        if self.phase is Phase.WAIT:
+            self.goto(Trigger.DEDUPE_ANSWER)
+        slot = decision.slot
+        if slot.reply is not None or self.link.state is not Upstream.READY:
+            return  # the server was lost meanwhile: the client has its 4xx
+        if isinstance(decision, Release):
+            self.out.emit(ToServer(decision.held))
+            self.replies.expect(slot)
+            self.deadlines.server = now + self.policy.timeouts.data_end
+            return
+        self.out.event(
+            "SG-DEDUPE-SUPPRESSED",
+            f"copy of a message the server accepted as {decision.queue}: not relayed again",
+            "suppress",
+        )
+        slot.reply = decision.reply
+        self.envelope.in_transaction = False
+        self.flush()
+        self.link.reconnect(now)  # the server never sees this copy's terminator
 
     def drop_message(self, reply: bytes) -> None:
         """A check dropped the connection mid-message: say why, read nothing more."""
