@@ -22,13 +22,13 @@ def ready(named: bool = True) -> Duplicates:
 
 
 def feed(d: Duplicates, chunks: list[bytes]) -> bytes:
-    """Feed the message in ``chunks``, the last one through hold_dot: what is relayed."""
+    """Feed the message in ``chunks``, the last one through hold(): what is relayed."""
     sent = b""
     for chunk in chunks[:-1]:
         d.tracker.feed(chunk)
         sent += chunk
     d.tracker.feed(chunks[-1])
-    return sent + bytes(d.hold_dot(chunks[-1]))
+    return sent + bytes(d.tracker.hold(chunks[-1]))
 
 
 def reply(code: int, text: str) -> Reply:
@@ -96,7 +96,7 @@ def test_a_stale_answer_decides_nothing_and_a_refusal_records_nothing() -> None:
 
 def test_trailing_data_after_the_dot_is_not_the_parts_business() -> None:
     # The relay hands it only the message's own bytes: what follows the dot in the
-    # same chunk never reaches hold_dot (tests/core/test_part_relay.py).
+    # same chunk never reaches hold() (tests/core/test_part_relay.py).
     d = ready()
-    assert bytes(d.hold_dot(b"x\r\n.\r\n")) == b"x\r\n"
+    assert bytes(d.tracker.hold(b"x\r\n.\r\n")) == b"x\r\n"
     assert d.tracker.held == b".\r\n"

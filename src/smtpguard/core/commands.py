@@ -253,7 +253,7 @@ class Commands:
             found, params = check_rcpt(args, checks, env.rcpt_count)
         if found is not None:
             if found.verdict is Verdict.RATE_LIMIT and s.shared_rates is not None:
-                s.shared_rates.hold_command(found, verb, line, params, sender)
+                s.rate_hold_command(found, verb, line, params, sender)
                 return True
             if self.enforce(found, verb, now):
                 return True
@@ -301,7 +301,7 @@ class Commands:
         verdict = f.verdict
         if verdict is Verdict.RATE_LIMIT:
             if after and s.shared_rates is not None:
-                s.shared_rates.count_after(f)  # decided when the store answers
+                s.rate_count_after(f)  # decided when the store answers
                 return True
             verdict = Verdict.LOG if s.rates.allow(f, now) else Verdict.REJECT
         s.out.event(f.event_id, f.message, verdict.value)

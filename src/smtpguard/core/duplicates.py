@@ -60,11 +60,6 @@ class Duplicates:
         """A lookup is outstanding (its answer releases or suppresses the dot)."""
         return self._slot is not None
 
-    def hold_dot(self, data: bytes | memoryview) -> bytes | memoryview:
-        """The message's last bytes: what to relay now (all but the end of the
-        terminator, which is held)."""
-        return self.tracker.hold(data)
-
     def lookup(self, slot: Slot) -> DedupeLookup | bytes:
         """At the client's end of data: the lookup to send while the dot is held for
         ``slot``, or (no key: nothing to look up) the held octets to relay now."""

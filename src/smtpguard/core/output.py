@@ -37,6 +37,11 @@ class Output:
     def emit(self, action: Action) -> None:
         self.actions.append(action)
 
+    def emit_any(self, action: Action | None) -> None:
+        """``action``, if there is one (a part's answer may be "nothing to send")."""
+        if action is not None:
+            self.actions.append(action)
+
     def to_client(self, raw: bytes) -> None:
         self.actions.append(ToClient(raw))
         if self.client:

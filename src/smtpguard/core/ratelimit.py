@@ -35,20 +35,15 @@ At most one ``RateCheck`` is outstanding per session; others queue behind it.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import ipaddress
 from collections import deque
-from typing import TYPE_CHECKING
 
-from smtpguard.core import replies
-from smtpguard.core.actions import RateCheck, ToServer
+from smtpguard.core.actions import RateCheck
 from smtpguard.core.checks import Finding
 from smtpguard.core.dedupe import fold_address
-from smtpguard.core.phases import Phase, Trigger, Upstream
 from smtpguard.core.pipeline import Slot
-
-if TYPE_CHECKING:
-    from smtpguard.core.session import Session
 
 # Checks that measure the sender address: counted per sender, not per client.
 PER_SENDER = frozenset({"sender_length", "sender_pattern"})
@@ -57,6 +52,17 @@ PER_SENDER = frozenset({"sender_length", "sender_pattern"})
 COMMAND = 0  # a MAIL/RCPT held: forwarded or refused on the answer
 AFTER = 1  # decided on a server reply (invalid_recipients): later RCPTs blocked
 MESSAGE = 2  # the final dot held: released or the message refused
+
+
+class Decision(enum.Enum):
+    """What a count's answer decides (the session applies it)."""
+
+    FORWARD = "forward the held command"
+    REFUSE = "refuse the held command with the finding's reply"
+    BLOCK = "refuse every later RCPT"
+    RELEASE = "release the held dot"
+    REFUSE_MESSAGE = "refuse the message with the finding's reply"
+    NOTHING = "nothing more (logged at most)"
 
 
 def client_key(peer: tuple[str, int] | None) -> str:
@@ -79,10 +85,13 @@ def sender_key(sender: str) -> str:
     return "sender:" + hashlib.sha256(folded).hexdigest()[:32]
 
 
-class _Count:
-    """One queued count: the finding, its key, and what waits for it."""
+class Count:
+    """One queued count: the finding, its key, and what waits for it; once answered,
+    ``allowed`` and the ``decision``."""
 
-    __slots__ = ("finding", "key", "kind", "line", "params", "slot", "verb")
+    __slots__ = (
+        "allowed", "decision", "finding", "held", "key", "kind", "line", "params", "slot", "verb"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -101,157 +110,100 @@ class _Count:
         self.verb = verb
         self.line = line
         self.params = params
+        self.allowed: bool | None = None
+        self.decision = Decision.NOTHING
+        self.held = b""  # RELEASE: the terminator's last octets
 
 
 class SharedRates:
-    __slots__ = ("_client", "_queue", "_s", "held")
-    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
+    """The counts one session waits for, at most one asked at a time. Fed the
+    findings and the driver's answers; returns the ``RateCheck`` to send and, for
+    each answer, the :class:`Count` with its :class:`Decision`. ``peer``: the
+    client's address, the key of most checks."""
 
-    def __init__(self, session: Session) -> None:
-        self._s = session
-        self._queue: deque[_Count] = deque()
+    __slots__ = ("_client", "_peer", "_queue", "held")
+
+    def __init__(self, peer: tuple[str, int] | None) -> None:
+        self._peer = peer
+        self._queue: deque[Count] = deque()
         self._client: str | None = None
         self.held = b""  # the last octets of a held terminator
 
-    def detach(self) -> None:
-        """The session has closed: drop the reference back to it."""
-        del self._s
+    @property
+    def waiting(self) -> bool:
+        """Counts are queued (the first one asked)."""
+        return bool(self._queue)
 
     def key(self, f: Finding, sender: str | None = None) -> str:
         if sender is not None and f.check in PER_SENDER:
             return f"{f.check}:{sender_key(sender)}"
         if self._client is None:
-            self._client = client_key(self._s.link.peer)
+            self._client = client_key(self._peer)
         return f"{f.check}:{self._client}"
 
     # -- what waits ---------------------------------------------------------------
     def hold_command(
-        self, f: Finding, verb: str, line: bytes, params: str, sender: str | None
-    ) -> None:
-        """A MAIL/RCPT finding: the command waits, in its place in the reply order."""
-        s = self._s
-        slot = s.replies.pending(verb)
-        s.goto(Trigger.RATE_HOLD)
-        self._add(_Count(COMMAND, f, self.key(f, sender), slot, verb, line, params))
+        self, f: Finding, slot: Slot, verb: str, line: bytes, params: str, sender: str | None
+    ) -> RateCheck | None:
+        """A MAIL/RCPT finding: the command waits, in ``slot``, its place in the reply
+        order. The check to send now, if it is the first queued."""
+        return self._add(Count(COMMAND, f, self.key(f, sender), slot, verb, line, params))
 
-    def count_after(self, f: Finding) -> None:
+    def count_after(self, f: Finding) -> RateCheck | None:
         """A finding on a server reply: between commands, the client's next ones wait."""
-        s = self._s
-        if s.phase is Phase.COMMAND:
-            s.goto(Trigger.RATE_HOLD)
-        self._add(_Count(AFTER, f, self.key(f)))
+        return self._add(Count(AFTER, f, self.key(f)))
 
-    def hold_dot(self, data: bytes | memoryview) -> None:
-        """Relay a message's last bytes but the end of its terminator (at most
-        ``.CRLF``, at least the final LF), held until the counts are answered."""
+    def hold_dot(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Of a message's last bytes, what to relay now: all but the end of its
+        terminator (at most ``.CRLF``, at least the final LF), held until the counts
+        are answered."""
         keep = min(len(data), 3)
         self.held = bytes(data[len(data) - keep :])
-        if len(data) > keep:
-            self._s.out.emit(ToServer(data[: len(data) - keep]))
+        return data[: len(data) - keep]
 
-    def hold_message(self, slot: Slot, findings: list[Finding]) -> None:
+    def hold_message(self, slot: Slot, findings: list[Finding]) -> RateCheck | None:
         """At the client's end of data: the final dot waits for the counts."""
-        self._s.goto(Trigger.RATE_HOLD)
+        ask = None
         for f in findings:
-            self._add(_Count(MESSAGE, f, self.key(f), slot))
+            ask = self._add(Count(MESSAGE, f, self.key(f), slot)) or ask
+        return ask
 
-    def _add(self, count: _Count) -> None:
+    def _add(self, count: Count) -> RateCheck | None:
         self._queue.append(count)
-        if len(self._queue) == 1:
-            self._ask(count)
+        return self.next_check() if len(self._queue) == 1 else None
 
-    def _ask(self, count: _Count) -> None:
+    def next_check(self) -> RateCheck | None:
+        """The check to ask for the first queued count, if any."""
+        if not self._queue:
+            return None
+        count = self._queue[0]
         f = count.finding
-        self._s.out.emit(RateCheck(f.check, count.key, f.rate, f.period))
+        return RateCheck(f.check, count.key, f.rate, f.period)
+
+    def clear(self) -> None:
+        """The session is closing: no answer matters any more."""
+        self._queue.clear()
 
     # -- the answer -----------------------------------------------------------------
-    def answer(self, allowed: bool | None, now: float) -> None:
-        """The driver's count for the first queued finding."""
+    def answer(self, allowed: bool | None) -> Count | None:
+        """The driver's count for the first queued finding: that count, with what it
+        decides (None: nothing was queued)."""
         queue = self._queue
         if not queue:
-            return
+            return None
         count = queue.popleft()
-        s = self._s
-        if s.closing:
-            queue.clear()
-            return
-        f = count.finding
-        if not queue and s.phase is Phase.RATE:
-            s.goto(Trigger.RATE_ANSWER)
-        if allowed is None:
-            s.out.event(f.event_id, f.message + " (rate not counted: store unavailable)", "log")
-        elif allowed:
-            s.out.event(f.event_id, f.message, "log")
-        if count.kind == COMMAND:
-            self._command(count, allowed is not False, now)
-        elif count.kind == AFTER:
-            if allowed is False:
-                s.out.event(f.event_id, f.message, "reject")
-                s.commands_refused += 1
-                s.envelope.rcpt_blocked = True
+        count.allowed = allowed
+        kind = count.kind
+        if kind == COMMAND:
+            count.decision = Decision.REFUSE if allowed is False else Decision.FORWARD
+        elif kind == AFTER:
+            count.decision = Decision.BLOCK if allowed is False else Decision.NOTHING
         elif allowed is False:
-            self._refuse_message(count, now)
+            while queue and queue[0].kind == MESSAGE:  # the same message's other counts
+                queue.popleft()
+            self.held = b""
+            count.decision = Decision.REFUSE_MESSAGE
         elif not queue or queue[0].kind != MESSAGE:
-            self._release_dot(count, now)
-        if queue:
-            self._ask(queue[0])
-
-    def _command(self, count: _Count, allowed: bool, now: float) -> None:
-        s = self._s
-        slot = count.slot
-        assert slot is not None
-        verb = count.verb
-        f = count.finding
-        if not allowed:
-            s.out.event(f.event_id, f.message, "reject")
-            s.commands_refused += 1
-            self._fill(slot, verb, f.reply)
-        elif s.link.state is not Upstream.READY:
-            # The server was lost meanwhile: as for a command already relayed.
-            s.abort_with(replies.UPSTREAM_LOST)
-        elif not s.cmds.params_refused(verb, count.params, slot):
-            s.cmds.forward(verb, count.line, now, slot)
-
-    def _fill(self, slot: Slot, verb: str, reply: bytes) -> None:
-        s = self._s
-        s.count(verb, "refused")
-        slot.reply = reply
-        s.flush()
-
-    def _refuse_message(self, count: _Count, now: float) -> None:
-        """Over the limit at the end of data: the server never sees the terminator."""
-        s = self._s
-        f = count.finding
-        slot = count.slot
-        assert slot is not None
-        queue = self._queue
-        while queue and queue[0].kind == MESSAGE:  # the same message's other counts
-            queue.popleft()
-        if not queue and s.phase is Phase.RATE:
-            s.goto(Trigger.RATE_ANSWER)
-        self.held = b""
-        if slot.reply is not None or s.link.state is not Upstream.READY:
-            return  # the server was lost meanwhile: the client has its 4xx
-        s.out.event(f.event_id, f.message + ": message refused", "reject")
-        s.messages_refused += 1
-        s.envelope.in_transaction = False
-        slot.reply = f.reply
-        s.flush()
-        s.link.reconnect(now)
-
-    def _release_dot(self, count: _Count, now: float) -> None:
-        s = self._s
-        slot = count.slot
-        assert slot is not None
-        held, self.held = self.held, b""
-        if slot.reply is not None or s.link.state is not Upstream.READY:
-            return
-        s.deadlines.server = now + s.policy.timeouts.data_end
-        duplicates = s.duplicates
-        if duplicates is not None and s.phase is Phase.COMMAND:
-            duplicates.tracker.held = held  # the lookup holds (or sends) it now
-            if s.dedupe_lookup(slot):
-                return
-        elif held:
-            s.out.emit(ToServer(held))
-        s.replies.expect(slot)
+            count.held, self.held = self.held, b""
+            count.decision = Decision.RELEASE
+        return count

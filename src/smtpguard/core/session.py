@@ -45,7 +45,7 @@ from smtpguard.core.actions import (
     Trace,
 )
 from smtpguard.core.buffer import ReceiveBuffer
-from smtpguard.core.checks import Rates
+from smtpguard.core.checks import Finding, Rates
 from smtpguard.core.commands import Commands, Envelope
 from smtpguard.core.deadlines import Deadlines, reply_timeout
 from smtpguard.core.dedupe import DedupeLookup
@@ -79,8 +79,9 @@ from smtpguard.core.phases import (
 )
 from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
 from smtpguard.core.policy import DedupeReply, Policy
+from smtpguard.core.ratelimit import Decision as RateDecision
 from smtpguard.core.ratelimit import SharedRates
-from smtpguard.core.relay import MessageRelay
+from smtpguard.core.relay import DROPPED, RESET, SPLIT_EOD, MessageRelay
 from smtpguard.core.upstream import UpstreamLink
 
 __all__ = ["Phase", "Session", "Upstream"]
@@ -128,7 +129,7 @@ class Session:
         self.duplicates = (
             Duplicates(policy.dedupe_answer is DedupeReply.QUEUE_ID) if policy.dedupe else None
         )
-        self.shared_rates = SharedRates(self) if policy.shared_rates else None
+        self.shared_rates = SharedRates(peer) if policy.shared_rates else None
         line_check = policy.checks.command_line_length
         # A disabled check still keeps a hard cap: the buffer must stay bounded.
         self.line_limit = line_check.limit if line_check.limit is not None else 4096
@@ -187,7 +188,7 @@ class Session:
             self._timer(now)
         elif isinstance(event, Start):
             self.deadlines.server = now + self.policy.timeouts.connect
-            self.open_server()
+            self.out.emit(OpenServer())
         elif isinstance(event, ServerConnected):
             self.link.connected(now)
         elif isinstance(event, ServerClosed):
@@ -208,7 +209,7 @@ class Session:
                 self._pump(now)
         elif isinstance(event, RateAnswer):
             if self.shared_rates is not None:
-                self.shared_rates.answer(event.allowed, now)
+                self._rate_answer(self.shared_rates, event.allowed, now)
                 self._pump(now)
         else:
             self._tls_failed(event.side, now)
@@ -225,8 +226,6 @@ class Session:
             self.cmds.detach()
             self.link.detach()
             self.relay = None
-            if self.shared_rates is not None:
-                self.shared_rates.detach()
         actions = out.actions
         out.actions = []
         return actions
@@ -267,7 +266,7 @@ class Session:
         if d.expired(d.server, now):
             self.out.event("SG-UPSTREAM-TIMEOUT", "mail server did not answer in time")
             self.link.failed("timeout", now)
-        elif self._client_turn() and d.expired(d.client, now):
+        elif not self.replies.slots and self.phase in CLIENT_TURN and d.expired(d.client, now):
             self.out.event("SG-CLIENT-TIMEOUT", "client idle past the timeout")
             self.abort_with(replies.CLIENT_TIMEOUT)
         self._pump(now)
@@ -314,14 +313,17 @@ class Session:
         elif self.phase is Phase.DATA:
             # Nothing is owed while the message streams: the server has taken some of
             # it as an end of data (or is broken). Out of step: partial-relay refusal.
-            assert self.relay is not None
-            self.relay.refuse(
+            relay = self.relay
+            assert relay is not None
+            relay.refuse(
                 replies.UPSTREAM_DESYNC,
                 "SG-UPSTREAM-DESYNC",
                 f"mail server replied {reply.code} during message data: out of step, "
                 "its connection aborted",
                 memoryview(b""),
             )
+            relay.abort_upstream = False
+            link.abort()
         elif not self.replies.awaiting:
             if reply.code == 421:  # the server is closing the session on its own
                 self.close_after(reply.raw)
@@ -386,9 +388,13 @@ class Session:
         if phase is Phase.WAIT and not self.replies.awaiting:
             phase = self.goto(REPLY_TRIGGERS.get((verb, cls), Trigger.REPLY))
             if phase is Phase.DATA:
-                self.relay = MessageRelay(self)
-                if self.duplicates is not None:
-                    self.duplicates.tracker.data_started()
+                duplicates = self.duplicates
+                tracker = duplicates.tracker if duplicates is not None else None
+                self.relay = MessageRelay(
+                    self.policy, self.out, self.rates, tracker, self.shared_rates
+                )
+                if tracker is not None:
+                    tracker.data_started()
         slot.reply = raw
         if phase is Phase.TUNNEL:
             self.out.event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
@@ -445,7 +451,21 @@ class Session:
         relay = self.relay
         assert relay is not None
         end = relay.feed(chunk, now)
+        if relay.abort_upstream:  # refused: the server must never see the terminator
+            relay.abort_upstream = False
+            self.link.abort()
         if end < 0:
+            if end == DROPPED:  # a check dropped the connection: say why, read no more
+                assert relay.refusal is not None
+                self.relay = None
+                self.goto(Trigger.MESSAGE_DROPPED)
+                self.close_after(relay.refusal)
+            elif end == RESET:
+                self.reset_both()
+            elif end == SPLIT_EOD:  # nothing more is read, no reply comes
+                self.relay = None
+                self.goto(Trigger.SPLIT_EOD_BUG)
+                self.buffer.clear()
             return
         self.relay = None
         self.goto(Trigger.END_OF_DATA)
@@ -460,7 +480,8 @@ class Session:
         else:
             slot = self.replies.pending(END_OF_DATA_VERB)
             if relay.deferred and self.shared_rates is not None:
-                self.shared_rates.hold_message(slot, relay.deferred)  # ratelimit.py
+                self.goto(Trigger.RATE_HOLD)  # the dot waits for the counts
+                self.out.emit_any(self.shared_rates.hold_message(slot, relay.deferred))
             elif not self.dedupe_lookup(slot):
                 self.replies.expect(slot)
             self.deadlines.server = now + self.policy.timeouts.data_end
@@ -506,17 +527,87 @@ class Session:
         self.flush()
         self.link.reconnect(now)  # the server never sees this copy's terminator
 
-    def drop_message(self, reply: bytes) -> None:
-        """A check dropped the connection mid-message: say why, read nothing more."""
-        self.relay = None
-        self.goto(Trigger.MESSAGE_DROPPED)
-        self.close_after(reply)
+    # ------------------------------------------------------ shared rate limits
+    def rate_hold_command(
+        self, f: Finding, verb: str, line: bytes, params: str, sender: str | None
+    ) -> None:
+        """A MAIL/RCPT finding counted in the shared store: the command waits, its
+        reply slot taken, and the client's later commands wait too (phase RATE)."""
+        assert self.shared_rates is not None
+        slot = self.replies.pending(verb)
+        self.goto(Trigger.RATE_HOLD)
+        self.out.emit_any(self.shared_rates.hold_command(f, slot, verb, line, params, sender))
 
-    def swallow_rest(self) -> None:
-        """The PIX split-EOD bug (emulation): nothing more is read, no reply comes."""
-        self.relay = None
-        self.goto(Trigger.SPLIT_EOD_BUG)
-        self.buffer.clear()
+    def rate_count_after(self, f: Finding) -> None:
+        """A finding on a server reply: between commands, the next ones wait."""
+        assert self.shared_rates is not None
+        if self.phase is Phase.COMMAND:
+            self.goto(Trigger.RATE_HOLD)
+        self.out.emit_any(self.shared_rates.count_after(f))
+
+    def _rate_answer(self, rates: SharedRates, allowed: bool | None, now: float) -> None:
+        """Apply what the shared-rates part decided on the driver's count."""
+        if self.closing:
+            rates.clear()
+            return
+        count = rates.answer(allowed)
+        if count is None:
+            return
+        if not rates.waiting and self.phase is Phase.RATE:
+            self.goto(Trigger.RATE_ANSWER)
+        f = count.finding
+        if allowed is None:
+            self.out.event(f.event_id, f.message + " (rate not counted: store unavailable)", "log")
+        elif allowed:
+            self.out.event(f.event_id, f.message, "log")
+        decision = count.decision
+        slot = count.slot
+        if decision is RateDecision.FORWARD:
+            assert slot is not None
+            if self.link.state is not Upstream.READY:
+                # The server was lost meanwhile: as for a command already relayed.
+                self.abort_with(replies.UPSTREAM_LOST)
+            elif not self.cmds.params_refused(count.verb, count.params, slot):
+                self.cmds.forward(count.verb, count.line, now, slot)
+        elif decision is RateDecision.REFUSE:
+            assert slot is not None
+            self.out.event(f.event_id, f.message, "reject")
+            self.commands_refused += 1
+            self.count(count.verb, "refused")
+            slot.reply = f.reply
+            self.flush()
+        elif decision is RateDecision.BLOCK:
+            self.out.event(f.event_id, f.message, "reject")
+            self.commands_refused += 1
+            self.envelope.rcpt_blocked = True
+        elif decision is RateDecision.REFUSE_MESSAGE:
+            assert slot is not None
+            if slot.reply is None and self.link.state is Upstream.READY:
+                # Over the limit at the end of data: the server never sees the dot.
+                self.out.event(f.event_id, f.message + ": message refused", "reject")
+                self.messages_refused += 1
+                self.envelope.in_transaction = False
+                slot.reply = f.reply
+                self.flush()
+                self.link.reconnect(now)
+        elif decision is RateDecision.RELEASE:
+            assert slot is not None
+            if slot.reply is None and self.link.state is Upstream.READY:
+                self._release_dot(slot, count.held, now)
+        self.out.emit_any(rates.next_check())
+
+    def _release_dot(self, slot: Slot, held: bytes, now: float) -> None:
+        """The counts let the message through: on to the duplicate lookup, or the
+        held octets to the server, whose reply fills ``slot``."""
+        self.deadlines.server = now + self.policy.timeouts.data_end
+        duplicates = self.duplicates
+        if duplicates is not None and self.phase is Phase.COMMAND:
+            duplicates.tracker.held = held  # the lookup holds (or sends) it now
+            if self.dedupe_lookup(slot):
+                return
+        elif held:
+            self.out.emit(ToServer(held))
+        self.replies.expect(slot)
 
     def count(self, verb: str, outcome: str) -> None:
         """Per-verb counters for metrics, keyed by configuration, not by the client: a
@@ -612,9 +703,6 @@ class Session:
             self.out.emit(CloseClient())
             self.goto(Trigger.CLOSE)
 
-    def open_server(self) -> None:
-        self.out.emit(OpenServer())
-
     def upstream_lost(self, now: float) -> None:
         """The upstream closed, failed or timed out: what the client is told."""
         link = self.link
@@ -644,7 +732,3 @@ class Session:
             self.flush()
         else:
             self.abort_with(replies.UPSTREAM_LOST)
-
-    def _client_turn(self) -> bool:
-        """True when the gateway is waiting for the client (its idle timeout runs)."""
-        return not self.replies.slots and self.phase in CLIENT_TURN

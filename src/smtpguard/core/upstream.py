@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smtpguard.core import replies
-from smtpguard.core.actions import CloseServer, StartTls
+from smtpguard.core.actions import CloseServer, OpenServer, StartTls
 from smtpguard.core.banner import greeting
 from smtpguard.core.events import Side
 from smtpguard.core.grammar import (
@@ -312,7 +312,7 @@ class UpstreamLink:
         self.tls = False
         self.move(Link.RECONNECT)
         s.deadlines.server = now + s.policy.timeouts.connect
-        s.open_server()
+        s.out.emit(OpenServer())
 
     def reconnect_failed(self, why: str) -> None:
         s = self._s
