@@ -7,6 +7,10 @@ Usage errors exit 2 with the usage of the command at fault, never a traceback; a
 
 The man page and shell completions are generated from :func:`build_parser`
 (``argparse-manpage`` and ``shtab``; see the README).
+
+This module is the composition root of the command line: it imports every command's
+module and nothing in the package imports it (``CliError`` lives in
+:mod:`smtpguard.errors`; it is re-exported here for callers that know it by this name).
 """
 
 from __future__ import annotations
@@ -17,18 +21,17 @@ import sys
 from collections.abc import Sequence
 
 from smtpguard import __version__, core_build
+from smtpguard.config import cli as config_cli
 from smtpguard.errors import CliError
+from smtpguard.gateway import cli as gateway_cli
+from smtpguard.logscan import cli as logscan_cli
+from smtpguard.probe import cli as probe_cli
+from smtpguard.sink import cli as sink_cli
 
 __all__ = ["CliError", "build_parser", "main", "subparser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from smtpguard.config import cli as config_cli
-    from smtpguard.gateway import cli as gateway_cli
-    from smtpguard.logscan import cli as logscan_cli
-    from smtpguard.probe import cli as probe_cli
-    from smtpguard.sink import cli as sink_cli
-
     parser = argparse.ArgumentParser(
         prog="smtpguard",
         description="SMTP inspection gateway and diagnostic toolkit.",

@@ -4,6 +4,7 @@ the probe's target, with errors that say what is wrong."""
 from __future__ import annotations
 
 from smtpguard.core.grammar import ascii_number
+from smtpguard.errors import CliError
 
 
 def split_hostport(
@@ -42,8 +43,6 @@ def _host(host: str, text: str, default: str | None) -> str:
 
 def parse_hostport(text: str, flag: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """:func:`split_hostport` for a command-line flag: CliError naming ``flag``."""
-    from smtpguard.cli import CliError
-
     try:
         return split_hostport(text, default_host=default_host)
     except ValueError as exc:

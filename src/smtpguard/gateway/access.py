@@ -1,7 +1,8 @@
 """Client access control: networks, per-IP session cap, per-IP connection rate.
 
-Theory of operation: :class:`AccessPolicy` is plain, immutable data from the config
-file; :class:`AccessControl` checks the networks and, when the gateway has no shared
+Theory of operation: :class:`~smtpguard.config.access.AccessPolicy` is plain,
+immutable data from the config file (it lives in ``config``, re-exported here);
+:class:`AccessControl` checks the networks and, when the gateway has no shared
 store, holds the counters itself (in memory, per process). It is asked once per
 accepted connection, before the session starts. It never reads the clock: ``now`` is
 an argument, so the rate limiter is tested with a fake clock.
@@ -16,9 +17,7 @@ is set; the decision comes back asynchronously and the session starts (or gets i
 421) then. A store that fails lets the connection in (fail open), with a
 ``SG-STATE-FAIL-OPEN`` event.
 
-Network matching is most-specific-wins: the longest ``allow`` or ``deny`` prefix that
-contains the address decides (a tie goes to ``deny``). An address that matches
-neither list is allowed when ``allow`` is empty, else refused. The rate limit is a
+Network matching is the policy's (most specific network wins). The rate limit is a
 token bucket per address: a burst of ``connection_rate`` connections, refilled at
 ``connection_rate`` per ``rate_period`` seconds. Refused connections get one reply
 and are closed by the caller; they never reach the inspector or the upstream.
@@ -33,54 +32,75 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
+from smtpguard.config.access import (
+    DENIED,
+    RATE_LIMITED,
+    SESSION_CAP,
+    AccessPolicy,
+    Address,
+    Network,
+)
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.state import FAIL_OPEN, Guarded, Lease, StoreError
 from smtpguard.state.tasks import TaskSet
 
-if TYPE_CHECKING:
-    from smtpguard.gateway.server import Conn, Gateway
+__all__ = [
+    "DENIED",
+    "RATE_LIMITED",
+    "SESSION_CAP",
+    "AccessControl",
+    "AccessPolicy",
+    "Address",
+    "Network",
+    "Refusal",
+    "SharedLimits",
+    "address_key",
+    "parse_ip",
+    "peer_ip",
+]
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+class Waiting(Protocol):
+    """What :class:`SharedLimits` uses of a connection waiting for the store's answer."""
 
-# Event IDs (documented in docs/events.md).
-DENIED = "SG-ACCESS-DENIED"
-SESSION_CAP = "SG-ACCESS-SESSION-CAP"
-RATE_LIMITED = "SG-ACCESS-RATE-LIMIT"
+    sid: str
+    peer: str
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    def admitted(self) -> None: ...
+
+
+class _Counters(Protocol):
+    sessions_refused: int
+
+
+class _RefusalMetric(Protocol):
+    def session_refused(self, reason: str) -> None: ...
+
+
+C = TypeVar("C", bound=Waiting, contravariant=True)
+W = TypeVar("W", bound=Waiting)
+
+
+class Gate(Protocol[C]):
+    """What :class:`SharedLimits` uses of the gateway (:class:`~smtpguard.gateway.server.
+    Gateway`): typed here, not imported, so that access does not import the server."""
+
+    @property
+    def stats(self) -> _Counters: ...
+    @property
+    def metrics(self) -> _RefusalMetric: ...
+    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
+    def register(self, conn: C) -> None: ...
+
 
 # Buckets are pruned (full ones dropped) whenever the table doubles past this size,
 # so memory follows the number of recently active clients, not of all clients ever.
 PRUNE_FLOOR = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class AccessPolicy:
-    allow: tuple[Network, ...] = ()
-    deny: tuple[Network, ...] = ()
-    max_sessions_per_ip: int = 0  # 0: no per-address cap
-    connection_rate: int = 0  # connections per address per rate_period; 0: off
-    rate_period: float = 60.0
-    normalize_networks: tuple[Network, ...] = ()  # smuggling = normalize for these
-    proxy_from: tuple[Network, ...] = ()  # load balancers that send a PROXY header
-
-    def expects_proxy(self, ip: Address | None) -> bool:
-        return ip is not None and _longest(self.proxy_from, ip) >= 0
-
-    def permits(self, ip: Address | None) -> bool:
-        if ip is None:  # not an IP peer (e.g. a Unix socket): local, trusted
-            return True
-        allow = _longest(self.allow, ip)
-        deny = _longest(self.deny, ip)
-        if deny >= 0 and deny >= allow:
-            return False
-        return allow >= 0 or not self.allow
-
-    def normalizes(self, ip: Address | None) -> bool:
-        return ip is not None and _longest(self.normalize_networks, ip) >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +259,7 @@ class SharedLimits:
             self._arm_renewal()
         return None
 
-    def admit(self, gw: Gateway, conn: Conn) -> None:
+    def admit(self, gw: Gate[W], conn: W) -> None:
         """Decide in the background; the session starts (``gw.register`` then
         ``conn.admitted``) or is refused once the store has answered. The lease is
         known at once, so a release that comes first follows the request for it."""
@@ -247,7 +267,7 @@ class SharedLimits:
         self._pending[conn.sid] = lease
         self._tasks.spawn(self._admit(gw, conn, lease))
 
-    async def _admit(self, gw: Gateway, conn: Conn, lease: Lease) -> None:
+    async def _admit(self, gw: Gate[W], conn: W, lease: Lease) -> None:
         refusal = None
         try:
             refusal = await self.decide(lease, conn.sid)
@@ -325,12 +345,3 @@ def peer_ip(peer: str) -> str:
     """The address part of a connection's ``"ip:port"`` peer string."""
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isascii() and port.isdigit() else peer
-
-
-def _longest(networks: tuple[Network, ...], ip: Address) -> int:
-    """Prefix length of the most specific network containing ``ip``; -1 if none."""
-    best = -1
-    for net in networks:
-        if net.version == ip.version and ip in net and net.prefixlen > best:
-            best = net.prefixlen
-    return best

@@ -25,12 +25,18 @@ adds the counts to the shared samples. A multiprocess sample update takes a lock
 writes a memory-mapped file, and a labelled one looks its child up first: done per
 event, that cost more CPU than the rest of a session's bookkeeping. The gateway calls
 ``flush`` once a second and when it stops, so ``/metrics`` lags by at most a second.
+
+prometheus_client is imported inside the functions that use it, never at the top:
+it chooses its multiprocess value class when first imported, from
+``PROMETHEUS_MULTIPROC_DIR``, which ``setup()`` sets first (and a gateway without
+``--metrics-listen`` never loads it).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Any
@@ -130,8 +136,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _bind_probe(host: str, port: int) -> Any:
-    import socket
-
     return socket.create_server((host, port))
 
 

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from smtpguard.errors import CliError
+
 # Show a progress bar only for inputs at least this big (and only on a terminal).
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 FORMATS = ("auto", "ims", "iis", "exchange", "msgtrk", "postfix", "exim", "zeek", "jsonl")
@@ -59,8 +61,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtpguard.cli import CliError
-
+    # The scanner, its parsers and rich are imported when logscan runs, here and below:
+    # every command's parser is built at start-up, and the gateway needs none of them.
     from . import report_json, report_text
     from .correlate import gateway_first
     from .scan import Options, Scanner

@@ -1,7 +1,7 @@
 """`smtpguard probe HOST[:PORT]`: argument parsing and exit codes only.
 
 Exit 0 when every check is fine, 1 when a problem was found, 2 when the target could
-not be reached or the arguments are wrong (a :class:`smtpguard.cli.CliError`).
+not be reached or the arguments are wrong (a :class:`smtpguard.errors.CliError`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 import sys
 from typing import Any
 
+from smtpguard.errors import CliError
 from smtpguard.netaddr import split_hostport
 from smtpguard.probe.mailbox import Mailbox, MailboxError
 from smtpguard.probe.model import (
@@ -122,8 +123,6 @@ def register(sub: Any) -> None:
 
 def parse_target(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
-    from smtpguard.cli import CliError
-
     try:
         host, port = split_hostport(text, default_port=default_port)
     except ValueError as exc:
@@ -134,8 +133,6 @@ def parse_target(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
 
 
 def options_from_args(args: argparse.Namespace) -> ProbeOptions:
-    from smtpguard.cli import CliError
-
     host, port = parse_target(args.target, IMPLICIT_TLS_PORT if args.implicit_tls else DEFAULT_PORT)
     implicit = args.implicit_tls or port == IMPLICIT_TLS_PORT
     if implicit and args.tls:
@@ -188,7 +185,8 @@ def options_from_args(args: argparse.Namespace) -> ProbeOptions:
 
 def run(args: argparse.Namespace) -> int:
     """With --json, stdout always gets one JSON object, an error too (exit 2)."""
-    from smtpguard.cli import CliError
+    # Imported when probe runs: every command's parser is built at start-up, and the
+    # probe's client and runner (asyncio, ssl) are not needed by the other commands.
     from smtpguard.probe.client import ConnectFailed
     from smtpguard.probe.render import render_error_json, render_json, render_table
     from smtpguard.probe.runner import run_probe

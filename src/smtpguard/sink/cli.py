@@ -9,6 +9,7 @@ import math
 import signal
 from typing import Any
 
+from smtpguard.errors import CliError
 from smtpguard.logs import ImsLog, open_protocol_log
 from smtpguard.netaddr import parse_hostport
 from smtpguard.sink.lab import DEFAULT_DATA_TIMEOUT, EMULATIONS
@@ -70,8 +71,6 @@ def _seconds(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtpguard.cli import CliError
-
     host, port = parse_hostport(args.listen, "--listen")
     if args.data_timeout is not None and args.emulate != "ims":
         raise CliError("--data-timeout needs --emulate ims")
@@ -98,7 +97,7 @@ async def _main(
     emulate: str | None,
     data_timeout: float,
 ) -> int:
-    from smtpguard.cli import CliError
+    # Imported when the sink runs: it loads aiosmtpd, which no other command needs.
     from smtpguard.sink import start_sink
 
     try:

@@ -55,6 +55,11 @@ class DedupeSettings:
     window: float = 86400.0  # seconds a message is remembered after the server's 250
 
 
+# The store modules are imported where a store is made, not at the top: they load
+# redis (a network client) and sqlite3 with a thread pool, which a gateway without a
+# shared store never needs (start-up time, not a cycle: they do not import this package).
+
+
 def prepare(settings: StateSettings) -> None:
     """Before workers fork: create the embedded database (the directory must be
     usable). A Redis URL is not contacted here: a fleet starts while its store is

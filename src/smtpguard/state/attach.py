@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from smtpguard.errors import CliError
+from smtpguard.gateway.access import SharedLimits
 from smtpguard.state import Guarded, StoreError, open_store, prepare
 from smtpguard.state.dedupe import Dedupe
 from smtpguard.state.ratelimit import RateLimits, uses_rate_limit
 
 if TYPE_CHECKING:
     from smtpguard.config.load import Settings
-    from smtpguard.gateway.access import SharedLimits
     from smtpguard.gateway.server import Gateway
 
 
@@ -39,6 +40,8 @@ def describe(settings: Settings) -> str | None:
     """The start-up block's line: which store, for what; None when none is used."""
     if not needed(settings):
         return None
+    # Imported here, not at the top: the store modules load redis and sqlite3, which a
+    # gateway without a shared store never needs (start-up time, not a cycle).
     from smtpguard.state.redis_store import redacted
     from smtpguard.state.sqlite_store import database_path
 
@@ -56,8 +59,6 @@ def describe(settings: Settings) -> str | None:
 
 def prepare_for(settings: Settings) -> None:
     """Before forking; raises CliError (one line) if the store cannot be used."""
-    from smtpguard.cli import CliError
-
     if not needed(settings):
         return
     try:
@@ -83,15 +84,11 @@ class Shared:
 
 def attach(gateway: Gateway, settings: Settings) -> Shared | None:
     """In a worker: open the store and hand it to ``gateway``, if any rule needs it."""
-    from smtpguard.gateway.access import SharedLimits
-
     if not needed(settings):
         return None
     try:
         store = open_store(settings.state)
     except StoreError as exc:
-        from smtpguard.cli import CliError
-
         raise CliError(str(exc)) from None
     limits = SharedLimits(store, gateway.access, settings.state.lease)
     dedupe = Dedupe(store, settings.dedupe.window) if settings.dedupe.enabled else None

@@ -27,7 +27,7 @@ from smtpguard.core.grammar import parse_command, parse_reply_line
 from .. import rules
 from ..model import ClientCommand, Connect, Disconnect, Event, ServerReply, Side
 from ..timefmt import parse_iso
-from . import Context, Lines, RecentIds
+from .base import Context, Lines, RecentIds
 
 NAME = "exchange"
 _DEFAULT_FIELDS = [

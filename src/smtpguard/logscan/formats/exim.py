@@ -30,7 +30,7 @@ from datetime import datetime
 
 from ..model import Delivered, Event, Flag, Kind
 from ..timefmt import parse_iso
-from . import Context, Lines, RecentIds
+from .base import Context, Lines, RecentIds
 
 NAME = "exim"
 MAX_PENDING_MESSAGES = 100_000

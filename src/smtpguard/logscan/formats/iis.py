@@ -28,7 +28,7 @@ from smtpguard.core.grammar import ReplyLine, ascii_number, parse_command, parse
 from .. import rules
 from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply, Side
 from ..timefmt import parse_iso
-from . import Context, Lines
+from .base import Context, Lines
 
 NAME = "iis"
 OUT_COMMAND = "OutboundConnectionCommand"

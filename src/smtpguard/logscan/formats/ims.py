@@ -29,7 +29,7 @@ from smtpguard.logs import IMS_FROM_CLIENT, IMS_TO_CLIENT
 
 from ..model import ClientCommand, Connect, DataSize, Disconnect, Event, ServerReply
 from ..timefmt import parse_ims
-from . import Context, Lines
+from .base import Context, Lines
 
 NAME = "ims"
 

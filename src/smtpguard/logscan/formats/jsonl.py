@@ -47,7 +47,7 @@ from ..model import (
     UpstreamEnd,
 )
 from ..timefmt import parse_iso
-from . import Context, Lines, RecentIds
+from .base import Context, Lines, RecentIds
 
 NAME = "jsonl"
 _CLIENT_TO_GW = Direction.CLIENT_TO_GW.value  # the writer's vocabulary (smtpguard.logs)

@@ -25,7 +25,7 @@ from smtpguard.core.grammar import ascii_number
 
 from ..model import Delivered, Event
 from ..timefmt import parse_iso
-from . import Context, Lines, RecentIds
+from .base import Context, Lines, RecentIds
 
 NAME = "msgtrk"
 FIELDS_2013 = [

@@ -43,7 +43,7 @@ from datetime import datetime
 
 from ..model import Delivered, Event, Flag, Kind, Side
 from ..timefmt import SyslogClock, parse_iso
-from . import Context, Lines
+from .base import Context, Lines
 
 NAME = "postfix"
 # Queue ids waiting for "removed"; a truncated log must not grow this forever.

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..model import Delivered, Event, Flag, Kind
 from ..timefmt import from_epoch, parse_iso
-from . import Context, Lines, RecentIds
+from .base import Context, Lines, RecentIds
 
 NAME = "zeek"
 # An end-of-data reply as MTAs word it ("250 OK id=1Mugho-…", "250 2.0.0 Ok: queued as …").
