@@ -1,7 +1,7 @@
 """Every core conversation is re-cut: whatever a test fed a session (through the
 harness or a playbook), it is run again with every data event cut at random points
 (hypothesis chooses them) and one byte at a time, and must give the same actions
-modulo output chunking (DESIGN §2; see ``playbook.differences`` for what that
+modulo output chunking (docs/design.md#architecture; see ``playbook.differences`` for what that
 allows). Conversations under the PIX split-EOD emulation are segmentation-dependent
 by design and are left out.
 

@@ -1,5 +1,5 @@
 """Every check just under and just over its threshold, whole and randomly segmented,
-with the configured action observed on the wire (DESIGN §3.4, issue 3)."""
+with the configured action observed on the wire (docs/design.md#limits, issue 3)."""
 
 from __future__ import annotations
 

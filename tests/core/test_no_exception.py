@@ -1,4 +1,4 @@
-"""No input raises out of the core (DESIGN §3.8, issue 23).
+"""No input raises out of the core (docs/design.md#reading-as-the-peers-read, issue 23).
 
 A client's bytes are drawn from SMTP-shaped pieces and their hostile variants: MAIL
 and RCPT with every path form, parameters whose numbers and keywords are written

@@ -1,5 +1,5 @@
 """Regression tests for the smuggling and injection holes found by outside scanners
-and hostile peers (DESIGN §3.6). Each conversation runs whole and one byte at a time.
+and hostile peers (docs/design.md#framing). Each conversation runs whole and one byte at a time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Properties of the DATA relay over random byte streams (DESIGN §3.6).
+"""Properties of the DATA relay over random byte streams (docs/design.md#framing).
 
 The message data is drawn from pieces biased towards CR, LF, ``.`` and NUL (the
 material of every smuggling variant), the client's stream is cut at random points,

@@ -84,7 +84,7 @@ Counters are in memory, per worker process (with `--workers N` each worker keeps
 its own), and survive a reload. IPv4-mapped IPv6 addresses count as their IPv4
 address. Clients in `normalize_networks` get `smuggling = "normalize"`: bare CR/LF
 in their data are rewritten to CRLF after the end of data is found on the raw
-stream (DESIGN §3.3); everyone else keeps the top-level `smuggling` setting.
+stream ([design.md#data](design.md#data)); everyone else keeps the top-level `smuggling` setting.
 """
 
 MIME_TEXT = """\

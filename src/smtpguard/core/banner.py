@@ -1,4 +1,4 @@
-"""Greeting (220 banner) policies, DESIGN §3.1.2.
+"""Greeting (220 banner) policies, docs/design.md#banner.
 
 ``generic`` is the default because a banner made only of ``2``, ``0``, space and
 ``*`` makes Postfix senders switch on their PIX work-arounds (slower delivery,

@@ -1,4 +1,4 @@
-"""Envelope checks on MAIL and RCPT (DESIGN §3.4), and what a finding looks like.
+"""Envelope checks on MAIL and RCPT (docs/design.md#limits), and what a finding looks like.
 
 Each check compares one value with a threshold or a pattern list from
 :class:`~smtpguard.core.policy.Checks` and returns a :class:`Finding`: a stable event

@@ -1,7 +1,7 @@
 """Duplicate suppression, the pure part: the message digest, the transaction key,
 the queue ID of a 250 reply, and the two actions the session emits.
 
-Theory of operation (DESIGN §3.7): the digest is a SHA-256 of the message octets as
+Theory of operation (docs/design.md#shared-state): the digest is a SHA-256 of the message octets as
 the client sent them (dot-stuffing and terminator included), fed chunk by chunk as
 they stream, so nothing is buffered. At the client's end of data the key is a
 SHA-256 over the sender, the recipients the server accepted (sorted: the same set in

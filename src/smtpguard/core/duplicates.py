@@ -1,4 +1,4 @@
-"""Duplicate suppression in the session (DESIGN §3.7): the part that holds the final
+"""Duplicate suppression in the session (docs/design.md#shared-state): the part that holds the final
 dot for one store lookup.
 
 :class:`~smtpguard.core.dedupe.Tracker` collects the envelope the server accepted and

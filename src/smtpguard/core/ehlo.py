@@ -1,4 +1,4 @@
-"""EHLO reply filtering and ESMTP parameter rules (esmtp mode, DESIGN §3.2).
+"""EHLO reply filtering and ESMTP parameter rules (esmtp mode, docs/design.md#modes).
 
 The server's EHLO keywords pass through an allow-list; extensions the gateway cannot
 inspect (CHUNKING, BINARYMIME) or that would let a client speak for the gateway

@@ -1,4 +1,4 @@
-"""Shared rate limits in the session (DESIGN §3.7): what a ``rate-limit`` finding
+"""Shared rate limits in the session (docs/design.md#shared-state): what a ``rate-limit`` finding
 waits for when it is counted across every worker and instance.
 
 Theory of operation: without ``Policy.shared_rates`` a ``rate-limit`` finding is

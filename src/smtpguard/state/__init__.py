@@ -1,4 +1,4 @@
-"""Shared state for limits and duplicate suppression (DESIGN §3.7).
+"""Shared state for limits and duplicate suppression (docs/design.md#shared-state).
 
 ``open_store(settings)`` gives the store ``[state] url`` names: ``"local"`` (the
 default: SQLite in WAL mode under ``[state] directory``, shared by the workers of a
