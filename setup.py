@@ -26,8 +26,10 @@ from setuptools import setup
 COMPILED = [
     *sorted(str(p) for p in Path("src/smtpguard/core").glob("*.py")),
     "src/smtpguard/gateway/connection.py",
+    "src/smtpguard/gateway/flow.py",
     "src/smtpguard/gateway/metrics.py",
     "src/smtpguard/gateway/metrics_prom.py",
+    "src/smtpguard/gateway/proxyreader.py",
     "src/smtpguard/gateway/server.py",
     "src/smtpguard/logs.py",
 ]

@@ -145,8 +145,10 @@ class _Gateway(Gateway):
 class Harness:
     """A Gateway whose upstream connects are captured instead of made."""
 
-    def __init__(self, access: AccessPolicy | None = None, **gw: Any) -> None:
-        self.gw = _Gateway(GatewayConfig(**gw), Policy(), access=access)
+    def __init__(
+        self, access: AccessPolicy | None = None, cls: type[_Gateway] | None = None, **gw: Any
+    ) -> None:
+        self.gw = (cls or _Gateway)(GatewayConfig(**gw), Policy(), access=access)
         self.upstreams: list[UpstreamConnection] = []
         real_open = self.gw.open_upstream
 
@@ -426,9 +428,9 @@ def test_early_bytes_over_the_mark_pause_the_client() -> None:
         c, _ct = h.client()
         up = h.upstreams[-1]
         up.write(b"x" * (conn_mod.WRITE_HIGH + 1))
-        assert c._up_full
+        assert c.flow.up_full
         up.connection_made(FakeTransport(up, ("127.0.0.1", 25)))
-        assert not c._up_full
+        assert not c.flow.up_full
 
     run(go)
 
@@ -451,7 +453,7 @@ def test_client_start_tls_keeps_limits_and_pause() -> None:
             return new
 
         h.gw.loop.start_tls = start_tls  # type: ignore[method-assign,assignment]
-        c._held = b"QUIT\r\n"  # unread input: the client must stay paused
+        c.flow.held = b"QUIT\r\n"  # unread input: the client must stay paused
         c._update_reading()
         assert not ct.reading
         await c._start_tls("client")
@@ -519,12 +521,12 @@ def test_unread_replies_pause_the_client_and_stay_bounded() -> None:
         # each 2-octet line gets a reply of under 64), and the client is not read.
         assert ct.buffered <= conn_mod.WRITE_HIGH + conn_mod.FEED_SLICE * 32
         assert not ct.reading
-        assert len(c._held) <= 2 * lines
+        assert len(c.flow.held) <= 2 * lines
         # The client reads at last: everything is answered, in order, then reading resumes.
         for _ in range(1000):
             ct.drain()
             await turns(5)
-            if not c._held and ct.reading:
+            if not c.flow.held and ct.reading:
                 break
         got = _replies(bytes(ct.written))
         assert len(got) == lines and len(set(got)) == 1 and got[0].startswith(b"500 ")
@@ -561,9 +563,9 @@ def test_eof_with_held_input_answers_it() -> None:
         ct.model_buffer = True
         ct.written.clear()
         c.data_received(b"\r\n" * 50_000)
-        assert c._held
+        assert c.flow.held
         c.eof_received()
-        assert not c._held
+        assert not c.flow.held
 
     run(go)
 

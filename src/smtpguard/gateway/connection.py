@@ -1,30 +1,39 @@
 """One client session: two asyncio Protocols around a core :class:`Session`.
 
 This module only moves bytes and executes the core's actions; it holds no protocol
-logic. Flow control runs both ways: when the upstream's write buffer is full the
-client is not read (a slow server never makes the gateway buffer a message), and when
-the client's write buffer is full the upstream is not read. Bytes the core holds
-unparsed (pipelined input waiting for a reply) also pause the client above a mark.
-TCP_NODELAY is left to the event loop: asyncio and uvloop both set it on TCP
+logic. TCP_NODELAY is left to the event loop: asyncio and uvloop both set it on TCP
 transports, which the one-byte-segment tests rely on.
 
-Per-session memory is bounded whatever the client does, and one session cannot
-starve the others on its worker: client bytes are fed to the core in slices of
-``FEED_SLICE``; outside the DATA phase (where every line may make a reply) at most
-``FEED_BUDGET`` bytes are fed per event-loop callback and the rest waits for the next
-turn with the client paused. Nothing is fed while the client's own write buffer is
-above its high mark (a client that sends commands without reading its replies stops
-being read), so the gateway never queues more than about ``WRITE_HIGH`` of replies.
+Theory of operation. A :class:`ClientConnection` goes through its own phases
+(:class:`Stage`): ``PROXY`` while a trusted load balancer's header is read
+(:class:`~smtpguard.gateway.proxyreader.ProxyReader`), ``ADMISSION`` while the
+gateway (or the shared store) decides whether the session may start, ``OPEN`` while
+the session runs, ``CLOSED`` once it is torn down, refused or never started.
 
-No exception skips the teardown: every entry point runs under :meth:`_guard`, which
-logs the failure, resets both connections and releases the session's slot and
-counts; ``connection_lost`` releases them in a ``finally``.
+**One door.** Every event for the core (client bytes and EOF, the upstream's
+connect, bytes and loss, the timer, the admission, the store's answers, a TLS
+handshake's outcome, a drain) passes through :meth:`ClientConnection._dispatch`,
+which reads the clock, calls ``Session.handle``, carries out the actions, updates
+flow control and, on any exception, tears the session down: the failure is logged
+(``session failed, connection reset``), the client gets ``421 4.3.0`` if anything
+can still be written, both connections are closed and the gateway releases the
+session exactly once. The shell's own code outside the door (accepting, reading
+the PROXY header, feeding) runs under the same teardown; ``connection_lost``
+releases in a ``finally``.
+
+**Flow control** (:class:`~smtpguard.gateway.flow.Flow`) runs both ways: when the
+upstream's write buffer is full the client is not read, and when the client's write
+buffer is full the upstream is not read. Client bytes are fed to the core in slices,
+within a budget per event-loop turn outside DATA; nothing is fed while the client's
+own write buffer is above its high mark, so the gateway never queues more than about
+``WRITE_HIGH`` of replies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import socket
 import ssl
@@ -51,6 +60,7 @@ from smtpguard.core.events import (
     ClientData,
     ClientEof,
     DedupeAnswer,
+    Event,
     RateAnswer,
     ServerClosed,
     ServerConnected,
@@ -65,24 +75,34 @@ from smtpguard.core.events import (
 from smtpguard.core.policy import Policy
 from smtpguard.core.session import Phase, Session
 from smtpguard.gateway.access import AccessControl, parse_ip
+from smtpguard.gateway.flow import BACKLOG_HIGH, FEED_BUDGET, FEED_SLICE, Flow
 from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.proxyreader import ProxyError, ProxyReader
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.state.dedupe import Dedupe
 from smtpguard.state.ratelimit import RateLimits
 
+__all__ = [
+    "BACKLOG_HIGH",
+    "FEED_BUDGET",
+    "FEED_SLICE",
+    "INTERNAL_ERROR",
+    "WRITE_HIGH",
+    "WRITE_LOW",
+    "ClientConnection",
+    "GatewayView",
+    "Stage",
+    "UpstreamConnection",
+]
+
 log = logging.getLogger("smtpguard.gateway")
 
 TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 PROXY_HEADER_TIMEOUT: Final = 10.0  # seconds a load balancer has to send its PROXY header
-# Held, unparsed client bytes above which the client is not read (pipelining bound).
-BACKLOG_HIGH: Final = 64 * 1024
 # Transport write buffer marks: big enough to stream a message without stalls.
 WRITE_HIGH: Final = 1024 * 1024
 WRITE_LOW: Final = 256 * 1024
-# Client bytes fed to the core at a time, and per event-loop callback outside DATA.
-FEED_SLICE: Final = 4 * 1024
-FEED_BUDGET: Final = 16 * 1024
 # Phases in which the core only scans and relays (no reply per line): fed whole.
 _BULK: Final = frozenset({Phase.DATA, Phase.TUNNEL})
 # Said to the client when the gateway itself fails (a bug): never a false 2xx.
@@ -114,140 +134,192 @@ class GatewayView(Protocol):
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
 
 
+class Stage(enum.Enum):
+    """The connection's own phase (the session's is the core's :class:`Phase`)."""
+
+    NEW = "new"  # accepted, not yet looked at
+    PROXY = "proxy"  # reading a trusted load balancer's PROXY header
+    ADMISSION = "admission"  # the session exists; the gateway or its store decides
+    OPEN = "open"  # the session runs: events go through the door
+    CLOSED = "closed"  # torn down, refused, or never started
+
+
 class ClientConnection(asyncio.Protocol):
     """Accepted client connection; owns the session and its upstream."""
 
     def __init__(self, gateway: GatewayView, tls_listener: bool = False) -> None:
         self.gw = gateway
         self.loop = gateway.loop
-        self.opened_at = self.loop.time()  # for the session's log line (sessionlog.py)
+        # The clock every event is stamped with (a callable, so a test can stop it).
+        self.clock: Callable[[], float] = self.loop.time
+        self.opened_at = self.clock()  # for the session's log line (sessionlog.py)
         self.sid = gateway.next_session_id()
         self.tls_listener = tls_listener  # accepted on an implicit-TLS port (465)
+        self.stage = Stage.NEW
         self.session: Session | None = None  # once the client is known (after PROXY)
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
+        self.flow = Flow()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._sent_at: float | None = None  # when bytes last went upstream unanswered
-        self._up_full = False  # upstream write buffer above its high mark
-        self._client_full = False  # our write buffer towards the client above its mark
-        self._reading = True
-        self._done = False
-        self._held = b""  # client bytes read but not yet fed to the core
         self._feed_handle: asyncio.Handle | None = None  # the next turn's feed
         self.peer = ""
         self.addr: tuple[str, int] | None = None  # the client (from PROXY if trusted)
         # The address the client connected to (from PROXY if trusted; else read when
         # first needed).
         self.local: tuple[str, int] | None = None
-        self._proxy_buf: bytearray | None = None  # PROXY header being read
+        self._proxy: ProxyReader | None = None  # in Stage.PROXY
         self._plog: ProtocolLog | None = None  # the gateway's, when the session began
         self._metrics = gateway.metrics  # typed: a native call per reply once compiled
 
-    # -- client transport callbacks --------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport = transport
+    # -- the one door ------------------------------------------------------------------
+    def _dispatch(self, event: Event) -> bool:
+        """Feed one event to the session and carry out what it says; on any exception
+        tear everything down. False if the session failed here."""
+        session = self.session
+        if self.stage is not Stage.OPEN or session is None:
+            return True
         try:
-            transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-            peer = transport.get_extra_info("peername")
-            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-            addr = _address(peer)
-            self.addr = addr  # replaced by the PROXY header's source, if trusted
-            # self.local: read from the socket only if a PROXY header for the upstream
-            # needs it (a system call per session otherwise).
-            access = self.gw.access.policy
-            if addr is not None and access.proxy_from and access.expects_proxy(parse_ip(addr[0])):
-                # A trusted load balancer: the real client is in the PROXY header first.
-                self._proxy_buf = bytearray()
-                self._timer = self.loop.call_later(
-                    PROXY_HEADER_TIMEOUT, self._proxy_failed, "no PROXY header in time"
-                )
-                return
-            self._begin(addr)
+            now = self.clock()
+            if not isinstance(event, ClientData) and not self._before(event, now):
+                return True
+            self._run(session.handle(event, now))
+            if not isinstance(event, (ClientData, ClientEof)):  # the feed does its own
+                self._update_reading()
         except Exception as exc:
             self._crash(exc)
+            return False
+        return True
 
-    def _begin(self, addr: tuple[str, int] | None) -> None:
-        self.addr = addr
-        self._plog = self.gw.protocol_log
-        session = Session(
-            self.gw.policy_for(addr[0]) if addr else self.gw.policy,
-            trace=self._plog.traced if self._plog is not None else 0,
-            peer=addr,
-            client_tls=self.tls_listener,
-        )
-        self.session = session
-        admitted = self.gw.admit(self)
-        if admitted is None:
-            return  # the shared store decides; the gateway calls admitted() then
-        if not admitted:
-            self._done = True  # refused: never registered, nothing to release
-            return
-        self.admitted()
-
-    def admitted(self) -> None:
-        """Start the admitted session: at once, or once the shared store said yes."""
-        session = self.session
-        if self._done or session is None:
-            return
-        if self._plog is not None:
+    def _before(self, event: Event, now: float) -> bool:
+        """The shell's own bookkeeping for an event; False if it is not for the
+        session after all (a timer that fired early is re-armed)."""
+        if isinstance(event, ServerData):
+            if self._sent_at is not None:  # first bytes after a write: reply latency
+                self._metrics.reply_latency(now - self._sent_at)
+                self._sent_at = None
+        elif isinstance(event, TimerFired):
+            deadline = self._deadline
+            if deadline is None:
+                return False
+            if now < deadline:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+                return False
+        elif isinstance(event, ServerClosed):
+            up, self.upstream = self.upstream, None
+            self.flow.up_full = False
+            if up is not None and up.transport is not None:  # a failed connect counts as such
+                self.gw.metrics.upstream_error("lost")
+        elif isinstance(event, Start) and self._plog is not None:
             self._plog.connect(self.sid, self.peer)
-        self._run(session.handle(Start(), self.loop.time()))
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            if self._proxy_buf is not None:
-                self._proxy_header(data)
-            elif not self._done:
-                self._held = self._held + data if self._held else data
-                self._feed()
-        except Exception as exc:
-            self._crash(exc)
-
-    def _feed(self) -> None:
-        """Feed held client bytes to the core: slice by slice, at most ``FEED_BUDGET``
-        per turn outside DATA, and not while the client is not reading its replies."""
-        self._feed_handle = None
-        session = self.session
-        budget = FEED_BUDGET
-        while self._held and not self._client_full and not self._done and session is not None:
-            held = self._held
-            bulk = session.phase in _BULK
-            if not bulk and budget <= 0:
-                self._feed_handle = self.loop.call_soon(self._guarded_feed)
-                break
-            take = len(held)
-            if not bulk:  # (not min() of three: a generic call once compiled)
-                take = min(take, FEED_SLICE)
-                take = min(take, budget)
-            if take == len(held):
-                chunk, self._held = held, b""
-            else:
-                chunk, self._held = held[:take], held[take:]
-            if not bulk:
-                budget -= take
-            self._run(session.handle(ClientData(chunk), self.loop.time()))
-        self._update_reading()
+        return True
 
     def _guarded_feed(self) -> None:
+        """The feed scheduled for a later turn: outside the door, the same teardown."""
         try:
             self._feed()
         except Exception as exc:
             self._crash(exc)
 
-    def _proxy_header(self, data: bytes) -> None:
-        assert self._proxy_buf is not None
-        self._proxy_buf += data
+    # -- client transport callbacks --------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         try:
-            header = proxyproto.parse(bytes(self._proxy_buf))
-        except proxyproto.ProxyError as exc:
+            self._accept()
+        except Exception as exc:
+            self._crash(exc)
+
+    def _accept(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        addr = _address(peer)
+        self.addr = addr  # replaced by the PROXY header's source, if trusted
+        # self.local: read from the socket only if a PROXY header for the upstream
+        # needs it (a system call per session otherwise).
+        access = self.gw.access.policy
+        if addr is not None and access.proxy_from and access.expects_proxy(parse_ip(addr[0])):
+            # A trusted load balancer: the real client is in the PROXY header first.
+            self.stage = Stage.PROXY
+            self._proxy = ProxyReader()
+            self._timer = self.loop.call_later(
+                PROXY_HEADER_TIMEOUT, self._proxy_failed, "no PROXY header in time"
+            )
+            return
+        self._begin(addr)
+
+    def _begin(self, addr: tuple[str, int] | None) -> None:
+        self.addr = addr
+        self._plog = self.gw.protocol_log
+        self.session = Session(
+            self.gw.policy_for(addr[0]) if addr else self.gw.policy,
+            trace=self._plog.traced if self._plog is not None else 0,
+            peer=addr,
+            client_tls=self.tls_listener,
+        )
+        self.stage = Stage.ADMISSION
+        admitted = self.gw.admit(self)
+        if admitted is None:
+            return  # the shared store decides; the gateway calls admitted() then
+        if not admitted:
+            self.stage = Stage.CLOSED  # refused: never registered, nothing to release
+            return
+        self.admitted()
+
+    def admitted(self) -> None:
+        """Start the admitted session: at once, or once the shared store said yes."""
+        if self.stage is not Stage.ADMISSION:
+            return
+        self.stage = Stage.OPEN
+        if not self._dispatch(Start()):
+            return
+        if self.flow.held:  # read while the store decided
+            self._guarded_feed()
+
+    def data_received(self, data: bytes) -> None:
+        stage = self.stage
+        try:
+            if stage is Stage.OPEN:
+                self.flow.hold(data)
+                self._feed()
+            elif stage is Stage.ADMISSION:
+                self.flow.hold(data)  # fed once the session starts
+            elif stage is Stage.PROXY:
+                self._proxy_data(data)
+        except Exception as exc:
+            self._crash(exc)
+
+    def _feed(self) -> None:
+        """Feed held client bytes to the core as :class:`Flow` allows; what this
+        turn's budget kept back waits for the next turn."""
+        self._feed_handle = None
+        flow = self.flow
+        flow.new_turn()
+        session = self.session
+        while self.stage is Stage.OPEN and session is not None:
+            chunk = flow.take(session.phase in _BULK)
+            if not chunk:
+                break
+            self._dispatch(ClientData(chunk))
+        if self.stage is Stage.OPEN:
+            if flow.next_turn:
+                self._feed_handle = self.loop.call_soon(self._guarded_feed)
+            self._update_reading()
+
+    def _proxy_data(self, data: bytes) -> None:
+        reader = self._proxy
+        assert reader is not None
+        try:
+            header = reader.feed(data)
+        except ProxyError as exc:
             self._proxy_failed(str(exc))
             return
         if header is None:
             return
-        rest = bytes(self._proxy_buf[header.length :])
-        self._proxy_buf = None
+        self._proxy = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -256,13 +328,11 @@ class ClientConnection(asyncio.Protocol):
             self.peer = f"{addr[0]}:{addr[1]}"
             self.local = header.dest
         self._begin(addr)
-        if rest and self.transport is not None and not self.transport.is_closing():
-            self.data_received(rest)  # (a refused client's transport is closing)
+        if reader.rest:
+            self.data_received(reader.rest)  # (dropped if the client was refused)
 
     def _proxy_failed(self, why: str) -> None:
         self._timer = None
-        self._proxy_buf = None
-        self._done = True
         self.gw.policy_event(
             self.sid,
             self.peer,
@@ -272,54 +342,39 @@ class ClientConnection(asyncio.Protocol):
         )
         if self.transport is not None:
             self.transport.abort()
+        self._teardown(abort_upstream=True)
 
     def eof_received(self) -> bool:
-        if self._proxy_buf is not None:  # a health check: connected, then closed
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._proxy_buf = None
-            self._done = True
-            return False  # nothing owed: close
-        try:
-            if self._done or self.session is None:
-                return False
-            if self._held:  # feed what was read first, whatever the write buffer says
-                held, self._held = self._held, b""
-                self._run(self.session.handle(ClientData(held), self.loop.time()))
-            self._run(self.session.handle(ClientEof(), self.loop.time()))
-        except Exception as exc:
-            self._crash(exc)
+        if self.stage is not Stage.OPEN:
+            # A health check's EOF, or a client gone before its greeting: nothing is
+            # owed (a store still deciding hears of it through the release).
+            self._teardown(abort_upstream=True)
             return False
-        return True  # keep the write side open for owed replies
+        # True: the write side stays open for owed replies.
+        held = self.flow.take_all()  # what was read first, whatever the write buffer says
+        if held and not self._dispatch(ClientData(held)):
+            return False
+        return self._dispatch(ClientEof())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._proxy_buf is not None or self.session is None:  # never got a session
-            self._proxy_buf = None
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            return
         try:
-            if not self._done and not self.session.closed:
-                self._run(self.session.handle(ClientEof(), self.loop.time()))
-        except Exception as err:
-            self._log_crash(err)
+            session = self.session
+            if self.stage is Stage.OPEN and session is not None and not session.closed:
+                self._dispatch(ClientEof())
         finally:
             self.transport = None
             self._teardown(abort_upstream=True)
 
     def pause_writing(self) -> None:
-        self._client_full = True
+        self.flow.client_full = True
         if self.upstream is not None:
             self.upstream.pause()
 
     def resume_writing(self) -> None:
-        self._client_full = False
+        self.flow.client_full = False
         if self.upstream is not None:
             self.upstream.resume()
-        if self._held and self._feed_handle is None and not self._done:
+        if self.flow.held and self._feed_handle is None and self.stage is Stage.OPEN:
             self._feed_handle = self.loop.call_soon(self._guarded_feed)
         else:
             self._update_reading()
@@ -338,39 +393,45 @@ class ClientConnection(asyncio.Protocol):
         return build(self.addr, self.local)
 
     def upstream_made(self, up: UpstreamConnection) -> None:
-        if up is self.upstream and self.session is not None:
-            try:
-                self._run(self.session.handle(ServerConnected(), self.loop.time()))
-            except Exception as exc:
-                self._crash(exc)
+        if up is self.upstream:
+            self._dispatch(ServerConnected())
 
     def upstream_data(self, up: UpstreamConnection, data: bytes) -> None:
-        if up is self.upstream and self.session is not None:
-            try:
-                if self._sent_at is not None:  # first bytes after a write: reply latency
-                    self._metrics.reply_latency(self.loop.time() - self._sent_at)
-                    self._sent_at = None
-                self._run(self.session.handle(ServerData(data), self.loop.time()))
-                self._update_reading()
-            except Exception as exc:
-                self._crash(exc)
+        if up is self.upstream:
+            self._dispatch(ServerData(data))
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
-        if up is self.upstream and self.session is not None:
-            try:
-                if up.transport is not None:  # a connect that failed is counted as such
-                    self.gw.metrics.upstream_error("lost")
-                self.upstream = None
-                self._up_full = False
-                self._run(self.session.handle(ServerClosed(), self.loop.time()))
-                self._update_reading()
-            except Exception as exc:
-                self._crash(exc)
+        if up is self.upstream:
+            self._dispatch(ServerClosed())
 
     def upstream_full(self, up: UpstreamConnection, full: bool) -> None:
         if up is self.upstream:
-            self._up_full = full
+            self.flow.up_full = full
             self._update_reading()
+
+    # -- the store's answers, the timer, the drain -----------------------------------------
+    def dedupe_answer(self, queue_id: str | None) -> None:
+        """The store's answer to the core's DedupeLookup (state/dedupe.py)."""
+        self._dispatch(DedupeAnswer(queue_id))
+
+    def rate_answer(self, allowed: bool | None) -> None:
+        """The store's count for the core's RateCheck (state/ratelimit.py)."""
+        self._dispatch(RateAnswer(allowed))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch(TimerFired())
+
+    def shutdown(self) -> None:
+        """Graceful drain requested by the gateway."""
+        self._dispatch(Shutdown())
+
+    def abort(self) -> None:
+        """End of the drain grace: reset the client and free the session now."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.abort()
+        self._teardown(abort_upstream=True)
 
     # -- failures --------------------------------------------------------------------
     def _log_crash(self, exc: BaseException) -> None:
@@ -391,6 +452,25 @@ class ClientConnection(asyncio.Protocol):
             self._teardown(abort_upstream=True)
         except Exception as err:  # the gateway's bookkeeping itself failed
             log.error("%s teardown failed: %r", self.sid, err)
+
+    def _teardown(self, abort_upstream: bool) -> None:
+        """The one way to CLOSED: timers, held bytes and the upstream go, and the
+        gateway releases a session it may have counted, exactly once."""
+        stage = self.stage
+        if stage is Stage.CLOSED:
+            return
+        self.stage = Stage.CLOSED
+        self._proxy = None
+        self.flow.held = b""
+        if self._feed_handle is not None:
+            self._feed_handle.cancel()
+            self._feed_handle = None
+        try:
+            self._set_timer(None)
+            self._close_upstream(abort_upstream)
+        finally:
+            if stage is Stage.ADMISSION or stage is Stage.OPEN:
+                self.gw.release(self)
 
     # -- executing the core's actions ------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
@@ -413,7 +493,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.write(a.data)
             if self._sent_at is None:
-                self._sent_at = self.loop.time()
+                self._sent_at = self.clock()
 
     def _do_to_client(self, a: ToClient) -> None:
         if self.transport is not None:
@@ -449,13 +529,6 @@ class ClientConnection(asyncio.Protocol):
         if self.gw.dedupe is not None:
             self.gw.dedupe.record(self.gw, self, a.key, a.queue_id)
 
-    def dedupe_answer(self, queue_id: str | None) -> None:
-        """The store's answer to the core's DedupeLookup (state/dedupe.py)."""
-        session = self.session
-        if not self._done and session is not None:
-            self._run(session.handle(DedupeAnswer(queue_id), self.loop.time()))
-            self._update_reading()
-
     def _do_rate_check(self, a: RateCheck) -> None:
         rates = self.gw.rates
         if rates is not None:
@@ -463,69 +536,62 @@ class ClientConnection(asyncio.Protocol):
         else:  # no store (cannot happen: set_policy): allowed, as when it fails
             self.loop.call_soon(self.rate_answer, None)
 
-    def rate_answer(self, allowed: bool | None) -> None:
-        """The store's count for the core's RateCheck (state/ratelimit.py)."""
-        session = self.session
-        if self._done or session is None:
-            return
-        try:
-            self._run(session.handle(RateAnswer(allowed), self.loop.time()))
-            self._update_reading()
-        except Exception as exc:
-            self._crash(exc)
-
     def _do_start_tls(self, a: StartTls) -> None:
         task = self.loop.create_task(self._start_tls(a.side))
         task.add_done_callback(_log_failure)
 
     async def _start_tls(self, side: str) -> None:
-        """Upgrade one side in place; the core hears ``tls_started``/``tls_failed``."""
-        tls = self.gw.tls
+        """Upgrade one side in place; the core hears ``TlsDone`` or ``TlsFailed``."""
         try:
-            if tls is None:
-                raise ssl.SSLError("no TLS configuration")
-            if side == "client":
-                if tls.server is None or self.transport is None:
-                    raise ssl.SSLError("the gateway has no certificate")
-                new = cast(
-                    asyncio.Transport,
-                    await self.loop.start_tls(
-                        self.transport,
-                        self,
-                        tls.server,
-                        server_side=True,
-                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                    ),
-                )
-                self.transport = new
-                # The new transport starts with default limits and reading: carry over.
-                new.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-                self._client_full = False
-                if not self._reading:
-                    new.pause_reading()
-            else:
-                up = self.upstream
-                if up is None or up.transport is None:
-                    raise ConnectionError("no upstream connection")
-                new = cast(
-                    asyncio.Transport,
-                    await self.loop.start_tls(
-                        up.transport,
-                        up,
-                        tls.client,
-                        server_hostname=tls.upstream_hostname,
-                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                    ),
-                )
-                up.upgraded(new)
+            await self._handshake(side)
         except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
             log.info("%s TLS handshake with the %s failed: %s", self.sid, side, exc)
-            if not self._done and self.session is not None:
-                self._run(self.session.handle(TlsFailed(Side(side)), self.loop.time()))
+            self._dispatch(TlsFailed(Side(side)))
             return
-        if not self._done and self.session is not None:
-            self._run(self.session.handle(TlsDone(Side(side)), self.loop.time()))
-            self._update_reading()
+        except Exception as exc:  # a bug: the same teardown as at the door
+            if self.stage is Stage.OPEN:
+                self._crash(exc)
+            return
+        self._dispatch(TlsDone(Side(side)))
+
+    async def _handshake(self, side: str) -> None:
+        tls = self.gw.tls
+        if tls is None:
+            raise ssl.SSLError("no TLS configuration")
+        if side == "client":
+            if tls.server is None or self.transport is None:
+                raise ssl.SSLError("the gateway has no certificate")
+            new = cast(
+                asyncio.Transport,
+                await self.loop.start_tls(
+                    self.transport,
+                    self,
+                    tls.server,
+                    server_side=True,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ),
+            )
+            self.transport = new
+            # The new transport starts with default limits and reading: carry over.
+            new.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+            self.flow.client_full = False
+            if not self.flow.reading:
+                new.pause_reading()
+        else:
+            up = self.upstream
+            if up is None or up.transport is None:
+                raise ConnectionError("no upstream connection")
+            new = cast(
+                asyncio.Transport,
+                await self.loop.start_tls(
+                    up.transport,
+                    up,
+                    tls.client,
+                    server_hostname=tls.upstream_hostname,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ),
+            )
+            up.upgraded(new)
 
     def _open_upstream(self) -> None:
         self._close_upstream(abort=True)
@@ -535,7 +601,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close_upstream(self, abort: bool) -> None:
         up, self.upstream = self.upstream, None
-        self._up_full = False
+        self.flow.up_full = False
         if up is not None:
             up.close(abort)
 
@@ -558,7 +624,7 @@ class ClientConnection(asyncio.Protocol):
         # Deadlines mostly move later (every command pushes the idle timeout), so the
         # armed handle is kept when it fires no later than needed and re-armed then.
         self._deadline = deadline
-        if deadline is None or self._done:
+        if deadline is None or self.stage is Stage.CLOSED:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -567,64 +633,17 @@ class ClientConnection(asyncio.Protocol):
                 self._timer.cancel()
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self._done or self.session is None:
-            return
-        try:
-            if self.loop.time() < deadline:
-                self._timer = self.loop.call_at(deadline, self._on_timer)
-                return
-            self._run(self.session.handle(TimerFired(), self.loop.time()))
-        except Exception as exc:
-            self._crash(exc)
-
-    def shutdown(self) -> None:
-        """Graceful drain requested by the gateway."""
-        if not self._done and self.session is not None:
-            try:
-                self._run(self.session.handle(Shutdown(), self.loop.time()))
-            except Exception as exc:
-                self._crash(exc)
-
-    def abort(self) -> None:
-        """End of the drain grace: reset the client and free the session now."""
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.abort()
-        self._teardown(abort_upstream=True)
-
     def _update_reading(self) -> None:
         t = self.transport
-        if t is None or self._done or self.session is None:
+        session = self.session
+        if t is None or self.stage is not Stage.OPEN or session is None:
             return
-        want = (
-            not self._up_full
-            and not self._client_full
-            and not self._held
-            and self.session.client_backlog <= BACKLOG_HIGH
-        )
-        if want != self._reading:
-            self._reading = want
-            if want:
+        flow = self.flow
+        if flow.update_reading(session.client_backlog):
+            if flow.reading:
                 t.resume_reading()
             else:
                 t.pause_reading()
-
-    def _teardown(self, abort_upstream: bool) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._held = b""
-        if self._feed_handle is not None:
-            self._feed_handle.cancel()
-            self._feed_handle = None
-        try:
-            self._set_timer(None)
-            self._close_upstream(abort_upstream)
-        finally:
-            self.gw.release(self)
 
 
 _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {

@@ -42,7 +42,14 @@ from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.core.policy import Policy, Smuggling
 from smtpguard.core.session import Session
-from smtpguard.gateway.access import AccessControl, AccessPolicy, SharedLimits, parse_ip, peer_ip
+from smtpguard.gateway.access import (
+    AccessControl,
+    AccessPolicy,
+    Refusal,
+    SharedLimits,
+    parse_ip,
+    peer_ip,
+)
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.sessionid import SessionIds
@@ -57,6 +64,8 @@ log = logging.getLogger("smtpguard.gateway")
 # Seconds between publishing the metrics counted in the process (see metrics.py).
 METRICS_FLUSH = 1.0
 TOO_MANY_SESSIONS = make_reply(421, "4.3.2 Too many sessions, try again later").raw
+# The session cap's refusal: counted and logged as a reason, not a policy event.
+TOO_MANY = Refusal("", "", TOO_MANY_SESSIONS, "drop", "max-sessions")
 
 
 @dataclass
@@ -258,28 +267,32 @@ class Gateway:
         connection gets its reply, is closed and never reaches the upstream. None:
         the shared store decides, then calls :meth:`register` and ``conn.admitted()``
         or refuses (access.SharedLimits)."""
-        assert conn.transport is not None
         if len(self.sessions) >= self.config.max_sessions:
-            self.stats.sessions_refused += 1
-            self.metrics.session_refused("max-sessions")
-            conn.transport.write(TOO_MANY_SESSIONS)
-            conn.transport.close()
+            self.refuse(conn, TOO_MANY)
             return False
         refusal = self.access.admit(peer_ip(conn.peer), self.loop.time())
         if refusal is not None:
-            self.stats.sessions_refused += 1
-            self.metrics.session_refused(refusal.reason)
-            self.policy_event(
-                conn.sid, conn.peer, PolicyEvent(refusal.event_id, refusal.message, refusal.action)
-            )
-            conn.transport.write(refusal.reply)
-            conn.transport.close()
+            self.refuse(conn, refusal)
             return False
         if self.limits is not None and self.limits.needed:
             self.limits.admit(self, conn)
             return None
         self.register(conn)
         return True
+
+    def refuse(self, conn: Conn, refusal: Refusal) -> None:
+        """Tell a client it may not start and close: counted, logged (if the refusal
+        names an event), never registered. Here or once the shared store decided."""
+        self.stats.sessions_refused += 1
+        self.metrics.session_refused(refusal.reason)
+        if refusal.event_id:
+            self.policy_event(
+                conn.sid, conn.peer, PolicyEvent(refusal.event_id, refusal.message, refusal.action)
+            )
+        t = conn.transport
+        if t is not None:
+            t.write(refusal.reply)
+            t.close()
 
     def register(self, conn: Conn) -> None:
         """Count an admitted session until :meth:`release`."""
@@ -294,8 +307,6 @@ class Gateway:
         if conn in self.sessions:
             self.sessions.discard(conn)
             self.access.release(peer_ip(conn.peer))
-            if self.limits is not None:
-                self.limits.release(conn.sid)
             if conn.session is not None:
                 self.metrics.session_closed(conn.session)
                 log_session(conn.sid, conn.peer, conn.session, self.loop.time() - conn.opened_at)
