@@ -65,6 +65,7 @@ from smtpguard.core.events import (
     Start,
     TimerFired,
     TlsDone,
+    TlsFailed,
 )
 from smtpguard.core.grammar import Reply
 from smtpguard.core.output import Output
@@ -82,7 +83,7 @@ from smtpguard.core.policy import DedupeReply, Policy
 from smtpguard.core.ratelimit import Decision as RateDecision
 from smtpguard.core.ratelimit import SharedRates
 from smtpguard.core.relay import DROPPED, RESET, SPLIT_EOD, MessageRelay
-from smtpguard.core.upstream import UpstreamLink
+from smtpguard.core.upstream import XCLIENT_REFUSED, After, Secured, UpstreamLink
 
 __all__ = ["Phase", "Session", "Upstream"]
 
@@ -121,7 +122,7 @@ class Session:
         self.buffer = ReceiveBuffer()
         self.replies = ReplyPipeline()
         self.deadlines = Deadlines()
-        self.link = UpstreamLink(self, peer)
+        self.link = UpstreamLink(policy, self.out, self.deadlines, peer)
         self.cmds = Commands(self)
         self.envelope = Envelope()
         self.rates = Rates()
@@ -182,7 +183,15 @@ class Session:
                 self.deadlines.client = now + self.policy.timeouts.client_idle
                 self.out.emit(ToClient(event.data))
             else:
-                link.feed(event.data, now)
+                link.feed(event.data)
+                while link.live:
+                    reply = link.next_reply()
+                    if reply is None:
+                        break
+                    if isinstance(reply, str):  # not a reply: the link fails
+                        self._link(link.failed(reply), now)
+                        break
+                    self.on_reply(reply, now)
                 self._pump(now)
         elif isinstance(event, TimerFired):
             self._timer(now)
@@ -211,8 +220,15 @@ class Session:
             if self.shared_rates is not None:
                 self._rate_answer(self.shared_rates, event.allowed, now)
                 self._pump(now)
+        elif isinstance(event, TlsFailed):
+            if event.side is Side.SERVER:
+                self._link(self.link.failed("TLS handshake with the server failed"), now)
+                self._pump(now)
+            else:
+                self.out.event("SG-TLS-CLIENT-FAILED", "TLS handshake with the client failed")
+                self.reset_both()
         else:
-            self._tls_failed(event.side, now)
+            raise TypeError(f"not an event: {event!r}")
         out = self.out
         phase = self.phase
         if phase is not Phase.CLOSED:  # arm the timer for the earliest deadline
@@ -224,7 +240,6 @@ class Session:
             # Closed for good: the parts let go of the session, so that nothing refers
             # back to it and it is freed by reference counting, not the cycle collector.
             self.cmds.detach()
-            self.link.detach()
             self.relay = None
         actions = out.actions
         out.actions = []
@@ -265,7 +280,7 @@ class Session:
             return
         if d.expired(d.server, now):
             self.out.event("SG-UPSTREAM-TIMEOUT", "mail server did not answer in time")
-            self.link.failed("timeout", now)
+            self._link(self.link.failed("timeout"), now)
         elif not self.replies.slots and self.phase in CLIENT_TURN and d.expired(d.client, now):
             self.out.event("SG-CLIENT-TIMEOUT", "client idle past the timeout")
             self.abort_with(replies.CLIENT_TIMEOUT)
@@ -292,13 +307,21 @@ class Session:
         self.link.reconnect(now)
         self._pump(now)
 
-    def _tls_failed(self, side: Side, now: float) -> None:
-        if side is Side.SERVER:
-            self.link.failed("TLS handshake with the server failed", now)
-            self._pump(now)
-        else:
-            self.out.event("SG-TLS-CLIENT-FAILED", "TLS handshake with the client failed")
-            self.reset_both()
+    def _link(self, decision: After | Secured, now: float) -> None:
+        """Apply what the upstream link decided."""
+        if decision is After.NOTHING:
+            return
+        if isinstance(decision, Secured):  # the client's EHLO reply, upstream secured
+            self._complete(decision.slot, decision.reply, now)
+        elif decision is After.LOST:
+            self.upstream_lost(now)
+        elif decision is After.CLOSE:  # a 421 greeting, relayed
+            self.closing = True
+            self.finish_if_done()
+        elif decision is After.REFUSE:
+            self.abort_with(XCLIENT_REFUSED)
+        else:  # After.UNAVAILABLE
+            self.abort_with(replies.SERVICE_UNAVAILABLE)
 
     # ----------------------------------------------------------------- replies
     def on_reply(self, reply: Reply, now: float) -> None:
@@ -306,10 +329,11 @@ class Session:
         if self.out.server:
             self.out.trace_reply(Direction.SERVER_TO_GW, reply.raw)
         link = self.link
+        hs = link.handshake
         if link.state is Upstream.GREETING:
-            link.on_greeting(reply, now)
-        elif link.step is not None:
-            link.on_step_reply(reply, now)
+            self._link(link.on_greeting(reply, self.helo, self.ehlo_line, now), now)
+        elif hs is not None and hs.step is not None:
+            self._link(link.on_step_reply(reply, now), now)
         elif self.phase is Phase.DATA:
             # Nothing is owed while the message streams: the server has taken some of
             # it as an end of data (or is broken). Out of step: partial-relay refusal.
@@ -329,20 +353,18 @@ class Session:
                 self.close_after(reply.raw)
             else:  # a reply nothing asked for would be matched to the next command
                 self.out.event("SG-UPSTREAM-UNSOLICITED", f"unexpected reply {reply.code}")
-                link.failed(f"unsolicited reply {reply.code}", now)
+                self._link(link.failed(f"unsolicited reply {reply.code}"), now)
         else:
             slot = self.replies.take_owed()
             if slot.verb == "EHLO" and reply.code == 250:
                 self.ehlo_line = slot.raw
                 # terminate mode: secure the upstream first, answer after TLS
-                if link.secure_first(reply, lambda r, n: self._complete(slot, r, n), now):
+                if link.secure_first(reply, slot, slot.raw, now):
                     return
             self._complete(slot, reply, now)
 
     def _complete(self, slot: Slot, reply: Reply, now: float) -> None:
         """Fill ``slot`` with the server's ``reply`` (as the client is to see it)."""
-        if self.link.state is Upstream.HANDSHAKE:
-            self.link.move(Link.READY)
         verb = slot.verb
         cls = reply.code // 100
         raw = reply.raw
@@ -373,7 +395,7 @@ class Session:
         elif verb == "AUTH" and self.cancelled_auth is not None:
             bad, self.cancelled_auth = self.cancelled_auth, None
             if reply.code == 334:  # still in the exchange after "*": out of step
-                self.link.failed("AUTH not cancelled by '*'", now)
+                self._link(self.link.failed("AUTH not cancelled by '*'"), now)
                 return
             raw = replies.bad_auth_bytes(bad)
         elif verb == END_OF_DATA_VERB:
@@ -714,7 +736,7 @@ class Session:
             self.out.to_client(replies.SERVICE_UNAVAILABLE)
             self.abort_with(None)
         elif was is not Upstream.READY:
-            link.reconnect_failed(f"upstream lost while {was.value}")
+            self._link(link.reconnect_failed(f"upstream lost while {was.value}"), now)
         elif self.phase is Phase.TUNNEL:
             self.abort_with(None)  # nothing can be said inside the client's TLS
         elif self.phase is Phase.DATA:

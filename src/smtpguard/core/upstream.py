@@ -1,25 +1,35 @@
 """The upstream connection: reply framing, its life cycle, and the gateway's own
 handshake with the server.
 
-The handshake is an explicit list of steps, planned when the server greets:
-``XCLIENT_EHLO`` and ``XCLIENT`` (tell the server the real client, when configured),
-``REPLAY`` (a fresh connection after a refused message replays the client's
-HELO/EHLO), ``STARTTLS`` then ``TLS_EHLO`` (terminate mode secures the upstream when
-the server offers it, RFC 3207 §4.2: EHLO again). Each step sends one command; its
-reply decides the next. The replies to these commands never reach the client. They
-only run while client input is held (upstream not READY, or the client waiting for
-its EHLO reply), so they never interleave with client commands.
+The link knows nothing of the session. It is fed the server's bytes
+(:meth:`UpstreamLink.feed`, then :meth:`~UpstreamLink.next_reply` until it has no
+more), the replies the session routes to it (the greeting, the replies to the
+gateway's own commands), the server-side TLS handshake and the session's requests
+(reconnect, abort); it writes its commands into the action list and the server's
+deadline, and returns what the session must do (:class:`After`, or
+:class:`Secured`: the client's EHLO reply, once the upstream is secured).
+
+The handshake is its own object, :class:`Handshake`, made when the server greets
+with 220 (or when terminate mode secures the upstream after the client's EHLO) and
+dropped when it hands the connection over, ready. It is an explicit list of steps:
+``XCLIENT_EHLO`` and ``XCLIENT`` (tell the server the real client, when
+configured), ``REPLAY`` (a fresh connection after a refused message replays the
+client's HELO/EHLO), ``STARTTLS`` then ``TLS_EHLO`` (terminate mode secures the
+upstream when the server offers it, RFC 3207 §4.2: EHLO again). Each step sends one
+command; its reply decides the next. The replies to these commands never reach the
+client. They only run while client input is held (upstream not READY, or the client
+waiting for its EHLO reply), so they never interleave with client commands.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Final
 
 from smtpguard.core import replies
 from smtpguard.core.actions import CloseServer, OpenServer, StartTls
 from smtpguard.core.banner import greeting
+from smtpguard.core.deadlines import Deadlines
 from smtpguard.core.events import Side
 from smtpguard.core.grammar import (
     REPLY_LINE_LIMIT,
@@ -29,11 +39,11 @@ from smtpguard.core.grammar import (
     ehlo_keywords,
     frame_reply_line,
 )
+from smtpguard.core.output import Output
 from smtpguard.core.phases import NEXT_UPSTREAM, Link, Upstream
+from smtpguard.core.pipeline import Slot
+from smtpguard.core.policy import Policy
 from smtpguard.core.policy import StartTls as StartTlsPolicy
-
-if TYPE_CHECKING:
-    from smtpguard.core.session import Session
 
 
 class Step(enum.Enum):
@@ -44,7 +54,26 @@ class Step(enum.Enum):
     TLS_EHLO = "EHLO after TLS"
 
 
-Then = Callable[[Reply, float], None]  # what the secured EHLO reply goes to
+class After(enum.Enum):
+    """What the link decided for the session (which applies it)."""
+
+    NOTHING = "nothing for the session"
+    CLOSE = "421 greeting relayed: close once every owed reply is flushed"
+    REFUSE = "the server will not take the client's address: refuse the client"
+    UNAVAILABLE = "no usable fresh connection: 421 to the client, close"
+    LOST = "the connection failed: handle it as lost"
+
+
+class Secured:
+    """The upstream is secured (or could not be): ``reply`` is the client's EHLO
+    reply, to fill ``slot`` with."""
+
+    __slots__ = ("reply", "slot")
+
+    def __init__(self, slot: Slot, reply: Reply) -> None:
+        self.slot: Final = slot
+        self.reply: Final = reply
+
 
 # The server would see the client as the gateway (its XCLIENT refused or not offered).
 XCLIENT_REFUSED = replies.dropped("Client address not accepted by the mail server")
@@ -78,39 +107,176 @@ def xclient_line(peer: tuple[str, int]) -> bytes:
     return line.encode("ascii")
 
 
-class UpstreamLink:
-    __slots__ = (
-        "_assembler",
-        "_fallback",
-        "_partial",
-        "_plan",
-        "_s",
-        "_then",
-        "greeted",
-        "peer",
-        "state",
-        "step",
-        "tls",
-    )
-    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
+# What a handshake step's reply leads to (Handshake.reply).
+SENT: Final = 0  # the next step's command went out: wait for its reply
+DONE: Final = 1  # no step left: the connection is ready
+TLS: Final = 2  # StartTls(SERVER) emitted: wait for the handshake
+XCLIENT_FAILED: Final = 3  # the client is refused (the link drops the connection)
+REPLAY_FAILED: Final = 4  # the replayed HELO/EHLO was refused
+SECURED: Final = 5  # ``secured`` holds the client's EHLO reply
 
-    def __init__(self, session: Session, peer: tuple[str, int] | None) -> None:
-        self._s = session
+
+class Handshake:
+    """The gateway's own exchange with a freshly greeted (or about to be secured)
+    server: a list of steps, one command each, fed each reply in turn."""
+
+    __slots__ = (
+        "_deadlines", "_fallback", "_helo", "_out", "_peer", "_plan", "_policy",
+        "ehlo_line", "secured", "slot", "step",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        policy: Policy,
+        out: Output,
+        deadlines: Deadlines,
+        peer: tuple[str, int] | None,
+        helo: bytes | None,
+        ehlo_line: bytes | None,
+    ) -> None:
+        self._policy = policy
+        self._out = out
+        self._deadlines = deadlines
+        self._peer = peer  # the client's address, for XCLIENT
+        self._helo = helo  # the client's accepted HELO/EHLO, replayed
+        self.ehlo_line = ehlo_line  # the client's EHLO, re-sent after TLS
+        self._plan: list[Step] = []  # a few steps: 570 bytes less than a deque
+        self.step: Step | None = None  # the command whose reply is awaited
+        self.slot: Slot | None = None  # the client's EHLO slot, answered once secured
+        self._fallback: Reply | None = None  # the EHLO reply if TLS cannot start
+        self.secured: Reply | None = None  # with SECURED: the reply for ``slot``
+
+    def plan_greeted(self, now: float) -> int:
+        """The server greeted with 220: XCLIENT, then the replay; the first step's
+        command, or DONE."""
+        plan = self._plan
+        if self._policy.xclient and self._peer is not None:
+            plan += (Step.XCLIENT_EHLO, Step.XCLIENT)
+        if self._helo is not None:
+            plan.append(Step.REPLAY)
+        return self.advance(now)
+
+    def plan_tls(self, ehlo: Reply, slot: Slot | None, tls: bool) -> bool:
+        """Terminate mode: STARTTLS and EHLO again first, if the server offers it
+        (``ehlo``: its reply to an EHLO); ``slot`` is answered once secured."""
+        if (
+            self._policy.starttls is not StartTlsPolicy.TERMINATE
+            or tls
+            or ehlo.code != 250
+            or "STARTTLS" not in ehlo_keywords(ehlo)
+        ):
+            return False
+        self._plan[:0] = (Step.STARTTLS, Step.TLS_EHLO)
+        self.slot = slot
+        self._fallback = ehlo
+        return True
+
+    def awaits_tls(self) -> bool:
+        return bool(self._plan) and self._plan[0] is Step.TLS_EHLO
+
+    def advance(self, now: float) -> int:
+        """Send the next step's command (SENT), or DONE."""
+        if not self._plan:
+            self.step = None
+            return DONE
+        step = self.step = self._plan.pop(0)
+        policy = self._policy
+        if step is Step.XCLIENT_EHLO:
+            line = f"EHLO {policy.hostname}\r\n".encode()
+        elif step is Step.XCLIENT:
+            assert self._peer is not None
+            line = xclient_line(self._peer)
+        elif step is Step.REPLAY:
+            assert self._helo is not None
+            line = self._helo
+        elif step is Step.STARTTLS:
+            line = b"STARTTLS\r\n"
+        else:
+            line = self.ehlo_line or f"EHLO {policy.hostname}\r\n".encode()
+        verb = line.split(b" ", 1)[0].rstrip(b"\r\n").decode("ascii", "replace").upper()
+        self._deadlines.server = now + policy.timeouts.command
+        self._out.to_server(line, verb)
+        return SENT
+
+    def reply(self, reply: Reply, now: float, tls: bool) -> int:
+        """The reply to the step's command: what it leads to."""
+        out = self._out
+        step = self.step
+        self.step = None
+        if step is Step.XCLIENT_EHLO:
+            if reply.code != 250 or "XCLIENT" not in ehlo_keywords(reply):
+                why = "mail server does not offer XCLIENT to the gateway"
+                if not self._xclient_failed("SG-XCLIENT-UNAVAILABLE", why):
+                    return XCLIENT_FAILED
+                self._plan.remove(Step.XCLIENT)
+        elif step is Step.XCLIENT:
+            # Postfix answers XCLIENT with a fresh 220 greeting, older Postfix and
+            # smtp-sink with 250: any 2xx took the attributes.
+            why = f"XCLIENT refused: {reply.code}"
+            accepted = 200 <= reply.code < 300
+            if not accepted and not self._xclient_failed("SG-XCLIENT-FAILED", why):
+                return XCLIENT_FAILED
+        elif step is Step.REPLAY:
+            if not reply.positive:
+                return REPLAY_FAILED
+            self.plan_tls(reply, None, tls)
+        elif step is Step.STARTTLS:
+            if reply.code == 220:
+                self._deadlines.server = now + self._policy.timeouts.command
+                out.emit(StartTls(Side.SERVER))
+                return TLS  # the handshake; then the link's tls_started() sends the EHLO
+            out.event("SG-TLS-UPSTREAM-FAILED", f"server refused STARTTLS: {reply.code}")
+            self._plan.clear()
+            fallback = self._fallback
+            assert fallback is not None
+            return self._secured(fallback, now)
+        elif step is Step.TLS_EHLO:
+            return self._secured(reply, now)
+        return self.advance(now)
+
+    def _secured(self, reply: Reply, now: float) -> int:
+        if self.slot is not None:
+            self.secured = reply
+            return SECURED
+        return self.advance(now)
+
+    def _xclient_failed(self, event_id: str, why: str) -> bool:
+        """The server will not take the client's address. Carry on (True) only with
+        ``xclient_fail_open``: the server then sees the gateway's own address, which
+        a Postfix ``mynetworks`` trusts to relay. By default refuse the client."""
+        if self._policy.xclient_fail_open:
+            self._out.event(event_id, f"{why}; the server sees the gateway's address")
+            return True
+        self._out.event(event_id, f"{why}; client refused", "drop-connection")
+        self._plan.clear()
+        return False
+
+
+class UpstreamLink:
+    """One upstream connection at a time: its state (the ``UPSTREAM`` table), the
+    framing of its replies, and its handshake while one runs."""
+
+    __slots__ = (
+        "_assembler", "_data", "_deadlines", "_error", "_out", "_partial", "_policy",
+        "_start", "greeted", "handshake", "peer", "state", "tls",
+    )  # fmt: skip
+
+    def __init__(
+        self, policy: Policy, out: Output, deadlines: Deadlines, peer: tuple[str, int] | None
+    ) -> None:
+        self._policy = policy
+        self._out = out  # the session's action list
+        self._deadlines = deadlines  # the server's reply deadline is the link's to set
         self.peer = peer  # the client's address, for XCLIENT
         self.state = Upstream.CONNECTING
         self.greeted = False  # the client has seen a greeting
         self.tls = False  # the upstream connection is encrypted
+        self.handshake: Handshake | None = None  # the gateway's own exchange, while it runs
         self._partial = bytearray()  # a reply line not complete yet
         self._assembler = ReplyAssembler()
-        self._plan: list[Step] = []  # a few steps: 570 bytes less than a deque
-        self.step: Step | None = None  # the gateway's own command whose reply is awaited
-        self._then: Then | None = None
-        self._fallback: Reply | None = None  # the EHLO reply if TLS cannot start
-
-    def detach(self) -> None:
-        """The session has closed: drop the reference back to it."""
-        del self._s
-        self._then = None
+        self._data = b""  # the server's bytes being framed (feed / next_reply)
+        self._start = 0
+        self._error: str | None = None  # a framing failure, reported by next_reply
 
     # -- state -------------------------------------------------------------------
     @property
@@ -121,217 +287,163 @@ class UpstreamLink:
         self.state = NEXT_UPSTREAM[trigger][self.state]  # UPSTREAM: the one way it changes
 
     # -- framing -------------------------------------------------------------------
-    def feed(self, data: bytes, now: float) -> None:
-        """Frame replies from ``data`` and hand each to the session, in order, while
-        the connection lives. A line that is not a reply fails the upstream."""
+    def feed(self, data: bytes) -> None:
+        """Bytes from the server: take the replies out with :meth:`next_reply`."""
         partial = self._partial
         if partial:
             partial += data
             if 0x0A not in data:  # a byte's value: see grammar.check_line_bytes
                 if len(partial) > REPLY_LINE_LIMIT:
-                    self.failed("reply line too long", now)
+                    self._error = "reply line too long"
                 return
             data = bytes(partial)
             partial.clear()
-        start, end = 0, len(data)
-        while start < end and self.state is not Upstream.DOWN:
+        self._data = data
+        self._start = 0
+
+    def next_reply(self) -> Reply | str | None:
+        """The next complete reply; a ``str`` when the server's bytes are not replies
+        (why: the session fails the link); None when more bytes are needed."""
+        error = self._error
+        if error is not None:
+            self._error = None
+            return error
+        data = self._data
+        start, end = self._start, len(data)
+        while start < end:
             nl = data.find(b"\n", start)
             if nl < 0:
+                partial = self._partial
                 partial += data[start:]
+                self._data = b""
                 if len(partial) > REPLY_LINE_LIMIT:
-                    self.failed("reply line too long", now)
-                return
+                    return "reply line too long"
+                return None
             line = data if start == 0 and nl + 1 == end else data[start : nl + 1]
-            start = nl + 1
+            start = self._start = nl + 1
             try:
                 reply = self._assembler.add(frame_reply_line(line))
             except LineError as exc:
-                self.failed(exc.reason, now)
-                return
+                self._data = b""
+                return exc.reason
             if reply is not None:
-                self._s.on_reply(reply, now)
+                return reply
+        self._data = b""
+        return None
 
     # -- greeting and handshake -------------------------------------------------------
     def connected(self, now: float) -> None:
         if self.state is Upstream.CONNECTING:
             self.move(Link.CONNECTED)
-            self._s.deadlines.server = now + self._s.policy.timeouts.greeting
+            self._deadlines.server = now + self._policy.timeouts.greeting
 
-    def on_greeting(self, reply: Reply, now: float) -> None:
-        s = self._s
+    def on_greeting(
+        self, reply: Reply, helo: bytes | None, ehlo_line: bytes | None, now: float
+    ) -> After | Secured:
+        """The server's greeting (the state is GREETING): the first is relayed to the
+        client; a 220 starts the handshake, ``helo`` to be replayed."""
         if not self.greeted:
             self.greeted = True
-            s.deadlines.server = None
-            s.out.to_client(greeting(reply, s.policy))
+            self._deadlines.server = None
+            self._out.to_client(greeting(reply, self._policy))
             if reply.code != 220:  # 554 & co: the server's decision, relayed
                 self.move(Link.REFUSED)
-                if reply.code == 421:
-                    s.closing = True
-                    s.finish_if_done()
-                return
+                return After.CLOSE if reply.code == 421 else After.NOTHING
         elif reply.code != 220:
-            self.reconnect_failed(f"greeting {reply.code} on reconnect")
-            return
+            return self.reconnect_failed(f"greeting {reply.code} on reconnect")
         self.move(Link.GREETED)
-        plan = self._plan
-        plan.clear()
-        if s.policy.xclient and self.peer is not None:
-            plan += (Step.XCLIENT_EHLO, Step.XCLIENT)
-        if s.helo is not None:
-            plan.append(Step.REPLAY)
-        self._advance(now)
+        hs = self.handshake = Handshake(
+            self._policy, self._out, self._deadlines, self.peer, helo, ehlo_line
+        )
+        return self._after(hs, hs.plan_greeted(now))
 
-    def _advance(self, now: float) -> None:
-        """Send the next step's command, or finish the handshake."""
-        s = self._s
-        if not self._plan:
-            self.step = None
+    def on_step_reply(self, reply: Reply, now: float) -> After | Secured:
+        """The reply to the handshake's command (``handshake`` is set)."""
+        hs = self.handshake
+        assert hs is not None
+        return self._after(hs, hs.reply(reply, now, self.tls))
+
+    def _after(self, hs: Handshake, result: int) -> After | Secured:
+        """What a handshake result means for the link, and for the session."""
+        if result in (SENT, TLS):
+            return After.NOTHING
+        self.handshake = None  # handed over (or given up)
+        if result == DONE:
             self.move(Link.READY)
-            s.deadlines.server = None
-            return
-        step = self.step = self._plan.pop(0)
-        if step is Step.XCLIENT_EHLO:
-            line = f"EHLO {s.policy.hostname}\r\n".encode()
-        elif step is Step.XCLIENT:
-            assert self.peer is not None
-            line = xclient_line(self.peer)
-        elif step is Step.REPLAY:
-            assert s.helo is not None
-            line = s.helo
-        elif step is Step.STARTTLS:
-            line = b"STARTTLS\r\n"
-        else:
-            line = s.ehlo_line or f"EHLO {s.policy.hostname}\r\n".encode()
-        s.deadlines.server = now + s.policy.timeouts.command
-        verb = line.split(b" ", 1)[0].rstrip(b"\r\n").decode("ascii", "replace").upper()
-        s.out.to_server(line, verb)
-
-    def on_step_reply(self, reply: Reply, now: float) -> None:
-        """The reply to the gateway's own command (``step`` is set)."""
-        s = self._s
-        step = self.step
-        self.step = None
-        if step is Step.XCLIENT_EHLO:
-            if reply.code != 250 or "XCLIENT" not in ehlo_keywords(reply):
-                why = "mail server does not offer XCLIENT to the gateway"
-                if not self._xclient_failed("SG-XCLIENT-UNAVAILABLE", why):
-                    return
-                self._plan.remove(Step.XCLIENT)
-        elif step is Step.XCLIENT:
-            # Postfix answers XCLIENT with a fresh 220 greeting, older Postfix and
-            # smtp-sink with 250: any 2xx took the attributes.
-            why = f"XCLIENT refused: {reply.code}"
-            accepted = 200 <= reply.code < 300
-            if not accepted and not self._xclient_failed("SG-XCLIENT-FAILED", why):
-                return
-        elif step is Step.REPLAY:
-            if not reply.positive:
-                self.reconnect_failed("replayed HELO/EHLO refused")
-                return
-            self._plan_tls(reply, None)
-        elif step is Step.STARTTLS:
-            if reply.code == 220:
-                s.deadlines.server = now + s.policy.timeouts.command
-                s.out.emit(StartTls(Side.SERVER))
-                return  # the handshake; then tls_started() sends the EHLO
-            s.out.event("SG-TLS-UPSTREAM-FAILED", f"server refused STARTTLS: {reply.code}")
-            self._plan.clear()
-            fallback = self._fallback
-            assert fallback is not None
-            self._secured(fallback, now)
-            return
-        elif step is Step.TLS_EHLO:
-            self._secured(reply, now)
-            return
-        self._advance(now)
-
-    def _xclient_failed(self, event_id: str, why: str) -> bool:
-        """The server will not take the client's address. Carry on (True) only with
-        ``xclient_fail_open``: the server then sees the gateway's own address, which
-        a Postfix ``mynetworks`` trusts to relay. By default refuse the client."""
-        s = self._s
-        if s.policy.xclient_fail_open:
-            s.out.event(event_id, f"{why}; the server sees the gateway's address")
-            return True
-        s.out.event(event_id, f"{why}; client refused", "drop-connection")
-        s.out.emit(CloseServer(abort=True))
-        self._plan.clear()
+            self._deadlines.server = None
+            return After.NOTHING
+        if result == SECURED:
+            assert hs.slot is not None and hs.secured is not None
+            self.move(Link.READY)
+            return Secured(hs.slot, hs.secured)
+        if result == REPLAY_FAILED:
+            return self.reconnect_failed("replayed HELO/EHLO refused")
+        # XCLIENT_FAILED: the client is refused
+        self._out.emit(CloseServer(abort=True))
         if self.state is not Upstream.DOWN:
             self.move(Link.LOST)
-        s.deadlines.server = None
-        s.abort_with(XCLIENT_REFUSED)
-        return False
+        self._deadlines.server = None
+        return After.REFUSE
 
-    def secure_first(self, ehlo: Reply, then: Then, now: float) -> bool:
+    def secure_first(self, ehlo: Reply, slot: Slot, ehlo_line: bytes | None, now: float) -> bool:
         """Terminate mode, the client's EHLO answered: if the server offers STARTTLS,
-        secure the upstream before the client sees the reply; ``then`` gets the EHLO
-        reply after TLS (or this one, if TLS cannot start). False: nothing to do."""
-        if not self._plan_tls(ehlo, then):
+        secure the upstream before the client sees the reply, which ``slot`` gets
+        after TLS (:class:`Secured`, or this one if TLS cannot start). False: nothing
+        to do."""
+        if self._policy.starttls is not StartTlsPolicy.TERMINATE or self.tls:
+            return False  # the usual case, decided before making anything
+        hs = self.handshake
+        if hs is None:
+            hs = Handshake(self._policy, self._out, self._deadlines, self.peer, None, ehlo_line)
+        else:
+            hs.ehlo_line = ehlo_line
+        if not hs.plan_tls(ehlo, slot, self.tls):
             return False
+        self.handshake = hs
         self.move(Link.SECURE)
-        self._advance(now)
-        return True
-
-    def _plan_tls(self, ehlo: Reply, then: Then | None) -> bool:
-        if (
-            self._s.policy.starttls is not StartTlsPolicy.TERMINATE
-            or self.tls
-            or ehlo.code != 250
-            or "STARTTLS" not in ehlo_keywords(ehlo)
-        ):
-            return False
-        self._plan[:0] = (Step.STARTTLS, Step.TLS_EHLO)
-        self._then = then
-        self._fallback = ehlo
+        hs.advance(now)
         return True
 
     def tls_started(self, now: float) -> None:
-        if not self._plan or self._plan[0] is not Step.TLS_EHLO:
+        """The server-side TLS handshake is done: EHLO again (RFC 3207 §4.2)."""
+        hs = self.handshake
+        if hs is None or not hs.awaits_tls():
             return  # no handshake was asked for (a late or stray event): nothing to do
         self.tls = True
-        self._advance(now)  # TLS_EHLO: RFC 3207 §4.2, start over
-
-    def _secured(self, reply: Reply, now: float) -> None:
-        then, self._then = self._then, None
-        if then is not None:
-            then(reply, now)
-        else:
-            self._advance(now)
+        hs.advance(now)
 
     # -- loss and reconnect ------------------------------------------------------------
     def reconnect(self, now: float) -> None:
         """Drop this connection (if any) and open a fresh one, in clear."""
-        s = self._s
+        out = self._out
         if self.state is not Upstream.DOWN:
-            s.out.emit(CloseServer(abort=True))
+            out.emit(CloseServer(abort=True))
         self._partial.clear()
         self._assembler = ReplyAssembler()
-        self._plan.clear()
-        self.step = None
-        self._then = None
+        self._error = None
+        self.handshake = None
         self.tls = False
         self.move(Link.RECONNECT)
-        s.deadlines.server = now + s.policy.timeouts.connect
-        s.out.emit(OpenServer())
+        self._deadlines.server = now + self._policy.timeouts.connect
+        out.emit(OpenServer())
 
-    def reconnect_failed(self, why: str) -> None:
-        s = self._s
-        s.out.event("SG-UPSTREAM-RECONNECT-FAILED", why)
-        s.out.emit(CloseServer(abort=True))
+    def reconnect_failed(self, why: str) -> After:
+        self._out.event("SG-UPSTREAM-RECONNECT-FAILED", why)
+        self._out.emit(CloseServer(abort=True))
+        self.handshake = None
         if self.state is not Upstream.DOWN:
             self.move(Link.LOST)
-        s.abort_with(replies.SERVICE_UNAVAILABLE)
+        return After.UNAVAILABLE
 
-    def failed(self, why: str, now: float) -> None:
-        """The upstream misbehaved: drop it and handle it like a lost connection."""
-        s = self._s
-        s.out.event("SG-UPSTREAM-ERROR", f"mail server connection dropped: {why}")
-        s.out.emit(CloseServer(abort=True))
-        s.upstream_lost(now)
+    def failed(self, why: str) -> After:
+        """The upstream misbehaved: drop it; the session handles it as lost."""
+        self._out.event("SG-UPSTREAM-ERROR", f"mail server connection dropped: {why}")
+        self._out.emit(CloseServer(abort=True))
+        return After.LOST
 
     def abort(self) -> None:
         """Close now, without the terminator (the server discards a partial message)."""
         if self.state is not Upstream.DOWN:
-            self._s.out.emit(CloseServer(abort=True))
+            self._out.emit(CloseServer(abort=True))
             self.move(Link.LOST)
-        self._s.deadlines.server = None
+        self._deadlines.server = None
