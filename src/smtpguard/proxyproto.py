@@ -28,9 +28,19 @@ v2 AF_UNIX (a Unix-socket client has no IP address to report).
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import struct
 from dataclasses import dataclass
+
+
+class ProxyVersion(enum.StrEnum):
+    """Which PROXY header the gateway sends its upstream (``gateway.upstream_proxy_protocol``)."""
+
+    OFF = "off"
+    V1 = "v1"
+    V2 = "v2"
+
 
 V1_MAX = 107  # "PROXY TCP6 ffff:...:ffff ffff:...:ffff 65535 65535\r\n"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"

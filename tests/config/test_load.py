@@ -42,7 +42,7 @@ def test_no_file_gives_the_built_in_policy() -> None:
     s = load(None)
     assert dataclasses.replace(s.policy, hostname="x") == core.Policy(hostname="x")
     assert s.listen == ("127.0.0.1", 2525) and s.upstream is None
-    assert s.workers == (os.cpu_count() or 1) and s.max_sessions == 1000
+    assert s.workers == (os.cpu_count() or 1) and s.gateway.max_sessions == 1000
 
 
 def test_example_file_is_valid_and_sets_what_it_says() -> None:
@@ -301,17 +301,17 @@ def test_relative_paths_in_the_file_resolve_against_its_directory(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     s = load(path)
-    assert s.maildir == str(conf / "mail")
-    assert s.protocol_log == str(tmp_path / "log" / "protocol.log")
+    assert s.gateway.maildir == str(conf / "mail")
+    assert s.protocol_log.path == str(tmp_path / "log" / "protocol.log")
     assert s.tls.certfile == str(conf / "tls" / "cert.pem") and s.tls.keyfile == "/abs/key.pem"
     # A flag is relative to the current directory, as the user typed it.
     s = load(path, [(("gateway", "maildir"), "here", "--maildir")])
-    assert s.maildir == "here"
+    assert s.gateway.maildir == "here"
     # Without a file the default Maildir stays relative to the current directory.
-    assert load(None).maildir == "./smtpguard-mail"
+    assert load(None).gateway.maildir == "./smtpguard-mail"
     # A relative --config path works the same.
     monkeypatch.chdir(tmp_path)
-    assert load("etc/smtpguard.toml").maildir == str(conf / "mail")
+    assert load("etc/smtpguard.toml").gateway.maildir == str(conf / "mail")
 
 
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:

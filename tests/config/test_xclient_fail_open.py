@@ -10,7 +10,7 @@ import pytest
 from smtpguard.cli import build_parser
 from smtpguard.config.load import load
 from smtpguard.errors import ConfigError
-from smtpguard.gateway.cli import overrides
+from smtpguard.gateway.flags import overrides
 from tests.gateway.test_serve_config import Serve
 from tests.peers import SmtpSink
 

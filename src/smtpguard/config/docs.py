@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import json
 import sys
+import textwrap
 from typing import Any
 
 from pydantic import BaseModel
 
-from smtpguard.config import schema
+from smtpguard.config import keys, schema
 from smtpguard.config.load import describe
 from smtpguard.core import policy as core
 from smtpguard.gateway import access, server
@@ -33,13 +34,7 @@ INTRO = """\
 - **Defaults.** Every key is optional. A policy key that is not set keeps the
   built-in default below (ASA `inspect esmtp` defaults where ASA has the check); a
   check whose `limit` alone is set keeps its default action.
-- **Command line.** Flags given to `serve` override the file: `--listen`,
-  `--upstream`, `--mode`, `--banner`, `--hostname`, `--protocol-log`,
-  `--protocol-log-format`, `--maildir`, `--max-sessions`, `--workers`,
-  `--drain-grace`, `--timeout NAME=SECONDS`, `--log-level`, `--starttls`,
-  `--tls-cert`, `--tls-key`, `--tls-listen`, `--xclient`, `--xclient-fail-open`,
-  `--emulate pix`, `--emulate-rewrite`, `--emulate-bug split-eod`, `--metrics-listen`,
-  `--log-format`, `--proxy-from`, `--upstream-proxy`.
+{flags}
 - **Types are strict.** `limit = "100"` is a string, not an integer; unknown keys
   are errors (with a "did you mean" hint).
 - **Errors** are one line per problem (all of them, in the order of the file), exit
@@ -54,16 +49,18 @@ INTRO = """\
 - **Top-level keys first.** In TOML every key after a `[table]` header belongs to
   that table: `mode`, `banner`, `starttls`, `xclient` and the other policy keys
   below must come before the first `[table]`.
-- **Reload.** `SIGHUP` re-reads the file (with the same command-line overrides).
-  Sessions that start afterwards use the new policy and access rules; sessions in
-  flight keep the policy they started with. An invalid file is refused with an
-  `SG-CONFIG-REFUSED` log line and the running configuration kept. `gateway.listen`,
-  `gateway.workers`, `gateway.upstream`, `gateway.maildir`, `[protocol_log]` and
-  `tls.implicit_listen` need a restart (a reload that changes them says so in the log).
-  Certificates in `[tls]` are re-read: a renewed certificate needs no restart, and one
-  that does not load refuses the reload. With `--workers N` the parent passes SIGHUP
-  to every worker.
+{reload}
 """
+
+RELOAD = (
+    "**Reload.** `SIGHUP` re-reads the file (with the same command-line overrides). "
+    "Sessions that start afterwards use the new policy and access rules; sessions in "
+    "flight keep the policy they started with. An invalid file is refused with an "
+    "`SG-CONFIG-REFUSED` log line and the running configuration kept. {restart} need a "
+    "restart (a reload that changes them says so in the log). Certificates in `[tls]` are"
+    " re-read: a renewed certificate needs no restart, and one that does not load refuses"
+    " the reload. With `--workers N` the parent passes SIGHUP to every worker."
+)
 
 ACCESS_NOTES = f"""\
 Access rules are checked when a client connects, before any SMTP is spoken:
@@ -202,8 +199,38 @@ SECTION_TEXT = {
 }
 
 
+def _intro() -> str:
+    flags = []
+    for key in keys.flagged():
+        assert key.flag is not None
+        shown = key.flag.name
+        if key.flag.word is not None or key.section is not None:
+            shown += f" {key.flag.word or key.flag.metavar}"
+        flags.append(f"`{shown}`")
+    restart = [
+        f"`[{k.dotted}]`" if k.section is not None else f"`{k.dotted}`" for k in keys.restart_keys()
+    ]
+    return INTRO.format(
+        flags=_bullet(
+            f"**Command line.** Flags given to `serve` override the file: {', '.join(flags)}."
+        ),
+        reload=_bullet(RELOAD.format(restart=", ".join(restart[:-1]) + " and " + restart[-1])),
+    )
+
+
+def _bullet(text: str) -> str:
+    return textwrap.fill(
+        text,
+        width=84,
+        initial_indent="- ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
 def render() -> str:
-    out = [INTRO]
+    out = [_intro()]
     cfg = schema.ConfigFile.model_fields
     policy = core.Policy()
     top = [n for n, f in cfg.items() if _submodel(f.annotation) is None]
@@ -311,9 +338,18 @@ def _table(model: type[BaseModel], names: list[str], default: Any) -> list[str]:
         info = model.model_fields[name]
         rows.append(
             f"| `{name}` | {_cell(describe(info.annotation, info.metadata))} | "
-            f"{default(name)} | {_cell(info.description or '')} |"
+            f"{default(name)} | {_cell(_meaning(info))} |"
         )
     return rows
+
+
+def _meaning(info: Any) -> str:
+    """The description, and the flag that overrides the key if there is one."""
+    text = info.description or ""
+    flag = next((m for m in info.metadata if isinstance(m, schema.Flag)), None)
+    if flag is not None:
+        text += f" (flag `{flag.name}{' ' + flag.word if flag.word else ''}`)"
+    return text
 
 
 def _check_default(check: object) -> str:

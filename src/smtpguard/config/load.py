@@ -52,47 +52,47 @@ Loc = tuple[str | int, ...]
 Override = tuple[tuple[str, ...], object, str]  # key path, value, flag that set it
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    certfile: str | None = None
-    keyfile: str | None = None
-    verify_upstream: bool = False
-    cafile: str | None = None
-    implicit_listen: str | None = None
+TlsFiles = schema.TlsSection
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``serve`` needs, validated."""
+    """Everything ``serve`` needs, validated.
+
+    ``file`` is the validated file with the flags applied and its relative paths
+    resolved: every key, set or defaulted, read as ``settings.gateway.max_sessions``.
+    The other fields are what the gateway runs on where that differs from the
+    text of a key (built objects, parsed addresses, ``workers = 0`` resolved)."""
 
     policy: core.Policy
     access: AccessPolicy
+    file: schema.ConfigFile
     listen: tuple[str, int]
     upstream: tuple[str, int] | None
     workers: int
-    max_sessions: int
-    drain_grace: float
-    maildir: str
-    log_level: str
-    protocol_log: str | None
-    protocol_log_format: str
-    tls: TlsFiles = TlsFiles()
+    metrics_listen: tuple[str, int] | None
+    state: StateSettings
+    dedupe: DedupeSettings
     source: str | None = None  # the config file, if any
-    metrics_listen: tuple[str, int] | None = None
-    log_format: str = "text"
-    upstream_proxy: str = "off"
-    state: StateSettings = dataclasses.field(default_factory=StateSettings)
-    dedupe: DedupeSettings = dataclasses.field(default_factory=DedupeSettings)
-    # gateway.log_level as set, or None: warning, or info when stderr is a terminal
-    # (see effective_log_level).
-    log_level_set: str | None = None
+
+    @property
+    def gateway(self) -> schema.GatewaySection:
+        return self.file.gateway
+
+    @property
+    def protocol_log(self) -> schema.ProtocolLogSection:
+        return self.file.protocol_log
+
+    @property
+    def tls(self) -> schema.TlsSection:
+        return self.file.tls
 
 
 def effective_log_level(settings: Settings, tty: bool) -> str:
     """The application log level: as configured, else info on a terminal (one line
     per session shows mail flowing) and warning for a daemon."""
-    if settings.log_level_set is not None:
-        return settings.log_level_set
+    if settings.gateway.log_level is not None:
+        return settings.gateway.log_level
     return "info" if tty else "warning"
 
 
@@ -199,6 +199,7 @@ def settings_from(
         raise found[0]
     return Settings(
         policy=policy,
+        file=cfg,
         access=AccessPolicy(
             allow=tuple(a.allow),  # type: ignore[arg-type]  # validated to networks
             deny=tuple(a.deny),  # type: ignore[arg-type]
@@ -211,20 +212,10 @@ def settings_from(
         listen=(lhost, lport),
         upstream=split_hostport(g.upstream) if g.upstream else None,
         workers=g.workers or os.cpu_count() or 1,
-        max_sessions=g.max_sessions,
-        drain_grace=g.drain_grace,
-        maildir=g.maildir,
-        log_level=g.log_level or "warning",
-        protocol_log=cfg.protocol_log.path,
-        protocol_log_format=cfg.protocol_log.format,
-        tls=TlsFiles(**dict(cfg.tls)),
-        source=source,
         metrics_listen=split_hostport(g.metrics_listen) if g.metrics_listen else None,
-        log_format=g.log_format,
-        upstream_proxy=g.upstream_proxy_protocol,
         state=state_settings(cfg.state),
         dedupe=DedupeSettings(cfg.dedupe.enabled, cfg.dedupe.window),
-        log_level_set=g.log_level,
+        source=source,
     )
 
 

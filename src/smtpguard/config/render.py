@@ -6,37 +6,37 @@ import dataclasses
 import enum
 from typing import Any
 
-from smtpguard.config.load import Settings
+from smtpguard.config import keys
+from smtpguard.config.load import Settings, split_hostport
 from smtpguard.core import policy as core
 
 
 def to_data(settings: Settings) -> dict[str, Any]:
-    """Plain JSON-ready data: enums as their values, sets sorted, networks as text."""
-    return {
-        "source": settings.source,
-        "gateway": {
-            "listen": _hostport(settings.listen),
-            "upstream": _hostport(settings.upstream) if settings.upstream else None,
-            "workers": settings.workers,
-            "max_sessions": settings.max_sessions,
-            "drain_grace": settings.drain_grace,
-            "maildir": settings.maildir,
-            "upstream_proxy_protocol": settings.upstream_proxy,
-            "metrics_listen": (
-                _hostport(settings.metrics_listen) if settings.metrics_listen else None
-            ),
-            "log_format": settings.log_format,
-            # None: not set, warning (info when stderr is a terminal)
-            "log_level": settings.log_level_set,
-        },
-        "protocol_log": {
-            "path": settings.protocol_log,
-            "format": settings.protocol_log_format,
-        },
-        "tls": dataclasses.asdict(settings.tls),
-        "access": _plain(dataclasses.asdict(settings.access)),
-        "policy": _plain(_policy_dict(settings.policy)),
-    }
+    """Plain JSON-ready data: every key of the gateway's own tables as the schema
+    declares them (addresses as ``HOST:PORT``, ``workers`` as the count that runs),
+    then the effective policy. Enums as their values, sets sorted, networks as text."""
+    out: dict[str, Any] = {"source": settings.source}
+    for table in keys.walk():
+        if table.section is None or len(table.path) != 1 or table.path[0] in POLICY_TABLES:
+            continue
+        out[table.name] = {
+            key.name: _plain(_shown(settings, key)) for key in keys.walk(table.section, table.path)
+        }
+    out["policy"] = _plain(_policy_dict(settings.policy))
+    return out
+
+
+# Tables whose keys are the policy's: shown under "policy", as the gateway runs them.
+POLICY_TABLES = frozenset({"checks", "timeouts", "emulation"})
+
+
+def _shown(settings: Settings, key: keys.Key) -> Any:
+    if key.path == ("gateway", "workers"):
+        return settings.workers  # 0 (one per CPU core) resolved
+    value = keys.get(settings.file, key.path)
+    if isinstance(value, str) and value and keys.is_hostport(key):
+        return _hostport(split_hostport(value))
+    return value
 
 
 def to_text(settings: Settings) -> str:

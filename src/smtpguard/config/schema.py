@@ -7,12 +7,21 @@ then comes from ``core/policy.py``, so defaults live in one place and a check wh
 keys have their defaults here. Numbers, booleans and strings are strict (``"100"`` is
 not an integer); enumerations take their documented spelling. Every field carries a
 description: ``docs/config.md`` is generated from these models.
+
+Each key is declared once, here: its type, default and description, the ``serve``
+flag that overrides it (:class:`Flag`) and whether a reload applies it
+(:data:`RESTART` marks the keys and sections it does not). ``serve``'s argparse,
+``check-config``'s text and JSON, ``docs/config.md`` and the reload's list of
+changes that need a restart are all drawn from these models
+(:mod:`smtpguard.config.keys` walks them). Choices are enums (or ``Literal``), so
+the flag's choices, the error text and the docs name the same values.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -37,6 +46,32 @@ from smtpguard.core.policy import (
     Verdict,
 )
 from smtpguard.netaddr import split_hostport
+from smtpguard.proxyproto import ProxyVersion
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The ``serve`` flag that overrides the key it annotates.
+
+    The flag's type and choices come from the key's type, its help from the key's
+    description and default. A true/false key's flag is a switch that sets it true,
+    or, with ``word``, takes that one word ("--emulate pix"); a list key's flag is
+    repeatable (each use adds one item); a section's flag takes ``NAME=VALUE`` for
+    any key of the section ("--timeout connect=30").
+    """
+
+    name: str
+    metavar: str | None = None
+    word: str | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A reload keeps the running value of this key (or section): it needs a new
+    socket, process or store. A reload that changes it says so in the log."""
+
+
+RESTART = Restart()
 
 # RFC 5321 §4.1.1.1: ehlo-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
 _EHLO_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -234,49 +269,59 @@ class TimeoutsSection(Section):
 
 
 class EmulationSection(Section):
-    pix: StrictBool | None = Field(
-        default=None, description="faithful PIX 6.x Mailguard, for labs only (never in production)"
+    pix: Annotated[StrictBool | None, Flag("--emulate", word="pix")] = Field(
+        default=None,
+        description="faithful PIX 6.x Mailguard, for labs only (never in production): "
+        "masked banner, refused verbs rewritten and passed on, one command at a time",
     )
-    rewrite: PixRewrite | None = Field(
+    rewrite: Annotated[PixRewrite | None, Flag("--emulate-rewrite")] = Field(
         default=None, description="how the emulation masks a refused verb (noop: 6.x, xxxx: 7.x)"
     )
-    split_eod_bug: StrictBool | None = Field(
-        default=None, description="reproduce CSCds90792: a split end of data is never passed on"
+    split_eod_bug: Annotated[StrictBool | None, Flag("--emulate-bug", word="split-eod")] = Field(
+        default=None,
+        description="with the PIX emulation, reproduce CSCds90792: an end of data split "
+        "across TCP segments is never passed on (senders time out and re-send)",
     )
 
 
 class GatewaySection(Section):
-    listen: HostPort = Field(default="127.0.0.1:2525", description="address to listen on")
-    upstream: HostPort | None = Field(
+    listen: Annotated[HostPort, Flag("--listen", "HOST:PORT"), RESTART] = Field(
+        default="127.0.0.1:2525", description="address to listen on"
+    )
+    upstream: Annotated[HostPort | None, Flag("--upstream", "HOST:PORT"), RESTART] = Field(
         default=None, description="the real mail server; not set: the built-in mailbox"
     )
-    workers: Annotated[StrictInt, Field(ge=0)] = Field(
+    workers: Annotated[StrictInt, Field(ge=0), Flag("--workers", "N"), RESTART] = Field(
         default=0,
         description="worker processes sharing the port (SO_REUSEPORT); 0: one per CPU core",
     )
-    max_sessions: Annotated[StrictInt, Field(ge=1)] = Field(
+    max_sessions: Annotated[StrictInt, Field(ge=1), Flag("--max-sessions", "N")] = Field(
         default=1000, description="concurrent sessions per worker; more get 421"
     )
-    drain_grace: Annotated[StrictFloat, Field(ge=0)] = Field(
+    drain_grace: Annotated[StrictFloat, Field(ge=0), Flag("--drain-grace", "SECONDS")] = Field(
         default=30.0, description="on SIGTERM, seconds allowed for transactions in flight"
     )
-    maildir: Str = Field(
+    maildir: Annotated[Str, Flag("--maildir", "DIR"), RESTART] = Field(
         default="./smtpguard-mail",
-        description="Maildir of the built-in mailbox (no upstream); relative: to this "
-        "file's directory (the default: to the current directory)",
+        description="Maildir of the built-in mailbox (no upstream); relative: in a config "
+        "file to its directory, as a flag or the default to the current directory",
     )
-    upstream_proxy_protocol: Literal["off", "v1", "v2"] = Field(
-        default="off",
+    upstream_proxy_protocol: Annotated[ProxyVersion, Flag("--upstream-proxy"), RESTART] = Field(
+        default=ProxyVersion.OFF,
         description="send a PROXY protocol header to the upstream so it sees the real client",
     )
-    metrics_listen: HostPort | None = Field(
-        default=None,
-        description="serve Prometheus /metrics here (all workers summed); not set: off",
+    metrics_listen: Annotated[HostPort | None, Flag("--metrics-listen", "HOST:PORT"), RESTART] = (
+        Field(
+            default=None,
+            description="serve Prometheus /metrics here (all workers summed); not set: off",
+        )
     )
-    log_format: Literal["text", "json"] = Field(
+    log_format: Annotated[Literal["text", "json"], Flag("--log-format"), RESTART] = Field(
         default="text", description="application log on stderr: text lines or JSON lines"
     )
-    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"] | None, Flag("--log-level")
+    ] = Field(
         default=None,
         description="application log level on stderr; not set: warning, or info (one line "
         "per session) when stderr is a terminal",
@@ -284,21 +329,24 @@ class GatewaySection(Section):
 
 
 class ProtocolLogSection(Section):
-    path: Str | None = Field(
+    path: Annotated[Str | None, Flag("--protocol-log", "FILE")] = Field(
         default=None,
-        description="append a protocol log to this file (relative: to this file's directory)",
+        description="append a protocol log to this file (relative: in a config file to "
+        "its directory, as a flag to the current directory)",
     )
-    format: Literal["ims", "jsonl"] = Field(
+    format: Annotated[Literal["ims", "jsonl"], Flag("--protocol-log-format")] = Field(
         default="ims", description="ims: Exchange IMS layout; jsonl: one JSON object per event"
     )
 
 
 class TlsSection(Section):
-    certfile: Str | None = Field(
+    certfile: Annotated[Str | None, Flag("--tls-cert", "FILE")] = Field(
         default=None,
         description='PEM certificate chain the gateway shows clients (starttls = "terminate")',
     )
-    keyfile: Str | None = Field(default=None, description="PEM private key, if not in certfile")
+    keyfile: Annotated[Str | None, Flag("--tls-key", "FILE")] = Field(
+        default=None, description="PEM private key, if not in the certificate file"
+    )
     verify_upstream: StrictBool = Field(
         default=False,
         description="check the upstream's certificate and name (default: encrypt "
@@ -307,10 +355,10 @@ class TlsSection(Section):
     cafile: Str | None = Field(
         default=None, description="CA bundle for verify_upstream (default: the system's)"
     )
-    implicit_listen: HostPort | None = Field(
+    implicit_listen: Annotated[HostPort | None, Flag("--tls-listen", "HOST:PORT"), RESTART] = Field(
         default=None,
         description="also listen here with TLS from the first byte (port 465 style, "
-        "RFC 8314); needs certfile",
+        "RFC 8314); needs a certificate",
     )
 
 
@@ -332,7 +380,7 @@ class AccessSection(Section):
         default=[],
         description='client networks whose bare CR/LF are normalised (smuggling = "normalize")',
     )
-    proxy_protocol_from: list[NetworkStr] = Field(
+    proxy_protocol_from: Annotated[list[NetworkStr], Flag("--proxy-from", "NETWORK")] = Field(
         default=[],
         description="load balancers that must send a PROXY protocol v1/v2 header; the real "
         "client is taken from it (other peers are never trusted with one)",
@@ -391,7 +439,7 @@ class DedupeSection(Section):
 
 
 class ConfigFile(Section):
-    mode: Mode | None = Field(
+    mode: Annotated[Mode | None, Flag("--mode")] = Field(
         default=None,
         description="mailguard: the seven RFC 821 commands; esmtp: ASA-style inspection",
     )
@@ -401,30 +449,37 @@ class ConfigFile(Section):
     ehlo_keywords: list[Keyword] | None = Field(
         default=None, description="EHLO keywords the client may see in esmtp mode"
     )
-    banner: BannerPolicy | None = Field(
-        default=None, description="greeting policy: generic, pix mask, pass, or custom text"
+    banner: Annotated[BannerPolicy | None, Flag("--banner", "generic|pix|pass|TEXT")] = Field(
+        default=None,
+        description="greeting policy: generic, pix mask, pass, or custom text (the flag "
+        "takes the text itself)",
     )
     banner_text: OneLine | None = Field(
         default=None, description='greeting text after "220 " with banner = "custom"'
     )
-    hostname: Hostname | None = Field(
+    hostname: Annotated[Hostname | None, Flag("--hostname")] = Field(
         default=None, description="name in the generic banner (default: this host's name)"
     )
     smuggling: Smuggling | None = Field(
         default=None,
         description="bare CR/LF/NUL: reject, or normalize (prefer access.normalize_networks)",
     )
-    starttls: StartTls | None = Field(default=None, description="STARTTLS handling")
-    xclient: StrictBool | None = Field(
+    starttls: Annotated[StartTls | None, Flag("--starttls")] = Field(
+        default=None,
+        description="STARTTLS handling: strip (the server's offer removed), passthrough "
+        "(stop inspecting once TLS starts), terminate (TLS on both sides, inspected in "
+        "between; needs a certificate)",
+    )
+    xclient: Annotated[StrictBool | None, Flag("--xclient")] = Field(
         default=None,
         description="send the real client address to the server with XCLIENT "
         "(Postfix smtpd_authorized_xclient_hosts)",
     )
-    xclient_fail_open: StrictBool | None = Field(
+    xclient_fail_open: Annotated[StrictBool | None, Flag("--xclient-fail-open")] = Field(
         default=None,
         description="when the server refuses XCLIENT or does not offer it, carry on with "
         "the client seen as the gateway's address (which Postfix's mynetworks trusts to "
-        "relay) instead of refusing the client with 421 4.7.0",
+        "relay) instead of refusing the client with 421 4.7.0 (see docs/security.md)",
     )
     max_pending: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description="pipelined commands awaiting replies before reading pauses"
@@ -438,7 +493,7 @@ class ConfigFile(Section):
         default=None, description="BDAT chunks larger than this close the connection"
     )
     checks: Checks = Field(default_factory=Checks, description="inspection checks")
-    timeouts: TimeoutsSection = Field(
+    timeouts: Annotated[TimeoutsSection, Flag("--timeout", "NAME=SECONDS")] = Field(
         default_factory=TimeoutsSection, description="timeouts, in seconds"
     )
     emulation: EmulationSection = Field(
@@ -447,16 +502,16 @@ class ConfigFile(Section):
     gateway: GatewaySection = Field(
         default_factory=GatewaySection, description="listener and processes"
     )
-    protocol_log: ProtocolLogSection = Field(
+    protocol_log: Annotated[ProtocolLogSection, RESTART] = Field(
         default_factory=ProtocolLogSection, description="protocol log"
     )
     tls: TlsSection = Field(default_factory=TlsSection, description="TLS certificates")
     access: AccessSection = Field(
         default_factory=AccessSection, description="client access control"
     )
-    state: StateSection = Field(
+    state: Annotated[StateSection, RESTART] = Field(
         default_factory=StateSection, description="shared state: limits across workers and hosts"
     )
-    dedupe: DedupeSection = Field(
+    dedupe: Annotated[DedupeSection, RESTART] = Field(
         default_factory=DedupeSection, description="suppression of re-sent duplicates"
     )

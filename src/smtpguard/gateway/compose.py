@@ -1,0 +1,236 @@
+"""``serve``'s composition root: settings to a running gateway.
+
+It checks everything a worker needs (:mod:`~smtpguard.gateway.startup`), binds the
+listeners, forks the workers (:mod:`~smtpguard.gateway.workers`) or runs one in
+this process, and in each builds the :class:`~smtpguard.gateway.server.Gateway`
+with its protocol log, metrics, TLS contexts, shared store and reloader
+(:mod:`~smtpguard.gateway.reload`). It imports every part; no part imports it.
+
+``[gateway]`` keys reach the gateway through :class:`GatewayConfig` by name
+(:func:`~smtpguard.gateway.reload.gateway_fields`): a key the schema declares and
+``GatewayConfig`` has a field for needs no line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from smtpguard.applog import setup_logging
+from smtpguard.config.load import Settings, effective_log_level, split_hostport
+from smtpguard.errors import CliError
+from smtpguard.gateway import metrics_prom
+from smtpguard.gateway.flags import load_settings
+from smtpguard.gateway.metrics_prom import PrometheusMetrics
+from smtpguard.gateway.reload import gateway_fields, reloader
+from smtpguard.gateway.server import Gateway, GatewayConfig
+from smtpguard.gateway.startblock import print_banner
+from smtpguard.gateway.startup import (
+    check_files,
+    check_reachable,
+    metrics_setup,
+    tls_contexts,
+)
+from smtpguard.gateway.tls import TlsContexts
+from smtpguard.gateway.workers import Child, StartupFailed, bind_listeners, describe, run_workers
+from smtpguard.logs import open_protocol_log
+from smtpguard.sink import start_sink
+from smtpguard.state.attach import attach, prepare_for
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything a worker needs, bind, start the workers, print the start-up
+    block once they all serve; then supervise them until a signal stops the service
+    (workers.py). A start-up problem is one line on stderr before the block."""
+    # Until the event loop handles it, a SIGHUP (reload) must not kill the process;
+    # forked workers inherit this.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    settings = load_settings(args)
+    setup_logging(effective_log_level(settings, sys.stderr.isatty()), settings.gateway.log_format)
+    check_files(settings)
+    prepare_for(settings)  # the shared store's database, before any fork
+    metrics_dir = metrics_setup(settings)
+    lhost, lport = settings.listen
+    upstream = settings.upstream
+    sink_sock = None
+    if upstream is None:
+        sink_sock = bind_listeners("127.0.0.1", 0, 1)[0]
+        upstream = ("127.0.0.1", sink_sock.getsockname()[1])
+        target = f"built-in mailbox at 127.0.0.1:{upstream[1]}"
+    else:
+        check_reachable(*upstream)
+        target = f"{upstream[0]}:{upstream[1]}"
+    try:
+        socks = bind_listeners(lhost, lport, settings.workers)
+    except OSError as exc:
+        listen = f"{lhost}:{lport}"
+        raise CliError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
+    tls_socks: list[socket.socket] = []
+    if settings.tls.implicit_listen:
+        thost, tport = split_hostport(settings.tls.implicit_listen)
+        try:
+            tls_socks = bind_listeners(thost, tport, settings.workers)
+        except OSError as exc:
+            raise CliError(
+                f"--tls-listen {settings.tls.implicit_listen}: cannot listen: {exc.strerror or exc}"
+            ) from None
+    config = GatewayConfig(
+        listen_host=lhost,
+        listen_port=lport,
+        upstream_host=upstream[0],
+        upstream_port=upstream[1],
+        **gateway_fields(GatewayConfig, settings),
+    )
+    tls = tls_contexts(settings, upstream[0], args)
+    host, port = socks[0].getsockname()[:2]
+    implicit = tls_socks[0].getsockname()[:2] if tls_socks else None
+
+    def ready() -> None:
+        print_banner(settings, host, port, target, sink_sock is not None, implicit)
+
+    def stopping() -> None:
+        print("smtpguard: draining sessions...", file=sys.stderr, flush=True)
+
+    def stopped(code: int) -> int:
+        print("smtpguard: stopped", file=sys.stderr, flush=True)
+        return code
+
+    try:
+        if settings.workers == 1:
+            # One process: the built-in mailbox shares the worker's event loop and is
+            # closed after the drain.
+            if metrics_dir is not None:
+                _metrics_serve(settings)  # no fork: the endpoint lives in this process
+            _use_uvloop()
+            tls_sock = tls_socks[0] if tls_socks else None
+            try:
+                serve = _serve(
+                    args, settings, config, socks[0], sink_sock, tls, tls_sock, ready, stopping
+                )
+                code = asyncio.run(serve)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                print(f"smtpguard: cannot serve: {describe(exc)}", file=sys.stderr, flush=True)
+                return 1
+            return stopped(code)
+
+        def worker(index: int) -> Callable[[Callable[[], None]], int]:
+            def main(ready: Callable[[], None]) -> int:
+                _use_uvloop()
+                mine_tls = tls_socks[index] if tls_socks else None
+                return asyncio.run(
+                    _serve(args, settings, config, socks[index], None, tls, mine_tls, ready)
+                )
+
+            return main
+
+        children = [
+            Child(f"worker {i}", worker(i), sockets=[s, *tls_socks[i : i + 1]])
+            for i, s in enumerate(socks)
+        ]
+        if sink_sock is not None:
+            # Its own process, stopped after the workers: not tied to any worker's life.
+            children.append(
+                Child(
+                    "built-in mailbox",
+                    lambda ready: _mailbox(settings.gateway.maildir, sink_sock, ready),
+                    sockets=[sink_sock],
+                    helper=True,
+                )
+            )
+        try:
+            code = run_workers(
+                children,
+                [*socks, *tls_socks, *([sink_sock] if sink_sock is not None else [])],
+                after_fork=(lambda: _metrics_serve(settings)) if metrics_dir else None,
+                on_exit=_metrics_worker_exited if metrics_dir else None,
+                on_ready=ready,
+                on_stop=stopping,
+            )
+        except StartupFailed as exc:
+            print(f"smtpguard: cannot serve: {exc}", file=sys.stderr, flush=True)
+            return 1
+        return stopped(code)
+    finally:
+        if metrics_dir is not None:
+            metrics_prom.cleanup(metrics_dir)
+
+
+def _mailbox(maildir: str, sock: socket.socket, ready: Callable[[], None]) -> int:
+    """The built-in mailbox's own process: serves until SIGTERM (from the parent,
+    once every worker has drained)."""
+
+    async def main() -> int:
+        server, _, _ = await start_sink("127.0.0.1", 0, maildir, sock=sock)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        ready()
+        await stop.wait()
+        server.close()
+        return 0
+
+    _use_uvloop()
+    return asyncio.run(main())
+
+
+def _use_uvloop() -> None:
+    if os.environ.get("SMTPGUARD_NO_UVLOOP"):
+        return
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: GatewayConfig,
+    sock: socket.socket,
+    sink_sock: socket.socket | None,
+    tls: TlsContexts | None = None,
+    tls_sock: socket.socket | None = None,
+    ready: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> int:
+    sink_server = None
+    if sink_sock is not None:
+        maildir = settings.gateway.maildir
+        sink_server, _, _ = await start_sink("127.0.0.1", 0, maildir, sock=sink_sock)
+    path, fmt = settings.protocol_log.path, settings.protocol_log.format
+    plog = open_protocol_log(path, fmt) if path else None
+    metrics = PrometheusMetrics() if settings.metrics_listen is not None else None
+    gateway = Gateway(config, settings.policy, plog, metrics=metrics, access=settings.access)
+    gateway.tls = tls
+    gateway.upstream_proxy = settings.gateway.upstream_proxy_protocol
+    shared = attach(gateway, settings)  # None: no rule needs the shared store
+    if args.config is not None:
+        gateway.reloader = reloader(args, settings, gateway)
+    await gateway.start(sock)
+    if tls_sock is not None and tls is not None and tls.server is not None:
+        await gateway.start_implicit_tls(tls_sock, tls.server)
+    if ready is not None:
+        ready()
+    await gateway.serve_until_signalled(on_stop)
+    if shared is not None:
+        await shared.close()
+    if sink_server is not None:
+        sink_server.close()
+        await sink_server.wait_closed()
+    return 0
+
+
+def _metrics_serve(settings: Settings) -> None:
+    assert settings.metrics_listen is not None
+    metrics_prom.serve(*settings.metrics_listen)
+
+
+def _metrics_worker_exited(pid: int) -> None:
+    metrics_prom.worker_exited(pid)

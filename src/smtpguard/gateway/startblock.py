@@ -1,0 +1,102 @@
+"""The block ``serve`` prints once every worker serves: what it listens on, where
+mail goes, what clients are greeted with, and the warnings an operator must read
+(docs/servers.md, docs/security.md)."""
+
+from __future__ import annotations
+
+import os
+
+from smtpguard import __version__
+from smtpguard.config.load import Settings
+from smtpguard.core.policy import BannerPolicy, Policy, StartTls
+from smtpguard.proxyproto import ProxyVersion
+from smtpguard.state.attach import describe
+
+
+def greeting_shown(policy: Policy) -> str:
+    """The greeting clients get, as the startup block shows it."""
+    if policy.emulation.pix or policy.banner is BannerPolicy.PIX:
+        return "the server's 220, masked PIX-style (2, 0 and *)"
+    if policy.banner is BannerPolicy.PASS:
+        return "the server's own"
+    if policy.banner is BannerPolicy.CUSTOM:
+        return f"220 {policy.banner_text}"
+    return f"220 {policy.hostname} ESMTP (--hostname or hostname = ... to change)"
+
+
+# At start-up when the upstream cannot learn the client's address (docs/servers.md).
+XCLIENT_OFF_WARNING = [
+    "  WARNING       xclient = false: the server sees every client as this gateway's",
+    "                address. It must not relay for that address (Postfix",
+    "                permit_mynetworks with the gateway in mynetworks makes an open relay);",
+    "                use --xclient (Postfix) or --upstream-proxy v2; see docs/servers.md",
+]
+# At start-up when a refused XCLIENT does not refuse the client (docs/security.md).
+XCLIENT_FAIL_OPEN_WARNING = [
+    "  WARNING       xclient_fail_open = true: when the server refuses XCLIENT or does",
+    "                not offer it, it sees the client as this gateway's address. Postfix's",
+    "                default mynetworks (its own addresses and loopback; its subnets with",
+    "                mynetworks_style = subnet) trusts that address to relay, so any",
+    "                client could relay. Keep the gateway out of mynetworks, or turn",
+    "                xclient_fail_open off (the client then gets 421 4.7.0)",
+]
+
+
+def fail_open_warning() -> str:
+    """XCLIENT_FAIL_OPEN_WARNING as one log line (a reload that turns it on)."""
+    text = " ".join(line.strip() for line in XCLIENT_FAIL_OPEN_WARNING)
+    return text.removeprefix("WARNING").strip()
+
+
+def print_banner(
+    settings: Settings,
+    host: str,
+    port: int,
+    target: str,
+    builtin: bool,
+    implicit: tuple[str, int] | None = None,
+) -> None:
+    policy = settings.policy
+    shown = f"[{host}]" if ":" in host else host
+    lines = [
+        f"smtpguard {__version__} gateway, {policy.mode.value} mode, banner {policy.banner.value}",
+        f"  listening on  {shown}:{port}",
+        f"  relaying to   {target}",
+        f"  greeting      {greeting_shown(policy)}",
+    ]
+    if settings.source:
+        lines.append(f"  config        {settings.source} (SIGHUP reloads it)")
+    if builtin:
+        lines.append(f"  mail lands in {os.path.abspath(settings.gateway.maildir)} (Maildir)")
+    if settings.protocol_log.path:
+        plog = settings.protocol_log
+        lines.append(f"  protocol log  {plog.path} ({plog.format})")
+    emu = policy.emulation
+    if emu.pix:
+        bug = (
+            ", BUG split-eod (CSCds90792) ON: split end of data is swallowed"
+            if emu.split_eod_bug
+            else ""
+        )
+        lines.insert(
+            0, f"*** PIX EMULATION for labs: rewrite {emu.rewrite.value}, lock-step{bug} ***"
+        )
+    if implicit is not None:
+        lines.append(f"  implicit TLS  {implicit[0]}:{implicit[1]}")
+    if policy.starttls is not StartTls.STRIP:
+        lines.append(f"  STARTTLS      {policy.starttls.value}")
+    if settings.metrics_listen is not None:
+        mh, mp = settings.metrics_listen
+        lines.append(f"  metrics       http://{mh}:{mp}/metrics")
+    shared = describe(settings)
+    if shared is not None:
+        lines.append(f"  shared state  {shared}")
+    if policy.xclient:
+        lines.append("  XCLIENT       on (the server sees the real client address)")
+        if policy.xclient_fail_open:
+            lines += XCLIENT_FAIL_OPEN_WARNING
+    elif not builtin and settings.gateway.upstream_proxy_protocol is ProxyVersion.OFF:
+        lines += XCLIENT_OFF_WARNING
+    lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
+    lines.append("  stop with     Ctrl-C (drains sessions in flight)")
+    print("\n".join(lines), flush=True)
