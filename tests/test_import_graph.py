@@ -262,28 +262,9 @@ KNOWN_CYCLES: list[frozenset[str]] = [
     # gateway/cli.py and config/cli.py import CliError from smtpguard.cli (inside
     # functions); smtpguard.errors is where it lives now.
     frozenset({"smtpguard.cli", "smtpguard.config.cli", "smtpguard.gateway.cli"}),
-    # The core's parts import Session under TYPE_CHECKING.
-    frozenset(
-        {
-            "smtpguard.core.commands",
-            "smtpguard.core.duplicates",
-            "smtpguard.core.ratelimit",
-            "smtpguard.core.relay",
-            "smtpguard.core.session",
-            "smtpguard.core.upstream",
-        }
-    ),
 ]
 # Core modules that import smtpguard.core.session today (same rule: may only shrink).
-KNOWN_SESSION_IMPORTS = frozenset(
-    {
-        "smtpguard.core.commands",
-        "smtpguard.core.duplicates",
-        "smtpguard.core.ratelimit",
-        "smtpguard.core.relay",
-        "smtpguard.core.upstream",
-    }
-)
+KNOWN_SESSION_IMPORTS: frozenset[str] = frozenset()
 # Config modules that still import the gateway (event IDs in config/docs.py, and
 # config/load.py until it imports AccessPolicy from config.access).
 KNOWN_CONFIG_TO_GATEWAY = frozenset({"smtpguard.config.docs", "smtpguard.config.load"})

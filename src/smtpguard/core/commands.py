@@ -7,27 +7,33 @@ reply. After DATA, AUTH, HELO, EHLO and STARTTLS (and every command in PIX
 emulation) the client's bytes are held until the server answers, so the gateway
 reads them the way the server will: message data after a 354, commands after a
 refusal (RFC 2920 §3.1 makes them end a pipelined group anyway).
+
+The part knows nothing of the session. It is fed the policy, the action list, the
+client's receive buffer, the reply pipeline, the deadlines, the envelope and the
+rate tables; it relays into the action list and fills reply slots, and returns what
+the session must do next: a :class:`Then` (send the filled replies, move the phase
+by a trigger, reset both sides) or a :class:`Close` (say this, then close). It keeps
+the per-verb counters and what the client may send (``need_hello``, ``shown``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import enum
+from typing import Final
 
 from smtpguard.core import replies
 from smtpguard.core.actions import Direction, Trace
 from smtpguard.core.banner import pix_rewrite
-from smtpguard.core.buffer import LineTooLong
-from smtpguard.core.checks import Finding, check_mail, check_rcpt, finding, over
-from smtpguard.core.deadlines import reply_timeout
+from smtpguard.core.buffer import LineTooLong, ReceiveBuffer
+from smtpguard.core.checks import Finding, Rates, check_mail, check_rcpt, finding, over
+from smtpguard.core.deadlines import Deadlines, reply_timeout
 from smtpguard.core.ehlo import parameter_refused_reply, refused_parameter
 from smtpguard.core.grammar import ascii_number, check_line_bytes, parse_command
-from smtpguard.core.phases import Trigger
-from smtpguard.core.pipeline import TLS_SLOT, Slot
+from smtpguard.core.output import Output
+from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
+from smtpguard.core.policy import Policy, Verdict
 from smtpguard.core.policy import StartTls as StartTlsPolicy
-from smtpguard.core.policy import Verdict
-
-if TYPE_CHECKING:
-    from smtpguard.core.session import Session
+from smtpguard.core.ratelimit import SharedRates
 
 # Client input is held after these until the server answers: DATA and AUTH change
 # how the next bytes are read; HELO/EHLO decide which extensions (and so which MAIL
@@ -35,6 +41,42 @@ if TYPE_CHECKING:
 HOLD_VERBS: Final = frozenset({"DATA", "AUTH", "EHLO", "HELO", "STARTTLS"})
 # What a client may send before its new EHLO/HELO once TLS has started (RFC 3207 §4.2).
 HELLO_FREE_VERBS: Final = frozenset({"EHLO", "HELO", "NOOP", "RSET", "QUIT"})
+# Verbs counted by name in the per-session counters (others count as "OTHER").
+KNOWN_VERBS: Final = frozenset(
+    {
+        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
+        "HELP", "ETRN", "AUTH", "STARTTLS", "BDAT", "TURN", "ATRN", "XCLIENT", "XFORWARD",
+        "XEXCH50", "SEND", "SOML", "SAML",
+    }
+)  # fmt: skip
+# No EHLO keyword shown yet: one shared value (each frozenset() is a new 216 bytes).
+NOTHING_SHOWN: Final[frozenset[str]] = frozenset()
+
+
+class Then(enum.Enum):
+    """What the session does after the part handled a line (it applies it)."""
+
+    NOTHING = "nothing: forwarded, the client's next line may follow"
+    FLUSH = "a reply slot was filled: send the replies that are ready"
+    HOLD = "held command forwarded: trigger HOLD"
+    QUIT = "QUIT forwarded: trigger QUIT"
+    BDAT = "BDAT refused: trigger BDAT, its chunk is drained"
+    TLS_OFFERED = "the gateway's 220 to STARTTLS owed: trigger TLS_OFFERED, send"
+    AUTH_LINE = "AUTH response forwarded: trigger AUTH_LINE"
+    RATE_HOLD = "held for a shared rate-limit count: trigger RATE_HOLD"
+    RATE_AFTER = "counted after a server reply: between commands, trigger RATE_HOLD"
+    RESET = "reset both connections"
+
+
+class Close:
+    """Owe ``reply`` after every earlier reply and close (``abort``: answer the first
+    unanswered slot with it and drop the rest; decided on a server reply)."""
+
+    __slots__ = ("abort", "reply")
+
+    def __init__(self, reply: bytes, abort: bool = False) -> None:
+        self.reply: Final = reply
+        self.abort: Final = abort
 
 
 class Envelope:
@@ -56,269 +98,317 @@ class Envelope:
 class Commands:
     """Frames and handles client command lines for one session."""
 
-    __slots__ = ("_s",)
-    __deletable__ = ("_s",)  # detach(): a closed session is freed without the cycle collector
+    __slots__ = (
+        "_buffer", "_counts", "_deadlines", "_out", "_policy", "_rates", "_replies",
+        "_shared", "bad_lines", "bdat_left", "cancelled_auth", "client_tls", "envelope",
+        "line_limit", "need_hello", "refused", "shown",
+    )  # fmt: skip
 
-    def __init__(self, session: Session) -> None:
-        self._s = session
+    def __init__(
+        self,
+        policy: Policy,
+        out: Output,
+        buffer: ReceiveBuffer,
+        pipeline: ReplyPipeline,
+        deadlines: Deadlines,
+        rates: Rates,
+        shared: SharedRates | None,
+        client_tls: bool,
+    ) -> None:
+        self._policy = policy
+        self._out = out
+        self._buffer = buffer
+        self._replies = pipeline
+        self._deadlines = deadlines
+        self._rates = rates  # rate limits counted in the session
+        self._shared = shared  # rate limits counted in a shared store
+        self.envelope = Envelope()
+        line_check = policy.checks.command_line_length
+        # A disabled check still keeps a hard cap: the buffer must stay bounded.
+        self.line_limit = line_check.limit if line_check.limit is not None else 4096
+        self.client_tls = client_tls  # the client side is encrypted (STARTTLS or 465)
+        self.shown: frozenset[str] = NOTHING_SHOWN  # EHLO keywords the client was shown
+        self.need_hello = False  # TLS started: only a new EHLO/HELO opens the session
+        self.cancelled_auth: str | None = None  # why an AUTH response became "*"
+        self.bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
+        self.bdat_left = 0
+        self.refused = 0  # commands refused, for metrics
+        # (verb, "forwarded"|"refused"): made at the first count (an idle session has
+        # none; an empty dict is 64 bytes of every idle session).
+        self._counts: dict[tuple[str, str], int] | None = None
 
-    def detach(self) -> None:
-        """The session has closed: drop the reference back to it."""
-        del self._s
+    # -- counters ------------------------------------------------------------------
+    def count(self, verb: str, outcome: str) -> None:
+        """Per-verb counters for metrics, keyed by configuration, not by the client: a
+        verb neither allowed nor a known SMTP verb counts as ``OTHER``."""
+        if verb not in self._policy.allowed_verbs and verb not in KNOWN_VERBS:
+            verb = "OTHER"
+        key = (verb, outcome)
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = {}
+        counts[key] = counts.get(key, 0) + 1
 
-    def next_line(self) -> bytes | None:
-        """The next complete command line, acting on over-long ones on the way."""
-        s = self._s
-        buf = s.buffer
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Commands counted so far, by (verb, "forwarded"|"refused"); a copy."""
+        return dict(self._counts) if self._counts else {}
+
+    def _local(self, verb: str, reply: bytes) -> Then:
+        """The gateway answers the command itself, in its place in the order."""
+        if verb and verb != END_OF_DATA_VERB:
+            self.count(verb, "refused")
+        self._replies.local(verb, reply)
+        return Then.FLUSH
+
+    # -- framing -------------------------------------------------------------------
+    def next_line(self) -> bytes | Then | Close | None:
+        """The next complete command line, acting on over-long ones on the way: None
+        until one is complete; ``Then.FLUSH`` when the rest of an over-long line was
+        skipped and answered (send it, then ask again); ``Then.RESET`` or a
+        :class:`Close` when the over-long line ends the session."""
+        buf = self._buffer
+        if buf.skipping:
+            if not buf.skip():
+                return None
+            return self._local("", replies.LINE_TOO_LONG)
         while True:
-            if buf.skipping:
+            try:
+                return buf.next_line(self.line_limit)
+            except LineTooLong:
+                stop = self._line_too_long()
+                if stop is not None:
+                    return stop
                 if not buf.skip():
                     return None
-                s.local_reply("", replies.LINE_TOO_LONG)
-            try:
-                return buf.next_line(s.line_limit)
-            except LineTooLong:
-                if not self._line_too_long():
-                    return None
+                return self._local("", replies.LINE_TOO_LONG)
 
-    def _line_too_long(self) -> bool:
-        """Act on an over-long command line; True if the rest of it is to be skipped."""
-        s = self._s
-        limit = s.line_limit
-        verdict = s.policy.checks.command_line_length.action
-        s.out.event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
-        s.commands_refused += 1
+    def _line_too_long(self) -> Then | Close | None:
+        """Act on an over-long command line; None if the rest of it is to be skipped."""
+        limit = self.line_limit
+        verdict = self._policy.checks.command_line_length.action
+        self._out.event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
+        self.refused += 1
         if verdict is Verdict.REJECT:
-            s.buffer.skipping = True
-            return True
+            self._buffer.skipping = True
+            return None
         if verdict is Verdict.RESET:
-            s.reset_both()
-        else:
-            s.close_after(replies.line_too_long_drop(limit))
-        return False
+            return Then.RESET
+        return Close(replies.line_too_long_drop(limit))
 
-    def command(self, line: bytes, now: float) -> None:
-        s = self._s
+    def command(self, line: bytes, now: float) -> Then | Close:
+        out = self._out
         body = line[:-2]  # framed on CRLF: any other CR or LF is inside the line
         bad = check_line_bytes(body)
         cmd = parse_command(line) if bad is None else None
-        if s.out.client:
+        if out.client:
             text = body.rstrip(b"\n").decode("utf-8", "surrogateescape")
             verb = cmd.verb if cmd else None
             if verb == "AUTH":
                 text = "AUTH " + cmd.args.split(" ")[0] if cmd else text  # no credentials
-            s.out.emit(Trace(Direction.CLIENT_TO_GW, text, verb=verb))
+            out.emit(Trace(Direction.CLIENT_TO_GW, text, verb=verb))
         if bad is not None:
-            if not self.bad_line(bad, "command line"):
-                s.local_reply("", replies.bad_command_bytes(bad))
-            return
+            closing = self.bad_line(bad, "command line")
+            return closing or self._local("", replies.bad_command_bytes(bad))
         if cmd is None:
-            s.commands_refused += 1
-            s.local_reply("", replies.SYNTAX)
-            return
+            self.refused += 1
+            return self._local("", replies.SYNTAX)
         verb = cmd.verb
-        policy = s.policy
+        policy = self._policy
         if verb == "BDAT":
-            self._refuse_bdat(cmd.args)
-        elif verb == "STARTTLS" and policy.starttls is not StartTlsPolicy.STRIP:
-            self._starttls(line, now)
-        elif verb not in policy.allowed_verbs and policy.emulation.pix:
+            return self._refuse_bdat(cmd.args)
+        if verb == "STARTTLS" and policy.starttls is not StartTlsPolicy.STRIP:
+            return self._starttls(line, now)
+        if verb not in policy.allowed_verbs and policy.emulation.pix:
             # PIX 6.x Mailguard (lab emulation): the verb is overwritten in place and
             # the server answers the mangled command itself.
-            s.out.event("SG-EMULATE-REWRITE", f"{verb} rewritten (PIX emulation)", "log")
-            self.forward(verb, pix_rewrite(line, policy.emulation.rewrite), now)
-        elif verb not in policy.allowed_verbs:
-            s.out.event(
+            out.event("SG-EMULATE-REWRITE", f"{verb} rewritten (PIX emulation)", "log")
+            return self.forward(verb, pix_rewrite(line, policy.emulation.rewrite), now)
+        if verb not in policy.allowed_verbs:
+            out.event(
                 "SG-CMD-BLOCKED",
                 f"{verb} refused: not allowed in {policy.mode.value} mode",
                 "reject",
             )
-            s.commands_refused += 1
-            s.local_reply(verb, replies.UNRECOGNIZED)
-        elif s.need_hello and verb not in HELLO_FREE_VERBS:
-            s.commands_refused += 1
-            s.local_reply(verb, replies.SEND_HELLO_FIRST)
-        elif verb in ("MAIL", "RCPT") and self._envelope_refused(verb, cmd.args, line, now):
-            pass
-        else:
-            self.forward(verb, line, now)
+            self.refused += 1
+            return self._local(verb, replies.UNRECOGNIZED)
+        if self.need_hello and verb not in HELLO_FREE_VERBS:
+            self.refused += 1
+            return self._local(verb, replies.SEND_HELLO_FIRST)
+        if verb == "MAIL" or verb == "RCPT":
+            refused = self._envelope_refused(verb, cmd.args, line, now)
+            if refused is not None:
+                return refused
+        return self.forward(verb, line, now)
 
-    def forward(self, verb: str, line: bytes, now: float, slot: Slot | None = None) -> None:
+    def forward(self, verb: str, line: bytes, now: float, slot: Slot | None = None) -> Then:
         """Relay a command; ``slot``: the reply slot it took while it was held."""
-        s = self._s
-        s.count(verb, "forwarded")
+        self.count(verb, "forwarded")
         if slot is None:
-            s.replies.forwarded(verb, line)
+            self._replies.forwarded(verb, line)
         else:
             slot.raw = line
-            s.replies.expect(slot)
-        if s.deadlines.server is None:
-            s.deadlines.server = now + reply_timeout(s.policy.timeouts, verb)
-        s.out.to_server(line, verb)
-        if verb in HOLD_VERBS or s.policy.emulation.pix:  # PIX: lock-step, one at a time
-            s.goto(Trigger.HOLD)
-        elif verb == "QUIT":
-            s.goto(Trigger.QUIT)
-        elif verb == "RSET":
-            s.envelope.reset()
+            self._replies.expect(slot)
+        deadlines = self._deadlines
+        if deadlines.server is None:
+            deadlines.server = now + reply_timeout(self._policy.timeouts, verb)
+        self._out.to_server(line, verb)
+        if verb in HOLD_VERBS or self._policy.emulation.pix:  # PIX: lock-step
+            return Then.HOLD
+        if verb == "QUIT":
+            return Then.QUIT
+        if verb == "RSET":
+            self.envelope.reset()
+        return Then.NOTHING
 
-    def bad_line(self, bad: str, what: str) -> bool:
+    def bad_line(self, bad: str, what: str) -> Close | None:
         """A client line with a bare CR, bare LF or NUL: refused whole. A client that
         keeps sending them is dropped (Postfix ``smtpd_forbid_bare_newline`` drops at
-        the first). True when the session is being closed."""
-        s = self._s
-        s.commands_refused += 1
-        s.bad_lines += 1
-        if s.bad_lines >= s.policy.bad_line_limit:
-            s.out.event("SG-CMD-BAD-BYTES", f"{bad} in {what}: closing", "drop-connection")
-            s.close_after(replies.bad_lines_drop(bad))
-            return True
-        s.out.event("SG-CMD-BAD-BYTES", f"{bad} in {what}", "reject")
-        return False
+        the first): the :class:`Close` then."""
+        self.refused += 1
+        self.bad_lines += 1
+        if self.bad_lines >= self._policy.bad_line_limit:
+            self._out.event("SG-CMD-BAD-BYTES", f"{bad} in {what}: closing", "drop-connection")
+            return Close(replies.bad_lines_drop(bad))
+        self._out.event("SG-CMD-BAD-BYTES", f"{bad} in {what}", "reject")
+        return None
 
     # -- AUTH, STARTTLS, BDAT ---------------------------------------------------------
-    def auth_response(self, line: bytes, now: float) -> None:
+    def auth_response(self, line: bytes, now: float) -> Then | Close:
         """A SASL response line (RFC 4954 §4): relayed, never parsed or logged; but
         framed like every client line, so a bare CR, bare LF or NUL never reaches the
         server. Such a line is replaced by ``*``, which cancels the exchange (§4), and
         the client gets the gateway's 501 once the server has answered the ``*``."""
-        s = self._s
-        if s.out.client:
-            s.out.emit(Trace(Direction.CLIENT_TO_GW, "(AUTH response)"))
+        out = self._out
+        if out.client:
+            out.emit(Trace(Direction.CLIENT_TO_GW, "(AUTH response)"))
         bad = check_line_bytes(line[:-2])
         if bad is None:
-            s.replies.forwarded("AUTH", line)
-            s.out.to_server(line, "AUTH")
-            s.goto(Trigger.AUTH_LINE)
-            return
-        if self.bad_line(bad, "AUTH response"):
-            return
-        s.replies.forwarded("AUTH", b"*\r\n")
-        s.cancelled_auth = bad  # the session answers the client when the server has
-        s.deadlines.server = now + s.policy.timeouts.command
-        s.out.to_server(b"*\r\n", "AUTH")
-        s.goto(Trigger.AUTH_LINE)
+            self._replies.forwarded("AUTH", line)
+            out.to_server(line, "AUTH")
+            return Then.AUTH_LINE
+        closing = self.bad_line(bad, "AUTH response")
+        if closing is not None:
+            return closing
+        self._replies.forwarded("AUTH", b"*\r\n")
+        self.cancelled_auth = bad  # the session answers the client when the server has
+        self._deadlines.server = now + self._policy.timeouts.command
+        out.to_server(b"*\r\n", "AUTH")
+        return Then.AUTH_LINE
 
-    def _starttls(self, line: bytes, now: float) -> None:
-        s = self._s
-        if s.client_tls:
-            s.local_reply("STARTTLS", replies.TLS_ACTIVE)
-        elif s.policy.starttls is StartTlsPolicy.TERMINATE:
+    def _starttls(self, line: bytes, now: float) -> Then:
+        if self.client_tls:
+            return self._local("STARTTLS", replies.TLS_ACTIVE)
+        if self._policy.starttls is StartTlsPolicy.TERMINATE:
             # Answered by the gateway; the handshake starts once the 220 is written.
-            s.replies.local(TLS_SLOT, replies.TLS_READY)
-            s.goto(Trigger.TLS_OFFERED)
-            s.flush()
-        else:
-            self.forward("STARTTLS", line, now)
+            self._replies.local(TLS_SLOT, replies.TLS_READY)
+            return Then.TLS_OFFERED
+        return self.forward("STARTTLS", line, now)
 
-    def _refuse_bdat(self, args: str) -> None:
+    def _refuse_bdat(self, args: str) -> Then | Close:
         """BDAT is never relayed; its chunk is drained unparsed (RFC 3030 §2)."""
-        s = self._s
-        s.commands_refused += 1
+        self.refused += 1
         size = ascii_number(args.split(" ")[0]) if args else -1
-        if size < 0 or size > s.policy.bdat_drain_limit:
-            s.out.event("SG-BDAT-REFUSED", "BDAT with unusable size: closing", "drop")
-            s.close_after(replies.bdat_too_large())
-            return
-        s.out.event("SG-BDAT-REFUSED", f"BDAT chunk of {size} octets drained", "reject")
-        s.bdat_left = size
-        s.goto(Trigger.BDAT)
-        self.drain_bdat()
+        if size < 0 or size > self._policy.bdat_drain_limit:
+            self._out.event("SG-BDAT-REFUSED", "BDAT with unusable size: closing", "drop")
+            return Close(replies.bdat_too_large())
+        self._out.event("SG-BDAT-REFUSED", f"BDAT chunk of {size} octets drained", "reject")
+        self.bdat_left = size
+        return Then.BDAT
 
     def drain_bdat(self) -> bool:
-        s = self._s
-        s.bdat_left -= len(s.buffer.take(s.bdat_left))
-        if s.bdat_left:
+        """Drain the refused chunk; True once drained, its refusal owed (the session
+        triggers BDAT_DRAINED and sends it)."""
+        self.bdat_left -= len(self._buffer.take(self.bdat_left))
+        if self.bdat_left:
             return False
-        s.goto(Trigger.BDAT_DRAINED)
-        s.local_reply("BDAT", replies.BDAT_REFUSED)
+        self._local("BDAT", replies.BDAT_REFUSED)
         return True
 
     # -- MAIL and RCPT ---------------------------------------------------------------
-    def _envelope_refused(self, verb: str, args: str, line: bytes, now: float) -> bool:
-        """Run the MAIL/RCPT checks; True when the command must not be forwarded (now:
-        a shared rate-limit holds it for its count, core/ratelimit.py)."""
-        s = self._s
-        env = s.envelope
-        checks = s.policy.checks
+    def _envelope_refused(
+        self, verb: str, args: str, line: bytes, now: float
+    ) -> Then | Close | None:
+        """Run the MAIL/RCPT checks; None when the command goes on to the server, else
+        what the session does instead (``Then.RATE_HOLD``: a shared rate limit holds it
+        for its count, core/ratelimit.py)."""
+        env = self.envelope
+        checks = self._policy.checks
         sender = None
         if verb == "MAIL":
             env.rcpt_count = 0
             found, sender, params = check_mail(args, checks)
         else:
             if env.rcpt_blocked:
-                s.local_reply(verb, replies.TOO_MANY_INVALID)
-                return True
+                return self._local(verb, replies.TOO_MANY_INVALID)
             env.rcpt_count += 1
             found, params = check_rcpt(args, checks, env.rcpt_count)
         if found is not None:
-            if found.verdict is Verdict.RATE_LIMIT and s.shared_rates is not None:
-                s.rate_hold_command(found, verb, line, params, sender)
-                return True
-            if self.enforce(found, verb, now):
-                return True
+            shared = self._shared
+            if found.verdict is Verdict.RATE_LIMIT and shared is not None:
+                slot = self._replies.pending(verb)
+                self._out.emit_any(shared.hold_command(found, slot, verb, line, params, sender))
+                return Then.RATE_HOLD
+            enforced = self.enforce(found, verb, now)
+            if enforced is not None:
+                return enforced
         return self.params_refused(verb, params)
 
-    def params_refused(self, verb: str, params: str, slot: Slot | None = None) -> bool:
-        """Refuse a MAIL/RCPT parameter of an extension the client was not shown;
-        ``slot``: the reply slot of a command that was held."""
-        s = self._s
-        param = refused_parameter(verb, params, s.shown) if params else None
+    def params_refused(self, verb: str, params: str, slot: Slot | None = None) -> Then | None:
+        """Refuse a MAIL/RCPT parameter of an extension the client was not shown
+        (``Then.FLUSH``; None: nothing refused); ``slot``: the reply slot of a
+        command that was held."""
+        param = refused_parameter(verb, params, self.shown) if params else None
         if param is None:
-            return False
-        s.out.event(
+            return None
+        self._out.event(
             "SG-ESMTP-PARAM", f"{verb} parameter {param} of an extension not offered", "reject"
         )
         if slot is None:
-            s.local_reply(verb, parameter_refused_reply(param))
-        else:
-            s.count(verb, "refused")
-            slot.reply = parameter_refused_reply(param)
-            s.flush()
-        return True
+            return self._local(verb, parameter_refused_reply(param))
+        self.count(verb, "refused")
+        slot.reply = parameter_refused_reply(param)
+        return Then.FLUSH
 
-    def invalid_rcpt(self, now: float) -> None:
+    def invalid_rcpt(self, now: float) -> Then | Close | None:
         """The server refused a RCPT with 5xx: the session's count, and its check."""
-        s = self._s
-        env = s.envelope
+        env = self.envelope
         env.invalid_rcpts += 1
-        check = s.policy.checks.invalid_recipients
-        if over(check, env.invalid_rcpts):
-            f = finding(
-                "invalid_recipients",
-                "SG-CHK-INVALID-RECIPIENTS",
-                f"{env.invalid_rcpts} recipients refused by the server (limit {check.limit})",
-                check,
-                550,
-                "5.7.1 Too many invalid recipients",
-            )
-            self.enforce(f, "RCPT", now, after=True)
+        check = self._policy.checks.invalid_recipients
+        if not over(check, env.invalid_rcpts):
+            return None
+        f = finding(
+            "invalid_recipients",
+            "SG-CHK-INVALID-RECIPIENTS",
+            f"{env.invalid_rcpts} recipients refused by the server (limit {check.limit})",
+            check,
+            550,
+            "5.7.1 Too many invalid recipients",
+        )
+        return self.enforce(f, "RCPT", now, after=True)
 
-    def enforce(self, f: Finding, verb: str, now: float, after: bool = False) -> bool:
-        """Apply a command finding's verdict; True when the command is not forwarded.
+    def enforce(
+        self, f: Finding, verb: str, now: float, after: bool = False
+    ) -> Then | Close | None:
+        """Apply a command finding's verdict; None when the command goes on (logged).
         ``after``: the command was already relayed (a check on the server's reply)."""
-        s = self._s
         verdict = f.verdict
         if verdict is Verdict.RATE_LIMIT:
-            if after and s.shared_rates is not None:
-                s.rate_count_after(f)  # decided when the store answers
-                return True
-            verdict = Verdict.LOG if s.rates.allow(f, now) else Verdict.REJECT
-        s.out.event(f.event_id, f.message, verdict.value)
+            shared = self._shared
+            if after and shared is not None:
+                self._out.emit_any(shared.count_after(f))  # decided when the store answers
+                return Then.RATE_AFTER
+            verdict = Verdict.LOG if self._rates.allow(f, now) else Verdict.REJECT
+        self._out.event(f.event_id, f.message, verdict.value)
         if verdict is Verdict.LOG:
-            return False
-        s.commands_refused += 1
+            return None
+        self.refused += 1
         if verdict is Verdict.REJECT:
             if after:
-                s.envelope.rcpt_blocked = True
-            else:
-                s.local_reply(verb, f.reply)
-        elif verdict is Verdict.DROP and after:
+                self.envelope.rcpt_blocked = True
+                return Then.NOTHING
+            return self._local(verb, f.reply)
+        if verdict is Verdict.DROP:
             # Decided on a server reply: commands pipelined behind it are not
             # answered, whatever the timing, so the outcome never depends on it.
-            s.abort_with(replies.dropped(f.message))
-        elif verdict is Verdict.DROP:
-            s.close_after(replies.dropped(f.message))
-        else:
-            s.reset_both()
-        return True
+            return Close(replies.dropped(f.message), abort=after)
+        return Then.RESET

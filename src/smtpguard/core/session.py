@@ -29,8 +29,6 @@ client only gets a 2xx that the server sent.
 
 from __future__ import annotations
 
-from typing import Final
-
 from smtpguard.core import replies
 from smtpguard.core.actions import (
     Action,
@@ -45,8 +43,8 @@ from smtpguard.core.actions import (
     Trace,
 )
 from smtpguard.core.buffer import ReceiveBuffer
-from smtpguard.core.checks import Finding, Rates
-from smtpguard.core.commands import Commands, Envelope
+from smtpguard.core.checks import Rates
+from smtpguard.core.commands import NOTHING_SHOWN, Close, Commands, Then
 from smtpguard.core.deadlines import Deadlines, reply_timeout
 from smtpguard.core.dedupe import DedupeLookup
 from smtpguard.core.duplicates import Duplicates, Release, Suppress
@@ -87,17 +85,6 @@ from smtpguard.core.upstream import XCLIENT_REFUSED, After, Secured, UpstreamLin
 
 __all__ = ["Phase", "Session", "Upstream"]
 
-# Verbs counted by name in the per-session counters (others count as "OTHER").
-KNOWN_VERBS: Final = frozenset(
-    {
-        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
-        "HELP", "ETRN", "AUTH", "STARTTLS", "BDAT", "TURN", "ATRN", "XCLIENT", "XFORWARD",
-        "XEXCH50", "SEND", "SOML", "SAML",
-    }
-)  # fmt: skip
-# No EHLO keyword shown yet: one shared value (each frozenset() is a new 216 bytes).
-NOTHING_SHOWN: Final[frozenset[str]] = frozenset()
-
 
 class Session:
     """Inspector state machine for one client session. See the module docstring.
@@ -123,25 +110,25 @@ class Session:
         self.replies = ReplyPipeline()
         self.deadlines = Deadlines()
         self.link = UpstreamLink(policy, self.out, self.deadlines, peer)
-        self.cmds = Commands(self)
-        self.envelope = Envelope()
         self.rates = Rates()
         self.relay: MessageRelay | None = None
         self.duplicates = (
             Duplicates(policy.dedupe_answer is DedupeReply.QUEUE_ID) if policy.dedupe else None
         )
         self.shared_rates = SharedRates(peer) if policy.shared_rates else None
-        line_check = policy.checks.command_line_length
-        # A disabled check still keeps a hard cap: the buffer must stay bounded.
-        self.line_limit = line_check.limit if line_check.limit is not None else 4096
-        self.client_tls = client_tls  # the client side is encrypted (STARTTLS or 465)
+        self.cmds = Commands(
+            policy,
+            self.out,
+            self.buffer,
+            self.replies,
+            self.deadlines,
+            self.rates,
+            self.shared_rates,
+            client_tls,
+        )
+        self.envelope = self.cmds.envelope
         self.helo: bytes | None = None  # last HELO/EHLO the server accepted
         self.ehlo_line: bytes | None = None  # the client's EHLO, re-sent after TLS
-        self.shown: frozenset[str] = NOTHING_SHOWN  # EHLO keywords the client was shown
-        self.need_hello = False  # TLS started: only a new EHLO/HELO opens the session
-        self.cancelled_auth: str | None = None  # why an AUTH response became "*"
-        self.bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
-        self.bdat_left = 0
         self.injected = 0  # plaintext octets discarded between STARTTLS and TLS
         self.closing = False  # close once every owed reply is flushed
         self.client_eof = False
@@ -149,11 +136,7 @@ class Session:
         # Counters for metrics and tests, read by the driver when the session ends.
         self.messages_relayed = 0
         self.messages_refused = 0
-        self.commands_refused = 0
         self.message_octets = 0  # message data received from the client
-        # (verb, "forwarded"|"refused"): made at the first count (an idle session has
-        # none; an empty dict is 64 bytes of every idle session).
-        self._commands: dict[tuple[str, str], int] | None = None
 
     # ---------------------------------------------------------------- the entry point
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -239,7 +222,6 @@ class Session:
         else:
             # Closed for good: the parts let go of the session, so that nothing refers
             # back to it and it is freed by reference counting, not the cycle collector.
-            self.cmds.detach()
             self.relay = None
         actions = out.actions
         out.actions = []
@@ -296,14 +278,15 @@ class Session:
         # side. The gateway forgets the client's hello, the extensions it was shown
         # and the envelope, and requires a new EHLO/HELO; the server's session
         # (envelope, hello, any authentication) is ended by a fresh upstream.
-        self.client_tls = True
+        cmds = self.cmds
+        cmds.client_tls = True
         self.goto(Trigger.TLS_DONE)
         self._report_injected()
-        self.shown = NOTHING_SHOWN
+        cmds.shown = NOTHING_SHOWN
         self.helo = None
         self.ehlo_line = None
         self.envelope.reset()
-        self.need_hello = True
+        cmds.need_hello = True
         self.link.reconnect(now)
         self._pump(now)
 
@@ -369,20 +352,21 @@ class Session:
         cls = reply.code // 100
         raw = reply.raw
         env = self.envelope
+        cmds = self.cmds
         if verb in ("HELO", "EHLO") and cls == 2:
             self.helo = slot.raw
-            self.need_hello = False
+            cmds.need_hello = False
             env.reset()
             if verb == "EHLO":
-                raw, self.shown, removed = filter_ehlo(
-                    reply, self.policy, tls_offer(self.policy, self.client_tls)
+                raw, cmds.shown, removed = filter_ehlo(
+                    reply, self.policy, tls_offer(self.policy, cmds.client_tls)
                 )
                 if removed:
                     self.out.event(
                         "SG-EHLO-MASKED", f"EHLO keywords removed: {' '.join(removed)}", "mask"
                     )
             else:
-                self.shown = NOTHING_SHOWN
+                cmds.shown = NOTHING_SHOWN
         elif verb == "MAIL":
             env.in_transaction = cls == 2
             if cls == 2 and self.duplicates is not None:
@@ -391,9 +375,11 @@ class Session:
             if self.duplicates is not None:
                 self.duplicates.tracker.rcpt_accepted(slot.raw)
         elif verb == "RCPT" and cls == 5:
-            self.cmds.invalid_rcpt(now)
-        elif verb == "AUTH" and self.cancelled_auth is not None:
-            bad, self.cancelled_auth = self.cancelled_auth, None
+            decision = cmds.invalid_rcpt(now)
+            if decision is not None:
+                self._apply(decision, now)
+        elif verb == "AUTH" and cmds.cancelled_auth is not None:
+            bad, cmds.cancelled_auth = cmds.cancelled_auth, None
             if reply.code == 334:  # still in the exchange after "*": out of step
                 self._link(self.link.failed("AUTH not cancelled by '*'"), now)
                 return
@@ -449,13 +435,19 @@ class Session:
                     break
                 if not data:
                     break
-                line = self.cmds.next_line()
-                if line is None:
+                cmds = self.cmds
+                line = cmds.next_line()
+                while line is Then.FLUSH:  # an over-long line skipped and answered
+                    self.flush()
+                    line = cmds.next_line()
+                if not isinstance(line, bytes):
+                    if line is not None:  # the over-long line ends the session
+                        self._apply(line, now)
                     break
                 if phase is Phase.AUTH:
-                    self.cmds.auth_response(line, now)
+                    self._apply(cmds.auth_response(line, now), now)
                 else:
-                    self.cmds.command(line, now)
+                    self._apply(cmds.command(line, now), now)
             elif phase is Phase.DATA:
                 if not data:
                     break
@@ -463,6 +455,8 @@ class Session:
             elif phase is Phase.BDAT:
                 if not self.cmds.drain_bdat():
                     break
+                self.goto(Trigger.BDAT_DRAINED)
+                self.flush()
             else:  # WAIT, QUIT, TLS, TUNNEL, CLOSED: nothing is read
                 break
         if not self.replies.slots:  # else finish_if_done() has nothing to do
@@ -497,7 +491,8 @@ class Session:
             self.out.emit(Trace(Direction.CLIENT_TO_GW, relay.message_id, size=relay.size))
         if relay.refusal is not None:
             self.messages_refused += 1
-            self.local_reply(END_OF_DATA_VERB, relay.refusal)
+            self.replies.local(END_OF_DATA_VERB, relay.refusal)
+            self.flush()
             self.link.reconnect(now)
         else:
             slot = self.replies.pending(END_OF_DATA_VERB)
@@ -550,23 +545,6 @@ class Session:
         self.link.reconnect(now)  # the server never sees this copy's terminator
 
     # ------------------------------------------------------ shared rate limits
-    def rate_hold_command(
-        self, f: Finding, verb: str, line: bytes, params: str, sender: str | None
-    ) -> None:
-        """A MAIL/RCPT finding counted in the shared store: the command waits, its
-        reply slot taken, and the client's later commands wait too (phase RATE)."""
-        assert self.shared_rates is not None
-        slot = self.replies.pending(verb)
-        self.goto(Trigger.RATE_HOLD)
-        self.out.emit_any(self.shared_rates.hold_command(f, slot, verb, line, params, sender))
-
-    def rate_count_after(self, f: Finding) -> None:
-        """A finding on a server reply: between commands, the next ones wait."""
-        assert self.shared_rates is not None
-        if self.phase is Phase.COMMAND:
-            self.goto(Trigger.RATE_HOLD)
-        self.out.emit_any(self.shared_rates.count_after(f))
-
     def _rate_answer(self, rates: SharedRates, allowed: bool | None, now: float) -> None:
         """Apply what the shared-rates part decided on the driver's count."""
         if self.closing:
@@ -589,18 +567,20 @@ class Session:
             if self.link.state is not Upstream.READY:
                 # The server was lost meanwhile: as for a command already relayed.
                 self.abort_with(replies.UPSTREAM_LOST)
-            elif not self.cmds.params_refused(count.verb, count.params, slot):
-                self.cmds.forward(count.verb, count.line, now, slot)
+            else:
+                cmds = self.cmds
+                refused = cmds.params_refused(count.verb, count.params, slot)
+                self._apply(refused or cmds.forward(count.verb, count.line, now, slot), now)
         elif decision is RateDecision.REFUSE:
             assert slot is not None
             self.out.event(f.event_id, f.message, "reject")
-            self.commands_refused += 1
-            self.count(count.verb, "refused")
+            self.cmds.refused += 1
+            self.cmds.count(count.verb, "refused")
             slot.reply = f.reply
             self.flush()
         elif decision is RateDecision.BLOCK:
             self.out.event(f.event_id, f.message, "reject")
-            self.commands_refused += 1
+            self.cmds.refused += 1
             self.envelope.rcpt_blocked = True
         elif decision is RateDecision.REFUSE_MESSAGE:
             assert slot is not None
@@ -631,28 +611,45 @@ class Session:
             self.out.emit(ToServer(held))
         self.replies.expect(slot)
 
-    def count(self, verb: str, outcome: str) -> None:
-        """Per-verb counters for metrics, keyed by configuration, not by the client: a
-        verb neither allowed nor a known SMTP verb counts as ``OTHER``."""
-        if verb not in self.policy.allowed_verbs and verb not in KNOWN_VERBS:
-            verb = "OTHER"
-        key = (verb, outcome)
-        counts = self._commands
-        if counts is None:
-            counts = self._commands = {}
-        counts[key] = counts.get(key, 0) + 1
-
     @property
     def commands(self) -> dict[tuple[str, str], int]:
         """Commands counted so far, by (verb, "forwarded"|"refused"); a copy."""
-        return dict(self._commands) if self._commands else {}
+        return self.cmds.counts()
+
+    @property
+    def commands_refused(self) -> int:
+        return self.cmds.refused
 
     # ------------------------------------------------------ owing and closing
-    def local_reply(self, verb: str, reply: bytes) -> None:
-        if verb and verb != END_OF_DATA_VERB:
-            self.count(verb, "refused")
-        self.replies.local(verb, reply)
-        self.flush()
+    def _apply(self, then: Then | Close, now: float) -> None:
+        """Apply what the commands part decided for a line (or a server reply)."""
+        if then is Then.NOTHING:
+            return
+        if then is Then.FLUSH:
+            self.flush()
+        elif then is Then.HOLD:
+            self.goto(Trigger.HOLD)
+        elif then is Then.AUTH_LINE:
+            self.goto(Trigger.AUTH_LINE)
+        elif then is Then.QUIT:
+            self.goto(Trigger.QUIT)
+        elif then is Then.BDAT:  # the chunk is drained as the phase BDAT reads
+            self.goto(Trigger.BDAT)
+        elif then is Then.TLS_OFFERED:
+            self.goto(Trigger.TLS_OFFERED)
+            self.flush()
+        elif then is Then.RATE_HOLD:
+            self.goto(Trigger.RATE_HOLD)
+        elif then is Then.RATE_AFTER:  # between commands, the next ones wait
+            if self.phase is Phase.COMMAND:
+                self.goto(Trigger.RATE_HOLD)
+        elif then is Then.RESET:
+            self.reset_both()
+        elif isinstance(then, Close):
+            if then.abort:
+                self.abort_with(then.reply)
+            else:
+                self.close_after(then.reply)
 
     def close_after(self, reply: bytes) -> None:
         """Owe ``reply`` after every earlier reply, read nothing more, then close."""
