@@ -255,20 +255,6 @@ def test_tarjan_finds_a_loop_and_names_its_edges() -> None:
 
 # --- the package's graph --------------------------------------------------------------
 
-# Cycles that other parts of issue 25 are removing. Each entry may only shrink: a new
-# cycle, or a module joining one of these, fails. Delete an entry when it is gone
-# (test_known_cycles_are_still_there says so).
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # gateway/cli.py and config/cli.py import CliError from smtpguard.cli (inside
-    # functions); smtpguard.errors is where it lives now.
-    frozenset({"smtpguard.cli", "smtpguard.config.cli", "smtpguard.gateway.cli"}),
-]
-# Core modules that import smtpguard.core.session today (same rule: may only shrink).
-KNOWN_SESSION_IMPORTS: frozenset[str] = frozenset()
-# Config modules that still import the gateway (event IDs in config/docs.py, and
-# config/load.py until it imports AccessPolicy from config.access).
-KNOWN_CONFIG_TO_GATEWAY = frozenset({"smtpguard.config.docs", "smtpguard.config.load"})
-
 
 def test_errors_is_a_leaf() -> None:
     assert import_graph()["smtpguard.errors"] == []
@@ -284,32 +270,10 @@ def _config_to_gateway() -> list[Edge]:
     ]
 
 
-def test_no_new_config_module_imports_the_gateway() -> None:
-    wrong = [str(e) for e in _config_to_gateway() if e.source not in KNOWN_CONFIG_TO_GATEWAY]
-    assert wrong == []
-
-
-@pytest.mark.skipif(bool(KNOWN_CONFIG_TO_GATEWAY), reason="being removed (issue 25)")
 def test_config_does_not_import_the_gateway() -> None:
     assert [str(e) for e in _config_to_gateway()] == []
 
 
-def test_no_new_import_cycle() -> None:
-    graph = import_graph()
-    new = [c for c in strongly_connected(graph) if not any(set(c) <= k for k in KNOWN_CYCLES)]
-    if new:
-        pytest.fail("\n\n".join(describe(graph, component) for component in new))
-
-
-def test_known_cycles_are_still_there() -> None:
-    """When a known cycle is gone, its KNOWN_CYCLES entry goes too (and once the list is
-    empty, test_no_import_cycle below runs)."""
-    found = [set(c) for c in strongly_connected(import_graph())]
-    gone = [sorted(k) for k in KNOWN_CYCLES if not any(c & k for c in found)]
-    assert gone == [], "no longer cycles: remove them from KNOWN_CYCLES"
-
-
-@pytest.mark.skipif(bool(KNOWN_CYCLES), reason="known cycles are being removed (issue 25)")
 def test_no_import_cycle() -> None:
     graph = import_graph()
     cycles = strongly_connected(graph)
@@ -327,11 +291,5 @@ def _session_importers() -> list[Edge]:
     ]
 
 
-def test_no_new_core_part_imports_the_session() -> None:
-    wrong = [str(e) for e in _session_importers() if e.source not in KNOWN_SESSION_IMPORTS]
-    assert wrong == []
-
-
-@pytest.mark.skipif(bool(KNOWN_SESSION_IMPORTS), reason="being removed (issue 25)")
 def test_no_core_part_imports_the_session() -> None:
     assert [str(e) for e in _session_importers()] == []

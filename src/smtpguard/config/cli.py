@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from smtpguard.errors import CliError
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -21,7 +23,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smtpguard.cli import CliError
     from smtpguard.config.load import load
     from smtpguard.config.render import to_data, to_text
     from smtpguard.errors import ConfigError

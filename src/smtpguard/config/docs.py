@@ -16,10 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from smtpguard.config import keys, schema
+from smtpguard.config import access, events, keys, schema
 from smtpguard.config.load import describe
 from smtpguard.core import policy as core
-from smtpguard.gateway import access, server
 
 INTRO = """\
 # Configuration reference
@@ -122,8 +121,8 @@ EVENTS = f"""\
 | `{access.DENIED}` | a client from a denied (or not allowed) network was refused with 554 |
 | `{access.RATE_LIMITED}` | a client over `connection_rate` was refused with 421 |
 | `{access.SESSION_CAP}` | a client over `max_sessions_per_ip` was refused with 421 |
-| `{server.CONFIG_RELOADED}` | SIGHUP: the config file was re-read and applied to new sessions |
-| `{server.CONFIG_REFUSED}` | SIGHUP: the new config file is invalid; the running one is kept |
+| `{events.CONFIG_RELOADED}` | SIGHUP: the config file was re-read and applied to new sessions |
+| `{events.CONFIG_REFUSED}` | SIGHUP: the new config file is invalid; the running one is kept |
 
 All event IDs are listed in [events.md](events.md).
 """

@@ -5,7 +5,7 @@ user gave on the command line are written into that data at their key paths (and
 remembered, so an error in a flag's value names the flag, not the file); pydantic
 validates the whole; :func:`settings_from` turns the models into the immutable
 objects the gateway runs on (:class:`~smtpguard.core.policy.Policy`,
-:class:`~smtpguard.gateway.access.AccessPolicy`, :class:`Settings`).
+:class:`~smtpguard.config.access.AccessPolicy`, :class:`Settings`).
 
 Every failure is a :class:`ConfigError` whose text is one line per problem:
 ``FILE:LINE: key.path: got VALUE, expected WHAT``. When several keys are wrong, all
@@ -41,11 +41,11 @@ from pydantic.functional_validators import AfterValidator
 
 from smtpguard import netaddr
 from smtpguard.config import schema
+from smtpguard.config.access import AccessPolicy
 from smtpguard.config.locate import find_line
 from smtpguard.config.safety import unsafe_combinations
 from smtpguard.core import policy as core
 from smtpguard.errors import ConfigError
-from smtpguard.gateway.access import AccessPolicy
 from smtpguard.state import DedupeSettings, StateSettings
 
 Loc = tuple[str | int, ...]

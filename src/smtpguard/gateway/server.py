@@ -38,6 +38,7 @@ from typing import Any, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
+from smtpguard.config.events import CONFIG_REFUSED, CONFIG_RELOADED
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.core.policy import Policy, Smuggling
@@ -98,8 +99,6 @@ class Reload:
 
 
 # Log-only IDs (documented in docs/events.md): a reload applied, a reload refused.
-CONFIG_RELOADED = "SG-CONFIG-RELOADED"
-CONFIG_REFUSED = "SG-CONFIG-REFUSED"
 
 
 class Conn(Protocol):
