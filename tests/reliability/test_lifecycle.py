@@ -73,7 +73,7 @@ def test_a_worker_that_fails_at_start_stops_the_service_in_one_line(tmp_path: Pa
         """
         import sys
         from smtpguard.gateway import workers as w
-        socks = w.bind_listeners("127.0.0.1", 0, 2)
+        socks = w.bind_listeners("127.0.0.1", 0, 2, 16)
         def main(ready):
             raise FileNotFoundError(2, "No such file or directory", "/var/x")
         ok = lambda ready: (ready(), __import__("time").sleep(60))
@@ -101,7 +101,7 @@ def test_a_child_dying_over_and_over_stops_the_service(tmp_path: Path) -> None:
             ready()
             time.sleep(0.1)
             os._exit(3)
-        sock = w.bind_listeners("127.0.0.1", 0, 1)
+        sock = w.bind_listeners("127.0.0.1", 0, 1, 16)
         sys.exit(w.run_workers([w.Child("worker 0", main, sock)], sock))
         """
     )

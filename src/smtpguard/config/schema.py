@@ -295,6 +295,13 @@ class GatewaySection(Section):
         default=0,
         description="worker processes sharing the port (SO_REUSEPORT); 0: one per CPU core",
     )
+    listen_backlog: Annotated[
+        StrictInt, Field(ge=1, le=65535), Flag("--listen-backlog", "N"), RESTART
+    ] = Field(
+        default=1024,
+        description="connections the kernel queues per listening socket before the "
+        "gateway accepts them (listen(2) backlog; capped by net.core.somaxconn)",
+    )
     max_sessions: Annotated[StrictInt, Field(ge=1), Flag("--max-sessions", "N")] = Field(
         default=1000, description="concurrent sessions per worker; more get 421"
     )

@@ -59,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
     upstream = settings.upstream
     sink_sock = None
     if upstream is None:
-        sink_sock = bind_listeners("127.0.0.1", 0, 1)[0]
+        sink_sock = bind_listeners("127.0.0.1", 0, 1, settings.gateway.listen_backlog)[0]
         upstream = ("127.0.0.1", sink_sock.getsockname()[1])
         target = f"built-in mailbox at 127.0.0.1:{upstream[1]}"
     else:
         check_reachable(*upstream)
         target = f"{upstream[0]}:{upstream[1]}"
     try:
-        socks = bind_listeners(lhost, lport, settings.workers)
+        socks = bind_listeners(lhost, lport, settings.workers, settings.gateway.listen_backlog)
     except OSError as exc:
         listen = f"{lhost}:{lport}"
         raise CliError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if settings.tls.implicit_listen:
         thost, tport = split_hostport(settings.tls.implicit_listen)
         try:
-            tls_socks = bind_listeners(thost, tport, settings.workers)
+            tls_socks = bind_listeners(
+                thost, tport, settings.workers, settings.gateway.listen_backlog
+            )
         except OSError as exc:
             raise CliError(
                 f"--tls-listen {settings.tls.implicit_listen}: cannot listen: {exc.strerror or exc}"

@@ -39,6 +39,7 @@ from typing import Any, Protocol, cast
 from mypy_extensions import mypyc_attr
 
 from smtpguard.config.events import CONFIG_REFUSED, CONFIG_RELOADED
+from smtpguard.config.schema import GatewaySection
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.core.policy import Policy, Smuggling
@@ -69,6 +70,10 @@ TOO_MANY_SESSIONS = make_reply(421, "4.3.2 Too many sessions, try again later").
 TOO_MANY = Refusal("", "", TOO_MANY_SESSIONS, "drop", "max-sessions")
 
 
+# The schema's defaults for the [gateway] keys GatewayConfig carries (one place).
+_DEFAULTS = GatewaySection()
+
+
 @dataclass
 class Stats:
     sessions_total: int = 0
@@ -82,8 +87,11 @@ class GatewayConfig:
     listen_port: int = 2525
     upstream_host: str = "127.0.0.1"
     upstream_port: int = 25
-    max_sessions: int = 1000
-    drain_grace: float = 30.0
+    # The [gateway] keys of the same names (reload.gateway_fields); their defaults are
+    # the schema's, for the gateways tests and the built-in default build directly.
+    max_sessions: int = _DEFAULTS.max_sessions
+    drain_grace: float = _DEFAULTS.drain_grace
+    listen_backlog: int = _DEFAULTS.listen_backlog
 
 
 @dataclass(frozen=True)
@@ -176,14 +184,17 @@ class Gateway:
     async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
         """Listen (on ``sock`` if given); returns the bound address."""
         if sock is not None:
-            server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock)
+            # The backlog again: asyncio listens on a given socket once more (100).
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=self.config.listen_backlog
+            )
         else:
             server = await self.loop.create_server(
                 lambda: ClientConnection(self),
                 self.config.listen_host,
                 self.config.listen_port,
                 reuse_address=True,
-                backlog=1024,
+                backlog=self.config.listen_backlog,
             )
         self._server = server
         # Read untyped: typeshed says a tuple, uvloop's is a list, and the compiled
@@ -197,6 +208,7 @@ class Gateway:
         self._tls_server = await self.loop.create_server(
             lambda: ClientConnection(self, tls_listener=True),
             sock=sock,
+            backlog=self.config.listen_backlog,
             ssl=ctx,
             ssl_handshake_timeout=30.0,
         )

@@ -60,8 +60,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
-    """Bind ``count`` sockets to the same address; port 0 picks one port for all.
+def bind_listeners(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
+    """Bind ``count`` sockets to the same address, each listening with ``backlog``;
+    port 0 picks one port for all.
     OSError (EADDRINUSE) if anything already listens there, SO_REUSEPORT or not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if count > 1 and port != 0:
@@ -80,7 +81,7 @@ def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind((host, port))
             port = s.getsockname()[1]
-            s.listen(1024)
+            s.listen(backlog)
             s.setblocking(False)
     except OSError:
         for s in socks:
