@@ -16,6 +16,7 @@ from smtpguard.core.checks import Rates
 from smtpguard.core.commands import Close, Commands, Then
 from smtpguard.core.deadlines import Deadlines
 from smtpguard.core.output import Output
+from smtpguard.core.phases import Greet, hello
 from smtpguard.core.pipeline import ReplyPipeline
 from smtpguard.core.policy import Check, Policy, Verdict
 
@@ -129,7 +130,7 @@ def test_bdat_is_refused_and_its_chunk_drained(chunks: list[bytes]) -> None:
 
 def test_after_tls_only_a_hello_opens_the_session() -> None:
     part = Part()
-    part.cmds.need_hello = True
+    part.cmds.hello = hello(part.cmds.hello, Greet.TLS_STARTED)
     assert part.feed([b"MAIL FROM:<a@example.org>\r\nHELO me\r\n"]) == [Then.FLUSH, Then.HOLD]
     assert part.answered()[0] == replies.SEND_HELLO_FIRST
 
@@ -137,7 +138,9 @@ def test_after_tls_only_a_hello_opens_the_session() -> None:
 def test_a_bad_auth_response_becomes_a_cancel() -> None:
     part = Part()
     assert part.cmds.auth_response(b"abc\x00def\r\n", 0.0) is Then.AUTH_LINE
-    assert part.sent() == [b"*\r\n"] and part.cmds.cancelled_auth is not None
+    assert part.sent() == [b"*\r\n"]
+    owed = part.replies.slots[-1]
+    assert owed.verb == "AUTH" and owed.cancelled == "NUL"
     assert any(isinstance(a, PolicyEvent) for a in part.out.actions)
     assert part.cmds.auth_response(b"dGVzdA==\r\n", 0.0) is Then.AUTH_LINE
     assert part.sent()[-1] == b"dGVzdA==\r\n"

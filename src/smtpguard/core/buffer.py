@@ -16,12 +16,11 @@ CRLF: Final = b"\r\n"
 
 
 class ReceiveBuffer:
-    __slots__ = ("_search", "data", "skipping")
+    __slots__ = ("_search", "data")
 
     def __init__(self) -> None:
         self.data = bytearray()  # read-only outside: truthiness and length on the hot path
         self._search = 0  # where the CRLF search resumes
-        self.skipping = False  # discarding the rest of an over-long line
 
     def __len__(self) -> int:
         return len(self.data)
@@ -65,7 +64,6 @@ class ReceiveBuffer:
             del buf[: len(buf) - keep]
             return False
         del buf[: nl + 2]
-        self.skipping = False
         return True
 
     def take(self, n: int = -1) -> bytes:

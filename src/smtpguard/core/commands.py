@@ -13,7 +13,7 @@ client's receive buffer, the reply pipeline, the deadlines, the envelope and the
 rate tables; it relays into the action list and fills reply slots, and returns what
 the session must do next: a :class:`Then` (send the filled replies, move the phase
 by a trigger, reset both sides) or a :class:`Close` (say this, then close). It keeps
-the per-verb counters and what the client may send (``need_hello``, ``shown``).
+the per-verb counters and what the client may send (``hello``, ``shown``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from smtpguard.core.deadlines import Deadlines, reply_timeout
 from smtpguard.core.ehlo import parameter_refused_reply, refused_parameter
 from smtpguard.core.grammar import ascii_number, check_line_bytes, parse_command
 from smtpguard.core.output import Output
-from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
+from smtpguard.core.phases import Frame, Framing, Hello, framing
+from smtpguard.core.pipeline import (
+    END_OF_DATA_VERB,
+    TLS_SLOT,
+    ReplyPipeline,
+    Slot,
+)
 from smtpguard.core.policy import Policy, Verdict
 from smtpguard.core.policy import StartTls as StartTlsPolicy
 from smtpguard.core.ratelimit import SharedRates
@@ -100,8 +106,8 @@ class Commands:
 
     __slots__ = (
         "_buffer", "_counts", "_deadlines", "_out", "_policy", "_rates", "_replies",
-        "_shared", "bad_lines", "bdat_left", "cancelled_auth", "client_tls", "envelope",
-        "line_limit", "need_hello", "refused", "shown",
+        "_shared", "bad_lines", "bdat_left", "client_tls", "envelope", "framing", "hello",
+        "line_limit", "refused", "shown",
     )  # fmt: skip
 
     def __init__(
@@ -128,8 +134,8 @@ class Commands:
         self.line_limit = line_check.limit if line_check.limit is not None else 4096
         self.client_tls = client_tls  # the client side is encrypted (STARTTLS or 465)
         self.shown: frozenset[str] = NOTHING_SHOWN  # EHLO keywords the client was shown
-        self.need_hello = False  # TLS started: only a new EHLO/HELO opens the session
-        self.cancelled_auth: str | None = None  # why an AUTH response became "*"
+        self.hello = Hello.ANY  # the HELLO table: EHLO/HELO first after TLS
+        self.framing = Framing.LINES  # the FRAMING table: a line, or the rest of one
         self.bad_lines = 0  # client lines refused for a bare CR, bare LF or NUL
         self.bdat_left = 0
         self.refused = 0  # commands refused, for metrics
@@ -167,9 +173,10 @@ class Commands:
         skipped and answered (send it, then ask again); ``Then.RESET`` or a
         :class:`Close` when the over-long line ends the session."""
         buf = self._buffer
-        if buf.skipping:
+        if self.framing is Framing.SKIPPING:
             if not buf.skip():
                 return None
+            self.framing = framing(self.framing, Frame.LINE_END)
             return self._local("", replies.LINE_TOO_LONG)
         while True:
             try:
@@ -180,6 +187,7 @@ class Commands:
                     return stop
                 if not buf.skip():
                     return None
+                self.framing = framing(self.framing, Frame.LINE_END)
                 return self._local("", replies.LINE_TOO_LONG)
 
     def _line_too_long(self) -> Then | Close | None:
@@ -189,7 +197,7 @@ class Commands:
         self._out.event("SG-CMD-TOO-LONG", f"command line over {limit} octets", verdict.value)
         self.refused += 1
         if verdict is Verdict.REJECT:
-            self._buffer.skipping = True
+            self.framing = framing(self.framing, Frame.TOO_LONG)
             return None
         if verdict is Verdict.RESET:
             return Then.RESET
@@ -231,7 +239,7 @@ class Commands:
             )
             self.refused += 1
             return self._local(verb, replies.UNRECOGNIZED)
-        if self.need_hello and verb not in HELLO_FREE_VERBS:
+        if self.hello is Hello.FIRST and verb not in HELLO_FREE_VERBS:
             self.refused += 1
             return self._local(verb, replies.SEND_HELLO_FIRST)
         if verb == "MAIL" or verb == "RCPT":
@@ -289,8 +297,9 @@ class Commands:
         closing = self.bad_line(bad, "AUTH response")
         if closing is not None:
             return closing
-        self._replies.forwarded("AUTH", b"*\r\n")
-        self.cancelled_auth = bad  # the session answers the client when the server has
+        # The owed reply remembers why: the session answers the client with the
+        # gateway's 501 once the server has answered the "*".
+        self._replies.forwarded("AUTH", b"*\r\n").cancelled = bad
         self._deadlines.server = now + self._policy.timeouts.command
         out.to_server(b"*\r\n", "AUTH")
         return Then.AUTH_LINE

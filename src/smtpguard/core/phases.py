@@ -5,8 +5,15 @@ phase where. The session changes phase only by looking the pair up here
 (``Session.goto``, through ``NEXT``: the same table keyed for the hot path), so a
 pair missing from the table is a bug that fails loudly (``KeyError``), never a
 silent new state. ``UPSTREAM`` is the same for the upstream connection's life
-cycle (``UpstreamLink.move``, through ``NEXT_UPSTREAM``).
-``docs/architecture.md`` shows both, generated from here by :func:`mermaid`.
+cycle (``UpstreamLink.move``, through ``NEXT_UPSTREAM``), and ``ENDING`` for how
+the session reads the client's next byte as it ends (EOF, shutdown, closing;
+``Session.end``, through ``NEXT_ENDING``). Inside the command phases, the command
+part reads the client's next line by two more: ``FRAMING`` (a line, or the rest of
+an over-long one being skipped) and ``HELLO`` (any command, or EHLO/HELO first after
+TLS). A pair missing from a table is an event the state does not expect: the lookup
+raises :class:`NotInTable`, naming the table, the state and the trigger (as h11's
+``LocalProtocolError`` does), which the shell's one door turns into a teardown.
+``docs/architecture.md`` shows the tables, generated from here by :func:`mermaid`.
 """
 
 from __future__ import annotations
@@ -98,6 +105,16 @@ REPLY_TRIGGERS: Final[dict[tuple[str, int], Trigger]] = {
 CLIENT_TURN: Final = frozenset({Phase.COMMAND, Phase.DATA, Phase.AUTH, Phase.BDAT})
 
 
+class NotInTable(Exception):
+    """A trigger the current state does not expect: a bug, named, never a silent state."""
+
+    def __init__(self, table: str, state: enum.Enum, trigger: enum.Enum) -> None:
+        super().__init__(f"{table}: {trigger.name} is not expected in {state.name}")
+        self.table = table
+        self.current = state
+        self.trigger = trigger
+
+
 def next_phase(phase: Phase, trigger: Trigger) -> Phase:
     return TRANSITIONS[(phase, trigger)]
 
@@ -138,6 +155,130 @@ UPSTREAM: Final[dict[tuple[Upstream, Link], Upstream]] = {
 NEXT_UPSTREAM: Final[dict[Link, dict[Upstream, Upstream]]] = {
     t: {u: dst for (u, trig), dst in UPSTREAM.items() if trig is t} for t in Link
 }
+
+
+class Ending(enum.Enum):
+    """How the session reads the client's next byte, whatever the phase: the
+    session's second table (``ENDING``). Each state says whether the client may still
+    send (EOF), whether a shutdown asked the session to finish its transaction and
+    say 421 (DRAINING), and whether nothing more is read at all (CLOSING: close once
+    every owed reply is flushed)."""
+
+    __hash__ = object.__hash__  # C-level: these key the tables on the hot path
+
+    OPEN = "open"  # lines read as the phase says
+    DRAINING = "draining"  # shutdown: the transaction may finish, then 421
+    EOF = "eof"  # the client sent EOF: what it sent before is still read
+    EOF_DRAINING = "eof, draining"
+    CLOSING = "closing"  # nothing more is read: close once the owed replies are out
+    CLOSING_EOF = "closing, eof"
+
+
+class End(enum.Enum):
+    __hash__ = object.__hash__  # C-level: these key the tables on the hot path
+
+    EOF = "client EOF"
+    SHUTDOWN = "shutdown"
+    CLOSE = "close once flushed"
+
+
+ENDING: Final[dict[tuple[Ending, End], Ending]] = {
+    (Ending.OPEN, End.EOF): Ending.EOF,
+    (Ending.OPEN, End.SHUTDOWN): Ending.DRAINING,
+    (Ending.OPEN, End.CLOSE): Ending.CLOSING,
+    (Ending.DRAINING, End.EOF): Ending.EOF_DRAINING,
+    (Ending.DRAINING, End.SHUTDOWN): Ending.DRAINING,
+    (Ending.DRAINING, End.CLOSE): Ending.CLOSING,
+    (Ending.EOF, End.EOF): Ending.EOF,
+    (Ending.EOF, End.SHUTDOWN): Ending.EOF_DRAINING,
+    (Ending.EOF, End.CLOSE): Ending.CLOSING_EOF,
+    (Ending.EOF_DRAINING, End.EOF): Ending.EOF_DRAINING,
+    (Ending.EOF_DRAINING, End.SHUTDOWN): Ending.EOF_DRAINING,
+    (Ending.EOF_DRAINING, End.CLOSE): Ending.CLOSING_EOF,
+    (Ending.CLOSING, End.EOF): Ending.CLOSING_EOF,
+    (Ending.CLOSING, End.SHUTDOWN): Ending.CLOSING,
+    (Ending.CLOSING, End.CLOSE): Ending.CLOSING,
+    (Ending.CLOSING_EOF, End.EOF): Ending.CLOSING_EOF,
+    (Ending.CLOSING_EOF, End.SHUTDOWN): Ending.CLOSING_EOF,
+    (Ending.CLOSING_EOF, End.CLOSE): Ending.CLOSING_EOF,
+}
+
+# ENDING keyed by trigger, then state, as NEXT is for TRANSITIONS.
+NEXT_ENDING: Final[dict[End, dict[Ending, Ending]]] = {
+    t: {e: dst for (e, trig), dst in ENDING.items() if trig is t} for t in End
+}
+# What each state means for reading (the session's hot path tests membership).
+READING: Final = frozenset({Ending.OPEN, Ending.DRAINING, Ending.EOF, Ending.EOF_DRAINING})
+EOF_SEEN: Final = frozenset({Ending.EOF, Ending.EOF_DRAINING, Ending.CLOSING_EOF})
+DRAINING: Final = frozenset({Ending.DRAINING, Ending.EOF_DRAINING})
+
+
+class Framing(enum.Enum):
+    """How the command part reads the client's next bytes (``FRAMING``)."""
+
+    __hash__ = object.__hash__
+
+    LINES = "lines"  # every CRLF-ended line is a command
+    SKIPPING = "skipping"  # the rest of an over-long line is dropped up to its CRLF
+
+
+class Frame(enum.Enum):
+    __hash__ = object.__hash__
+
+    TOO_LONG = "line too long, refused"
+    LINE_END = "its CRLF reached"
+
+
+FRAMING: Final[dict[tuple[Framing, Frame], Framing]] = {
+    (Framing.LINES, Frame.TOO_LONG): Framing.SKIPPING,
+    (Framing.SKIPPING, Frame.LINE_END): Framing.LINES,
+}
+NEXT_FRAMING: Final[dict[Frame, dict[Framing, Framing]]] = {
+    t: {f: dst for (f, trig), dst in FRAMING.items() if trig is t} for t in Frame
+}
+
+
+class Hello(enum.Enum):
+    """Which commands the client may send next (``HELLO``): RFC 3207 §4.2 forgets
+    the session's hello once TLS starts, so only a new EHLO/HELO opens it again."""
+
+    __hash__ = object.__hash__
+
+    ANY = "any command"  # as the mode allows
+    FIRST = "hello first"  # only EHLO/HELO and the hello-free verbs
+
+
+class Greet(enum.Enum):
+    __hash__ = object.__hash__
+
+    TLS_STARTED = "TLS started"
+    ACCEPTED = "EHLO/HELO accepted"
+
+
+HELLO: Final[dict[tuple[Hello, Greet], Hello]] = {
+    (Hello.ANY, Greet.TLS_STARTED): Hello.FIRST,
+    (Hello.ANY, Greet.ACCEPTED): Hello.ANY,
+    (Hello.FIRST, Greet.ACCEPTED): Hello.ANY,
+}
+NEXT_HELLO: Final[dict[Greet, dict[Hello, Hello]]] = {
+    t: {h: dst for (h, trig), dst in HELLO.items() if trig is t} for t in Greet
+}
+
+
+def framing(state: Framing, trigger: Frame) -> Framing:
+    """FRAMING's next state (:class:`NotInTable` for a pair it does not have)."""
+    try:
+        return NEXT_FRAMING[trigger][state]
+    except KeyError:
+        raise NotInTable("FRAMING", state, trigger) from None
+
+
+def hello(state: Hello, trigger: Greet) -> Hello:
+    """HELLO's next state (:class:`NotInTable` for a pair it does not have)."""
+    try:
+        return NEXT_HELLO[trigger][state]
+    except KeyError:
+        raise NotInTable("HELLO", state, trigger) from None
 
 
 def mermaid(table: Iterable[tuple[tuple[enum.Enum, enum.Enum], enum.Enum]]) -> str:

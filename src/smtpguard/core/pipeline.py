@@ -18,14 +18,17 @@ TLS_SLOT: Final = "+STARTTLS"  # the gateway's own 220 to STARTTLS (terminate mo
 
 class Slot:
     """A reply position. ``raw``: the command line (for replay); ``reply``: None until
-    known."""
+    known; ``cancelled``: why the gateway sent ``*`` in place of the client's SASL
+    response (RFC 4954 §4), so that the client gets the gateway's 501 once the
+    server has answered the ``*``: the state lives on the reply it concerns."""
 
-    __slots__ = ("raw", "reply", "verb")
+    __slots__ = ("cancelled", "raw", "reply", "verb")
 
     def __init__(self, verb: str, raw: bytes = b"", reply: bytes | None = None) -> None:
         self.verb = verb
         self.raw = raw
         self.reply = reply
+        self.cancelled: str | None = None
 
 
 class ReplyPipeline:

@@ -69,14 +69,28 @@ from smtpguard.core.grammar import Reply
 from smtpguard.core.output import Output
 from smtpguard.core.phases import (
     CLIENT_TURN,
+    DRAINING,
+    EOF_SEEN,
     NEXT,
+    NEXT_ENDING,
+    READING,
     REPLY_TRIGGERS,
+    End,
+    Ending,
+    Greet,
     Link,
+    NotInTable,
     Phase,
     Trigger,
     Upstream,
+    hello,
 )
-from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
+from smtpguard.core.pipeline import (
+    END_OF_DATA_VERB,
+    TLS_SLOT,
+    ReplyPipeline,
+    Slot,
+)
 from smtpguard.core.policy import DedupeReply, Policy
 from smtpguard.core.ratelimit import Decision as RateDecision
 from smtpguard.core.ratelimit import SharedRates
@@ -130,9 +144,7 @@ class Session:
         self.helo: bytes | None = None  # last HELO/EHLO the server accepted
         self.ehlo_line: bytes | None = None  # the client's EHLO, re-sent after TLS
         self.injected = 0  # plaintext octets discarded between STARTTLS and TLS
-        self.closing = False  # close once every owed reply is flushed
-        self.client_eof = False
-        self.draining = False
+        self.ending = Ending.OPEN  # EOF, shutdown, closing: the ENDING table
         # Counters for metrics and tests, read by the driver when the session ends.
         self.messages_relayed = 0
         self.messages_refused = 0
@@ -146,7 +158,7 @@ class Session:
             return []
         # Bytes from either side are nearly every event: handled here, inline.
         if isinstance(event, ClientData):
-            if not self.client_eof:
+            if self.ending not in EOF_SEEN:
                 self.deadlines.client = now + self.policy.timeouts.client_idle
                 if phase is Phase.DATA and not self.buffer.data:
                     self._data(event.data, now)  # hot path: no copy into the buffer
@@ -188,10 +200,10 @@ class Session:
                 self.upstream_lost(now)
                 self._pump(now)
         elif isinstance(event, ClientEof):
-            self.client_eof = True
+            self.end(End.EOF)
             self._pump(now)
         elif isinstance(event, Shutdown):
-            self.draining = True
+            self.end(End.SHUTDOWN)
             self._pump(now)
         elif isinstance(event, TlsDone):
             self._tls_done(event.side, now)
@@ -241,9 +253,17 @@ class Session:
         return self.link.state
 
     def goto(self, trigger: Trigger) -> Phase:
-        """The one way the phase changes: by the table (a missing pair is a bug)."""
-        phase = self.phase = NEXT[trigger][self.phase]  # TRANSITIONS[(phase, trigger)]
+        """The one way the phase changes: by the table (a missing pair is a bug,
+        raised as :class:`NotInTable`)."""
+        try:
+            phase = self.phase = NEXT[trigger][self.phase]  # TRANSITIONS[(phase, trigger)]
+        except KeyError:
+            raise NotInTable("TRANSITIONS", self.phase, trigger) from None
         return phase
+
+    def end(self, trigger: End) -> None:
+        """The one way the ending changes: by the ENDING table (total)."""
+        self.ending = NEXT_ENDING[trigger][self.ending]
 
     # ------------------------------------------------------------------ events
     def _timer(self, now: float) -> None:
@@ -286,7 +306,7 @@ class Session:
         self.helo = None
         self.ehlo_line = None
         self.envelope.reset()
-        cmds.need_hello = True
+        cmds.hello = hello(cmds.hello, Greet.TLS_STARTED)
         self.link.reconnect(now)
         self._pump(now)
 
@@ -299,7 +319,7 @@ class Session:
         elif decision is After.LOST:
             self.upstream_lost(now)
         elif decision is After.CLOSE:  # a 421 greeting, relayed
-            self.closing = True
+            self.end(End.CLOSE)
             self.finish_if_done()
         elif decision is After.REFUSE:
             self.abort_with(XCLIENT_REFUSED)
@@ -355,7 +375,7 @@ class Session:
         cmds = self.cmds
         if verb in ("HELO", "EHLO") and cls == 2:
             self.helo = slot.raw
-            cmds.need_hello = False
+            cmds.hello = hello(cmds.hello, Greet.ACCEPTED)
             env.reset()
             if verb == "EHLO":
                 raw, cmds.shown, removed = filter_ehlo(
@@ -378,12 +398,11 @@ class Session:
             decision = cmds.invalid_rcpt(now)
             if decision is not None:
                 self._apply(decision, now)
-        elif verb == "AUTH" and cmds.cancelled_auth is not None:
-            bad, cmds.cancelled_auth = cmds.cancelled_auth, None
+        elif slot.cancelled is not None:
             if reply.code == 334:  # still in the exchange after "*": out of step
                 self._link(self.link.failed("AUTH not cancelled by '*'"), now)
                 return
-            raw = replies.bad_auth_bytes(bad)
+            raw = replies.bad_auth_bytes(slot.cancelled)
         elif verb == END_OF_DATA_VERB:
             env.in_transaction = False
             if cls == 2:
@@ -422,15 +441,16 @@ class Session:
         """Consume held client bytes as far as the current phase allows."""
         buffer = self.buffer
         data = buffer.data
-        while not self.closing:
+        while self.ending in READING:
             phase = self.phase
             if phase is Phase.COMMAND or phase is Phase.AUTH:
-                if not data and not self.draining:
+                draining = self.ending in DRAINING
+                if not data and not draining:
                     break  # the usual way out: every line read
                 slots = self.replies.slots
                 if self.link.state is not Upstream.READY or len(slots) >= self.policy.max_pending:
                     break
-                if self.draining and not self.envelope.in_transaction and not slots:
+                if draining and not self.envelope.in_transaction and not slots:
                     self.abort_with(replies.SHUTTING_DOWN)
                     break
                 if not data:
@@ -547,7 +567,7 @@ class Session:
     # ------------------------------------------------------ shared rate limits
     def _rate_answer(self, rates: SharedRates, allowed: bool | None, now: float) -> None:
         """Apply what the shared-rates part decided on the driver's count."""
-        if self.closing:
+        if self.ending not in READING:  # closing
             rates.clear()
             return
         count = rates.answer(allowed)
@@ -654,18 +674,18 @@ class Session:
     def close_after(self, reply: bytes) -> None:
         """Owe ``reply`` after every earlier reply, read nothing more, then close."""
         self.replies.local("", reply)
-        self.closing = True
+        self.end(End.CLOSE)
         self.flush()
 
     def abort_with(self, reply: bytes | None) -> None:
         """Answer the first unanswered slot with ``reply`` (or nothing), drop the
         rest, and close once everything before it is flushed."""
         self.replies.cut(reply)
-        self.closing = True
+        self.end(End.CLOSE)
         self.flush()
 
     def reset_both(self) -> None:
-        self.closing = True
+        self.end(End.CLOSE)
         self.out.emit(CloseServer(abort=True))
         self.out.emit(CloseClient(reset=True))
         if self.link.live:
@@ -709,12 +729,13 @@ class Session:
         # After EOF, finish once nothing owed remains and nothing that arrived before
         # the EOF can still be processed: no complete command, no message bytes.
         phase = self.phase
+        ending = self.ending
         eof_done = (
-            self.client_eof
+            ending in EOF_SEEN
             and phase is not Phase.WAIT
             and (not self.buffer.data if phase is Phase.DATA else not self.buffer.has_line())
         )
-        if self.closing or eof_done:
+        if ending not in READING or eof_done:
             if self.link.live:
                 # Mid-message the server must not take what it has as a message.
                 self.out.emit(CloseServer(abort=phase is Phase.DATA))

@@ -40,7 +40,7 @@ from smtpguard.core.grammar import (
     frame_reply_line,
 )
 from smtpguard.core.output import Output
-from smtpguard.core.phases import NEXT_UPSTREAM, Link, Upstream
+from smtpguard.core.phases import NEXT_UPSTREAM, Link, NotInTable, Upstream
 from smtpguard.core.pipeline import Slot
 from smtpguard.core.policy import Policy
 from smtpguard.core.policy import StartTls as StartTlsPolicy
@@ -284,7 +284,11 @@ class UpstreamLink:
         return self.state is not Upstream.DOWN
 
     def move(self, trigger: Link) -> None:
-        self.state = NEXT_UPSTREAM[trigger][self.state]  # UPSTREAM: the one way it changes
+        """UPSTREAM: the one way the state changes (:class:`NotInTable` if not drawn)."""
+        try:
+            self.state = NEXT_UPSTREAM[trigger][self.state]
+        except KeyError:
+            raise NotInTable("UPSTREAM", self.state, trigger) from None
 
     # -- framing -------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
