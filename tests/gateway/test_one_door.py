@@ -174,3 +174,17 @@ def test_an_exception_at_the_door_tears_down_once_from_every_source(
         await limits.close()
 
     asyncio.run(go())
+
+
+def test_one_refusal_block() -> None:
+    """A session refused before it starts (cap, rate, the shared store's answer) is
+    counted, logged and told in one place, ``Gateway.refuse``: no other code in the
+    shell counts a refusal or bumps the refused-sessions metric."""
+    root = Path(conn_mod.__file__).parent
+    places = [
+        f"{path.name}:{n}"
+        for path in sorted(root.glob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if ("sessions_refused +=" in line or ".session_refused(" in line)
+    ]
+    assert len(places) == 2 and all(p.startswith("server.py:") for p in places), places

@@ -8,7 +8,13 @@ import asyncio
 from pathlib import Path
 
 from smtpguard.core.actions import PolicyEvent
-from smtpguard.gateway.access import SESSION_CAP, AccessControl, AccessPolicy, SharedLimits
+from smtpguard.gateway.access import (
+    SESSION_CAP,
+    AccessControl,
+    AccessPolicy,
+    Refusal,
+    SharedLimits,
+)
 from smtpguard.state import FAIL_OPEN, Guarded
 from smtpguard.state.sqlite_store import SqliteStore, prepare
 from tests.peers import free_port
@@ -63,6 +69,14 @@ class FakeGateway:
 
     def register(self, conn: FakeConn) -> None:
         self.registered.append(conn)
+
+    def refuse(self, conn: FakeConn, refusal: Refusal) -> None:
+        """What Gateway.refuse does, recorded."""
+        self.stats.sessions_refused += 1
+        self.metrics.session_refused(refusal.reason)
+        self.events.append(PolicyEvent(refusal.event_id, refusal.message, refusal.action))
+        conn.transport.write(refusal.reply)
+        conn.transport.close()
 
 
 def limits(tmp_path: Path, cap: int = 2, lease: float = 30.0) -> SharedLimits:

@@ -74,14 +74,6 @@ class Waiting(Protocol):
     def admitted(self) -> None: ...
 
 
-class _Counters(Protocol):
-    sessions_refused: int
-
-
-class _RefusalMetric(Protocol):
-    def session_refused(self, reason: str) -> None: ...
-
-
 C = TypeVar("C", bound=Waiting, contravariant=True)
 W = TypeVar("W", bound=Waiting)
 
@@ -90,11 +82,8 @@ class Gate(Protocol[C]):
     """What :class:`SharedLimits` uses of the gateway (:class:`~smtpguard.gateway.server.
     Gateway`): typed here, not imported, so that access does not import the server."""
 
-    @property
-    def stats(self) -> _Counters: ...
-    @property
-    def metrics(self) -> _RefusalMetric: ...
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
+    def refuse(self, conn: C, refusal: Refusal) -> None: ...
     def register(self, conn: C) -> None: ...
 
 
@@ -280,13 +269,7 @@ class SharedLimits:
             self.release(conn.sid)
             return
         if refusal is not None:
-            gw.stats.sessions_refused += 1
-            gw.metrics.session_refused(refusal.reason)
-            gw.policy_event(
-                conn.sid, conn.peer, PolicyEvent(refusal.event_id, refusal.message, refusal.action)
-            )
-            t.write(refusal.reply)
-            t.close()
+            gw.refuse(conn, refusal)  # the one refusal block: counted, logged, told
             return
         gw.register(conn)
         conn.admitted()
