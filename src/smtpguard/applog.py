@@ -16,13 +16,32 @@ the SMTP dialogue goes to the protocol log (``smtpguard.logs``).
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import logging
 import sys
 from typing import TextIO
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
-FORMATS = ("text", "json")
+
+
+class LogFormat(enum.StrEnum):
+    """``gateway.log_format``: how the application log on stderr is written."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    """``gateway.log_level``: the levels an operator may choose."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+FORMATS = tuple(LogFormat)
 LOGGER = "smtpguard"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
@@ -76,7 +95,7 @@ def setup_logging(level: str = "warning", fmt: str = "text", stream: TextIO | No
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r}: expected one of {', '.join(FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == LogFormat.JSON else TextFormatter())
     ours = logging.getLogger(LOGGER)
     ours.handlers[:] = [handler]
     ours.setLevel(level.upper())

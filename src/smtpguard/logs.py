@@ -21,6 +21,7 @@ written after the signal go to the new file (``deploy/logrotate``).
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import time
 from collections.abc import Callable
@@ -28,7 +29,15 @@ from typing import IO, Protocol
 
 from smtpguard.core.actions import TRACE_ALL, TRACE_CLIENT, Direction, PolicyEvent, Trace
 
-FORMATS = ("ims", "jsonl")
+
+class ProtocolLogFormat(enum.StrEnum):
+    """``protocol_log.format``: Exchange's IMS layout or one JSON object per event."""
+
+    IMS = "ims"
+    JSONL = "jsonl"
+
+
+FORMATS = tuple(ProtocolLogFormat)
 # The IMS layout's direction marks (the one vocabulary: logscan reads these back).
 IMS_FROM_CLIENT = "<<<"  # client to gateway
 IMS_TO_CLIENT = ">>>"  # gateway to client
@@ -192,4 +201,4 @@ class JsonlLog(_Writer):
 
 def open_protocol_log(path: str, fmt: str) -> ProtocolLog:
     out = _open(path)
-    return ImsLog(out, path=path) if fmt == "ims" else JsonlLog(out, path=path)
+    return ImsLog(out, path=path) if fmt == ProtocolLogFormat.IMS else JsonlLog(out, path=path)

@@ -35,6 +35,7 @@ from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.server import Gateway, GatewayConfig
 from smtpguard.gateway.tls import TlsContexts
+from smtpguard.proxyproto import ProxyVersion
 
 CLIENT = ("192.0.2.10", 40000)
 
@@ -410,7 +411,7 @@ def test_drain_cancels_connects_and_frees_sessions() -> None:
 def test_bytes_written_before_the_upstream_exists_are_sent_first() -> None:
     async def go() -> None:
         h = Harness()
-        h.gw.upstream_proxy = "v1"
+        h.gw.upstream_proxy = ProxyVersion.V1
         _c, _ct = h.client()
         up = h.upstreams[-1]
         up.write(b"EARLY\r\n")

@@ -13,7 +13,7 @@ flag that overrides it (:class:`Flag`) and whether a reload applies it
 (:data:`RESTART` marks the keys and sections it does not). ``serve``'s argparse,
 ``check-config``'s text and JSON, ``docs/config.md`` and the reload's list of
 changes that need a restart are all drawn from these models
-(:mod:`smtpguard.config.keys` walks them). Choices are enums (or ``Literal``), so
+(:mod:`smtpguard.config.keys` walks them). Choices are enums, so
 the flag's choices, the error text and the docs name the same values.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic import StrictStr as Str
 
+from smtpguard.applog import LogFormat, LogLevel
 from smtpguard.core.policy import (
     ALWAYS_STRIPPED_KEYWORDS,
     BannerPolicy,
@@ -45,6 +46,7 @@ from smtpguard.core.policy import (
     StartTls,
     Verdict,
 )
+from smtpguard.logs import ProtocolLogFormat
 from smtpguard.netaddr import split_hostport
 from smtpguard.proxyproto import ProxyVersion
 
@@ -323,12 +325,10 @@ class GatewaySection(Section):
             description="serve Prometheus /metrics here (all workers summed); not set: off",
         )
     )
-    log_format: Annotated[Literal["text", "json"], Flag("--log-format"), RESTART] = Field(
-        default="text", description="application log on stderr: text lines or JSON lines"
+    log_format: Annotated[LogFormat, Flag("--log-format"), RESTART] = Field(
+        default=LogFormat.TEXT, description="application log on stderr: text lines or JSON lines"
     )
-    log_level: Annotated[
-        Literal["debug", "info", "warning", "error"] | None, Flag("--log-level")
-    ] = Field(
+    log_level: Annotated[LogLevel | None, Flag("--log-level")] = Field(
         default=None,
         description="application log level on stderr; not set: warning, or info (one line "
         "per session) when stderr is a terminal",
@@ -341,8 +341,9 @@ class ProtocolLogSection(Section):
         description="append a protocol log to this file (relative: in a config file to "
         "its directory, as a flag to the current directory)",
     )
-    format: Annotated[Literal["ims", "jsonl"], Flag("--protocol-log-format")] = Field(
-        default="ims", description="ims: Exchange IMS layout; jsonl: one JSON object per event"
+    format: Annotated[ProtocolLogFormat, Flag("--protocol-log-format")] = Field(
+        default=ProtocolLogFormat.IMS,
+        description="ims: Exchange IMS layout; jsonl: one JSON object per event",
     )
 
 

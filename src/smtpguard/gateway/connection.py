@@ -80,6 +80,7 @@ from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.proxyreader import ProxyError, ProxyReader
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
+from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.dedupe import Dedupe
 from smtpguard.state.ratelimit import RateLimits
 
@@ -124,7 +125,7 @@ class GatewayView(Protocol):
     metrics: Metrics
     protocol_log: ProtocolLog | None
     tls: TlsContexts | None
-    upstream_proxy: str
+    upstream_proxy: ProxyVersion
 
     def next_session_id(self) -> str: ...
     def policy_for(self, peer_ip: str) -> Policy: ...
@@ -383,13 +384,13 @@ class ClientConnection(asyncio.Protocol):
     def upstream_proxy_header(self) -> bytes:
         """The PROXY header the upstream gets first, if configured (the real client)."""
         version = self.gw.upstream_proxy
-        if version == "off" or self.addr is None:
+        if version is ProxyVersion.OFF or self.addr is None:
             return b""
         if self.local is None and self.transport is not None:
             self.local = _address(self.transport.get_extra_info("sockname"))
         if self.local is None:
             return b""
-        build = proxyproto.build_v1 if version == "v1" else proxyproto.build_v2
+        build = proxyproto.build_v1 if version is ProxyVersion.V1 else proxyproto.build_v2
         return build(self.addr, self.local)
 
     def upstream_made(self, up: UpstreamConnection) -> None:

@@ -58,6 +58,7 @@ from smtpguard.gateway.sessionid import SessionIds
 from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
+from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.dedupe import Dedupe
 from smtpguard.state.ratelimit import RateLimits
 
@@ -151,7 +152,7 @@ class Gateway:
         self.dedupe: Dedupe | None = None
         self.rates: RateLimits | None = None
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
-        self.upstream_proxy = "off"  # PROXY protocol header towards the server: v1, v2
+        self.upstream_proxy = ProxyVersion.OFF  # the PROXY header towards the server
         # No shared store yet: set_policy turns shared_rates on once one is attached.
         if policy.shared_rates:
             policy = dataclasses.replace(policy, shared_rates=False)
