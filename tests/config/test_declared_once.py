@@ -9,8 +9,8 @@ import typing
 from smtpguard.cli import build_parser, subparser
 from smtpguard.config import keys
 from smtpguard.config.docs import render
-from smtpguard.config.load import load
-from smtpguard.config.render import to_data, to_text
+from smtpguard.config.load import PATH_KEYS, load
+from smtpguard.config.render import NOT_SET, to_data, to_text
 from smtpguard.gateway.flags import dest, overrides
 from smtpguard.gateway.reload import gateway_fields, restart_changes
 from smtpguard.gateway.server import GatewayConfig, Reload
@@ -82,3 +82,20 @@ def test_reload_reports_restart_keys_and_carries_the_rest() -> None:
     assert not_carried == {"listen_backlog"}
     assert not_carried <= {k.name for k in keys.restart_keys() if k.path[0] == "gateway"}
     assert typing.get_type_hints(Reload)  # the names above are Reload's own fields
+
+
+def test_path_keys_and_unset_meanings_come_from_the_schema() -> None:
+    """A key that names a file or directory is marked FILE_PATH (so a relative
+    value in a config file resolves against the file's directory), and the loader's
+    list is exactly the marked keys; check-config's "(not set: …)" texts are the
+    schema's Unset markers."""
+    named = {
+        k.path
+        for k in keys.walk()
+        if k.section is None and k.name.endswith(("file", "path", "dir", "directory"))
+    }
+    assert named <= set(PATH_KEYS)
+    assert set(PATH_KEYS) == {k.path for k in keys.walk() if k.file_path}
+    assert ("gateway", "maildir") in PATH_KEYS
+    assert NOT_SET["upstream"] == "(not set: the built-in mailbox)"
+    assert all(k.unset == NOT_SET.get(k.name, "(not set)") for k in keys.walk())

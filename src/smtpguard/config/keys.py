@@ -50,6 +50,16 @@ class Key:
         return any(isinstance(m, schema.Restart) for m in self.info.metadata)
 
     @property
+    def file_path(self) -> bool:
+        return any(isinstance(m, schema.FilePath) for m in self.info.metadata)
+
+    @property
+    def unset(self) -> str:
+        """What the key means when not set (check-config's text)."""
+        found = (m.meaning for m in self.info.metadata if isinstance(m, schema.Unset))
+        return next(found, "(not set)")
+
+    @property
     def section(self) -> type[BaseModel] | None:
         """The model of a table (``[gateway]``), None for a value."""
         tp = self.info.annotation

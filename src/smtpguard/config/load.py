@@ -40,7 +40,7 @@ from pydantic.fields import FieldInfo
 from pydantic.functional_validators import AfterValidator
 
 from smtpguard import netaddr
-from smtpguard.config import schema
+from smtpguard.config import keys, schema
 from smtpguard.config.access import AccessPolicy
 from smtpguard.config.locate import find_line
 from smtpguard.config.safety import unsafe_combinations
@@ -98,14 +98,8 @@ def effective_log_level(settings: Settings, tty: bool) -> str:
 
 # Keys holding file paths: relative ones written in a config file resolve against
 # the file's directory.
-PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("protocol_log", "path"),
-    ("gateway", "maildir"),
-    ("tls", "certfile"),
-    ("tls", "keyfile"),
-    ("tls", "cafile"),
-    ("state", "directory"),
-)
+# (marked FILE_PATH in the schema).
+PATH_KEYS: tuple[tuple[str, ...], ...] = tuple(k.path for k in keys.walk() if k.file_path)
 
 
 def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:

@@ -73,12 +73,8 @@ def _check_text(spec: Any) -> str:
     return f"{spec['action']} when {how} of {', '.join(spec['patterns'])}"
 
 
-# What a key that is not set means, where "(not set)" would not say it.
-NOT_SET = {
-    "log_level": "(not set: warning; info, one line per session, when stderr is a terminal)",
-    "upstream": "(not set: the built-in mailbox)",
-    "metrics_listen": "(not set: no metrics endpoint)",
-}
+# What a key that is not set means, where the schema says more than "(not set)".
+NOT_SET = {k.name: k.unset for k in keys.walk() if k.unset != "(not set)"}
 
 
 def _rows(section: dict[str, Any]) -> list[str]:

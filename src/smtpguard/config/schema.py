@@ -75,6 +75,24 @@ class Restart:
 
 RESTART = Restart()
 
+
+@dataclass(frozen=True)
+class FilePath:
+    """The key holds a file or directory path: relative, written in a config file, it
+    is resolved against the file's directory (as a flag, the current directory)."""
+
+
+FILE_PATH = FilePath()
+
+
+@dataclass(frozen=True)
+class Unset:
+    """What the key means when it is not set, where "(not set)" would not say it
+    (check-config's text)."""
+
+    meaning: str
+
+
 # RFC 5321 §4.1.1.1: ehlo-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
 _EHLO_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
@@ -290,9 +308,12 @@ class GatewaySection(Section):
     listen: Annotated[HostPort, Flag("--listen", "HOST:PORT"), RESTART] = Field(
         default="127.0.0.1:2525", description="address to listen on"
     )
-    upstream: Annotated[HostPort | None, Flag("--upstream", "HOST:PORT"), RESTART] = Field(
-        default=None, description="the real mail server; not set: the built-in mailbox"
-    )
+    upstream: Annotated[
+        HostPort | None,
+        Flag("--upstream", "HOST:PORT"),
+        RESTART,
+        Unset("(not set: the built-in mailbox)"),
+    ] = Field(default=None, description="the real mail server; not set: the built-in mailbox")
     workers: Annotated[StrictInt, Field(ge=0), Flag("--workers", "N"), RESTART] = Field(
         default=0,
         description="worker processes sharing the port (SO_REUSEPORT); 0: one per CPU core",
@@ -310,7 +331,7 @@ class GatewaySection(Section):
     drain_grace: Annotated[StrictFloat, Field(ge=0), Flag("--drain-grace", "SECONDS")] = Field(
         default=30.0, description="on SIGTERM, seconds allowed for transactions in flight"
     )
-    maildir: Annotated[Str, Flag("--maildir", "DIR"), RESTART] = Field(
+    maildir: Annotated[Str, Flag("--maildir", "DIR"), RESTART, FILE_PATH] = Field(
         default="./smtpguard-mail",
         description="Maildir of the built-in mailbox (no upstream); relative: in a config "
         "file to its directory, as a flag or the default to the current directory",
@@ -319,16 +340,23 @@ class GatewaySection(Section):
         default=ProxyVersion.OFF,
         description="send a PROXY protocol header to the upstream so it sees the real client",
     )
-    metrics_listen: Annotated[HostPort | None, Flag("--metrics-listen", "HOST:PORT"), RESTART] = (
-        Field(
-            default=None,
-            description="serve Prometheus /metrics here (all workers summed); not set: off",
-        )
+    metrics_listen: Annotated[
+        HostPort | None,
+        Flag("--metrics-listen", "HOST:PORT"),
+        RESTART,
+        Unset("(not set: no metrics endpoint)"),
+    ] = Field(
+        default=None,
+        description="serve Prometheus /metrics here (all workers summed); not set: off",
     )
     log_format: Annotated[LogFormat, Flag("--log-format"), RESTART] = Field(
         default=LogFormat.TEXT, description="application log on stderr: text lines or JSON lines"
     )
-    log_level: Annotated[LogLevel | None, Flag("--log-level")] = Field(
+    log_level: Annotated[
+        LogLevel | None,
+        Flag("--log-level"),
+        Unset("(not set: warning; info, one line per session, when stderr is a terminal)"),
+    ] = Field(
         default=None,
         description="application log level on stderr; not set: warning, or info (one line "
         "per session) when stderr is a terminal",
@@ -336,7 +364,7 @@ class GatewaySection(Section):
 
 
 class ProtocolLogSection(Section):
-    path: Annotated[Str | None, Flag("--protocol-log", "FILE")] = Field(
+    path: Annotated[Str | None, Flag("--protocol-log", "FILE"), FILE_PATH] = Field(
         default=None,
         description="append a protocol log to this file (relative: in a config file to "
         "its directory, as a flag to the current directory)",
@@ -348,11 +376,11 @@ class ProtocolLogSection(Section):
 
 
 class TlsSection(Section):
-    certfile: Annotated[Str | None, Flag("--tls-cert", "FILE")] = Field(
+    certfile: Annotated[Str | None, Flag("--tls-cert", "FILE"), FILE_PATH] = Field(
         default=None,
         description='PEM certificate chain the gateway shows clients (starttls = "terminate")',
     )
-    keyfile: Annotated[Str | None, Flag("--tls-key", "FILE")] = Field(
+    keyfile: Annotated[Str | None, Flag("--tls-key", "FILE"), FILE_PATH] = Field(
         default=None, description="PEM private key, if not in the certificate file"
     )
     verify_upstream: StrictBool = Field(
@@ -360,7 +388,7 @@ class TlsSection(Section):
         description="check the upstream's certificate and name (default: encrypt "
         "without checks, as MTAs do)",
     )
-    cafile: Str | None = Field(
+    cafile: Annotated[Str | None, FILE_PATH] = Field(
         default=None, description="CA bundle for verify_upstream (default: the system's)"
     )
     implicit_listen: Annotated[HostPort | None, Flag("--tls-listen", "HOST:PORT"), RESTART] = Field(
@@ -410,7 +438,7 @@ class StateSection(Section):
         description='where limits and duplicate keys are shared: "local" (SQLite file, all '
         'workers of this host) or "redis://HOST:PORT/DB" (Redis/Valkey, a whole fleet)',
     )
-    directory: Str = Field(
+    directory: Annotated[Str, FILE_PATH] = Field(
         default="./smtpguard-state",
         description='with url = "local": directory of the database file, on a local disk '
         "(relative: to this file's directory)",
