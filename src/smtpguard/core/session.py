@@ -158,7 +158,8 @@ class Session:
             return []
         # Bytes from either side are nearly every event: handled here, inline.
         if isinstance(event, ClientData):
-            if self.ending not in EOF_SEEN:
+            ending = self.ending  # OPEN first: an identity test, no set lookup
+            if ending is Ending.OPEN or ending not in EOF_SEEN:
                 self.deadlines.client = now + self.policy.timeouts.client_idle
                 if phase is Phase.DATA and not self.buffer.data:
                     self._data(event.data, now)  # hot path: no copy into the buffer
@@ -441,10 +442,10 @@ class Session:
         """Consume held client bytes as far as the current phase allows."""
         buffer = self.buffer
         data = buffer.data
-        while self.ending in READING:
+        while self.ending is Ending.OPEN or self.ending in READING:
             phase = self.phase
             if phase is Phase.COMMAND or phase is Phase.AUTH:
-                draining = self.ending in DRAINING
+                draining = self.ending is not Ending.OPEN and self.ending in DRAINING
                 if not data and not draining:
                     break  # the usual way out: every line read
                 slots = self.replies.slots
@@ -728,8 +729,10 @@ class Session:
             return
         # After EOF, finish once nothing owed remains and nothing that arrived before
         # the EOF can still be processed: no complete command, no message bytes.
-        phase = self.phase
         ending = self.ending
+        if ending is Ending.OPEN:  # the usual case, at every flush: nothing ends
+            return
+        phase = self.phase
         eof_done = (
             ending in EOF_SEEN
             and phase is not Phase.WAIT
