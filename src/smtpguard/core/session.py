@@ -77,10 +77,11 @@ from smtpguard.core.phases import (
     Upstream,
 )
 from smtpguard.core.pipeline import END_OF_DATA_VERB, TLS_SLOT, ReplyPipeline, Slot
-from smtpguard.core.policy import DedupeReply, Policy
+from smtpguard.core.policy import DedupeReply, Policy, ScreenAction
 from smtpguard.core.ratelimit import Decision as RateDecision
 from smtpguard.core.ratelimit import SharedRates
 from smtpguard.core.relay import DROPPED, RESET, SPLIT_EOD, MessageRelay
+from smtpguard.core.screen import Caught, Screen
 from smtpguard.core.upstream import XCLIENT_REFUSED, After, Secured, UpstreamLink
 
 __all__ = ["Phase", "Session", "Upstream"]
@@ -127,6 +128,7 @@ class Session:
             client_tls,
         )
         self.envelope = self.cmds.envelope
+        self.screen = Screen(policy.screen)
         self.helo: bytes | None = None  # last HELO/EHLO the server accepted
         self.ehlo_line: bytes | None = None  # the client's EHLO, re-sent after TLS
         self.injected = 0  # plaintext octets discarded between STARTTLS and TLS
@@ -144,9 +146,10 @@ class Session:
         phase = self.phase
         if phase is Phase.CLOSED:
             return []
+        self.screen.now = now
         # Bytes from either side are nearly every event: handled here, inline.
         if isinstance(event, ClientData):
-            if not self.client_eof:
+            if not self.client_eof and not self._screened(self.screen.arrived(event.data)):
                 self.deadlines.client = now + self.policy.timeouts.client_idle
                 if phase is Phase.DATA and not self.buffer.data:
                     self._data(event.data, now)  # hot path: no copy into the buffer
@@ -250,6 +253,8 @@ class Session:
         """The armed timer fired: act on what expired, re-arm for the rest."""
         d = self.deadlines
         d.timer = None
+        if self.screen.release_at is not None:  # an error reply held: sent when due
+            self.flush()
         if self.phase is Phase.TUNNEL:
             if d.expired(d.client, now):
                 # Nothing can be said inside TLS: close both sides.
@@ -446,6 +451,12 @@ class Session:
                     break
                 if phase is Phase.AUTH:
                     self._apply(cmds.auth_response(line, now), now)
+                elif self._screened(
+                    self.screen.command(
+                        line, len(buffer), bool(self.replies.slots), "PIPELINING" in cmds.shown
+                    )
+                ):
+                    self.flush()
                 else:
                     self._apply(cmds.command(line, now), now)
             elif phase is Phase.DATA:
@@ -677,15 +688,51 @@ class Session:
         """Send the filled slots at the head of the pipeline, in order."""
         replies = self.replies
         slots = replies.slots
+        caught: Caught | None = None
+        screen = self.screen
         while slots and slots[0].reply is not None:
+            if screen.policy.error_delay:
+                at = screen.tarpit(slots[0].reply)
+                if at is not None:  # held: the timer sends it, and what waits behind it
+                    d = self.deadlines
+                    if d.timer is None or at < d.timer:
+                        d.timer = at
+                        self.out.emit(SetTimer(at))
+                    break
             slot = replies.take_ready()
             assert slot.reply is not None
             self.out.to_client(slot.reply)
+            caught = screen.replied(slot.reply) or caught
             self.deadlines.client = None  # the client's turn starts now
             if slot.verb == TLS_SLOT:
                 self._drop_injected()
                 self.out.emit(StartTls(Side.CLIENT))
+        if caught is not None and not self.closing:  # at the error limit
+            self._screened(caught)
+            return
         self.finish_if_done()
+
+    # ------------------------------------------------------------ protocol screens
+    def _screened(self, caught: Caught | None) -> bool:
+        """Apply a protocol screen's verdict (core/screen.py): True when the input it
+        concerns is not read on (refused, or the session closes)."""
+        if caught is None:
+            return False
+        action = caught.action
+        if caught.first:
+            self.out.event(caught.event_id, caught.message, action.value)
+        if action is ScreenAction.LOG:
+            return False
+        if action is ScreenAction.REJECT:  # a command line sent ahead: refused in place
+            self.cmds.refused += 1
+            self.replies.local("", caught.reply)
+        elif caught.at_once:
+            self.out.to_client(caught.reply)
+            self.buffer.clear()
+            self.abort_with(None)
+        else:
+            self.close_after(caught.reply)
+        return True
 
     def _drop_injected(self) -> None:
         """Bytes the client sent after STARTTLS but before TLS are plaintext injected
