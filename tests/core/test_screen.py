@@ -8,6 +8,8 @@ import dataclasses
 
 import pytest
 
+from smtpguard.core.actions import PassLookup, PassRecord
+from smtpguard.core.events import PassAnswer
 from smtpguard.core.policy import Mode, Policy, ScreenAction, Screens
 from tests.core.harness import Harness
 
@@ -203,3 +205,64 @@ def test_the_tarpit_keeps_replies_in_order_behind_a_held_error() -> None:
     assert len(h.run.replies()) == 5
     h.advance(1.0)
     assert h.run.replies()[-2:] == [b"500 5.5.1 Unrecognized command", b"250 2.0.0 Ok"]
+
+
+# -- pregreet -----------------------------------------------------------------------------
+def greeted(h: Harness) -> list[bytes]:
+    return [r for r in h.run.replies() if r.startswith(b"220")]
+
+
+def test_the_greeting_waits_then_the_server_greeting_follows_its_first_line() -> None:
+    h = Harness(policy(greet_wait=2.0)).start()
+    assert greeted(h) == [b"220-gw.example.test ESMTP"]  # the server's greeting held
+    assert PassLookup() in h.actions and h.run.timer == 2.0
+    h.advance(1.0)
+    assert greeted(h) == [b"220-gw.example.test ESMTP"]
+    h.advance(1.0)
+    assert greeted(h) == [b"220-gw.example.test ESMTP", b"220 gw.example.test ESMTP"]
+    assert PassRecord(86400.0) in h.actions  # waited: remembered
+    for line in LOCK_STEP:
+        h.client(line)
+    assert len(h.run.server.messages) == 1 and h.run.event_ids() == []
+
+
+def test_an_early_talker_is_dropped_and_not_remembered() -> None:
+    h = Harness(policy(greet_wait=2.0)).start()
+    h.client(b"HELO bot\r\n")
+    assert (
+        h.run.replies()[-1] == b"554 5.5.1 Protocol error: talking before the greeting was complete"
+    )
+    assert h.run.client_closed and b"HELO" not in h.run.server.received
+    assert h.run.event_ids() == ["SG-SCREEN-PREGREET"]
+    assert not any(isinstance(a, PassRecord) for a in h.actions)
+
+
+def test_an_address_that_passed_before_is_greeted_at_the_stores_answer() -> None:
+    h = Harness(policy(greet_wait=30.0)).start()
+    h.feed(PassAnswer(False))  # not known: the wait goes on
+    assert greeted(h) == [b"220-gw.example.test ESMTP"]
+    h.feed(PassAnswer(True))
+    assert greeted(h)[-1] == b"220 gw.example.test ESMTP" and h.now == 0.0
+    assert h.run.event_ids() == ["SG-SCREEN-PREGREET-PASSED"]
+    assert not any(isinstance(a, PassRecord) for a in h.actions)  # nothing new to record
+    h.advance(30.0)  # the old deadline changes nothing
+    h.client(b"QUIT\r\n")
+    assert h.run.replies()[-1] == b"221 2.0.0 Bye"
+
+
+def test_an_early_talker_logged_only_is_read_after_the_greeting() -> None:
+    h = Harness(policy(greet_wait=1.0, pregreet_action=ScreenAction.LOG, pipelining=False))
+    h.start()
+    h.client(b"HELO early\r\n")
+    assert b"HELO" not in h.run.server.received  # read only once the greeting is out
+    h.advance(1.0)
+    assert h.run.replies()[-2:] == [b"220 gw.example.test ESMTP", b"250 mx.example.test"]
+    assert h.run.event_ids() == ["SG-SCREEN-PREGREET"]
+    assert not any(isinstance(a, PassRecord) for a in h.actions)
+
+
+def test_a_web_client_talking_early_is_dropped_as_non_smtp() -> None:
+    h = Harness(policy(greet_wait=1.0, pregreet_action=ScreenAction.LOG)).start()
+    h.client(b"GET / HTTP/1.0\r\n\r\n")
+    assert h.run.event_ids() == ["SG-SCREEN-PREGREET", "SG-SCREEN-NON-SMTP"]
+    assert h.run.client_closed and h.run.replies()[-1].startswith(b"554 5.7.0 ")

@@ -12,6 +12,7 @@ import json
 import re
 import smtplib
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, need, smtp_source, swaks
 from tests.postfix import PrivatePostfix
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +33,11 @@ non_smtp_action = "drop-connection"
 pipelining = true
 pipelining_action = "reject"
 error_limit = 5
+greet_wait = {greet_wait}
 [checks.received_count]
 limit = 100
+[state]
+directory = "{directory}"
 """
 SCREEN_IDS = ("SG-SCREEN-", "SG-CHK-RECEIVED-COUNT")
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: screens\r\n\r\nhello\r\n"
@@ -54,17 +59,19 @@ class Screened:
         out: dict[str, list[str]] = {}
         for e in self.entries():
             sid = str(e["session"])
+            passed = e.get("id") == "SG-SCREEN-PREGREET-PASSED"  # not caught: let through
             if e["event"] == "connect":
                 out.setdefault(sid, [])
-            elif e["event"] == "policy" and str(e["id"]).startswith(SCREEN_IDS):
+            elif e["event"] == "policy" and str(e["id"]).startswith(SCREEN_IDS) and not passed:
                 out.setdefault(sid, []).append(str(e["id"]))
         return out
 
 
 @contextmanager
-def screened(tmp_path: Path, mode: str) -> Iterator[Screened]:
+def screened(tmp_path: Path, mode: str, greet_wait: float = 2.0) -> Iterator[Screened]:
     config = tmp_path / f"{mode}.toml"
-    config.write_text(ALL_SCREENS.format(mode=mode))
+    state = tmp_path / "state"
+    config.write_text(ALL_SCREENS.format(mode=mode, greet_wait=greet_wait, directory=state))
     log = tmp_path / f"{mode}.jsonl"
     sink = SmtpSink(tmp_path)
     try:
@@ -100,7 +107,7 @@ def talk(port: int, data: bytes, wait_greeting: bool = True) -> bytes:
 
 # -- the bots ---------------------------------------------------------------------------
 def test_hostile_clients_are_caught(tmp_path: Path) -> None:
-    with screened(tmp_path, "mailguard") as g:
+    with screened(tmp_path, "mailguard", greet_wait=0) as g:  # pregreet: tested below
         port = g.gw.port
         web = talk(port, b"GET / HTTP/1.1\r\nHost: mx\r\n\r\n")
         assert web.split(b"\r\n")[1].startswith(b"554 5.7.0 "), web
@@ -163,6 +170,9 @@ def _postfix_relays(gw: GatewayProcess, count: int) -> str:
 def _real_senders(g: Screened, mode: str) -> int:
     """Every real sender through ``g``; the messages the sink should now hold."""
     port = g.gw.port
+    # Postfix first: the address is new, so it is the one made to wait greet_wait.
+    log = _postfix_relays(g.gw, 2)
+    assert len(re.findall(r"status=sent", log)) == 2, log[-3000:]
     for i in range(3):
         with smtplib.SMTP(LOOPBACK, port, timeout=15) as s:
             s.sendmail("a@example.org", ["b@example.net", "c@example.net"], MSG + b"%d\r\n" % i)
@@ -174,10 +184,7 @@ def _real_senders(g: Screened, mode: str) -> int:
     assert ("250-PIPELINING" in out) == (mode == "esmtp"), out
     sent = 6
     smtp_source(g.gw.address, sessions=2, messages=4, size=2000)
-    sent += 4
-    log = _postfix_relays(g.gw, 2)
-    assert len(re.findall(r"status=sent", log)) == 2, log[-3000:]
-    return sent + 2
+    return sent + 4 + 2
 
 
 @pytest.mark.parametrize("mode", ["mailguard", "esmtp"])
@@ -188,6 +195,103 @@ def test_real_senders_are_never_caught_with_every_screen_on(tmp_path: Path, mode
         assert len(g.sink.messages()) == expected
     sessions = g.sessions()
     caught = {sid: ids for sid, ids in sessions.items() if ids}
-    print(f"{mode}: {len(sessions)} real-sender sessions, {len(caught)} caught")
+    passed = sum(1 for e in g.entries() if e.get("id") == "SG-SCREEN-PREGREET-PASSED")
+    print(f"{mode}: {len(sessions)} real-sender sessions, {len(caught)} caught,", end=" ")
+    print(f"{passed} greeted without the wait")
     assert len(sessions) >= expected - 2  # smtp-source sends several per session
     assert caught == {}
+
+
+# -- pregreet and its pass cache ------------------------------------------------------------
+PREGREET = """
+mode = "mailguard"
+[screen]
+greet_wait = {wait}
+[state]
+url = "{url}"
+directory = "{directory}"
+"""
+
+
+def greeting(port: int, early: bytes = b"") -> tuple[bytes, bytes]:
+    """Connect; read the first greeting line; send ``early`` then (if anything);
+    return the first line and the rest of the greeting (or what came instead)."""
+    with socket.create_connection((LOOPBACK, port), timeout=30) as s:
+        got = b""
+        while b"\r\n" not in got:
+            got += s.recv(4096)
+        first, _, rest = got.partition(b"\r\n")
+        if early:
+            s.sendall(early)
+        try:
+            while not re.search(rb"(^|\r\n)\d{3} [^\r\n]*\r\n$", rest):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                rest += chunk
+        except ConnectionResetError:
+            pass
+        if not early:
+            s.sendall(b"QUIT\r\n")
+            s.recv(4096)
+        return first, rest
+
+
+def pregreet_gateway(tmp_path: Path, name: str, sink: SmtpSink, url: str, *args: str) -> Screened:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(PREGREET.format(wait=3.0, url=url, directory=tmp_path / "state"))
+    log = tmp_path / f"{name}.jsonl"
+    gw = GatewayProcess(
+        "--config", str(config), "--upstream", sink.address,
+        "--protocol-log", str(log), "--protocol-log-format", "jsonl", *args,
+        workdir=tmp_path,
+    )  # fmt: skip
+    return Screened(sink, gw, log)
+
+
+def passed_sessions(g: Screened) -> int:
+    return sum(1 for e in g.entries() if e.get("id") == "SG-SCREEN-PREGREET-PASSED")
+
+
+def test_an_early_talker_is_dropped_and_a_patient_client_waits_once(tmp_path: Path) -> None:
+    sink = SmtpSink(tmp_path)
+    try:
+        g = pregreet_gateway(tmp_path, "workers", sink, "local", "--workers", "2")
+        try:
+            first, rest = greeting(g.gw.port, early=b"EHLO bot\r\n")
+            assert first.startswith(b"220-") and rest.startswith(b"554 5.5.1 "), rest
+            first, rest = greeting(g.gw.port)  # waits the 3 s, and passes
+            assert first.startswith(b"220-") and rest.startswith(b"220 "), rest
+            # The pass is written to the store as the greeting goes out, in a task of
+            # its own: a session that starts within those milliseconds still waits.
+            time.sleep(1.0)
+            for _ in range(6):  # whichever of the two workers takes them
+                first, rest = greeting(g.gw.port)
+                assert first.startswith(b"220-") and rest.startswith(b"220 "), rest
+        finally:
+            g.gw.stop()
+    finally:
+        sink.stop()
+    events = [e.get("id") for e in g.entries() if e["event"] == "policy"]
+    assert events.count("SG-SCREEN-PREGREET") == 1
+    assert passed_sessions(g) == 6  # every session after the first that waited
+
+
+def test_the_pass_is_shared_by_two_instances_through_redis(tmp_path: Path) -> None:
+    redis = RedisServer()
+    sink = SmtpSink(tmp_path)
+    try:
+        a = pregreet_gateway(tmp_path, "a", sink, redis.url)
+        b = pregreet_gateway(tmp_path, "b", sink, redis.url)
+        try:
+            greeting(a.gw.port)  # waits on instance A, and passes
+            time.sleep(1.0)  # the pass is written as the greeting goes out
+            first, rest = greeting(b.gw.port)  # greeted at once on instance B
+            assert first.startswith(b"220-") and rest.startswith(b"220 "), rest
+        finally:
+            a.gw.stop()
+            b.gw.stop()
+    finally:
+        sink.stop()
+        redis.close()
+    assert passed_sessions(a) == 0 and passed_sessions(b) == 1

@@ -319,6 +319,9 @@ def _screens(s: schema.ScreenSection) -> core.Screens:
         error_limit=s.error_limit,
         error_delay=s.error_delay,
         error_delay_cap=s.error_delay_cap,
+        greet_wait=s.greet_wait,
+        pregreet_action=core.ScreenAction(s.pregreet_action),
+        pass_ttl=s.pass_ttl,
     )
 
 

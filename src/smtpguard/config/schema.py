@@ -485,6 +485,21 @@ class ScreenSection(Section):
     error_delay_cap: Seconds = Field(
         default=30.0, description="the longest an error reply is held by error_delay"
     )
+    greet_wait: Annotated[StrictFloat, Field(ge=0)] = Field(
+        default=0.0,
+        description='pregreet: send "220-" at once, the server\'s greeting after this many '
+        "seconds; a client that talks before is an early talker; 0: off (uses the "
+        "[state] store for the passes)",
+    )
+    pregreet_action: Literal["drop-connection", "log"] = Field(
+        default="drop-connection",
+        description="drop-connection: 554 5.5.1 and close at once; log: only the event",
+    )
+    pass_ttl: Seconds = Field(
+        default=86400.0,
+        description="seconds a client address that waited for the whole greeting is "
+        "greeted without the wait (all workers; with Redis, all instances)",
+    )
 
 
 class ConfigFile(Section):

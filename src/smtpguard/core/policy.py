@@ -179,6 +179,12 @@ class Screens:
     # one before (error_delay, 2 x error_delay, ...), at most error_delay_cap; 0: off.
     error_delay: float = 0.0
     error_delay_cap: float = 30.0
+    # Pregreet: the first line of the greeting ("220-"), then greet_wait seconds, then
+    # the rest; a client that talks meanwhile is an early talker. 0: off. A client
+    # address that waited is remembered in the shared store for pass_ttl seconds.
+    greet_wait: float = 0.0
+    pregreet_action: ScreenAction = ScreenAction.DROP
+    pass_ttl: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,12 @@ each reply, so it can tell what the server behind it cannot:
   and the next line, in one segment, are sent ahead (the second arrived before the
   answer to the first was written), the same two lines in two reads are not.
   With PIPELINING offered to the client the screen is quiet.
+* **Pregreet (early talkers).** With ``greet_wait``, the session sends the first line
+  of a multi-line greeting (``220-``) at once, holds the server's greeting until the
+  wait is over (or the store says the address passed before), then sends it as the
+  rest. A client that sends anything before that is an early talker: a real MTA
+  waits for the whole greeting (RFC 5321 §4.3.1, §4.5.3.2.1). An address that waited
+  is remembered in the shared store for ``pass_ttl`` (``PassRecord``).
 * **Error penalties.** Each 4xx/5xx reply the client gets (the gateway's own or the
   server's) is counted; at ``error_limit`` the session is closed. With
   ``error_delay``, each error reply after the third is held (a tarpit), longer for
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from smtpguard.core.grammar import make_reply
+from smtpguard.core.grammar import Reply, make_reply
 from smtpguard.core.policy import ScreenAction, Screens
 
 # Openings of other protocols, matched case-blind (the ClientHello is binary).
@@ -65,6 +71,9 @@ _NAMES: Final = {b"\x16\x03": "a TLS ClientHello"}
 NON_SMTP_REPLY: Final = make_reply(
     554, "5.7.0 This is an SMTP server; other protocols are not spoken here"
 ).raw
+PREGREET_REPLY: Final = make_reply(
+    554, "5.5.1 Protocol error: talking before the greeting was complete"
+).raw
 PIPELINING_REPLY: Final = make_reply(
     503, "5.5.0 Command sent before the reply to the previous one (PIPELINING not offered)"
 ).raw
@@ -82,9 +91,10 @@ class Caught:
     then apply ``action`` (``reply``: what the client is told when it is refused or
     dropped; ``at_once``: a drop says it now and closes, without the replies owed,
     else after them). ``first``: the first catch of this screen in the session (the
-    event is emitted once per session and screen; metrics count caught sessions)."""
+    event is emitted once per session and screen; metrics count caught sessions).
+    ``then``: a second screen caught the same octets (applied after a ``log``)."""
 
-    __slots__ = ("action", "at_once", "event_id", "first", "message", "reply")
+    __slots__ = ("action", "at_once", "event_id", "first", "message", "reply", "then")
 
     def __init__(
         self,
@@ -94,6 +104,7 @@ class Caught:
         reply: bytes,
         first: bool,
         at_once: bool = False,
+        then: Caught | None = None,
     ) -> None:
         self.event_id: Final = event_id
         self.message: Final = message
@@ -101,6 +112,7 @@ class Caught:
         self.reply: Final = reply
         self.first: Final = first
         self.at_once: Final = at_once
+        self.then: Final = then
 
 
 def opening(prefix: bytes) -> bytes | None:
@@ -122,12 +134,15 @@ class Screen:
     __slots__ = (
         "_errors",
         "_head",
+        "_held",
         "_pipelining_caught",
         "answered_at",
+        "greet_until",
         "now",
         "policy",
         "received",
         "release_at",
+        "talked",
     )
 
     def __init__(self, policy: Screens) -> None:
@@ -141,15 +156,35 @@ class Screen:
         self._errors = 0  # error replies sent (with error_limit or error_delay on)
         self.now = 0.0  # the time of the event being handled (the session sets it)
         self.release_at: float | None = None  # an error reply is held until then
+        self.greet_until: float | None = None  # the greeting is held until then
+        self._held: Reply | None = None  # the server's greeting, held
+        self.talked = False  # the client sent something while the greeting was held
 
     # -- octets arriving -------------------------------------------------------------
     def arrived(self, data: bytes) -> Caught | None:
         """Client octets arrived (any phase): counted; the non-SMTP verdict at the
         octet that decides it."""
         self.received += len(data)
+        other = self._non_smtp(data) if self._head is not None else None
+        if self.greet_until is not None and data and not self.talked:
+            self.talked = True
+            return self._early(other)  # decided at the first octet
+        return other
+
+    def _early(self, then: Caught | None) -> Caught:
+        return Caught(
+            "SG-SCREEN-PREGREET",
+            "client talked before the greeting was complete",
+            self.policy.pregreet_action,
+            PREGREET_REPLY,
+            True,
+            at_once=True,
+            then=then,
+        )
+
+    def _non_smtp(self, data: bytes) -> Caught | None:
         head = self._head
-        if head is None:
-            return None
+        assert head is not None
         head += data[: _LONGEST - len(head)]
         found = opening(head)
         if found == b"":
@@ -167,6 +202,26 @@ class Screen:
             True,
             at_once=True,
         )
+
+    # -- the greeting wait -------------------------------------------------------------
+    def greet(self) -> float:
+        """The session starts with ``greet_wait`` on: the greeting is held until the
+        time returned."""
+        at = self.greet_until = self.now + self.policy.greet_wait
+        return at
+
+    def hold(self, greeting: Reply) -> bool:
+        """The server greeted: True while its greeting is to be held."""
+        if self.greet_until is None:
+            return False
+        self._held = greeting
+        return True
+
+    def release(self) -> Reply | None:
+        """The wait is over: the held greeting, if the server has greeted."""
+        self.greet_until = None
+        held, self._held = self._held, None
+        return held
 
     # -- replies sent ----------------------------------------------------------------
     def replied(self, reply: bytes) -> Caught | None:

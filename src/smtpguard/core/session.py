@@ -36,6 +36,8 @@ from smtpguard.core.actions import (
     CloseServer,
     Direction,
     OpenServer,
+    PassLookup,
+    PassRecord,
     SetTimer,
     StartTls,
     ToClient,
@@ -54,6 +56,7 @@ from smtpguard.core.events import (
     ClientEof,
     DedupeAnswer,
     Event,
+    PassAnswer,
     RateAnswer,
     ServerClosed,
     ServerConnected,
@@ -184,6 +187,8 @@ class Session:
         elif isinstance(event, Start):
             self.deadlines.server = now + self.policy.timeouts.connect
             self.out.emit(OpenServer())
+            if self.policy.screen.greet_wait:
+                self._pregreet(now, None)
         elif isinstance(event, ServerConnected):
             self.link.connected(now)
         elif isinstance(event, ServerClosed):
@@ -206,6 +211,8 @@ class Session:
             if self.shared_rates is not None:
                 self._rate_answer(self.shared_rates, event.allowed, now)
                 self._pump(now)
+        elif isinstance(event, PassAnswer):
+            self._pregreet(now, event.passed)
         elif isinstance(event, TlsFailed):
             if event.side is Side.SERVER:
                 self._link(self.link.failed("TLS handshake with the server failed"), now)
@@ -253,8 +260,11 @@ class Session:
         """The armed timer fired: act on what expired, re-arm for the rest."""
         d = self.deadlines
         d.timer = None
-        if self.screen.release_at is not None:  # an error reply held: sent when due
+        screen = self.screen
+        if screen.release_at is not None:  # an error reply held: sent when due
             self.flush()
+        if screen.greet_until is not None and now >= screen.greet_until:
+            self._pregreet(now, False)
         if self.phase is Phase.TUNNEL:
             if d.expired(d.client, now):
                 # Nothing can be said inside TLS: close both sides.
@@ -319,7 +329,8 @@ class Session:
         link = self.link
         hs = link.handshake
         if link.state is Upstream.GREETING:
-            self._link(link.on_greeting(reply, self.helo, self.ehlo_line, now), now)
+            if not self.screen.hold(reply):  # held while the greeting wait runs
+                self._link(link.on_greeting(reply, self.helo, self.ehlo_line, now), now)
         elif hs is not None and hs.step is not None:
             self._link(link.on_step_reply(reply, now), now)
         elif self.phase is Phase.DATA:
@@ -713,6 +724,34 @@ class Session:
         self.finish_if_done()
 
     # ------------------------------------------------------------ protocol screens
+    def _pregreet(self, now: float, passed: bool | None) -> None:
+        """The greeting wait (core/screen.py): at the start (``passed`` None) the
+        first greeting line, the timer and the store lookup; then, when the store
+        says the address passed or the wait is over, the server's greeting."""
+        screen = self.screen
+        if passed is None:
+            at = screen.greet()
+            self.out.to_client(b"220-%s ESMTP\r\n" % self.policy.hostname.encode())
+            self.out.emit(PassLookup())
+            d = self.deadlines
+            if d.timer is None or at < d.timer:
+                d.timer = at
+                self.out.emit(SetTimer(at))
+            return
+        if screen.greet_until is None or (not passed and now < screen.greet_until):
+            return  # released already, or the wait goes on
+        held = screen.release()
+        if passed:
+            self.out.event(
+                "SG-SCREEN-PREGREET-PASSED", "address waited for a greeting before: no wait", "pass"
+            )
+        elif not screen.talked:
+            self.out.emit(PassRecord(self.policy.screen.pass_ttl))
+        link = self.link
+        if held is not None and link.state is Upstream.GREETING:
+            self._link(link.on_greeting(held, self.helo, self.ehlo_line, now), now)
+        self._pump(now)
+
     def _screened(self, caught: Caught | None) -> bool:
         """Apply a protocol screen's verdict (core/screen.py): True when the input it
         concerns is not read on (refused, or the session closes)."""
@@ -722,7 +761,7 @@ class Session:
         if caught.first:
             self.out.event(caught.event_id, caught.message, action.value)
         if action is ScreenAction.LOG:
-            return False
+            return self._screened(caught.then)
         if action is ScreenAction.REJECT:  # a command line sent ahead: refused in place
             self.cmds.refused += 1
             self.replies.local("", caught.reply)

@@ -59,6 +59,7 @@ from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.passes import Passes
 from smtpguard.state.ratelimit import RateLimits
 
 log = logging.getLogger("smtpguard.gateway")
@@ -150,6 +151,7 @@ class Gateway:
         self.limits: SharedLimits | None = None
         self.dedupe: Dedupe | None = None
         self.rates: RateLimits | None = None
+        self.passes: Passes | None = None  # the greeting wait's pass cache
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
         self.upstream_proxy = "off"  # PROXY protocol header towards the server: v1, v2
         # No shared store yet: set_policy turns shared_rates on once one is attached.
