@@ -295,3 +295,29 @@ def test_the_pass_is_shared_by_two_instances_through_redis(tmp_path: Path) -> No
         sink.stop()
         redis.close()
     assert passed_sessions(a) == 0 and passed_sessions(b) == 1
+
+
+def test_the_tarpit_holds_only_the_session_that_errs(tmp_path: Path) -> None:
+    config = tmp_path / "tarpit.toml"
+    config.write_text("[screen]\nerror_delay = 20.0\nerror_delay_cap = 20.0\n")
+    sink = SmtpSink(tmp_path)
+    try:
+        gw = GatewayProcess("--config", str(config), "--upstream", sink.address, workdir=tmp_path)
+        try:
+            with smtplib.SMTP(LOOPBACK, gw.port, timeout=60) as slow:
+                for _ in range(3):
+                    assert slow.docmd("VRFY", "root")[0] == 500  # answered at once
+                slow.send(b"VRFY root\r\n")  # the fourth: held 20 s
+                # Meanwhile another session delivers a message, never waiting on it.
+                with smtplib.SMTP(LOOPBACK, gw.port, timeout=15) as other:
+                    other.sendmail("a@example.org", ["b@example.net"], MSG)
+                assert len(sink.messages()) == 1
+                slow.sock.setblocking(False)
+                with pytest.raises(BlockingIOError):  # still held
+                    slow.sock.recv(1)
+                slow.sock.setblocking(True)
+                assert slow.getreply()[0] == 500  # then it comes
+        finally:
+            gw.stop()
+    finally:
+        sink.stop()
