@@ -28,6 +28,7 @@ SAMPLES: list[tuple[object, object, object | None]] = [
     (e.TlsFailed(e.Side.SERVER), e.TlsFailed(e.Side.SERVER), e.TlsFailed(e.Side.CLIENT)),
     (e.DedupeAnswer("4TqAbC1"), e.DedupeAnswer("4TqAbC1"), e.DedupeAnswer(None)),
     (e.RateAnswer(True), e.RateAnswer(True), e.RateAnswer(None)),
+    (e.PassAnswer(True), e.PassAnswer(True), e.PassAnswer(False)),
     (e.Shutdown(), e.Shutdown(), None),
     (a.ToServer(b"MAIL"), a.ToServer(memoryview(b"MAIL")), a.ToServer(b"RCPT")),
     (a.ToClient(b"250 ok\r\n"), a.ToClient(b"250 ok\r\n"), a.ToClient(b"")),
@@ -41,6 +42,8 @@ SAMPLES: list[tuple[object, object, object | None]] = [
     (a.RateCheck("c", "k", 5, 60.0), a.RateCheck("c", "k", 5, 60), a.RateCheck("c", "k", 6, 60.0)),
     (DedupeLookup("ab"), DedupeLookup("ab"), DedupeLookup("cd")),
     (DedupeRecord("ab", "q1"), DedupeRecord("ab", "q1"), DedupeRecord("ab", "q2")),
+    (a.PassLookup(), a.PassLookup(), None),
+    (a.PassRecord(60.0), a.PassRecord(60), a.PassRecord(61.0)),
 ]
 
 

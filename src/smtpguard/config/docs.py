@@ -195,6 +195,8 @@ SECTION_TEXT = {
     "(same sender, accepted recipients and SHA-256 of the message) is answered "
     "`250 2.0.0 Already accepted as <queue id>` and never relayed again. Off by default; "
     "a restart applies changes.",
+    "screen": "Protocol screens of bots: what a real MTA never does on the wire and a bot "
+    "often does. Each is on or off by itself; see [screening.md](screening.md).",
 }
 
 
@@ -298,6 +300,7 @@ def render() -> str:
         ("access", schema.AccessSection, None),
         ("state", schema.StateSection, None),
         ("dedupe", schema.DedupeSection, None),
+        ("screen", schema.ScreenSection, None),
     ]
     for name, model, defaults in sections:
         out.append(f"\n## `[{name}]`\n")

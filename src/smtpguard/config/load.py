@@ -300,6 +300,22 @@ def policy_from(cfg: schema.ConfigFile, problems: list[_Invalid] | None = None) 
         checks=checks,
         timeouts=dataclasses.replace(core.Timeouts(), **_set_fields(cfg.timeouts)),
         emulation=dataclasses.replace(core.Emulation(), **_set_fields(cfg.emulation)),
+        screen=_screens(cfg.screen),
+    )
+
+
+def _screens(s: schema.ScreenSection) -> core.Screens:
+    return core.Screens(
+        non_smtp=s.non_smtp,
+        non_smtp_action=core.ScreenAction(s.non_smtp_action),
+        pipelining=s.pipelining,
+        pipelining_action=s.pipelining_action,
+        error_limit=s.error_limit,
+        error_delay=s.error_delay,
+        error_delay_cap=s.error_delay_cap,
+        greet_wait=s.greet_wait,
+        pregreet_action=core.ScreenAction(s.pregreet_action),
+        pass_ttl=s.pass_ttl,
     )
 
 

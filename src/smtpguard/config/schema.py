@@ -19,6 +19,7 @@ the flag's choices, the error text and the docs name the same values.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from smtpguard.core.policy import (
     DedupeReply,
     Mode,
     PixRewrite,
+    ScreenAction,
     Smuggling,
     StartTls,
     Verdict,
@@ -250,6 +252,10 @@ class Checks(Section):
     mime_filename_length: LimitCheck = Field(
         default_factory=LimitCheck, description="length of a MIME part's file name"
     )
+    received_count: LimitCheck = Field(
+        default_factory=LimitCheck,
+        description="Received: header fields in a message (a mail loop, RFC 5321 §6.3)",
+    )
     mime_structure: MimeStructureCheck = Field(
         default_factory=MimeStructureCheck,
         description="MIME nesting depth; fires also past the other bounds of "
@@ -363,6 +369,14 @@ class GatewaySection(Section):
     )
 
 
+class DropOrLog(enum.StrEnum):
+    """The actions a screen that catches a client at once can take (no reject: there
+    is no command to refuse in its place)."""
+
+    DROP = "drop-connection"
+    LOG = "log"
+
+
 class ProtocolLogSection(Section):
     path: Annotated[Str | None, Flag("--protocol-log", "FILE"), FILE_PATH] = Field(
         default=None,
@@ -474,6 +488,58 @@ class DedupeSection(Section):
     )
 
 
+class ScreenSection(Section):
+    non_smtp: StrictBool = Field(
+        default=True,
+        description="catch clients that open with another protocol: HTTP (GET, POST, "
+        "HEAD, PUT, OPTIONS, CONNECT), USER (POP3/FTP) or a TLS ClientHello",
+    )
+    non_smtp_action: DropOrLog = Field(
+        default=DropOrLog.DROP,
+        description="drop-connection: 554 5.7.0 and close at once; log: only the event",
+    )
+    pipelining: StrictBool = Field(
+        default=False,
+        description="catch commands sent before the reply to the previous one when "
+        "PIPELINING was not offered (mailguard mode; esmtp after HELO or with the keyword "
+        "stripped)",
+    )
+    pipelining_action: ScreenAction = Field(
+        default=ScreenAction.REJECT,
+        description="reject: each command sent ahead gets 503 5.5.0 (QUIT is honoured); "
+        "drop-connection: 421 4.7.0 after the replies owed, then close; log: only the event",
+    )
+    error_limit: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0,
+        description="close the session (421 4.7.0) at this many error replies (4xx/5xx, "
+        "the gateway's and the server's); 0: no limit",
+    )
+    error_delay: Annotated[StrictFloat, Field(ge=0)] = Field(
+        default=0.0,
+        description="tarpit: each error reply after the third is held this many seconds "
+        "times its rank past the third (1x, 2x, ...); 0: off. Never a 2xx, never other "
+        "sessions",
+    )
+    error_delay_cap: Seconds = Field(
+        default=30.0, description="the longest an error reply is held by error_delay"
+    )
+    greet_wait: Annotated[StrictFloat, Field(ge=0)] = Field(
+        default=0.0,
+        description='pregreet: send "220-" at once, the server\'s greeting after this many '
+        "seconds; a client that talks before is an early talker; 0: off (uses the "
+        "[state] store for the passes)",
+    )
+    pregreet_action: DropOrLog = Field(
+        default=DropOrLog.DROP,
+        description="drop-connection: 554 5.5.1 and close at once; log: only the event",
+    )
+    pass_ttl: Seconds = Field(
+        default=86400.0,
+        description="seconds a client address that waited for the whole greeting is "
+        "greeted without the wait (all workers; with Redis, all instances)",
+    )
+
+
 class ConfigFile(Section):
     mode: Annotated[Mode | None, Flag("--mode")] = Field(
         default=None,
@@ -550,4 +616,8 @@ class ConfigFile(Section):
     )
     dedupe: Annotated[DedupeSection, RESTART] = Field(
         default_factory=DedupeSection, description="suppression of re-sent duplicates"
+    )
+    screen: ScreenSection = Field(
+        default_factory=ScreenSection,
+        description="protocol screens of bots (docs/screening.md)",
     )

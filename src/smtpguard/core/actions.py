@@ -284,6 +284,46 @@ class RateCheck:
         )
 
 
+class PassLookup:
+    """Ask the shared store whether the client's address passed the greeting wait
+    (``[screen] greet_wait``) within ``pass_ttl``; answer with ``PassAnswer(passed)``
+    (False when the store fails: the client waits, as a new one does)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PassLookup):
+            return NotImplemented
+        return True
+
+    def __hash__(self) -> int:
+        return hash(())
+
+    def __repr__(self) -> str:
+        return "PassLookup()"
+
+
+class PassRecord:
+    """The client waited for the whole greeting: remember its address in the shared
+    store for ``ttl`` seconds, so that its next sessions are not made to wait."""
+
+    __slots__ = ("ttl",)
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl: Final = ttl
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PassRecord):
+            return NotImplemented
+        return self.ttl == other.ttl
+
+    def __hash__(self) -> int:
+        return hash((self.ttl,))
+
+    def __repr__(self) -> str:
+        return f"PassRecord(ttl={self.ttl!r})"
+
+
 Action = (
     ToServer
     | ToClient
@@ -297,4 +337,6 @@ Action = (
     | DedupeLookup
     | DedupeRecord
     | RateCheck
+    | PassLookup
+    | PassRecord
 )

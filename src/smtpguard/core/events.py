@@ -233,6 +233,27 @@ class RateAnswer:
         return f"RateAnswer(allowed={self.allowed!r})"
 
 
+class PassAnswer:
+    """The answer to ``PassLookup``: True if the client's address passed the
+    greeting wait within ``pass_ttl`` (its greeting is sent at once)."""
+
+    __slots__ = ("passed",)
+
+    def __init__(self, passed: bool) -> None:
+        self.passed: Final = passed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PassAnswer):
+            return NotImplemented
+        return self.passed == other.passed
+
+    def __hash__(self) -> int:
+        return hash((self.passed,))
+
+    def __repr__(self) -> str:
+        return f"PassAnswer(passed={self.passed!r})"
+
+
 class Shutdown:
     """Drain: finish the transaction in flight, then close with 421."""
 
@@ -262,5 +283,6 @@ Event = (
     | TlsFailed
     | DedupeAnswer
     | RateAnswer
+    | PassAnswer
     | Shutdown
 )

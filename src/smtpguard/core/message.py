@@ -162,6 +162,7 @@ class MessageInspector:
         self._uncounted = False  # a To/Cc line was longer than the part kept of it
         self._header_size = 0
         self._to_cc = 0
+        self._received = 0  # Received: fields in the header section
         self._fired: set[str] = set()
         self._out: list[Finding] = []
         self._normalizer = Normalizer() if normalize else None
@@ -350,6 +351,27 @@ class MessageInspector:
             self._id_text = _text(line).partition(":")[2]
         if c.to_cc_count.limit is not None:  # the only check that reads a field's text
             self._to_cc_field(_text(line), length > len(line))
+        if (first == 0x52 or first == 0x72) and c.received_count.limit is not None:
+            self._received_field(line)
+
+    def _received_field(self, line: bytes) -> None:
+        """Count a Received: field (RFC 5321 §6.3: a mail loop shows as many of them)."""
+        if line[:8].lower() != b"received" or line[8:].lstrip(b" \t")[:1] != b":":
+            return
+        self._received += 1
+        c = self.c
+        if over(c.received_count, self._received):
+            self._fire(
+                finding(
+                    "received_count",
+                    "SG-CHK-RECEIVED-COUNT",
+                    f"{self._received} Received: fields (limit {c.received_count.limit}): "
+                    "a mail loop",
+                    c.received_count,
+                    554,
+                    "5.4.6 Routing loop detected: too many Received: fields",
+                )
+            )
 
     def _header_line_length(self, length: int) -> None:
         c = self.c

@@ -43,6 +43,14 @@ class Verdict(enum.Enum):
     RATE_LIMIT = "rate-limit"  # let ``rate`` events per ``period`` pass, reject beyond
 
 
+class ScreenAction(enum.Enum):
+    """What a protocol screen does with a client it catches (core/screen.py)."""
+
+    REJECT = "reject"  # the offending commands are refused; the session goes on
+    DROP = "drop-connection"  # a 4xx/5xx reply, then close
+    LOG = "log"  # let it pass, log the event
+
+
 class StartTls(enum.Enum):
     STRIP = "strip"  # STARTTLS is neither offered nor accepted (ASA default)
     PASSTHROUGH = "passthrough"  # relayed; inspection stops once TLS starts
@@ -143,6 +151,7 @@ class Checks:
     invalid_recipients: Check = Check(Verdict.DROP, None)  # server 5xx to RCPT, per session
     message_size: Check = Check(Verdict.REJECT, None)  # declared SIZE= and actual octets
     mime_filename_length: Check = Check(Verdict.DROP, 255)
+    received_count: Check = Check(Verdict.REJECT, 100)  # RFC 5321 §6.3: a mail loop
     mime_structure: MimeStructureCheck = MimeStructureCheck()
     special_characters: Verdict = Verdict.REJECT  # |, unbalanced <>, controls in addresses
     sender_pattern: PatternCheck = PatternCheck()
@@ -150,6 +159,32 @@ class Checks:
     mime_filename_pattern: PatternCheck = PatternCheck()
     mime_type_pattern: PatternCheck = PatternCheck()
     transfer_encoding_pattern: PatternCheck = PatternCheck()
+
+
+@dataclass(frozen=True, slots=True)
+class Screens:
+    """Protocol screens of bots (core/screen.py, docs/screening.md): what a real MTA
+    never does and a bot often does. Each is off or on by itself."""
+
+    # A first line of another protocol (HTTP, POP3/FTP USER, a TLS ClientHello).
+    non_smtp: bool = True
+    non_smtp_action: ScreenAction = ScreenAction.DROP
+    # A command sent before the reply to the previous one, PIPELINING not offered.
+    pipelining: bool = False
+    pipelining_action: ScreenAction = ScreenAction.REJECT
+    # Error replies (4xx/5xx, the gateway's and the server's) before the session is
+    # closed; 0: no limit.
+    error_limit: int = 0
+    # Tarpit: each error reply after the third held error_delay seconds more than the
+    # one before (error_delay, 2 x error_delay, ...), at most error_delay_cap; 0: off.
+    error_delay: float = 0.0
+    error_delay_cap: float = 30.0
+    # Pregreet: the first line of the greeting ("220-"), then greet_wait seconds, then
+    # the rest; a client that talks meanwhile is an early talker. 0: off. A client
+    # address that waited is remembered in the shared store for pass_ttl seconds.
+    greet_wait: float = 0.0
+    pregreet_action: ScreenAction = ScreenAction.DROP
+    pass_ttl: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +245,7 @@ class Policy:
     # shared store (per client or sender address, across workers and instances) and
     # what it concerns waits for the count (core/ratelimit.py); off: per session.
     shared_rates: bool = False
+    screen: Screens = field(default_factory=Screens)
 
     @classmethod
     def for_mode(cls, mode: Mode, **kw: object) -> Policy:

@@ -36,6 +36,8 @@ from smtpguard.core.actions import (
     CloseServer,
     Direction,
     OpenServer,
+    PassLookup,
+    PassRecord,
     SetTimer,
     StartTls,
     ToClient,
@@ -54,6 +56,7 @@ from smtpguard.core.events import (
     ClientEof,
     DedupeAnswer,
     Event,
+    PassAnswer,
     RateAnswer,
     ServerClosed,
     ServerConnected,
@@ -91,10 +94,11 @@ from smtpguard.core.pipeline import (
     ReplyPipeline,
     Slot,
 )
-from smtpguard.core.policy import DedupeReply, Policy
+from smtpguard.core.policy import DedupeReply, Policy, ScreenAction
 from smtpguard.core.ratelimit import Decision as RateDecision
 from smtpguard.core.ratelimit import SharedRates
 from smtpguard.core.relay import DROPPED, RESET, SPLIT_EOD, MessageRelay
+from smtpguard.core.screen import Caught, Screen
 from smtpguard.core.upstream import XCLIENT_REFUSED, After, Secured, UpstreamLink
 
 __all__ = ["Phase", "Session", "Upstream"]
@@ -141,6 +145,7 @@ class Session:
             client_tls,
         )
         self.envelope = self.cmds.envelope
+        self.screen = Screen(policy.screen)
         self.helo: bytes | None = None  # last HELO/EHLO the server accepted
         self.ehlo_line: bytes | None = None  # the client's EHLO, re-sent after TLS
         self.injected = 0  # plaintext octets discarded between STARTTLS and TLS
@@ -156,10 +161,13 @@ class Session:
         phase = self.phase
         if phase is Phase.CLOSED:
             return []
+        self.screen.now = now
         # Bytes from either side are nearly every event: handled here, inline.
         if isinstance(event, ClientData):
             ending = self.ending  # OPEN first: an identity test, no set lookup
-            if ending is Ending.OPEN or ending not in EOF_SEEN:
+            if (ending is Ending.OPEN or ending not in EOF_SEEN) and not self._screened(
+                self.screen.arrived(event.data)
+            ):
                 self.deadlines.client = now + self.policy.timeouts.client_idle
                 if phase is Phase.DATA and not self.buffer.data:
                     self._data(event.data, now)  # hot path: no copy into the buffer
@@ -194,6 +202,8 @@ class Session:
         elif isinstance(event, Start):
             self.deadlines.server = now + self.policy.timeouts.connect
             self.out.emit(OpenServer())
+            if self.policy.screen.greet_wait:
+                self._pregreet(now, None)
         elif isinstance(event, ServerConnected):
             self.link.connected(now)
         elif isinstance(event, ServerClosed):
@@ -216,6 +226,8 @@ class Session:
             if self.shared_rates is not None:
                 self._rate_answer(self.shared_rates, event.allowed, now)
                 self._pump(now)
+        elif isinstance(event, PassAnswer):
+            self._pregreet(now, event.passed)
         elif isinstance(event, TlsFailed):
             if event.side is Side.SERVER:
                 self._link(self.link.failed("TLS handshake with the server failed"), now)
@@ -271,6 +283,11 @@ class Session:
         """The armed timer fired: act on what expired, re-arm for the rest."""
         d = self.deadlines
         d.timer = None
+        screen = self.screen
+        if screen.release_at is not None:  # an error reply held: sent when due
+            self.flush()
+        if screen.greet_until is not None and now >= screen.greet_until:
+            self._pregreet(now, False)
         if self.phase is Phase.TUNNEL:
             if d.expired(d.client, now):
                 # Nothing can be said inside TLS: close both sides.
@@ -302,7 +319,7 @@ class Session:
         cmds = self.cmds
         cmds.client_tls = True
         self.goto(Trigger.TLS_DONE)
-        self._report_injected()
+        self._injected(drop=False, report=True)
         cmds.shown = NOTHING_SHOWN
         self.helo = None
         self.ehlo_line = None
@@ -335,7 +352,8 @@ class Session:
         link = self.link
         hs = link.handshake
         if link.state is Upstream.GREETING:
-            self._link(link.on_greeting(reply, self.helo, self.ehlo_line, now), now)
+            if not self.screen.hold(reply):  # held while the greeting wait runs
+                self._link(link.on_greeting(reply, self.helo, self.ehlo_line, now), now)
         elif hs is not None and hs.step is not None:
             self._link(link.on_step_reply(reply, now), now)
         elif self.phase is Phase.DATA:
@@ -426,8 +444,7 @@ class Session:
         slot.reply = raw
         if phase is Phase.TUNNEL:
             self.out.event("SG-TLS-PASSTHROUGH", "STARTTLS relayed: inspection ends here")
-            self._drop_injected()
-            self._report_injected()
+            self._injected(drop=True, report=True)
             self.deadlines.client = now + self.policy.timeouts.client_idle
         if reply.code == 421 or (verb == "QUIT" and cls == 2):
             self.abort_with(None)
@@ -467,6 +484,12 @@ class Session:
                     break
                 if phase is Phase.AUTH:
                     self._apply(cmds.auth_response(line, now), now)
+                elif self._screened(
+                    self.screen.command(
+                        line, len(buffer), bool(self.replies.slots), "PIPELINING" in cmds.shown
+                    )
+                ):
+                    self.flush()
                 else:
                     self._apply(cmds.command(line, now), now)
             elif phase is Phase.DATA:
@@ -698,25 +721,89 @@ class Session:
         """Send the filled slots at the head of the pipeline, in order."""
         replies = self.replies
         slots = replies.slots
+        caught: Caught | None = None
+        screen = self.screen
         while slots and slots[0].reply is not None:
+            if screen.policy.error_delay:
+                at = screen.tarpit(slots[0].reply)
+                if at is not None:  # held: the timer sends it, and what waits behind it
+                    d = self.deadlines
+                    if d.timer is None or at < d.timer:
+                        d.timer = at
+                        self.out.emit(SetTimer(at))
+                    break
             slot = replies.take_ready()
             assert slot.reply is not None
             self.out.to_client(slot.reply)
+            caught = screen.replied(slot.reply) or caught
             self.deadlines.client = None  # the client's turn starts now
             if slot.verb == TLS_SLOT:
-                self._drop_injected()
+                self._injected(drop=True, report=False)
                 self.out.emit(StartTls(Side.CLIENT))
+        if caught is not None and self.ending in READING:  # at the error limit
+            self._screened(caught)
+            return
         self.finish_if_done()
 
-    def _drop_injected(self) -> None:
-        """Bytes the client sent after STARTTLS but before TLS are plaintext injected
-        into the encrypted session (CVE-2011-0411 class): discard them, however they
-        were segmented (also those that arrive while the handshake is pending)."""
-        self.injected += len(self.buffer)
-        self.buffer.clear()
+    # ------------------------------------------------------------ protocol screens
+    def _pregreet(self, now: float, passed: bool | None) -> None:
+        """The greeting wait (core/screen.py): at the start (``passed`` None) the
+        first greeting line, the timer and the store lookup; then, when the store
+        says the address passed or the wait is over, the server's greeting."""
+        screen = self.screen
+        if passed is None:
+            at = screen.greet()
+            self.out.to_client(b"220-%s ESMTP\r\n" % self.policy.hostname.encode())
+            self.out.emit(PassLookup())
+            d = self.deadlines
+            if d.timer is None or at < d.timer:
+                d.timer = at
+                self.out.emit(SetTimer(at))
+            return
+        if screen.greet_until is None or (not passed and now < screen.greet_until):
+            return  # released already, or the wait goes on
+        held = screen.release()
+        if passed:
+            self.out.event(
+                "SG-SCREEN-PREGREET-PASSED", "address waited for a greeting before: no wait", "pass"
+            )
+        elif not screen.talked:
+            self.out.emit(PassRecord(self.policy.screen.pass_ttl))
+        link = self.link
+        if held is not None and link.state is Upstream.GREETING:
+            self._link(link.on_greeting(held, self.helo, self.ehlo_line, now), now)
+        self._pump(now)
 
-    def _report_injected(self) -> None:
-        if self.injected:
+    def _screened(self, caught: Caught | None) -> bool:
+        """Apply a protocol screen's verdict (core/screen.py): True when the input it
+        concerns is not read on (refused, or the session closes)."""
+        if caught is None:
+            return False
+        action = caught.action
+        if caught.first:
+            self.out.event(caught.event_id, caught.message, action.value)
+        if action is ScreenAction.LOG:
+            return self._screened(caught.then)
+        if action is ScreenAction.REJECT:  # a command line sent ahead: refused in place
+            self.cmds.refused += 1
+            self.replies.local("", caught.reply)
+        elif caught.at_once:
+            self.out.to_client(caught.reply)
+            self.buffer.clear()
+            self.abort_with(None)
+        else:
+            self.close_after(caught.reply)
+        return True
+
+    def _injected(self, drop: bool, report: bool) -> None:
+        """Bytes the client sent after STARTTLS but before TLS are plaintext injected
+        into the encrypted session (CVE-2011-0411 class): ``drop`` discards those held,
+        however they were segmented (those arriving while the handshake is pending are
+        counted as they come); ``report`` logs the count once the handshake is done."""
+        if drop:
+            self.injected += len(self.buffer)
+            self.buffer.clear()
+        if report and self.injected:
             self.out.event(
                 "SG-TLS-INJECTION",
                 f"{self.injected} octets pipelined after STARTTLS discarded",

@@ -47,6 +47,8 @@ from smtpguard.core.actions import (
     CloseClient,
     CloseServer,
     OpenServer,
+    PassLookup,
+    PassRecord,
     PolicyEvent,
     RateCheck,
     SetTimer,
@@ -61,6 +63,7 @@ from smtpguard.core.events import (
     ClientEof,
     DedupeAnswer,
     Event,
+    PassAnswer,
     RateAnswer,
     ServerClosed,
     ServerConnected,
@@ -82,6 +85,7 @@ from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.passes import Passes
 from smtpguard.state.ratelimit import RateLimits
 
 __all__ = [
@@ -122,6 +126,7 @@ class GatewayView(Protocol):
     access: AccessControl
     dedupe: Dedupe | None
     rates: RateLimits | None
+    passes: Passes | None
     metrics: Metrics
     protocol_log: ProtocolLog | None
     tls: TlsContexts | None
@@ -419,6 +424,10 @@ class ClientConnection(asyncio.Protocol):
         """The store's count for the core's RateCheck (state/ratelimit.py)."""
         self._dispatch(RateAnswer(allowed))
 
+    def pass_answer(self, passed: bool) -> None:
+        """The store's answer to the core's PassLookup (state/passes.py)."""
+        self._dispatch(PassAnswer(passed))
+
     def _on_timer(self) -> None:
         self._timer = None
         self._dispatch(TimerFired())
@@ -536,6 +545,17 @@ class ClientConnection(asyncio.Protocol):
             rates.check(self.gw, self, a)  # answers with rate_answer
         else:  # no store (cannot happen: set_policy): allowed, as when it fails
             self.loop.call_soon(self.rate_answer, None)
+
+    def _do_pass_lookup(self, a: PassLookup) -> None:
+        passes = self.gw.passes
+        if passes is not None and self.addr is not None:
+            passes.lookup(self.gw, self, self.addr[0])  # answers with pass_answer
+        # else (no store, or no address): no answer; the wait runs its course
+
+    def _do_pass_record(self, a: PassRecord) -> None:
+        passes = self.gw.passes
+        if passes is not None and self.addr is not None:
+            passes.record(self.gw, self, self.addr[0], a.ttl)
 
     def _do_start_tls(self, a: StartTls) -> None:
         task = self.loop.create_task(self._start_tls(a.side))
@@ -660,6 +680,8 @@ _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
     DedupeLookup: ClientConnection._do_dedupe_lookup,
     DedupeRecord: ClientConnection._do_dedupe_record,
     RateCheck: ClientConnection._do_rate_check,
+    PassLookup: ClientConnection._do_pass_lookup,
+    PassRecord: ClientConnection._do_pass_record,
 }
 
 

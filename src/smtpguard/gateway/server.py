@@ -60,6 +60,7 @@ from smtpguard.gateway.tls import TlsContexts
 from smtpguard.logs import ProtocolLog
 from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.passes import Passes
 from smtpguard.state.ratelimit import RateLimits
 
 log = logging.getLogger("smtpguard.gateway")
@@ -151,6 +152,7 @@ class Gateway:
         self.limits: SharedLimits | None = None
         self.dedupe: Dedupe | None = None
         self.rates: RateLimits | None = None
+        self.passes: Passes | None = None  # the greeting wait's pass cache
         self.tls: TlsContexts | None = None  # set by the CLI when TLS is configured
         self.upstream_proxy = ProxyVersion.OFF  # the PROXY header towards the server
         # No shared store yet: set_policy turns shared_rates on once one is attached.

@@ -18,6 +18,7 @@ from smtpguard.errors import CliError
 from smtpguard.gateway.access import SharedLimits
 from smtpguard.state import Guarded, StoreError, open_store, prepare
 from smtpguard.state.dedupe import Dedupe
+from smtpguard.state.passes import Passes
 from smtpguard.state.ratelimit import RateLimits, uses_rate_limit
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def needed(settings: Settings) -> bool:
         or a.connection_rate > 0
         or settings.dedupe.enabled
         or uses_rate_limit(settings.policy)
+        or settings.policy.screen.greet_wait > 0
     )
 
 
@@ -54,6 +56,8 @@ def describe(settings: Settings) -> str | None:
         uses.append("check rate limits")
     if settings.dedupe.enabled:
         uses.append(f"dedupe ({settings.dedupe.window:g}s window)")
+    if settings.policy.screen.greet_wait > 0:
+        uses.append(f"greeting passes ({settings.policy.screen.pass_ttl:g}s)")
     return f"{where}: {', '.join(uses)}"
 
 
@@ -73,10 +77,13 @@ class Shared:
     limits: SharedLimits
     dedupe: Dedupe | None
     rates: RateLimits | None = None
+    passes: Passes | None = None
 
     async def close(self) -> None:
         if self.dedupe is not None:
             await self.dedupe.close()
+        if self.passes is not None:
+            await self.passes.close()
         if self.rates is not None:
             await self.rates.close()
         await self.limits.close()  # gives back the leases, closes the store
@@ -96,5 +103,6 @@ def attach(gateway: Gateway, settings: Settings) -> Shared | None:
     gateway.limits = limits
     gateway.dedupe = dedupe
     gateway.rates = rates
+    passes = gateway.passes = Passes(store)  # also for a greeting wait a reload adds
     gateway.set_policy(gateway.policy)  # sessions count rate limits in the store now
-    return Shared(store, limits, dedupe, rates)
+    return Shared(store, limits, dedupe, rates, passes)
