@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,6 +22,8 @@ from smtpguard.core.grammar import LineError, Reply, ReplyAssembler, frame_reply
 from smtpguard.gateway.upstreams import Address, UpstreamPool
 
 __all__ = ["HealthChecks", "check_once"]
+
+QUIT_WAIT = 1.0  # seconds the check waits for the reply to its QUIT (it does not count)
 
 
 class Reporter(Protocol):
@@ -50,16 +53,19 @@ async def check_once(address: Address, timeout: float, clock: Callable[[], float
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(*address)
             reply = await read_greeting(reader)
-            if reply.code != 220:
-                return f"greeting {reply.code}"
-            writer.write(b"QUIT\r\n")
-            with contextlib.suppress(OSError, TimeoutError):
+        if reply.code != 220:
+            return f"greeting {reply.code}"
+        writer.write(b"QUIT\r\n")
+        with contextlib.suppress(OSError, TimeoutError):  # the 221, if it comes soon
+            async with asyncio.timeout(QUIT_WAIT):
                 await writer.drain()
-                await reader.readline()  # the 221, if it comes in time
+                await reader.readline()
     except TimeoutError:
         return f"no greeting within {clock() - started:.1f}s"
-    except (OSError, LineError) as exc:
-        return str(exc) or type(exc).__name__
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    except LineError as exc:
+        return f"not an SMTP greeting: {exc.reason}"
     finally:
         if writer is not None:
             writer.close()
