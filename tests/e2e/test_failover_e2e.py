@@ -30,6 +30,7 @@ import pytest
 
 from tests.gateway.test_serve_config import Serve
 from tests.peers import LOOPBACK, GatewayProcess, free_port, need, wait_port
+from tests.postfix import PrivatePostfix, _alive
 
 REPLY_TIMEOUT = 20.0  # a reply slower than this is a hung session: the test fails
 
@@ -159,12 +160,12 @@ def sinks() -> Iterator[tuple[Sink, Sink]]:
         b.close()
 
 
-def gateway(tmp_path: Path, a: Sink, b: Sink, *args: str) -> GatewayProcess:
+def gateway(tmp_path: Path, a: Sink | str, b: Sink | str, *args: str) -> GatewayProcess:
     return GatewayProcess(
         "--upstream",
-        a.address,
+        a if isinstance(a, str) else a.address,
         "--upstream",
-        b.address,
+        b if isinstance(b, str) else b.address,
         "--upstream-check-interval",
         "0.2",
         "--config",
@@ -459,3 +460,52 @@ def test_reload_moves_new_sessions_to_a_changed_list_and_keeps_sessions_in_fligh
         g.stop()
     assert a.delivered() == Counter({"in-flight": 1})
     assert b.delivered() == Counter({"fresh": 1})
+
+
+def _in_mailbox(pf: PrivatePostfix) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for m in pf.mailbox_messages():
+        found.update(x.decode() for x in re.findall(rb"\nEND-(\S+)\n", m))
+    return found
+
+
+def test_postfix_stopped_and_started_again_with_xclient_towards_each_server(
+    tmp_path: Path,
+) -> None:
+    """Postfix first, smtp-sink second, XCLIENT towards both: mail goes to Postfix,
+    to the sink while Postfix is stopped, to Postfix again once it is back."""
+    sink = Sink()
+    try:
+        with PrivatePostfix("smtpguard-failover", smtpd_authorized_xclient_hosts=LOOPBACK) as pf:
+            gw = gateway(tmp_path, pf.address, sink, "--xclient")
+            try:
+
+                def send(tag: str) -> None:
+                    for i in range(5):
+                        c = Client(gw.address)
+                        c.hello()
+                        c.send(f"{tag}{i}")
+                        c.quit()
+
+                send("first")
+                pid = pf._master_pid()
+                assert pf._postfix("stop").returncode == 0
+                deadline = time.monotonic() + 20
+                while pid is not None and _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                send("stopped")
+                assert pf._postfix("start").returncode == 0
+                wait_port(pf.port)
+                time.sleep(0.6)  # a health check has seen it greet again
+                send("again")
+            finally:
+                _, out = gw.stop()
+            want = Counter({f"{t}{i}": 1 for t in ("first", "again") for i in range(5)})
+            deadline = time.monotonic() + 30
+            while _in_mailbox(pf) != want and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _in_mailbox(pf) == want
+            assert sink.delivered() == Counter({f"stopped{i}": 1 for i in range(5)})
+            assert "SG-UPSTREAM-DOWN" in out and "SG-UPSTREAM-UP" in out, out
+    finally:
+        sink.close()
