@@ -24,8 +24,8 @@ reloads the configuration; SIGUSR1 only re-opens the protocol log.
 
 Reload (SIGHUP) calls the ``reloader`` the CLI installed; on success the new policy,
 access settings and upstream servers are swapped in for sessions that start (or
-connections that open) afterwards. A session
-keeps the :class:`Policy` object it was created with, so sessions in flight are
+upstream connections that open) afterwards. A session keeps the :class:`Policy`
+object it was created with and its open connection, so sessions in flight are
 neither dropped nor changed. An invalid file is refused and the old settings kept.
 """
 
