@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -509,3 +510,69 @@ def test_postfix_stopped_and_started_again_with_xclient_towards_each_server(
             assert "SG-UPSTREAM-DOWN" in out and "SG-UPSTREAM-UP" in out, out
     finally:
         sink.close()
+
+
+def test_per_server_metrics_with_two_workers(tmp_path: Path, sinks: tuple[Sink, Sink]) -> None:
+    a, b = sinks
+    a.kill()
+    a.extra = ()
+    a.start()
+    mport = free_port()
+    gw = gateway(
+        tmp_path,
+        a,
+        b,
+        "--upstream-policy",
+        "round-robin",
+        "--workers",
+        "2",
+        "--metrics-listen",
+        f"{LOOPBACK}:{mport}",
+    )
+    try:
+        for i in range(20):
+            c = Client(gw.address)
+            c.hello()
+            c.send(f"metrics{i}", size=300)
+            c.quit()
+        a.kill()
+        for i in range(4):  # each worker sees A refuse, marks it down, moves to B
+            c = Client(gw.address)
+            c.hello()
+            c.send(f"down{i}", size=300)
+            c.quit()
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline:
+            text = _scrape(mport)
+            sessions = sum(
+                _value(text, "smtpguard_upstream_sessions_total", f'upstream="{s.address}"')
+                for s in (a, b)
+            )
+            a_up = _value(text, "smtpguard_upstream_up", f'upstream="{a.address}"')
+            if sessions >= 24 and a_up == 0:
+                break
+            time.sleep(0.2)
+    finally:
+        gw.stop()
+    at_a, at_b = sum(a.delivered().values()), sum(b.delivered().values())
+    assert at_a + at_b == 24
+    label_a, label_b = f'upstream="{a.address}"', f'upstream="{b.address}"'
+    assert _value(text, "smtpguard_upstream_sessions_total", label_a) == at_a
+    assert _value(text, "smtpguard_upstream_sessions_total", label_b) == at_b
+    assert _value(text, "smtpguard_upstream_failures_total", label_a) >= 1
+    assert _value(text, "smtpguard_upstream_up", label_a) == 0
+    assert _value(text, "smtpguard_upstream_up", label_b) == 1
+    assert _value(text, "smtpguard_upstream_greeting_seconds_total", label_b) > 0
+    assert _value(text, "smtpguard_policy_events_total", 'id="SG-UPSTREAM-DOWN"') >= 1
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def _value(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    m = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(m.group(1)) if m else 0.0
