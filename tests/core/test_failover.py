@@ -8,6 +8,8 @@ connection (a new round of tries) with the client's HELO replayed."""
 
 from __future__ import annotations
 
+import pytest
+
 from smtpguard.core import replies
 from smtpguard.core.actions import (
     CloseClient,
@@ -174,4 +176,27 @@ def test_after_a_lost_message_the_fresh_connection_fails_over_with_the_helo_repl
         << S(b"MAIL FROM:<a@x.org>\r\n")
         >> ServerData(b"250 ok\r\n")
         << C(b"250 ok\r\n")
+    )
+
+
+# Not re-cut: cut after the 421, the rest would be a later event of the dropped
+# connection, which the driver never hands the session (connection.py), whereas a
+# re-cut playbook hands it over as the next connection's bytes.
+@pytest.mark.no_recut
+def test_bytes_after_a_4xx_greeting_are_not_the_next_server_s() -> None:
+    """What the busy server sent after its 421, in the same read, belongs to its
+    dropped connection: the next server's greeting is awaited, not taken from it."""
+    assert (
+        Playbook(Session(TWO))
+        >> Start()
+        << OpenServer()
+        >> ServerConnected()
+        >> ServerData(b"421 4.3.2 mx busy\r\n220 not the next server\r\n")
+        << ServerOutcome(False, "greeting 421")
+        << CloseServer(abort=True)
+        << OpenServer()
+        >> ServerConnected()
+        >> ServerData(GREETING)
+        << ServerOutcome(True)
+        << C(SHOWN)
     )

@@ -441,6 +441,8 @@ class UpstreamLink:
         if self.state is not Upstream.DOWN:
             out.emit(CloseServer(abort=True))
         self._partial.clear()
+        self._data = b""  # what the old connection sent after the reply being handled
+        self._start = 0
         self._assembler = ReplyAssembler()
         self._error = None
         self.handshake = None
