@@ -91,3 +91,12 @@ def test_duplicates_are_one_server_and_names_show_ipv6_in_brackets() -> None:
     pool = UpstreamPool([A, A, C])
     assert [s.name for s in pool.servers] == ["192.0.2.1:25", "[2001:db8::3]:2525"]
     assert show(C) == "[2001:db8::3]:2525"
+
+
+def test_with_active_checks_only_a_check_brings_a_down_server_back() -> None:
+    pool = UpstreamPool([A, B], fail_limit=1, backoff=5, checked=True)
+    pool.failed(A, 0, "no greeting")
+    pool.failed(B, 0, "no greeting")
+    assert pool.pick(100) is None  # no session waits on a server marked down
+    pool.succeeded(B, 101, 0.002, session=False)
+    assert pool.pick(101).address == B  # type: ignore[union-attr]

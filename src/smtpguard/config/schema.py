@@ -323,8 +323,8 @@ class GatewaySection(Section):
     )
     upstream_backoff: Seconds = Field(
         default=30.0,
-        description="seconds a server marked down is skipped before a session or a "
-        "check tries it again",
+        description="without health checks: seconds a server marked down is skipped "
+        "before a session tries it again (with checks, it is back when a check passes)",
     )
     workers: Annotated[StrictInt, Field(ge=0), Flag("--workers", "N"), RESTART] = Field(
         default=0,

@@ -210,6 +210,7 @@ class Gateway:
             config.upstream_policy,
             config.upstream_fail_limit,
             config.upstream_backoff,
+            config.upstream_check_interval > 0,
         )
         self.checks: HealthChecks | None = None
         self._start_checks()
@@ -397,6 +398,7 @@ class Gateway:
             config.upstream_policy,
             config.upstream_fail_limit,
             config.upstream_backoff,
+            config.upstream_check_interval > 0,
         )
         for server in self.pool.servers:
             if server.address not in old:

@@ -13,17 +13,18 @@ with :class:`~smtpguard.core.actions.ServerOutcome`). Each report returns the
 * **Policy.** ``failover``: the first server in order that may be used;
   ``round-robin``: the next one after the last pick that may be used, so sessions
   spread evenly over the healthy servers.
-* **Passive health.** ``fail_limit`` consecutive failures mark a server down for
-  ``backoff`` seconds; a success resets the count. Once its back-off has passed, a
-  down server may be picked again, after every server that is up: one session then
-  tries it, and its outcome decides (a success brings it back up).
-* **Active health.** With ``upstream_check_interval`` set, the gateway connects to
-  each server in turn, reads the greeting and says QUIT (gateway/healthcheck.py);
-  the outcome is reported the same way, so a down server comes back as soon as a
-  check finds it greeting again, and a dead one is found without a client waiting.
-* **Nothing usable.** When every server is down and in its back-off (or the session
-  has tried every one), :meth:`~UpstreamPool.pick` returns None: the session gets
-  ``421 4.4.1`` at once, with no connection attempted.
+* **Passive health.** ``fail_limit`` consecutive failures mark a server down; a
+  success resets the count. Without active checks, a down server may be picked
+  again once ``backoff`` seconds have passed, after every server that is up: one
+  session then tries it, and its outcome decides (a success brings it back up).
+* **Active health.** With ``upstream_check_interval`` set (``checked``), the gateway
+  connects to each server in turn, reads the greeting and says QUIT
+  (gateway/healthcheck.py); the outcome is reported the same way. A down server
+  then comes back only through a check that sees it greet, never by making a
+  client's session wait on it, and a dead one is found without a client waiting.
+* **Nothing usable.** When every server is down (and, without checks, in its
+  back-off) or the session has tried every one, :meth:`~UpstreamPool.pick` returns
+  None: the session gets ``421 4.4.1`` at once, with no connection attempted.
 * **Reload.** :meth:`~UpstreamPool.replace` installs a new list: a server kept
   keeps its health and counters; sessions in flight keep their connections.
 """
@@ -90,10 +91,12 @@ class UpstreamPool:
         balance: Balance = Balance.FAILOVER,
         fail_limit: int = 3,
         backoff: float = 30.0,
+        checked: bool = False,
     ) -> None:
         self.balance = balance
         self.fail_limit = fail_limit
         self.backoff = backoff
+        self.checked = checked  # active checks bring down servers back, not sessions
         self.servers: list[Server] = []
         self._next = 0  # round-robin: where the next pick starts looking
         self.replace(addresses)
@@ -104,6 +107,7 @@ class UpstreamPool:
         balance: Balance | None = None,
         fail_limit: int | None = None,
         backoff: float | None = None,
+        checked: bool | None = None,
     ) -> None:
         """Use this list from now on (a reload); kept servers keep their state."""
         known = {s.address: s for s in self.servers}
@@ -121,14 +125,17 @@ class UpstreamPool:
             self.fail_limit = fail_limit
         if backoff is not None:
             self.backoff = backoff
+        if checked is not None:
+            self.checked = checked
 
     def find(self, address: Address) -> Server | None:
         return next((s for s in self.servers if s.address == address), None)
 
     # -- choosing -------------------------------------------------------------------
     def usable(self, server: Server, now: float) -> bool:
-        """Up, or down with its back-off over (one session may try it again)."""
-        return server.health is Health.UP or now >= server.down_until
+        """Up, or (without active checks) down with its back-off over: one session
+        may try it again."""
+        return server.health is Health.UP or (not self.checked and now >= server.down_until)
 
     def pick(self, now: float, tried: Collection[Address] = ()) -> Server | None:
         """The server for a session's next connection, None if none may be tried.
