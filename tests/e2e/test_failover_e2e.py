@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.gateway.test_serve_config import Serve
-from tests.peers import LOOPBACK, GatewayProcess, free_port, need, wait_port
+from tests.peers import LOOPBACK, GatewayProcess, free_port, need, run_cli, wait_port
 from tests.postfix import PrivatePostfix, _alive
 
 REPLY_TIMEOUT = 20.0  # a reply slower than this is a hung session: the test fails
@@ -573,3 +573,28 @@ def _value(text: str, name: str, labels: str = "") -> float:
     pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
     m = re.search(r"^" + pattern + r"$", text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def test_start_up_needs_one_server_and_warns_of_the_others(tmp_path: Path) -> None:
+    dead1, dead2 = f"{LOOPBACK}:{free_port()}", f"{LOOPBACK}:{free_port()}"
+    out = run_cli("serve", "--listen", f"{LOOPBACK}:{free_port()}", "--upstream", dead1,
+                  "--upstream", dead2, cwd=tmp_path)  # fmt: skip
+    assert out.returncode != 0
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("smtpguard serve: error: no upstream server reachable: --upstream " + dead1)
+    ), out.stderr
+    b = Sink()
+    try:
+        gw = GatewayProcess("--upstream", dead1, "--upstream", b.address, workdir=tmp_path)
+        c = Client(gw.address)  # served: the start-up block is out
+        c.hello()
+        c.send("started")
+        c.quit()
+        _, text = gw.stop()
+        assert b.delivered() == Counter({"started": 1})
+    finally:
+        b.close()
+    assert f"relaying to   {dead1}, {b.address} (failover, no health checks)" in text, text
+    assert f"WARNING       --upstream {dead1}: not reachable (Connection refused)" in text, text
