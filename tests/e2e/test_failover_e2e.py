@@ -33,6 +33,8 @@ from tests.gateway.test_serve_config import Serve
 from tests.peers import LOOPBACK, GatewayProcess, free_port, need, run_cli, wait_port
 from tests.postfix import PrivatePostfix, _alive
 
+pytestmark = pytest.mark.e2e
+
 REPLY_TIMEOUT = 20.0  # a reply slower than this is a hung session: the test fails
 
 

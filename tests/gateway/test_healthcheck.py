@@ -7,10 +7,14 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from smtpguard.core.policy import Balance
 from smtpguard.gateway.healthcheck import HealthChecks, check_once
 from smtpguard.gateway.upstreams import Health, UpstreamPool
 from tests.peers import LOOPBACK, SmtpSink, free_port
+
+pytestmark = pytest.mark.e2e
 
 
 def _run(address: tuple[str, int], timeout: float = 5.0) -> str | None:
