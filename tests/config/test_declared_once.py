@@ -11,6 +11,7 @@ from smtpguard.config import keys
 from smtpguard.config.docs import render
 from smtpguard.config.load import PATH_KEYS, load
 from smtpguard.config.render import NOT_SET, to_data, to_text
+from smtpguard.core.policy import Balance
 from smtpguard.gateway.flags import dest, overrides
 from smtpguard.gateway.reload import gateway_fields, restart_changes
 from smtpguard.gateway.server import GatewayConfig, Reload
@@ -76,7 +77,14 @@ def test_reload_reports_restart_keys_and_carries_the_rest() -> None:
     assert restart_changes(first, new) == ("gateway.listen",)
     assert restart_changes(first, first) == ()
     carried = gateway_fields(Reload, first)
-    assert carried == {"max_sessions": 1000, "drain_grace": 30.0}
+    assert carried == {
+        "max_sessions": 1000,
+        "drain_grace": 30.0,
+        "upstream_policy": Balance.FAILOVER,
+        "upstream_check_interval": 0.0,
+        "upstream_fail_limit": 3,
+        "upstream_backoff": 30.0,
+    }
     # What the gateway takes from [gateway] and a reload does not carry needs a restart.
     not_carried = set(gateway_fields(GatewayConfig, first)) - set(carried)
     assert not_carried == {"listen_backlog"}

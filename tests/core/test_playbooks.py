@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from smtpguard.core.actions import CloseClient, CloseServer, OpenServer, PolicyEvent, SetTimer
+from smtpguard.core.actions import (
+    CloseClient,
+    CloseServer,
+    OpenServer,
+    PolicyEvent,
+    ServerOutcome,
+    SetTimer,
+)
 from smtpguard.core.actions import ToClient as C
 from smtpguard.core.actions import ToServer as S
 from smtpguard.core.events import (
@@ -32,6 +39,7 @@ def opened(policy: Policy = POLICY, **kw: bool) -> Playbook:
         << OpenServer()
         >> ServerConnected()
         >> ServerData(GREETING)
+        << ServerOutcome(True)
         << C(b"220 gw.example.test ESMTP\r\n")
     )
 
@@ -101,6 +109,7 @@ def test_a_smuggled_end_of_data_is_refused_and_the_upstream_aborted() -> None:
         << OpenServer()
         >> ServerConnected()
         >> ServerData(GREETING)
+        << ServerOutcome(True)
         << S(b"HELO c\r\n")  # the client's hello, replayed on the fresh connection
         >> ServerData(b"250 mx\r\n")
     )
@@ -133,6 +142,7 @@ def test_idle_client_times_out_with_421() -> None:
         << SetTimer(10.0)  # the client's idle time runs from the start, connect or not
         >> ServerConnected()
         >> ServerData(GREETING)
+        << ServerOutcome(True)
         << C(b"220 gw.example.test ESMTP\r\n")
         >> At(10.0)
         >> TimerFired()

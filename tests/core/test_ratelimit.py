@@ -10,7 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 from smtpguard.core import replies
-from smtpguard.core.actions import Action, CloseServer, OpenServer, PolicyEvent, RateCheck
+from smtpguard.core.actions import (
+    Action,
+    CloseServer,
+    OpenServer,
+    PolicyEvent,
+    RateCheck,
+    ServerOutcome,
+)
 from smtpguard.core.actions import ToClient as C
 from smtpguard.core.actions import ToServer as S
 from smtpguard.core.events import (
@@ -196,6 +203,7 @@ def test_the_held_command_exactly() -> None:
         << OpenServer()
         >> ServerConnected()
         >> ServerData(b"220 mx ESMTP\r\n")
+        << ServerOutcome(True)
         << C(b"220 gw.example.test ESMTP\r\n")
         >> ClientData(b"HELO c\r\n")
         << S(b"HELO c\r\n")
@@ -223,6 +231,7 @@ def test_a_refusal_waits_behind_the_earlier_reply() -> None:
         << OpenServer()
         >> ServerConnected()
         >> ServerData(b"220 mx ESMTP\r\n")
+        << ServerOutcome(True)
         << C(b"220 gw.example.test ESMTP\r\n")
         >> ClientData(b"HELO c\r\n")
         << S(b"HELO c\r\n")
@@ -407,6 +416,7 @@ def test_the_held_dot_exactly() -> None:
         << OpenServer()
         >> ServerConnected()
         >> ServerData(b"220 mx ESMTP\r\n")
+        << ServerOutcome(True)
         << C(b"220 gw.example.test ESMTP\r\n")
         >> ClientData(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
         << S(b"HELO c\r\n")

@@ -34,6 +34,7 @@ SAMPLES: list[tuple[object, object, object | None]] = [
     (a.ToClient(b"250 ok\r\n"), a.ToClient(b"250 ok\r\n"), a.ToClient(b"")),
     (a.OpenServer(), a.OpenServer(), None),
     (a.CloseServer(), a.CloseServer(abort=False), a.CloseServer(abort=True)),
+    (a.ServerOutcome(True), a.ServerOutcome(True, ""), a.ServerOutcome(False, "greeting 421")),
     (a.CloseClient(), a.CloseClient(reset=False), a.CloseClient(reset=True)),
     (a.StartTls("client"), a.StartTls(e.Side.CLIENT), a.StartTls("server")),
     (a.SetTimer(10.5), a.SetTimer(10.5), a.SetTimer(None)),

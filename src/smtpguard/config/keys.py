@@ -116,10 +116,11 @@ def restart_keys() -> tuple[Key, ...]:
 
 
 def is_hostport(key: Key) -> bool:
-    """A ``HOST:PORT`` key (shown with an explicit host, brackets for IPv6)."""
+    """A ``HOST:PORT`` key, or a list of them (shown with an explicit host, brackets
+    for IPv6)."""
     tp = key.info.annotation
     metadata = [*key.info.metadata]
-    while typing.get_origin(tp) in (typing.Annotated, typing.Union, types.UnionType):
+    while typing.get_origin(tp) in (typing.Annotated, typing.Union, types.UnionType, list):
         args = typing.get_args(tp)
         if typing.get_origin(tp) is typing.Annotated:
             metadata += args[1:]

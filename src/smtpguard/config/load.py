@@ -68,12 +68,13 @@ class Settings:
     access: AccessPolicy
     file: schema.ConfigFile
     listen: tuple[str, int]
-    upstream: tuple[str, int] | None
+    upstream: tuple[str, int] | None  # the first of ``upstreams``
     workers: int
     metrics_listen: tuple[str, int] | None
     state: StateSettings
     dedupe: DedupeSettings
     source: str | None = None  # the config file, if any
+    upstreams: tuple[tuple[str, int], ...] = ()  # none: the built-in mailbox
 
     @property
     def gateway(self) -> schema.GatewaySection:
@@ -204,7 +205,8 @@ def settings_from(
             proxy_from=tuple(a.proxy_protocol_from),  # type: ignore[arg-type]
         ),
         listen=(lhost, lport),
-        upstream=split_hostport(g.upstream) if g.upstream else None,
+        upstream=split_hostport(g.upstream[0]) if g.upstream else None,
+        upstreams=tuple(split_hostport(u) for u in g.upstream or ()),
         workers=g.workers or os.cpu_count() or 1,
         metrics_listen=split_hostport(g.metrics_listen) if g.metrics_listen else None,
         state=state_settings(cfg.state),
@@ -282,6 +284,7 @@ def policy_from(cfg: schema.ConfigFile, problems: list[_Invalid] | None = None) 
     top["hostname"] = cfg.hostname or default_hostname()
     top["dedupe"] = cfg.dedupe.enabled
     top["dedupe_answer"] = cfg.dedupe.answer
+    top["upstream_tries"] = len(set(cfg.gateway.upstream or ())) or 1
     banner = top.get("banner", base.banner)
     text = top.get("banner_text", "")
     found: list[_Invalid] = [] if problems is None else problems

@@ -36,6 +36,8 @@ def _shown(settings: Settings, key: keys.Key) -> Any:
     value = keys.get(settings.file, key.path)
     if isinstance(value, str) and value and keys.is_hostport(key):
         return _hostport(split_hostport(value))
+    if isinstance(value, list) and keys.is_hostport(key):
+        return [_hostport(split_hostport(v)) for v in value]
     return value
 
 

@@ -28,6 +28,7 @@ from typing import Annotated
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -39,6 +40,7 @@ from pydantic import StrictStr as Str
 from smtpguard.applog import LogFormat, LogLevel
 from smtpguard.core.policy import (
     ALWAYS_STRIPPED_KEYWORDS,
+    Balance,
     BannerPolicy,
     DedupeReply,
     Mode,
@@ -133,6 +135,11 @@ def _hostport(value: str) -> str:
     except ValueError:
         raise ValueError('"HOST:PORT" with a port 0-65535, e.g. "127.0.0.1:2525"') from None
     return value
+
+
+def _one_or_more(value: object) -> object:
+    """One address or a list of them: one is a list of one."""
+    return [value] if isinstance(value, str) else value
 
 
 def _regex(value: str) -> str:
@@ -315,11 +322,37 @@ class GatewaySection(Section):
         default="127.0.0.1:2525", description="address to listen on"
     )
     upstream: Annotated[
-        HostPort | None,
+        Annotated[list[HostPort], Field(min_length=1)] | None,
+        BeforeValidator(_one_or_more),
         Flag("--upstream", "HOST:PORT"),
-        RESTART,
         Unset("(not set: the built-in mailbox)"),
-    ] = Field(default=None, description="the real mail server; not set: the built-in mailbox")
+    ] = Field(
+        default=None,
+        description="the real mail server, or a list of them (upstream_policy chooses); "
+        "not set: the built-in mailbox",
+    )
+    upstream_policy: Annotated[Balance, Flag("--upstream-policy")] = Field(
+        default=Balance.FAILOVER,
+        description="with several upstream servers: failover (the first healthy one, in "
+        "order) or round-robin (the healthy ones in turn)",
+    )
+    upstream_check_interval: Annotated[
+        StrictFloat, Field(ge=0), Flag("--upstream-check-interval", "SECONDS")
+    ] = Field(
+        default=0.0,
+        description="seconds between health checks of each upstream server (connect, "
+        "read the greeting, QUIT); 0: off, servers are judged by sessions alone",
+    )
+    upstream_fail_limit: Annotated[StrictInt, Field(ge=1)] = Field(
+        default=3,
+        description="consecutive failures (refused, timed out, lost or 4xx before the "
+        "220 greeting) that mark an upstream server down",
+    )
+    upstream_backoff: Seconds = Field(
+        default=30.0,
+        description="without health checks: seconds a server marked down is skipped "
+        "before a session tries it again (with checks, it is back when a check passes)",
+    )
     workers: Annotated[StrictInt, Field(ge=0), Flag("--workers", "N"), RESTART] = Field(
         default=0,
         description="worker processes sharing the port (SO_REUSEPORT); 0: one per CPU core",

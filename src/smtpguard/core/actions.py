@@ -122,6 +122,29 @@ class CloseServer:
         return f"CloseServer(abort={self.abort!r})"
 
 
+class ServerOutcome:
+    """How the upstream connection just opened turned out, for the driver's health
+    record of that server: ``ok`` once it greeted with 220; not ``ok`` when it failed
+    before that (connect refused or timed out, lost, a 4xx greeting), with ``why``."""
+
+    __slots__ = ("ok", "why")
+
+    def __init__(self, ok: bool, why: str = "") -> None:
+        self.ok: Final = ok
+        self.why: Final = why
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServerOutcome):
+            return NotImplemented
+        return self.ok == other.ok and self.why == other.why
+
+    def __hash__(self) -> int:
+        return hash((self.ok, self.why))
+
+    def __repr__(self) -> str:
+        return f"ServerOutcome(ok={self.ok!r}, why={self.why!r})"
+
+
 class CloseClient:
     """Close the client connection after pending writes; ``reset`` sends a TCP RST."""
 
@@ -329,6 +352,7 @@ Action = (
     | ToClient
     | OpenServer
     | CloseServer
+    | ServerOutcome
     | CloseClient
     | StartTls
     | SetTimer

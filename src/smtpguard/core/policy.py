@@ -64,6 +64,14 @@ class DedupeReply(enum.Enum):
     OK = "ok"  # 250 2.0.0 Ok: names no queue ID and says nothing of a first copy
 
 
+class Balance(enum.Enum):
+    """``[gateway] upstream_policy``: how the driver picks an upstream server for a
+    session's connection (gateway/upstreams.py)."""
+
+    FAILOVER = "failover"  # the first healthy one, in the configured order
+    ROUND_ROBIN = "round-robin"  # the next healthy one, in turn
+
+
 class PixRewrite(enum.Enum):
     """How the PIX emulation masks a disallowed command (lab tool, issue #5)."""
 
@@ -246,6 +254,10 @@ class Policy:
     # what it concerns waits for the count (core/ratelimit.py); off: per session.
     shared_rates: bool = False
     screen: Screens = field(default_factory=Screens)
+    # Upstream connections a session may try, one after another, before one greets
+    # with 220 (the driver gives each try the next upstream server): the number of
+    # servers in ``[gateway] upstream``.
+    upstream_tries: int = 1
 
     @classmethod
     def for_mode(cls, mode: Mode, **kw: object) -> Policy:

@@ -840,6 +840,9 @@ class Session:
         if link.live:
             link.move(Link.LOST)
         self.deadlines.server = None
+        before_greeting = was is Upstream.CONNECTING or was is Upstream.GREETING
+        if before_greeting and link.failover(f"failed while {was.value}", now):
+            return  # the next upstream server: the client has seen nothing of this one
         if not link.greeted:
             self.out.to_client(replies.SERVICE_UNAVAILABLE)
             self.abort_with(None)

@@ -27,7 +27,7 @@ import enum
 from typing import Final
 
 from smtpguard.core import replies
-from smtpguard.core.actions import CloseServer, OpenServer, StartTls
+from smtpguard.core.actions import CloseServer, OpenServer, ServerOutcome, StartTls
 from smtpguard.core.banner import greeting
 from smtpguard.core.deadlines import Deadlines
 from smtpguard.core.events import Side
@@ -258,7 +258,7 @@ class UpstreamLink:
 
     __slots__ = (
         "_assembler", "_data", "_deadlines", "_error", "_out", "_partial", "_policy",
-        "_start", "greeted", "handshake", "peer", "state", "tls",
+        "_start", "greeted", "handshake", "peer", "state", "tls", "tries",
     )  # fmt: skip
 
     def __init__(
@@ -271,6 +271,7 @@ class UpstreamLink:
         self.state = Upstream.CONNECTING
         self.greeted = False  # the client has seen a greeting
         self.tls = False  # the upstream connection is encrypted
+        self.tries = 1  # connections tried for this one, up to policy.upstream_tries
         self.handshake: Handshake | None = None  # the gateway's own exchange, while it runs
         self._partial = bytearray()  # a reply line not complete yet
         self._assembler = ReplyAssembler()
@@ -345,7 +346,12 @@ class UpstreamLink:
         self, reply: Reply, helo: bytes | None, ehlo_line: bytes | None, now: float
     ) -> After | Secured:
         """The server's greeting (the state is GREETING): the first is relayed to the
-        client; a 220 starts the handshake, ``helo`` to be replayed."""
+        client; a 220 starts the handshake, ``helo`` to be replayed. A 4xx greeting
+        moves to the next upstream server first, while tries remain."""
+        if reply.code == 220:
+            self._out.emit(ServerOutcome(True))
+        elif 400 <= reply.code < 500 and self.failover(f"greeting {reply.code}", now):
+            return After.NOTHING
         if not self.greeted:
             self.greeted = True
             self._deadlines.server = None
@@ -419,10 +425,28 @@ class UpstreamLink:
     # -- loss and reconnect ------------------------------------------------------------
     def reconnect(self, now: float) -> None:
         """Drop this connection (if any) and open a fresh one, in clear."""
+        self.tries = 1
+        self._fresh(now)
+
+    def failover(self, why: str, now: float) -> bool:
+        """This connection failed before its 220 greeting (refused, timed out, lost,
+        a 4xx greeting): the driver is told (its health record of the server), and
+        while tries remain the next connection is opened, which the driver makes to
+        the next upstream server. True: it is on its way; the client saw nothing."""
+        self._out.emit(ServerOutcome(False, why))
+        if self.tries >= self._policy.upstream_tries:
+            return False
+        self.tries += 1
+        self._fresh(now)
+        return True
+
+    def _fresh(self, now: float) -> None:
         out = self._out
         if self.state is not Upstream.DOWN:
             out.emit(CloseServer(abort=True))
         self._partial.clear()
+        self._data = b""  # what the old connection sent after the reply being handled
+        self._start = 0
         self._assembler = ReplyAssembler()
         self._error = None
         self.handshake = None

@@ -29,10 +29,10 @@ from smtpguard.gateway.flags import load_settings
 from smtpguard.gateway.metrics_prom import PrometheusMetrics
 from smtpguard.gateway.reload import gateway_fields, reloader
 from smtpguard.gateway.server import Gateway, GatewayConfig
-from smtpguard.gateway.startblock import print_banner
+from smtpguard.gateway.startblock import print_banner, upstreams_shown
 from smtpguard.gateway.startup import (
+    check_any_reachable,
     check_files,
-    check_reachable,
     metrics_setup,
     tls_contexts,
 )
@@ -58,13 +58,14 @@ def run(args: argparse.Namespace) -> int:
     lhost, lport = settings.listen
     upstream = settings.upstream
     sink_sock = None
+    down: list[str] = []
     if upstream is None:
         sink_sock = bind_listeners("127.0.0.1", 0, 1, settings.gateway.listen_backlog)[0]
         upstream = ("127.0.0.1", sink_sock.getsockname()[1])
         target = f"built-in mailbox at 127.0.0.1:{upstream[1]}"
     else:
-        check_reachable(*upstream)
-        target = f"{upstream[0]}:{upstream[1]}"
+        down = check_any_reachable(settings.upstreams)
+        target = upstreams_shown(settings)
     try:
         socks = bind_listeners(lhost, lport, settings.workers, settings.gateway.listen_backlog)
     except OSError as exc:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         listen_port=lport,
         upstream_host=upstream[0],
         upstream_port=upstream[1],
+        upstreams=settings.upstreams,
         **gateway_fields(GatewayConfig, settings),
     )
     tls = tls_contexts(settings, upstream[0], args)
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     implicit = tls_socks[0].getsockname()[:2] if tls_socks else None
 
     def ready() -> None:
-        print_banner(settings, host, port, target, sink_sock is not None, implicit)
+        print_banner(settings, host, port, target, sink_sock is not None, implicit, down)
 
     def stopping() -> None:
         print("smtpguard: draining sessions...", file=sys.stderr, flush=True)

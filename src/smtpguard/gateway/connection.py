@@ -51,6 +51,7 @@ from smtpguard.core.actions import (
     PassRecord,
     PolicyEvent,
     RateCheck,
+    ServerOutcome,
     SetTimer,
     StartTls,
     ToClient,
@@ -137,6 +138,9 @@ class GatewayView(Protocol):
     def admit(self, conn: ClientConnection) -> bool | None: ...
     def release(self, conn: ClientConnection) -> None: ...
     def open_upstream(self, up: UpstreamConnection) -> None: ...
+    def upstream_outcome(
+        self, address: tuple[str, int], ok: bool, why: str, latency: float | None, session: bool
+    ) -> None: ...
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
 
 
@@ -165,6 +169,11 @@ class ClientConnection(asyncio.Protocol):
         self.session: Session | None = None  # once the client is known (after PROXY)
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
+        # The upstream servers this connection round tried and that failed before
+        # their greeting (the gateway picks another); the server of the last one.
+        self.tried: list[tuple[str, int]] = []
+        self._target: tuple[str, int] | None = None
+        self._target_at = 0.0
         self.flow = Flow()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -525,6 +534,17 @@ class ClientConnection(asyncio.Protocol):
     def _do_close_server(self, a: CloseServer) -> None:
         self._close_upstream(a.abort)
 
+    def _do_server_outcome(self, a: ServerOutcome) -> None:
+        target = self._target
+        if target is None:  # no server was left to try: nothing to record
+            return
+        if a.ok:
+            self.tried.clear()
+            self.gw.upstream_outcome(target, True, "", self.clock() - self._target_at, True)
+        else:
+            self.tried.append(target)
+            self.gw.upstream_outcome(target, False, a.why, None, True)
+
     def _do_close_client(self, a: CloseClient) -> None:
         self._close_client(a.reset)
 
@@ -602,13 +622,16 @@ class ClientConnection(asyncio.Protocol):
             up = self.upstream
             if up is None or up.transport is None:
                 raise ConnectionError("no upstream connection")
+            hostname = tls.upstream_hostname  # set when the certificate is checked
+            if hostname is not None and up.target is not None:
+                hostname = up.target[0]  # the server this connection went to
             new = cast(
                 asyncio.Transport,
                 await self.loop.start_tls(
                     up.transport,
                     up,
                     tls.client,
-                    server_hostname=tls.upstream_hostname,
+                    server_hostname=hostname,
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
                 ),
             )
@@ -618,7 +641,8 @@ class ClientConnection(asyncio.Protocol):
         self._close_upstream(abort=True)
         up = UpstreamConnection(self)
         self.upstream = up
-        self.gw.open_upstream(up)
+        self.gw.open_upstream(up)  # picks the server: up.target (None: none left)
+        self._target, self._target_at = up.target, up.opened_at
 
     def _close_upstream(self, abort: bool) -> None:
         up, self.upstream = self.upstream, None
@@ -676,6 +700,7 @@ _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
     OpenServer: ClientConnection._do_open_server,
     CloseServer: ClientConnection._do_close_server,
     CloseClient: ClientConnection._do_close_client,
+    ServerOutcome: ClientConnection._do_server_outcome,
     StartTls: ClientConnection._do_start_tls,
     DedupeLookup: ClientConnection._do_dedupe_lookup,
     DedupeRecord: ClientConnection._do_dedupe_record,
@@ -709,6 +734,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.connecting: asyncio.Future[Any] | None = None
+        self.target: tuple[str, int] | None = None  # the server the gateway picked
+        self.opened_at = 0.0  # when the connect started
         self._closed = False
         self._paused = False  # the client asked us not to read the server
         self._full = False  # told the client our write side is full

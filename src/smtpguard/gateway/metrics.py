@@ -1,10 +1,11 @@
 """Metrics hooks of the gateway. The default records nothing.
 
 The shell calls these at a few points (session start and end, policy events,
-upstream errors, reply latency); counters that change per command are kept by the
-core session and handed over once, when the session ends, so the hot path pays
-nothing for metrics. An implementation may only count in the hooks and publish in
-:meth:`Metrics.flush`, which the gateway calls once a second and when it stops.
+upstream errors, reply latency, each upstream server's state and outcomes);
+counters that change per command are kept by the core session and handed over
+once, when the session ends, so the hot path pays nothing for metrics. An
+implementation may only count in the hooks and publish in :meth:`Metrics.flush`,
+which the gateway calls once a second and when it stops.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class Metrics:
 
     def reply_latency(self, seconds: float) -> None:
         pass
+
+    def upstream_state(self, server: str, up: bool) -> None:
+        """An upstream server (``HOST:PORT``) is up or down (start, and each change)."""
+
+    def upstream_session(self, server: str, seconds: float) -> None:
+        """A session's connection to ``server`` was greeted with 220, ``seconds``
+        after the connect started."""
+
+    def upstream_failure(self, server: str) -> None:
+        """A connection to (or a check of) ``server`` failed before its greeting."""
 
     def flush(self) -> None:
         """Publish what was counted since the last call (every second, and at stop)."""

@@ -209,6 +209,34 @@ class PrometheusMetrics(Metrics):
         self.upstream_errors = Counter(
             "smtpguard_upstream_errors", "upstream connection errors", ["kind"], registry=reg
         )
+        # Per upstream server ([gateway] upstream: labels come from the configuration).
+        self.upstream_up = Gauge(
+            "smtpguard_upstream_up",
+            "1 while the upstream server is up, 0 while marked down (the lowest of the "
+            "live workers)",
+            ["upstream"],
+            multiprocess_mode="livemin",
+            registry=reg,
+        )
+        self.upstream_sessions = Counter(
+            "smtpguard_upstream_sessions",
+            "session connections the upstream server greeted with 220",
+            ["upstream"],
+            registry=reg,
+        )
+        self.upstream_failures = Counter(
+            "smtpguard_upstream_failures",
+            "connections to (and checks of) the upstream server that failed before its greeting",
+            ["upstream"],
+            registry=reg,
+        )
+        self.upstream_greeting = Counter(
+            "smtpguard_upstream_greeting_seconds",
+            "seconds from connect to the 220 greeting, summed over the sessions counted "
+            "in smtpguard_upstream_sessions_total",
+            ["upstream"],
+            registry=reg,
+        )
         self.latency = Histogram(
             "smtpguard_reply_latency_seconds",
             "time from a write to the server to its first reply bytes",
@@ -295,6 +323,16 @@ class PrometheusMetrics(Metrics):
 
     def upstream_error(self, kind: str) -> None:
         self._add(self.upstream_errors, (kind,), 1)
+
+    def upstream_state(self, server: str, up: bool) -> None:
+        self.upstream_up.labels(server).set(1 if up else 0)
+
+    def upstream_session(self, server: str, seconds: float) -> None:
+        self._add(self.upstream_sessions, (server,), 1)
+        self._add(self.upstream_greeting, (server,), seconds)
+
+    def upstream_failure(self, server: str) -> None:
+        self._add(self.upstream_failures, (server,), 1)
 
     def reply_latency(self, seconds: float) -> None:
         if self._batch_latency:

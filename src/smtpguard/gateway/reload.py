@@ -2,11 +2,13 @@
 running process can apply.
 
 Keys the schema marks :data:`~smtpguard.config.schema.RESTART` (the listeners, the
-processes, the upstream, the Maildir, the protocol log, the shared store) keep
-their running values; a reload that changes one names it in the log
-(:func:`restart_changes`). The rest applies to sessions that start afterwards: the
-policy, the access rules, and every ``[gateway]`` key that the gateway's
-:class:`~smtpguard.gateway.server.Reload` carries (:func:`gateway_fields`).
+processes, the Maildir, the protocol log, the shared store) keep their running
+values, and so does ``upstream`` when it is set or unset (the built-in mailbox);
+a reload that changes one names it in the log (:func:`restart_changes`). The rest
+applies to sessions that start afterwards: the policy, the access rules, the list
+of upstream servers (connections open stay where they are), and every
+``[gateway]`` key that the gateway's :class:`~smtpguard.gateway.server.Reload`
+carries (:func:`gateway_fields`).
 Certificates are re-read, so a renewal needs no restart; one that does not load
 refuses the whole reload.
 """
@@ -62,12 +64,17 @@ def reloader(args: argparse.Namespace, first: Settings, gateway: Gateway) -> Cal
         if new.policy.xclient and new.policy.xclient_fail_open:  # as the start-up block says
             logging.getLogger(LOGGER).warning(fail_open_warning())
         ignored = restart_changes(first, new)
+        upstreams = new.upstreams
+        if bool(upstreams) != bool(first.upstreams):  # to or from the built-in mailbox
+            ignored += ("gateway.upstream (to or from the built-in mailbox)",)
+            upstreams = ()
         if gateway.rates is None and uses_rate_limit(new.policy):
             ignored += ("a rate-limit check (counts per session until the store is opened)",)
         return Reload(
             policy=new.policy,
             access=new.access,
             needs_restart=ignored,
+            upstreams=upstreams,
             **gateway_fields(Reload, new),
         )
 

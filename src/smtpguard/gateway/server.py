@@ -10,14 +10,22 @@ closes what is left and cancels upstream connects still under way.
 
 Upstream connects are tasks of their own, bounded by the session's connect timeout
 and cancelled as soon as the session gives the connection up, so an abandoned
-connect never outlives its session.
+connect never outlives its session. Each goes to the server the
+:class:`~smtpguard.gateway.upstreams.UpstreamPool` picks (``upstream_policy``,
+skipping servers that are down and those the session already tried); the core's
+:class:`~smtpguard.core.actions.ServerOutcome` for it feeds the pool's health
+(:meth:`Gateway.upstream_outcome`), as do the active checks
+(:mod:`~smtpguard.gateway.healthcheck`) when ``upstream_check_interval`` is set.
+With no server left to try, the connect fails at once and the client gets
+``421 4.4.1`` without waiting.
 
 SIGHUP re-opens the protocol log (after a logrotate that renamed it) and then
 reloads the configuration; SIGUSR1 only re-opens the protocol log.
 
-Reload (SIGHUP) calls the ``reloader`` the CLI installed; on success the new policy
-and access settings are swapped in for sessions that start afterwards. A session
-keeps the :class:`Policy` object it was created with, so sessions in flight are
+Reload (SIGHUP) calls the ``reloader`` the CLI installed; on success the new policy,
+access settings and upstream servers are swapped in for sessions that start (or
+upstream connections that open) afterwards. A session keeps the :class:`Policy`
+object it was created with and its open connection, so sessions in flight are
 neither dropped nor changed. An invalid file is refused and the old settings kept.
 """
 
@@ -42,7 +50,7 @@ from smtpguard.config.events import CONFIG_REFUSED, CONFIG_RELOADED
 from smtpguard.config.schema import GatewaySection
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
-from smtpguard.core.policy import Policy, Smuggling
+from smtpguard.core.policy import Balance, Policy, Smuggling
 from smtpguard.core.session import Session
 from smtpguard.gateway.access import (
     AccessControl,
@@ -53,10 +61,20 @@ from smtpguard.gateway.access import (
     peer_ip,
 )
 from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
+from smtpguard.gateway.healthcheck import HealthChecks
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.sessionid import SessionIds
 from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
+from smtpguard.gateway.upstreams import (
+    UPSTREAM_DOWN,
+    UPSTREAM_UP,
+    Address,
+    Change,
+    Health,
+    UpstreamPool,
+    show,
+)
 from smtpguard.logs import ProtocolLog
 from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.dedupe import Dedupe
@@ -89,11 +107,21 @@ class GatewayConfig:
     listen_port: int = 2525
     upstream_host: str = "127.0.0.1"
     upstream_port: int = 25
+    # Several upstream servers ([gateway] upstream); empty: upstream_host:upstream_port.
+    upstreams: tuple[Address, ...] = ()
     # The [gateway] keys of the same names (reload.gateway_fields); their defaults are
     # the schema's, for the gateways tests and the built-in default build directly.
     max_sessions: int = _DEFAULTS.max_sessions
     drain_grace: float = _DEFAULTS.drain_grace
     listen_backlog: int = _DEFAULTS.listen_backlog
+    upstream_policy: Balance = _DEFAULTS.upstream_policy
+    upstream_check_interval: float = _DEFAULTS.upstream_check_interval
+    upstream_fail_limit: int = _DEFAULTS.upstream_fail_limit
+    upstream_backoff: float = _DEFAULTS.upstream_backoff
+
+    @property
+    def servers(self) -> tuple[Address, ...]:
+        return self.upstreams or ((self.upstream_host, self.upstream_port),)
 
 
 @dataclass(frozen=True)
@@ -105,6 +133,11 @@ class Reload:
     access: AccessPolicy
     max_sessions: int
     drain_grace: float
+    upstream_policy: Balance = _DEFAULTS.upstream_policy
+    upstream_check_interval: float = _DEFAULTS.upstream_check_interval
+    upstream_fail_limit: int = _DEFAULTS.upstream_fail_limit
+    upstream_backoff: float = _DEFAULTS.upstream_backoff
+    upstreams: tuple[Address, ...] = ()  # empty: keep the running list
     needs_restart: tuple[str, ...] = ()
 
 
@@ -175,6 +208,19 @@ class Gateway:
         self._metrics_timer: asyncio.TimerHandle | None = None
         if metrics is not None:
             self._metrics_timer = self.loop.call_later(METRICS_FLUSH, self._flush_metrics)
+        self.pool = UpstreamPool(
+            config.servers,
+            config.upstream_policy,
+            config.upstream_fail_limit,
+            config.upstream_backoff,
+            config.upstream_check_interval > 0,
+        )
+        self.checks: HealthChecks | None = None
+        self._start_checks()
+        self.policy = self._with_tries(self.policy)
+        self._normalized = self._derive_normalized(self.policy)
+        for server in self.pool.servers:
+            self.metrics.upstream_state(server.name, True)
 
     def _flush_metrics(self) -> None:
         # Re-armed first: a failing flush is reported by the loop and tried again.
@@ -233,10 +279,17 @@ class Gateway:
         shared = self.rates is not None
         if policy.shared_rates is not shared:
             policy = dataclasses.replace(policy, shared_rates=shared)
-        self.policy = policy
+        self.policy = policy = self._with_tries(policy)
         self._normalized = self._derive_normalized(policy)
         if access is not None:
             self.access.policy = access
+
+    def _with_tries(self, policy: Policy) -> Policy:
+        """``policy`` with one upstream try per server of the pool."""
+        tries = len(self.pool.servers)
+        if policy.upstream_tries == tries:
+            return policy
+        return dataclasses.replace(policy, upstream_tries=tries)
 
     @staticmethod
     def _derive_normalized(policy: Policy) -> Policy:
@@ -261,10 +314,18 @@ class Gateway:
                 exc,
             )
             return False
-        self.set_policy(new.policy, new.access)
         self.config = dataclasses.replace(
-            self.config, max_sessions=new.max_sessions, drain_grace=new.drain_grace
+            self.config,
+            max_sessions=new.max_sessions,
+            drain_grace=new.drain_grace,
+            upstreams=new.upstreams or self.config.upstreams,
+            upstream_policy=new.upstream_policy,
+            upstream_check_interval=new.upstream_check_interval,
+            upstream_fail_limit=new.upstream_fail_limit,
+            upstream_backoff=new.upstream_backoff,
         )
+        self.set_upstreams()
+        self.set_policy(new.policy, new.access)
         if new.needs_restart:
             log.warning(
                 "changed settings need a restart to apply: %s", ", ".join(new.needs_restart)
@@ -329,18 +390,86 @@ class Gateway:
         if not self.sessions:
             self._idle.set()
 
+    # -- upstream servers ------------------------------------------------------------
+    def set_upstreams(self) -> None:
+        """Apply the configuration's upstream list and health settings (start, reload):
+        servers kept keep their health; connections open stay where they are."""
+        config = self.config
+        old = {s.address for s in self.pool.servers}
+        self.pool.replace(
+            config.servers,
+            config.upstream_policy,
+            config.upstream_fail_limit,
+            config.upstream_backoff,
+            config.upstream_check_interval > 0,
+        )
+        for server in self.pool.servers:
+            if server.address not in old:
+                self.metrics.upstream_state(server.name, server.health is Health.UP)
+        if self.checks is not None:
+            self.checks.stop()
+            self.checks = None
+        self._start_checks()
+
+    def _start_checks(self) -> None:
+        interval = self.config.upstream_check_interval
+        if interval > 0:
+            timeout = self.policy.timeouts.connect
+            self.checks = HealthChecks(
+                self.pool, interval, timeout, self.upstream_outcome, self.loop
+            )
+            self.checks.start()
+
+    def upstream_outcome(
+        self, address: Address, ok: bool, why: str, latency: float | None, session: bool = True
+    ) -> None:
+        """How a connection to (or a check of) ``address`` turned out: the server's
+        health and metrics; a change of state is logged as SG-UPSTREAM-DOWN / -UP."""
+        now = self.loop.time()
+        name = show(address)
+        if ok:
+            change = self.pool.succeeded(address, now, latency, session)
+            if session and latency is not None:
+                self.metrics.upstream_session(name, latency)
+        else:
+            change = self.pool.failed(address, now, why)
+            self.metrics.upstream_failure(name)
+            log.info("upstream %s failed%s: %s", name, "" if session else " its check", why)
+        if change is not None:
+            self._health_changed(change)
+
+    def _health_changed(self, change: Change) -> None:
+        server = change.server
+        up = change.health is Health.UP
+        event = UPSTREAM_UP if up else UPSTREAM_DOWN
+        self.metrics.upstream_state(server.name, up)
+        self.metrics.policy_event(event)
+        if up:
+            log.warning("%s upstream %s is up: %s", event, server.name, change.why)
+        else:
+            log.warning(
+                "%s upstream %s is down for %gs: %s",
+                event,
+                server.name,
+                self.pool.backoff,
+                change.why,
+            )
+
     def open_upstream(self, up: UpstreamConnection) -> None:
         # The core's connect deadline closes the upstream (which cancels the task);
         # the timer here is the connect's own bound should that never happen. A task
         # of the loop's own coroutine with a done callback, not a coroutine of ours
         # under asyncio.timeout: that wrapping was ~5 % of a message's user time.
+        now = self.loop.time()
+        server = self.pool.pick(now, up.client.tried)
+        if server is None:  # every server down, or tried: the core says 421 at once
+            self.loop.call_soon(up.connect_failed)
+            return
+        up.target = server.address
+        up.opened_at = now
         session = up.client.session
         limit = session.policy.timeouts.connect if session is not None else 30.0
-        task = self.loop.create_task(
-            self.loop.create_connection(
-                lambda: up, self.config.upstream_host, self.config.upstream_port
-            )
-        )
+        task = self.loop.create_task(self.loop.create_connection(lambda: up, *server.address))
         up.connecting = task
         self._connects.add(task)
         bound = self.loop.call_later(limit + 1.0, self._connect_timed_out, task, up)
@@ -348,7 +477,7 @@ class Gateway:
 
     def _connect_timed_out(self, task: asyncio.Task[Any], up: UpstreamConnection) -> None:
         if not task.done():
-            self._connect_failed("timed out")
+            self._connect_failed(up, "timed out")
             task.cancel()
             up.connect_failed()
 
@@ -363,19 +492,15 @@ class Gateway:
         if exc is None:
             return  # connected: the UpstreamConnection has been told
         if isinstance(exc, OSError):
-            self._connect_failed(str(exc) or type(exc).__name__)
+            self._connect_failed(up, str(exc) or type(exc).__name__)
         else:
             log.error("upstream connect task failed", exc_info=exc)
             self.metrics.upstream_error("connect")
         up.connect_failed()
 
-    def _connect_failed(self, why: str) -> None:
-        log.warning(
-            "upstream %s:%s unreachable: %s",
-            self.config.upstream_host,
-            self.config.upstream_port,
-            why,
-        )
+    def _connect_failed(self, up: UpstreamConnection, why: str) -> None:
+        target = show(up.target) if up.target is not None else "?"
+        log.warning("upstream %s unreachable: %s", target, why)
         self.metrics.upstream_error("connect")
 
     def reopen_logs(self) -> None:
@@ -406,6 +531,9 @@ class Gateway:
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()
+        if self.checks is not None:
+            self.checks.stop()
+            self.checks = None
         for conn in list(self.sessions):
             conn.shutdown()
         with contextlib.suppress(TimeoutError):

@@ -9,6 +9,7 @@ import os
 from smtpguard import __version__
 from smtpguard.config.load import Settings
 from smtpguard.core.policy import BannerPolicy, Policy, StartTls
+from smtpguard.gateway.upstreams import show
 from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.attach import describe
 
@@ -48,6 +49,21 @@ def fail_open_warning() -> str:
     return text.removeprefix("WARNING").strip()
 
 
+def upstreams_shown(settings: Settings) -> str:
+    """Where mail goes, as the start-up block shows it: each server, and with
+    several how one is chosen and whether they are checked."""
+    names = [show(a) for a in settings.upstreams]
+    if len(names) < 2:
+        return ", ".join(names)
+    g = settings.gateway
+    checks = (
+        f"checked every {g.upstream_check_interval:g}s"
+        if g.upstream_check_interval
+        else "no health checks"
+    )
+    return f"{', '.join(names)} ({g.upstream_policy.value}, {checks})"
+
+
 def print_banner(
     settings: Settings,
     host: str,
@@ -55,6 +71,7 @@ def print_banner(
     target: str,
     builtin: bool,
     implicit: tuple[str, int] | None = None,
+    down: list[str] | None = None,
 ) -> None:
     policy = settings.policy
     shown = f"[{host}]" if ":" in host else host
@@ -62,6 +79,7 @@ def print_banner(
         f"smtpguard {__version__} gateway, {policy.mode.value} mode, banner {policy.banner.value}",
         f"  listening on  {shown}:{port}",
         f"  relaying to   {target}",
+        *(f"  WARNING       {why}; sessions go to the others" for why in down or ()),
         f"  greeting      {greeting_shown(policy)}",
     ]
     if settings.source:

@@ -55,6 +55,23 @@ def check_reachable(host: str, port: int) -> None:
         raise CliError(f"--upstream {host}:{port}: not reachable ({reason})") from None
 
 
+def check_any_reachable(servers: tuple[tuple[str, int], ...]) -> list[str]:
+    """One upstream server must answer at start-up; with several, the others may be
+    down (sessions go to those that answer): a warning line for each of them."""
+    if len(servers) == 1:
+        check_reachable(*servers[0])
+        return []
+    down: list[str] = []
+    for host, port in servers:
+        try:
+            check_reachable(host, port)
+        except CliError as exc:
+            down.append(str(exc))
+    if len(down) == len(servers):
+        raise CliError("no upstream server reachable: " + "; ".join(down))
+    return down
+
+
 def metrics_setup(settings: Settings) -> str | None:
     """Check the metrics address is free and pick the directory the processes share
     their samples through (None: no metrics)."""
