@@ -52,6 +52,7 @@ from smtpguard.core.ehlo import filter_ehlo, tls_offer
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
+    Cut,
     DedupeAnswer,
     Event,
     RateAnswer,
@@ -193,6 +194,8 @@ class Session:
         elif isinstance(event, Shutdown):
             self.draining = True
             self._pump(now)
+        elif isinstance(event, Cut):
+            self.cut()
         elif isinstance(event, TlsDone):
             self._tls_done(event.side, now)
         elif isinstance(event, DedupeAnswer):
@@ -663,6 +666,21 @@ class Session:
         self.replies.cut(reply)
         self.closing = True
         self.flush()
+
+    def cut(self) -> None:
+        """The drain cut short: the first reply still owed becomes 421 4.3.2 (never a
+        2xx the server has not sent, the final reply to a message included) and both
+        sides close now. The upstream is reset: a message whose end of data it has not
+        had is never completed."""
+        self.deadlines.server = None
+        if self.link.live:
+            self.out.emit(CloseServer(abort=True))
+            self.link.move(Link.LOST)
+        phase = self.phase
+        if phase is Phase.TUNNEL or phase is Phase.TLS:
+            self.abort_with(None)  # nothing can be said inside (or into) the client's TLS
+        else:
+            self.abort_with(replies.SHUTTING_DOWN)
 
     def reset_both(self) -> None:
         self.closing = True
