@@ -49,6 +49,8 @@ def test_production_config_passes_the_probe_and_speaks_tls(tmp_path: Path) -> No
         f"{LOOPBACK}:{free_port()}",
         "--protocol-log",
         str(tmp_path / "protocol.log"),
+        "--pid-file",
+        str(tmp_path / "smtpguard.pid"),
         workdir=tmp_path,
     )
     try:

@@ -101,6 +101,7 @@ def effective_log_level(settings: Settings, tty: bool) -> str:
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("protocol_log", "path"),
     ("gateway", "maildir"),
+    ("gateway", "pid_file"),
     ("tls", "certfile"),
     ("tls", "keyfile"),
     ("tls", "cafile"),

@@ -34,7 +34,9 @@ from smtpguard.gateway.startup import (
     check_files,
     check_reachable,
     metrics_setup,
+    remove_pid_file,
     tls_contexts,
+    write_pid_file,
 )
 from smtpguard.gateway.tls import TlsContexts
 from smtpguard.gateway.workers import (
@@ -106,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         lifecycle.stopped()
         return code
 
+    pid_file = settings.gateway.pid_file
     try:
+        if pid_file:
+            write_pid_file(pid_file)  # the main process: signals for all go to it
         if settings.workers == 1:
             # One process: the built-in mailbox shares the worker's event loop and is
             # closed after the drain.
@@ -188,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if metrics_dir is not None:
             metrics_prom.cleanup(metrics_dir)
+        if pid_file:
+            remove_pid_file(pid_file)
 
 
 def _mailbox(maildir: str, sock: socket.socket, ready: Callable[[], None]) -> int:
