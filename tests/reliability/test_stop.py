@@ -166,3 +166,21 @@ def test_the_cut_line_is_json_with_log_format_json(tmp_path: Path) -> None:
         assert cut["level"] == "info" and "2 sessions cut" in cut["message"]
     finally:
         up.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_end_of_the_grace_cuts_the_same_way(workers: str, tmp_path: Path) -> None:
+    """One stop signal, a transaction that never ends: when drain_grace runs out the
+    client gets 421 4.3.2 (not a bare reset) and the line says so."""
+    up = HoldingUpstream()
+    try:
+        gw = Serve(tmp_path, "--upstream", up.address, "--workers", workers, "--drain-grace", "1")
+        mid, owed = _two_clients_in_flight(gw, up)
+        gw.signal(signal.SIGTERM)
+        assert gw.proc.wait(30) == 0
+        assert mid.reply().startswith(b"421 4.3.2") and owed.reply().startswith(b"421 4.3.2")
+        err = gw.stderr()
+        assert "smtpguard: drain grace over: stopping now, 2 sessions cut" in err
+        assert err.splitlines()[-1] == "smtpguard: stopped"
+    finally:
+        up.close()
