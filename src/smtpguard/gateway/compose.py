@@ -256,10 +256,8 @@ async def _serve(
     await gateway.start(sock)
     if tls_sock is not None and tls is not None and tls.server is not None:
         await gateway.start_implicit_tls(tls_sock, tls.server)
-    if ready is not None:
-        ready()
     signals = (signal.SIGTERM, signal.SIGINT) if on_stop is not None else (signal.SIGTERM,)
-    cut = await gateway.serve_until_signalled(on_stop, signals)
+    cut = await gateway.serve_until_signalled(on_stop, signals, ready)
     if on_cut is not None and (cut or gateway.cut_reason == lifecycle.SECOND_SIGNAL):
         on_cut(cut, gateway.cut_reason)
     if shared is not None:

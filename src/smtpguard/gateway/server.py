@@ -466,10 +466,13 @@ class Gateway:
         self,
         on_stop: Callable[[], None] | None = None,
         signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+        ready: Callable[[], None] | None = None,
     ) -> int:
         """Serve until one of ``signals``, then drain; ``on_stop`` runs once, first.
-        The same signal again during the drain cuts it short. Returns how many
-        sessions were cut (see :meth:`drain`)."""
+        The same signal again during the drain cuts it short. ``ready`` runs once
+        the signals are handled: a stop, SIGHUP or SIGUSR1 sent as soon as the
+        process says it serves is never lost. Returns how many sessions were cut
+        (see :meth:`drain`)."""
         stop = asyncio.Event()
 
         def signalled() -> None:
@@ -483,6 +486,8 @@ class Gateway:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self.hangup)
             self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        if ready is not None:
+            ready()
         await stop.wait()
         if on_stop is not None:
             on_stop()
