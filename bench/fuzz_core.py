@@ -6,7 +6,7 @@ A :class:`~smtpguard.core.session.Session` is driven the way the shell drives it
 with random events: client bytes (SMTP commands, message lines, dots, bare CR/LF,
 NUL, over-long lines, random bytes, all cut at random points), server replies (every
 code class, multi-line, garbage, cut at random points), connects, disconnects, EOF,
-timers and drains, in random order. The fuzzer plays the server, so it knows every
+timers, drains and cut drains, in random order. The fuzzer plays the server, so it knows every
 reply the server sent: each carries a unique tag ``#n``.
 
 Checked after every input, on every run:
@@ -41,6 +41,7 @@ from smtpguard.core.actions import CloseServer, OpenServer, ToClient, ToServer
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
+    Cut,
     ServerClosed,
     ServerConnected,
     ServerData,
@@ -232,8 +233,10 @@ class Fuzzer:
                 server.reset()
             elif k < 0.97:
                 state.take(s.handle(TimerFired(), now + r.choice([1.0, 100.0, 1000.0])), server)
-            elif k < 0.985:
+            elif k < 0.98:
                 state.take(s.handle(Shutdown(), now), server)
+            elif k < 0.985:
+                state.take(s.handle(Cut(), now), server)
             else:
                 state.take(s.handle(ClientEof(), now), server)
             state.bounds(s)

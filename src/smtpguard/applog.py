@@ -11,6 +11,11 @@ JSON lines carry ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
 without parsing prose. Text lines append the same extra fields as ``key=value``.
 The application log is about the gateway's own life (start, reload, drain, errors);
 the SMTP dialogue goes to the protocol log (``smtpguard.logs``).
+
+Lines of that life an operator must always see (draining, stopped, the logs
+re-opened: :data:`LIFECYCLE`) are shown whatever the level: in text as the bare
+``smtpguard: ...`` lines a terminal expects, in JSON as any other line, with their
+``event`` ID (docs/events.md).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class LogLevel(enum.StrEnum):
 
 FORMATS = tuple(LogFormat)
 LOGGER = "smtpguard"
+LIFECYCLE = "smtpguard.lifecycle"  # always shown: the process's own life
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -84,6 +90,26 @@ class TextFormatter(logging.Formatter):
         return f"{first} {fields}{nl}{rest}"
 
 
+class LifecycleTextFormatter(logging.Formatter):
+    """``smtpguard: MESSAGE``: the fields are in the message already."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"smtpguard: {record.getMessage()}"
+
+
+def lifecycle_record(event: str, message: str, **fields: object) -> logging.LogRecord:
+    """A record of the process's life (``event``: its ID), as :func:`lifecycle` logs it."""
+    return logging.getLogger(LIFECYCLE).makeRecord(
+        LIFECYCLE, logging.INFO, "", 0, "%s", (message,), None, extra={"event": event, **fields}
+    )
+
+
+def lifecycle(event: str, message: str, **fields: object) -> None:
+    """Log one line of the process's life, shown at any level (see the module doc)."""
+    logger = logging.getLogger(LIFECYCLE)
+    logger.handle(lifecycle_record(event, message, **fields))
+
+
 def setup_logging(level: str = "warning", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Log ``smtpguard.*`` at ``level`` to stderr as ``fmt`` ("text" or "json").
 
@@ -100,6 +126,11 @@ def setup_logging(level: str = "warning", fmt: str = "text", stream: TextIO | No
     ours.handlers[:] = [handler]
     ours.setLevel(level.upper())
     ours.propagate = False
+    life = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    life.setFormatter(JsonFormatter() if fmt == LogFormat.JSON else LifecycleTextFormatter())
+    lifecycle_logger = logging.getLogger(LIFECYCLE)
+    lifecycle_logger.handlers[:] = [life]
+    lifecycle_logger.propagate = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

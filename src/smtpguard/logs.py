@@ -61,7 +61,7 @@ class ProtocolLog(Protocol):
     def policy(self, sid: str, ev: PolicyEvent) -> None: ...
     def disconnect(self, sid: str) -> None: ...
     def flush(self) -> None: ...
-    def reopen(self) -> None: ...
+    def reopen(self) -> str | None: ...
 
 
 def _open(path: str) -> IO[str]:
@@ -84,14 +84,16 @@ class _Writer:
     def flush(self) -> None:
         self.out.flush()
 
-    def reopen(self) -> None:
-        """Open the path again and write there from now on; OSError keeps the old file."""
+    def reopen(self) -> str | None:
+        """Open the path again and write there from now on; OSError keeps the old file.
+        The path re-opened (None: written to a stream, nothing to re-open)."""
         if self.path is None:
-            return
+            return None
         new = _open(self.path)
         old, self.out = self.out, new
         old.flush()
         old.close()
+        return self.path
 
 
 class ImsLog(_Writer):

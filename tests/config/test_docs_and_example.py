@@ -51,6 +51,7 @@ def test_example_sets_every_key() -> None:
     # period are only valid with action = "rate-limit", shown on one check.
     commented = {
         "gateway.upstream",
+        "gateway.pid_file",
         "protocol_log.path",
         "tls.certfile",
         "tls.keyfile",

@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from smtpguard.core.actions import Direction
-from smtpguard.core.events import ServerConnected, Shutdown
-from smtpguard.core.policy import BannerPolicy, Check, Checks, Mode, Policy, Timeouts, Verdict
+from smtpguard.core.events import Cut, ServerConnected, Shutdown
+from smtpguard.core.policy import (
+    BannerPolicy,
+    Check,
+    Checks,
+    Mode,
+    Policy,
+    StartTls,
+    Timeouts,
+    Verdict,
+)
 from smtpguard.core.session import Phase
 from tests.core.harness import GREETING, FakeServer, Harness, converse
 
@@ -415,6 +424,54 @@ def test_drain_closes_idle_session_at_once() -> None:
     h = Harness().start().client(b"HELO c\r\n")
     h.feed(Shutdown())
     assert h.run.client_closed
+
+
+SHUT = b"421 4.3.2 Service shutting down, closing connection"
+
+
+def test_cut_mid_message_says_421_and_the_server_never_gets_the_end() -> None:
+    h = Harness().start()
+    h.client(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: x\r\n\r\npart")
+    h.feed(Shutdown())
+    assert not h.run.client_closed  # the drain waits for the transaction
+    h.feed(Cut())
+    assert h.run.replies()[-1] == SHUT
+    assert h.run.client_closed and not h.run.client_reset
+    assert h.run.server.aborted and h.run.server.messages == []
+    assert h.session.closed
+
+
+def test_cut_while_the_final_reply_is_owed_is_never_a_250() -> None:
+    """The end of data went to the server; its reply has not come: 421, not 250."""
+    h = Harness(auto=False).start().release()
+    for line in (b"HELO c", b"MAIL FROM:<a@x>", b"RCPT TO:<b@y>", b"DATA"):
+        h.client(line + b"\r\n").release()
+    h.client(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert h.run.server.messages == [b"Subject: x\r\n\r\nbody\r\n"]
+    assert h.pending.startswith(b"250")  # the server's reply, not delivered yet
+    h.feed(Cut())
+    h.release()  # too late: the upstream is gone
+    assert h.run.replies()[-1] == SHUT
+    assert not any(r.startswith(b"250 2.0.0") for r in h.run.replies())
+    assert h.run.client_closed and h.run.server.aborted
+
+
+def test_cut_keeps_replies_the_server_already_sent_in_order() -> None:
+    h = Harness(auto=False).start().release()
+    h.client(b"HELO c\r\n").release()
+    h.client(b"NOOP\r\nNOOP\r\n")
+    h.server_says(b"250 2.0.0 Ok\r\n")  # the first NOOP's reply; the second is owed
+    h.feed(Cut())
+    assert h.run.replies()[-2:] == [b"250 2.0.0 Ok", SHUT]
+
+
+def test_cut_of_a_tls_tunnel_says_nothing_into_it() -> None:
+    h = Harness(Policy(mode=Mode.ESMTP, starttls=StartTls.PASSTHROUGH)).start()
+    h.client(b"EHLO c\r\nSTARTTLS\r\n")
+    assert h.session.phase is Phase.TUNNEL
+    before = bytes(h.run.client_out)
+    h.feed(Cut())
+    assert bytes(h.run.client_out) == before and h.run.client_closed
 
 
 def test_held_bytes_are_bounded_by_backpressure_signal() -> None:

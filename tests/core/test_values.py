@@ -30,6 +30,7 @@ SAMPLES: list[tuple[object, object, object | None]] = [
     (e.RateAnswer(True), e.RateAnswer(True), e.RateAnswer(None)),
     (e.PassAnswer(True), e.PassAnswer(True), e.PassAnswer(False)),
     (e.Shutdown(), e.Shutdown(), None),
+    (e.Cut(), e.Cut(), None),
     (a.ToServer(b"MAIL"), a.ToServer(memoryview(b"MAIL")), a.ToServer(b"RCPT")),
     (a.ToClient(b"250 ok\r\n"), a.ToClient(b"250 ok\r\n"), a.ToClient(b"")),
     (a.OpenServer(), a.OpenServer(), None),

@@ -49,6 +49,8 @@ def test_production_config_passes_the_probe_and_speaks_tls(tmp_path: Path) -> No
         f"{LOOPBACK}:{free_port()}",
         "--protocol-log",
         str(tmp_path / "protocol.log"),
+        "--pid-file",
+        str(tmp_path / "smtpguard.pid"),
         workdir=tmp_path,
     )
     try:
@@ -66,7 +68,11 @@ def test_production_config_passes_the_probe_and_speaks_tls(tmp_path: Path) -> No
         sink.stop()
     assert report["filter_detected"] is False and report["verdict"] == "ok", report["summary"]
     assert "PROBLEM" not in json.dumps(report)
-    assert "esmtp mode" in out and "STARTTLS      terminate" in out
+    # log_format = "json": every line the process wrote, the start-up block included.
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    [started] = [o for o in lines if o.get("event") == "SG-GATEWAY-STARTED"]
+    assert "esmtp mode" in started["message"] and started["starttls"] == "terminate"
+    assert [o.get("event") for o in lines[-2:]] == ["SG-GATEWAY-DRAINING", "SG-GATEWAY-STOPPED"]
 
 
 def test_the_default_mailguard_mode_is_what_the_probe_flags(tmp_path: Path) -> None:

@@ -388,6 +388,12 @@ class GatewaySection(Section):
         default=None,
         description="serve Prometheus /metrics here (all workers summed); not set: off",
     )
+    pid_file: Annotated[Str | None, Flag("--pid-file", "FILE"), RESTART, FILE_PATH] = Field(
+        default=None,
+        description="write the main process's pid here while it serves, for a logrotate "
+        "postrotate without systemd (deploy/logrotate); removed at exit; relative: in a "
+        "config file to its directory, as a flag to the current directory",
+    )
     log_format: Annotated[LogFormat, Flag("--log-format"), RESTART] = Field(
         default=LogFormat.TEXT, description="application log on stderr: text lines or JSON lines"
     )

@@ -271,6 +271,24 @@ class Shutdown:
         return "Shutdown()"
 
 
+class Cut:
+    """The drain cut short (a second stop signal, or the grace over): the reply still
+    owed becomes ``421 4.3.2`` and both connections close now."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cut):
+            return NotImplemented
+        return True
+
+    def __hash__(self) -> int:
+        return hash(("cut",))
+
+    def __repr__(self) -> str:
+        return "Cut()"
+
+
 Event = (
     Start
     | ClientData
@@ -285,4 +303,5 @@ Event = (
     | RateAnswer
     | PassAnswer
     | Shutdown
+    | Cut
 )

@@ -54,6 +54,7 @@ from smtpguard.core.ehlo import filter_ehlo, tls_offer
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
+    Cut,
     DedupeAnswer,
     Event,
     PassAnswer,
@@ -216,6 +217,18 @@ class Session:
         elif isinstance(event, Shutdown):
             self.end(End.SHUTDOWN)
             self._pump(now)
+        elif isinstance(event, Cut):
+            # The drain cut short: the first reply still owed becomes 421 4.3.2 (never
+            # a 2xx the server has not sent, the final reply to a message included)
+            # and both sides close now. The upstream is reset: a message whose end of
+            # data it has not had is never completed.
+            self.deadlines.server = None
+            if self.link.live:
+                self.out.emit(CloseServer(abort=True))
+                self.link.move(Link.LOST)
+            # Nothing can be said inside (or into) the client's TLS.
+            tls = phase is Phase.TUNNEL or phase is Phase.TLS
+            self.abort_with(None if tls else replies.SHUTTING_DOWN)
         elif isinstance(event, TlsDone):
             self._tls_done(event.side, now)
         elif isinstance(event, DedupeAnswer):

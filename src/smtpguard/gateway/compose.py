@@ -24,7 +24,7 @@ from collections.abc import Callable
 from smtpguard.applog import setup_logging
 from smtpguard.config.load import Settings, effective_log_level, split_hostport
 from smtpguard.errors import CliError
-from smtpguard.gateway import metrics_prom
+from smtpguard.gateway import lifecycle, metrics_prom
 from smtpguard.gateway.flags import load_settings
 from smtpguard.gateway.metrics_prom import PrometheusMetrics
 from smtpguard.gateway.reload import gateway_fields, reloader
@@ -34,10 +34,19 @@ from smtpguard.gateway.startup import (
     check_any_reachable,
     check_files,
     metrics_setup,
+    remove_pid_file,
     tls_contexts,
+    write_pid_file,
 )
 from smtpguard.gateway.tls import TlsContexts
-from smtpguard.gateway.workers import Child, StartupFailed, bind_listeners, describe, run_workers
+from smtpguard.gateway.workers import (
+    Child,
+    StartupFailed,
+    ToParent,
+    bind_listeners,
+    describe,
+    run_workers,
+)
 from smtpguard.logs import open_protocol_log
 from smtpguard.sink import start_sink
 from smtpguard.state.attach import attach, prepare_for
@@ -97,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
     def ready() -> None:
         print_banner(settings, host, port, target, sink_sock is not None, implicit, down)
 
-    def stopping() -> None:
-        print("smtpguard: draining sessions...", file=sys.stderr, flush=True)
-
     def stopped(code: int) -> int:
-        print("smtpguard: stopped", file=sys.stderr, flush=True)
+        lifecycle.stopped()
         return code
 
+    pid_file = settings.gateway.pid_file
     try:
+        if pid_file:
+            write_pid_file(pid_file)  # the main process: signals for all go to it
         if settings.workers == 1:
             # One process: the built-in mailbox shares the worker's event loop and is
             # closed after the drain.
@@ -114,23 +123,42 @@ def run(args: argparse.Namespace) -> int:
             tls_sock = tls_socks[0] if tls_socks else None
             try:
                 serve = _serve(
-                    args, settings, config, socks[0], sink_sock, tls, tls_sock, ready, stopping
+                    args,
+                    settings,
+                    config,
+                    socks[0],
+                    sink_sock,
+                    tls,
+                    tls_sock,
+                    ready,
+                    lifecycle.draining,
+                    lifecycle.cut,
                 )
                 code = asyncio.run(serve)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
-                print(f"smtpguard: cannot serve: {describe(exc)}", file=sys.stderr, flush=True)
+                lifecycle.failed(describe(exc))
                 return 1
             return stopped(code)
 
-        def worker(index: int) -> Callable[[Callable[[], None]], int]:
-            def main(ready: Callable[[], None]) -> int:
+        def worker(index: int) -> Callable[[ToParent], int]:
+            def main(parent: ToParent) -> int:
                 _use_uvloop()
                 mine_tls = tls_socks[index] if tls_socks else None
-                return asyncio.run(
-                    _serve(args, settings, config, socks[index], None, tls, mine_tls, ready)
+                # The parent reports the sessions cut, summed over the workers.
+                serve = _serve(
+                    args,
+                    settings,
+                    config,
+                    socks[index],
+                    None,
+                    tls,
+                    mine_tls,
+                    parent,
+                    on_cut=lambda n, _reason: parent.cut(n),
                 )
+                return asyncio.run(serve)
 
             return main
 
@@ -155,15 +183,20 @@ def run(args: argparse.Namespace) -> int:
                 after_fork=(lambda: _metrics_serve(settings)) if metrics_dir else None,
                 on_exit=_metrics_worker_exited if metrics_dir else None,
                 on_ready=ready,
-                on_stop=stopping,
+                on_stop=lifecycle.draining,
+                on_cut=lambda n, second: lifecycle.cut(
+                    n, lifecycle.SECOND_SIGNAL if second else lifecycle.GRACE_OVER
+                ),
             )
         except StartupFailed as exc:
-            print(f"smtpguard: cannot serve: {exc}", file=sys.stderr, flush=True)
+            lifecycle.failed(str(exc))
             return 1
         return stopped(code)
     finally:
         if metrics_dir is not None:
             metrics_prom.cleanup(metrics_dir)
+        if pid_file:
+            remove_pid_file(pid_file)
 
 
 def _mailbox(maildir: str, sock: socket.socket, ready: Callable[[], None]) -> int:
@@ -203,7 +236,12 @@ async def _serve(
     tls_sock: socket.socket | None = None,
     ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
+    on_cut: Callable[[int, str], None] | None = None,
 ) -> int:
+    """One gateway until a stop signal. With ``on_stop`` it is the only process and
+    answers SIGTERM and SIGINT itself; without, it is a worker: SIGINT goes to the
+    supervisor, which passes the stop on as SIGTERM. ``on_cut(sessions, reason)``:
+    the sessions its drain cut short, if any."""
     sink_server = None
     if sink_sock is not None:
         maildir = settings.gateway.maildir
@@ -220,9 +258,10 @@ async def _serve(
     await gateway.start(sock)
     if tls_sock is not None and tls is not None and tls.server is not None:
         await gateway.start_implicit_tls(tls_sock, tls.server)
-    if ready is not None:
-        ready()
-    await gateway.serve_until_signalled(on_stop)
+    signals = (signal.SIGTERM, signal.SIGINT) if on_stop is not None else (signal.SIGTERM,)
+    cut = await gateway.serve_until_signalled(on_stop, signals, ready)
+    if on_cut is not None and (cut or gateway.cut_reason == lifecycle.SECOND_SIGNAL):
+        on_cut(cut, gateway.cut_reason)
     if shared is not None:
         await shared.close()
     if sink_server is not None:

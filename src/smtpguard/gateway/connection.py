@@ -62,6 +62,7 @@ from smtpguard.core.dedupe import DedupeLookup, DedupeRecord
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
+    Cut,
     DedupeAnswer,
     Event,
     PassAnswer,
@@ -445,8 +446,13 @@ class ClientConnection(asyncio.Protocol):
         """Graceful drain requested by the gateway."""
         self._dispatch(Shutdown())
 
+    def cut(self) -> None:
+        """The drain cut short: the core answers what is still owed with 421 4.3.2
+        and closes both sides (the reply is flushed before the client's close)."""
+        self._dispatch(Cut())
+
     def abort(self) -> None:
-        """End of the drain grace: reset the client and free the session now."""
+        """A cut session still not closed: reset the client and free it now."""
         t = self.transport
         if t is not None and not t.is_closing():
             t.abort()

@@ -5,8 +5,10 @@ protocol log, the session table and counters. Each accepted socket gets a
 :class:`~smtpguard.gateway.connection.ClientConnection`; :meth:`Gateway.admit` decides
 whether it may start (session cap, client networks, per-address caps), the core
 decides everything else. A drain (SIGTERM, Ctrl-C) stops accepting, asks every
-session to finish its transaction and say 421, waits up to the grace period, then
-closes what is left and cancels upstream connects still under way.
+session to finish its transaction and say 421, and waits up to the grace period or
+until a second stop signal; then it *cuts* what is left: each client is told
+``421 4.3.2`` in place of the reply still owed (never a 2xx the server has not
+sent), both sides are closed, and upstream connects still under way are cancelled.
 
 Upstream connects are tasks of their own, bounded by the session's connect timeout
 and cancelled as soon as the session gives the connection up, so an abandoned
@@ -20,7 +22,8 @@ With no server left to try, the connect fails at once and the client gets
 ``421 4.4.1`` without waiting.
 
 SIGHUP re-opens the protocol log (after a logrotate that renamed it) and then
-reloads the configuration; SIGUSR1 only re-opens the protocol log.
+reloads the configuration; SIGUSR1 only re-opens the protocol log. Either logs
+what it re-opened.
 
 Reload (SIGHUP) calls the ``reloader`` the CLI installed; on success the new policy,
 access settings and upstream servers are swapped in for sessions that start (or
@@ -46,12 +49,13 @@ from typing import Any, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
-from smtpguard.config.events import CONFIG_REFUSED, CONFIG_RELOADED
+from smtpguard.config.events import CONFIG_NEEDS_RESTART, CONFIG_REFUSED, CONFIG_RELOADED
 from smtpguard.config.schema import GatewaySection
 from smtpguard.core.actions import PolicyEvent
 from smtpguard.core.grammar import make_reply
 from smtpguard.core.policy import Balance, Policy, Smuggling
 from smtpguard.core.session import Session
+from smtpguard.gateway import lifecycle
 from smtpguard.gateway.access import (
     AccessControl,
     AccessPolicy,
@@ -85,6 +89,9 @@ log = logging.getLogger("smtpguard.gateway")
 
 # Seconds between publishing the metrics counted in the process (see metrics.py).
 METRICS_FLUSH = 1.0
+# Seconds the sessions cut at the end of a drain have to flush their 421 and close
+# before their clients are reset (a client that reads nothing holds its close).
+CUT_FLUSH = 1.0
 TOO_MANY_SESSIONS = make_reply(421, "4.3.2 Too many sessions, try again later").raw
 # The session cap's refusal: counted and logged as a reason, not a policy event.
 TOO_MANY = Refusal("", "", TOO_MANY_SESSIONS, "drop", "max-sessions")
@@ -162,6 +169,7 @@ class Conn(Protocol):
     def session(self) -> Session | None: ...
     def admitted(self) -> None: ...
     def shutdown(self) -> None: ...
+    def cut(self) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -205,6 +213,7 @@ class Gateway:
         self._connects: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._cut = asyncio.Event()  # a second stop signal: end the drain now
         self._metrics_timer: asyncio.TimerHandle | None = None
         if metrics is not None:
             self._metrics_timer = self.loop.call_later(METRICS_FLUSH, self._flush_metrics)
@@ -302,7 +311,11 @@ class Gateway:
         from smtpguard.errors import ConfigError
 
         if self.reloader is None:
-            log.warning("reload requested, but the gateway runs without a config file")
+            log.warning(
+                "%s reload requested, but the gateway runs without a config file",
+                CONFIG_REFUSED,
+                extra={"event": CONFIG_REFUSED},
+            )
             return False
         try:
             new = self.reloader()
@@ -312,6 +325,7 @@ class Gateway:
                 CONFIG_REFUSED,
                 os.getpid(),
                 exc,
+                extra={"event": CONFIG_REFUSED},
             )
             return False
         self.config = dataclasses.replace(
@@ -326,12 +340,19 @@ class Gateway:
         )
         self.set_upstreams()
         self.set_policy(new.policy, new.access)
-        if new.needs_restart:
+        restart = list(new.needs_restart)
+        if restart:
             log.warning(
-                "changed settings need a restart to apply: %s", ", ".join(new.needs_restart)
+                "%s changed settings need a restart to apply: %s",
+                CONFIG_NEEDS_RESTART,
+                ", ".join(restart),
+                extra={"event": CONFIG_NEEDS_RESTART, "needs_restart": restart},
             )
         log.warning(
-            "%s configuration reloaded (pid %d); new sessions use it", CONFIG_RELOADED, os.getpid()
+            "%s configuration reloaded (pid %d); new sessions use it",
+            CONFIG_RELOADED,
+            os.getpid(),
+            extra={"event": CONFIG_RELOADED, "needs_restart": restart},
         )
         return True
 
@@ -503,19 +524,24 @@ class Gateway:
         log.warning("upstream %s unreachable: %s", target, why)
         self.metrics.upstream_error("connect")
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self, signal_name: str = "SIGUSR1") -> None:
         """Re-open the protocol log by its path (SIGHUP, SIGUSR1): after a rotation
-        that renamed the file, new lines go to a new file. A failure keeps the old."""
-        if self.protocol_log is None:
-            return
-        try:
-            self.protocol_log.reopen()
-        except OSError as exc:
-            log.error("protocol log not re-opened, still writing the old file: %s", exc)
+        that renamed the file, new lines go to a new file. A failure keeps the old.
+        Logs what was re-opened (the application log is stderr: nothing to do)."""
+        reopened: list[str] = []
+        if self.protocol_log is not None:
+            try:
+                path = self.protocol_log.reopen()
+            except OSError as exc:
+                log.error("protocol log not re-opened, still writing the old file: %s", exc)
+                return
+            if path is not None:
+                reopened.append(path)
+        lifecycle.reopened(reopened, signal_name)
 
     def hangup(self) -> None:
         """SIGHUP: re-open the protocol log, then reload the configuration."""
-        self.reopen_logs()
+        self.reopen_logs("SIGHUP")
         self.reload()
 
     def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None:
@@ -526,8 +552,9 @@ class Gateway:
             self.protocol_log.policy(sid, ev)
 
     # -- drain -------------------------------------------------------------------------
-    async def drain(self) -> None:
-        """Stop accepting, let transactions finish within the grace period, close."""
+    async def drain(self) -> int:
+        """Stop accepting, let transactions finish within the grace period (or until
+        :meth:`cut_now`), then cut what is left. Returns how many sessions were cut."""
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()
@@ -536,8 +563,18 @@ class Gateway:
             self.checks = None
         for conn in list(self.sessions):
             conn.shutdown()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.config.drain_grace)
+        waits = [self.loop.create_task(e.wait()) for e in (self._idle, self._cut)]
+        await asyncio.wait(
+            waits, timeout=self.config.drain_grace, return_when=asyncio.FIRST_COMPLETED
+        )
+        for w in waits:
+            w.cancel()
+        cut = list(self.sessions)
+        for conn in cut:
+            conn.cut()  # 421 4.3.2 for what is owed, both sides closed
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), CUT_FLUSH)
         for conn in list(self.sessions):
             conn.abort()
         for task in list(self._connects):
@@ -550,17 +587,44 @@ class Gateway:
         self.metrics.flush()
         if self.protocol_log is not None:
             self.protocol_log.flush()
+        return len(cut)
 
-    async def serve_until_signalled(self, on_stop: Callable[[], None] | None = None) -> None:
-        """Serve until SIGTERM/SIGINT, then drain; ``on_stop`` runs once, first."""
+    def cut_now(self) -> None:
+        """A second stop signal during the drain: stop waiting for transactions."""
+        self._cut.set()
+
+    async def serve_until_signalled(
+        self,
+        on_stop: Callable[[], None] | None = None,
+        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+        ready: Callable[[], None] | None = None,
+    ) -> int:
+        """Serve until one of ``signals``, then drain; ``on_stop`` runs once, first.
+        The same signal again during the drain cuts it short. ``ready`` runs once
+        the signals are handled: a stop, SIGHUP or SIGUSR1 sent as soon as the
+        process says it serves is never lost. Returns how many sessions were cut
+        (see :meth:`drain`)."""
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+
+        def signalled() -> None:
+            if stop.is_set():
+                self.cut_now()
+            stop.set()
+
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                self.loop.add_signal_handler(sig, stop.set)
+                self.loop.add_signal_handler(sig, signalled)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self.hangup)
             self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        if ready is not None:
+            ready()
         await stop.wait()
         if on_stop is not None:
             on_stop()
-        await self.drain()
+        return await self.drain()
+
+    @property
+    def cut_reason(self) -> str:
+        """Why :meth:`drain` cut the sessions it cut."""
+        return lifecycle.SECOND_SIGNAL if self._cut.is_set() else lifecycle.GRACE_OVER

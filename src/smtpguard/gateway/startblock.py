@@ -1,14 +1,17 @@
 """The block ``serve`` prints once every worker serves: what it listens on, where
 mail goes, what clients are greeted with, and the warnings an operator must read
-(docs/servers.md, docs/security.md)."""
+(docs/servers.md, docs/security.md). With ``log_format = "json"`` the same block
+is one JSON object, as every other line the process writes."""
 
 from __future__ import annotations
 
 import os
 
 from smtpguard import __version__
+from smtpguard.applog import JsonFormatter, LogFormat, lifecycle_record
 from smtpguard.config.load import Settings
 from smtpguard.core.policy import BannerPolicy, Policy, StartTls
+from smtpguard.gateway.lifecycle import STARTED
 from smtpguard.gateway.upstreams import show
 from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.attach import describe
@@ -45,8 +48,11 @@ XCLIENT_FAIL_OPEN_WARNING = [
 
 def fail_open_warning() -> str:
     """XCLIENT_FAIL_OPEN_WARNING as one log line (a reload that turns it on)."""
-    text = " ".join(line.strip() for line in XCLIENT_FAIL_OPEN_WARNING)
-    return text.removeprefix("WARNING").strip()
+    return _warning_text(XCLIENT_FAIL_OPEN_WARNING)
+
+
+def _warning_text(block: list[str]) -> str:
+    return " ".join(line.strip() for line in block).removeprefix("WARNING").strip()
 
 
 def upstreams_shown(settings: Settings) -> str:
@@ -73,48 +79,73 @@ def print_banner(
     implicit: tuple[str, int] | None = None,
     down: list[str] | None = None,
 ) -> None:
+    """The start-up block on stdout: aligned lines for a terminal, or with
+    ``log_format = "json"`` one JSON object (``SG-GATEWAY-STARTED``) with a field
+    per line and the warnings as a list."""
     policy = settings.policy
     shown = f"[{host}]" if ":" in host else host
-    lines = [
-        f"smtpguard {__version__} gateway, {policy.mode.value} mode, banner {policy.banner.value}",
-        f"  listening on  {shown}:{port}",
-        f"  relaying to   {target}",
-        *(f"  WARNING       {why}; sessions go to the others" for why in down or ()),
-        f"  greeting      {greeting_shown(policy)}",
+    title = (
+        f"smtpguard {__version__} gateway, {policy.mode.value} mode, banner {policy.banner.value}"
+    )
+    # (JSON field, label, value) per line of the block; warnings follow their line.
+    rows: list[tuple[str, str, str]] = [
+        ("listen", "listening on", f"{shown}:{port}"),
+        ("upstream", "relaying to", target),
+        ("greeting", "greeting", greeting_shown(policy)),
+    ]
+    # A server that did not answer at start-up (the others take its sessions).
+    warnings: list[list[str]] = [
+        [f"  WARNING       {why}; sessions go to the others"] for why in down or ()
     ]
     if settings.source:
-        lines.append(f"  config        {settings.source} (SIGHUP reloads it)")
+        rows.append(("config", "config", f"{settings.source} (SIGHUP reloads it)"))
     if builtin:
-        lines.append(f"  mail lands in {os.path.abspath(settings.gateway.maildir)} (Maildir)")
+        maildir = os.path.abspath(settings.gateway.maildir)
+        rows.append(("maildir", "mail lands in", f"{maildir} (Maildir)"))
     if settings.protocol_log.path:
         plog = settings.protocol_log
-        lines.append(f"  protocol log  {plog.path} ({plog.format})")
+        rows.append(("protocol_log", "protocol log", f"{plog.path} ({plog.format})"))
     emu = policy.emulation
+    pix = None
     if emu.pix:
         bug = (
             ", BUG split-eod (CSCds90792) ON: split end of data is swallowed"
             if emu.split_eod_bug
             else ""
         )
-        lines.insert(
-            0, f"*** PIX EMULATION for labs: rewrite {emu.rewrite.value}, lock-step{bug} ***"
-        )
+        pix = f"PIX EMULATION for labs: rewrite {emu.rewrite.value}, lock-step{bug}"
     if implicit is not None:
-        lines.append(f"  implicit TLS  {implicit[0]}:{implicit[1]}")
+        rows.append(("implicit_tls", "implicit TLS", f"{implicit[0]}:{implicit[1]}"))
     if policy.starttls is not StartTls.STRIP:
-        lines.append(f"  STARTTLS      {policy.starttls.value}")
+        rows.append(("starttls", "STARTTLS", policy.starttls.value))
     if settings.metrics_listen is not None:
         mh, mp = settings.metrics_listen
-        lines.append(f"  metrics       http://{mh}:{mp}/metrics")
+        rows.append(("metrics", "metrics", f"http://{mh}:{mp}/metrics"))
     shared = describe(settings)
     if shared is not None:
-        lines.append(f"  shared state  {shared}")
+        rows.append(("shared_state", "shared state", shared))
     if policy.xclient:
-        lines.append("  XCLIENT       on (the server sees the real client address)")
+        rows.append(("xclient", "XCLIENT", "on (the server sees the real client address)"))
         if policy.xclient_fail_open:
-            lines += XCLIENT_FAIL_OPEN_WARNING
+            warnings.append(XCLIENT_FAIL_OPEN_WARNING)
     elif not builtin and settings.gateway.upstream_proxy_protocol is ProxyVersion.OFF:
-        lines += XCLIENT_OFF_WARNING
-    lines.append(f"  try it        swaks --server {shown}:{port} --to you@example.test")
-    lines.append("  stop with     Ctrl-C (drains sessions in flight)")
+        warnings.append(XCLIENT_OFF_WARNING)
+    tail = [
+        ("try_it", "try it", f"swaks --server {shown}:{port} --to you@example.test"),
+        ("stop_with", "stop with", "Ctrl-C (drains sessions in flight)"),
+    ]
+    if settings.gateway.log_format is LogFormat.JSON:
+        fields: dict[str, object] = {key: value for key, _, value in rows + tail}
+        if pix is not None:
+            fields["emulation"] = pix
+        fields["warnings"] = [_warning_text(w) for w in warnings]
+        record = lifecycle_record(STARTED, title, **fields)
+        print(JsonFormatter().format(record), flush=True)
+        return
+    lines = [] if pix is None else [f"*** {pix} ***"]
+    lines.append(title)
+    lines += [f"  {label:<13} {value}" for _, label, value in rows]
+    for block in warnings:
+        lines += block
+    lines += [f"  {label:<13} {value}" for _, label, value in tail]
     print("\n".join(lines), flush=True)

@@ -9,6 +9,7 @@ Each check raises :class:`~smtpguard.errors.CliError` naming what is at fault.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import mailbox
 import os
 import socket
@@ -45,6 +46,29 @@ def check_files(settings: Settings) -> None:
             raise CliError(
                 f"--maildir {maildir}: cannot store mail there: {exc.strerror or exc}"
             ) from None
+
+
+def write_pid_file(path: str) -> None:
+    """Write this process's pid to ``path`` (its directory created if missing), by
+    renaming a complete file into place: a reader never sees a partial pid."""
+    try:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CliError(f"gateway.pid_file {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove ``path`` if it still names this process (a later instance may own it)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            if int(f.read().strip()) != os.getpid():
+                return
+        os.unlink(path)
 
 
 def check_reachable(host: str, port: int) -> None:

@@ -20,8 +20,14 @@ service manager, e.g. systemd's ``Restart=on-failure``, takes over from there).
 Stop: SIGTERM or SIGINT make the parent call ``on_stop`` once and send SIGTERM to
 the workers (each drains its own sessions); *helpers* (the built-in mailbox) get
 theirs only when every worker has exited, so a transaction in flight finishes in
-every topology. Helpers ignore SIGINT: a Ctrl-C reaches the whole process group.
-SIGHUP and SIGUSR1 are forwarded to the workers as they are.
+every topology. A second SIGTERM or SIGINT during the drain is passed on as a
+second SIGTERM, which makes each worker cut its sessions at once. Every child
+ignores SIGINT: a Ctrl-C reaches the whole process group, and the parent alone
+decides what it means. SIGHUP and SIGUSR1 are forwarded to the workers as they are.
+
+Each child keeps its end of the start-up pipe (:class:`ToParent`): once it serves
+it says so; when it stops having cut sessions short it says how many, and the
+parent reports the total (``on_cut``) once every worker has exited.
 """
 
 from __future__ import annotations
@@ -90,7 +96,38 @@ def bind_listeners(host: str, port: int, count: int, backlog: int) -> list[socke
     return socks
 
 
-Ready = Callable[[], None]
+class ToParent:
+    """A child's end of its pipe to the supervisor. Calling it says the child serves
+    (once); :meth:`cut` says how many sessions its stop cut short."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.ready_sent = False
+
+    def __call__(self) -> None:
+        if not self.ready_sent:
+            self.ready_sent = True
+            with contextlib.suppress(OSError):
+                os.write(self.fd, b"R\n")
+
+    def cut(self, sessions: int) -> None:
+        if sessions:
+            with contextlib.suppress(OSError):
+                os.write(self.fd, b"C%d\n" % sessions)
+
+    def failed(self, reason: str) -> bool:
+        """Before it serves: why it cannot (the parent reports it). False if the
+        parent cannot be told (then the child logs it)."""
+        if self.ready_sent:
+            return False
+        try:
+            os.write(self.fd, b"E" + reason.encode("utf-8", "replace"))
+        except OSError:
+            return False
+        return True
+
+
+Ready = ToParent
 
 
 @dataclass(eq=False)
@@ -107,7 +144,7 @@ class Child:
     started: float = 0.0
     quick_deaths: int = 0
     restart_at: float | None = None
-    ready_fd: int = -1
+    ready_fd: int = -1  # the parent's end of the child's pipe (ToParent)
 
 
 def _exit_reason(status: int) -> str:
@@ -124,38 +161,22 @@ def _exit_reason(status: int) -> str:
 def _child_main(child: Child, inherited: list[socket.socket], wfd: int) -> None:
     """In the forked process: never returns, never lets an exception escape."""
     code = 1
-    ready_sent = False
-
-    def ready() -> None:
-        nonlocal ready_sent
-        if not ready_sent:
-            ready_sent = True
-            with contextlib.suppress(OSError):
-                os.write(wfd, b"R")
-                os.close(wfd)
-
+    parent = ToParent(wfd)
     try:
         for s in inherited:
             if s not in child.sockets:
                 s.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN if child.helper else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes a stop on
         for sig in (signal.SIGHUP, signal.SIGUSR1):  # until the event loop handles them
             signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        code = child.target(ready)
+        code = child.target(parent)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # the reason must reach the administrator
         reason = describe(exc)
-        told = False
-        if not ready_sent:
-            try:
-                os.write(wfd, b"E" + reason.encode("utf-8", "replace"))
-                told = True
-            except OSError:
-                pass
-        if not told:
+        if not parent.failed(reason):
             log.error("%s (pid %d) failed: %s", child.name, os.getpid(), reason)
         log.debug("%s traceback", child.name, exc_info=exc)
         code = 1
@@ -175,6 +196,7 @@ class Supervisor:
         on_exit: Callable[[int], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        on_cut: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.children = children
         self.inherited = inherited
@@ -182,7 +204,10 @@ class Supervisor:
         self.on_exit = on_exit
         self.on_ready = on_ready
         self.on_stop = on_stop
+        self.on_cut = on_cut
         self.stopping = False
+        self.cutting = False  # a second stop signal: the workers cut their sessions
+        self.sessions_cut = 0  # what the exited workers reported
         self.status = 0
 
     def _spawn(self, child: Child) -> None:
@@ -190,12 +215,16 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
+            for other in self.children:  # the other children's pipes are not ours
+                if other.ready_fd >= 0:
+                    os.close(other.ready_fd)
             _child_main(child, self.inherited, wfd)
         os.close(wfd)
         child.pid = pid
         child.started = time.monotonic()
         child.restart_at = None
         child.ready_fd = rfd
+        os.set_blocking(rfd, False)
 
     def _await_ready(self) -> str | None:
         """Wait for every child's report; the first failure's line, or None."""
@@ -211,7 +240,11 @@ class Supervisor:
                 break
             for fd in readable:
                 child = pending.pop(fd)
-                data = os.read(fd, 4096)
+                try:
+                    data = os.read(fd, 4096)
+                except BlockingIOError:
+                    pending[fd] = child
+                    continue
                 if data.startswith(b"R"):
                     continue
                 reason = data[1:].decode("utf-8", "replace") if data else ""
@@ -221,16 +254,29 @@ class Supervisor:
                     reason = f"{_exit_reason(st)} during start-up"
                 failure = f"{child.name}: {reason}"
                 break
-        for c in self.children:
-            if c.ready_fd >= 0:
-                os.close(c.ready_fd)
-                c.ready_fd = -1
+        if failure is not None:
+            for c in self.children:
+                self._close_pipe(c)
         return failure
+
+    def _close_pipe(self, child: Child) -> None:
+        if child.ready_fd >= 0:
+            os.close(child.ready_fd)
+            child.ready_fd = -1
 
     def _reaped(self, child: Child) -> None:
         if self.on_exit is not None:
             self.on_exit(child.pid)
         child.pid = 0
+        if child.ready_fd >= 0:  # what it said before exiting: sessions it cut
+            data = b""
+            with contextlib.suppress(OSError):
+                while chunk := os.read(child.ready_fd, 4096):
+                    data += chunk
+            for word in data.split():
+                if word.startswith(b"C") and word[1:].isdigit():
+                    self.sessions_cut += int(word[1:])
+            self._close_pipe(child)
 
     def _signal(self, sig: int, helpers: bool = False) -> None:
         for c in self.children:
@@ -240,6 +286,9 @@ class Supervisor:
 
     def _stop(self) -> None:
         if self.stopping:
+            if not self.cutting:  # a second stop signal: the workers cut at once
+                self.cutting = True
+                self._signal(signal.SIGTERM)
             return
         self.stopping = True
         for c in self.children:
@@ -316,6 +365,9 @@ class Supervisor:
         while True:
             alive = [c for c in self.children if c.pid]
             if self.stopping and not any(not c.helper for c in alive):
+                if self.on_cut is not None and (self.sessions_cut or self.cutting):
+                    self.on_cut(self.sessions_cut, self.cutting)
+                    self.on_cut = None
                 if not alive:
                     return self.status
                 self._signal(signal.SIGTERM, helpers=True)
@@ -326,9 +378,7 @@ class Supervisor:
                 now = time.monotonic()
                 for c in self.children:
                     if c.restart_at is not None and c.restart_at <= now and not self.stopping:
-                        self._spawn(c)
-                        os.close(c.ready_fd)  # a restarted child reports in the log only
-                        c.ready_fd = -1
+                        self._spawn(c)  # it reports in the log only, cuts through the pipe
                         log.warning("%s restarted (pid %d)", c.name, c.pid)
                 continue
             sig = info.si_signo
@@ -347,9 +397,11 @@ def run_workers(
     on_exit: Callable[[int], None] | None = None,
     on_ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
+    on_cut: Callable[[int, bool], None] | None = None,
 ) -> int:
     """Supervise ``children`` (see the module docstring); returns the exit status,
     0 after a clean stop. ``inherited``: every listening socket of the parent, each
-    closed in the children that do not keep it. Raises :class:`StartupFailed` if a
-    child cannot start."""
-    return Supervisor(children, inherited, after_fork, on_exit, on_ready, on_stop).run()
+    closed in the children that do not keep it. ``on_cut(sessions, second_signal)``:
+    once every worker has exited, if their stop cut sessions short. Raises
+    :class:`StartupFailed` if a child cannot start."""
+    return Supervisor(children, inherited, after_fork, on_exit, on_ready, on_stop, on_cut).run()
