@@ -21,8 +21,8 @@ import sys
 from collections.abc import Sequence
 
 from smtpguard import __version__, core_build
-from smtpguard.config import cli as config_cli
 from smtpguard.errors import CliError
+from smtpguard.gateway import checkconfig
 from smtpguard.gateway import cli as gateway_cli
 from smtpguard.logscan import cli as logscan_cli
 from smtpguard.probe import cli as probe_cli
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     gateway_cli.register(sub)
-    config_cli.register(sub)
+    checkconfig.register(sub)
     sink_cli.register(sub)
     probe_cli.register(sub)
     logscan_cli.register(sub)

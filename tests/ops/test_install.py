@@ -24,7 +24,7 @@ import smtpguard
 from smtpguard.config import schema
 from smtpguard.config.load import load
 from smtpguard.config.render import to_data, to_text
-from tests.peers import need, run_cli
+from tests.peers import deploy_config, need, run_cli, self_signed_cert
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
@@ -301,18 +301,25 @@ def test_every_config_error_gets_its_own_line(tmp_path: Path) -> None:
         assert '"mode" is a top-level key' in lines[0]
 
 
-def test_check_config_shows_every_setting() -> None:
-    """Every key of the gateway's own sections is in the text and the JSON."""
-    s = load(str(ROOT / "deploy" / "smtpguard.toml"))
+def test_check_config_shows_every_setting(tmp_path: Path) -> None:
+    """Every key of the gateway's own sections is in the text and the JSON (the
+    deploy config, with its certificate and log directory in place)."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    cert, key = self_signed_cert(tls)
+    os.rename(cert, tls / "fullchain.pem")
+    os.rename(key, tls / "privkey.pem")
+    cfg = deploy_config(tmp_path, tls=tls, logs=tmp_path)
+    s = load(str(cfg))
     data, text = to_data(s), to_text(s)
-    r = run_cli("check-config", "--json", str(ROOT / "deploy" / "smtpguard.toml"))
-    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(json.dumps(data))
-    for section in ("gateway", "protocol_log", "tls"):
+    r = run_cli("check-config", "--json", str(cfg))
+    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(json.dumps(data)), r.stderr
+    for section in ("gateway", "protocol_log", "tls", "access", "state", "dedupe"):
         model = schema.ConfigFile.model_fields[section].annotation
         assert model is not None
-        for key in model.model_fields:
-            assert key in data[section], f"{section}.{key}"
-            assert re.search(rf"^  {key} ", text, re.M), f"{section}.{key}"
+        for key_name in model.model_fields:
+            assert key_name in data[section], f"{section}.{key_name}"
+            assert re.search(rf"^  {key_name} ", text, re.M), f"{section}.{key_name}"
     gw = data["gateway"]
     assert gw["metrics_listen"] == "127.0.0.1:9125" and gw["log_format"] == "json"
     assert gw["upstream_proxy_protocol"] == "off" and gw["log_level"] == "info"
