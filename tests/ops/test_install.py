@@ -338,3 +338,22 @@ def test_a_closed_stdout_is_no_traceback() -> None:
     err = proc.stderr.read().decode()
     proc.wait(60)
     assert "Traceback" not in err and proc.returncode == 141, err
+
+
+def test_a_mistyped_flag_command_or_choice_gets_a_did_you_mean() -> None:
+    for args, end in (
+        (("serve", "--dedupee"), "unrecognized arguments: --dedupee (did you mean --dedupe?)"),
+        (
+            ("serve", "--tls-crt", "x.pem"),
+            "unrecognized arguments: --tls-crt x.pem (did you mean --tls-cert?)",
+        ),
+        (("check-config", "--jsn", "f.toml"), "(did you mean --json?)"),
+        (("serve", "--mode", "esmpt"), "(choose from 'mailguard', 'esmtp') (did you mean esmtp?)"),
+        (("serv",), "invalid choice: 'serv' (choose from 'serve', 'check-config', 'sink', "
+         "'probe', 'logscan') (did you mean serve?)"),
+    ):  # fmt: skip
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.rstrip().endswith(end), r.stderr
+    # Nothing close: no guess.
+    assert run_cli("serve", "--bogus").stderr.rstrip().endswith("unrecognized arguments: --bogus")
