@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -175,12 +174,21 @@ def test_changelog_has_the_current_version() -> None:
 # -- man page and completions --------------------------------------------------------------
 
 
-def _tool(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
+# The tools run by this interpreter, whatever is on PATH (another Python's
+# argparse-manpage would import another smtpguard).
+_TOOLS = {
+    "argparse-manpage": ("argparse_manpage", "from argparse_manpage.cli import main; main()"),
+    "shtab": ("shtab", "import runpy; runpy.run_module('shtab', run_name='__main__')"),
+}
+
+
+def _tool(name: str) -> list[str]:
+    module, code = _TOOLS[name]
+    try:
+        __import__(module)
+    except ImportError:
         pytest.fail(f"{name} not installed: pip install '.[test]' (.ci/run does)")
-    return found
+    return [sys.executable, "-c", code]
 
 
 def _serve_flags() -> list[str]:
@@ -195,7 +203,7 @@ def _serve_flags() -> list[str]:
 def test_man_page_is_generated_from_the_parser_and_renders(tmp_path: Path) -> None:
     out = tmp_path / "smtpguard.1"
     cmd = [
-        _tool("argparse-manpage"),
+        *_tool("argparse-manpage"),
         "--module",
         "smtpguard.cli",
         "--function",
@@ -212,8 +220,8 @@ def test_man_page_is_generated_from_the_parser_and_renders(tmp_path: Path) -> No
         str(out),
     ]
     readme = README.replace(" \\\n    ", " ")
-    shown = " ".join(f'"{a}"' if " " in a else a for a in cmd[1:-1])
-    assert f"argparse-manpage {shown} smtpguard.1" in readme
+    shown = " ".join(f'"{a}"' if " " in a else a for a in cmd[-14:-2])
+    assert f"~/.smtpguard/bin/argparse-manpage {shown} | man -l -" in readme
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     page = out.read_text()
@@ -235,14 +243,14 @@ def test_man_page_is_generated_from_the_parser_and_renders(tmp_path: Path) -> No
 def test_bash_completion_completes_commands_and_serve_flags(tmp_path: Path) -> None:
     script = tmp_path / "smtpguard.bash"
     r = subprocess.run(
-        [_tool("shtab"), "--shell=bash", "smtpguard.cli.build_parser"],
+        [*_tool("shtab"), "--shell=bash", "smtpguard.cli.build_parser"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
     script.write_text(r.stdout)
-    assert "shtab --shell=bash smtpguard.cli.build_parser" in README
+    assert "-m shtab --shell=bash smtpguard.cli.build_parser > " in README
 
     def complete(*words: str) -> list[str]:
         """What bash offers for the last of ``words`` (the word being typed)."""
@@ -262,7 +270,7 @@ def test_bash_completion_completes_commands_and_serve_flags(tmp_path: Path) -> N
     assert {"serve", "check-config", "sink", "probe", "logscan"} <= set(complete(""))
     assert "--tls-cert" in complete("serve", "--tls-c")
     zsh = subprocess.run(
-        [_tool("shtab"), "--shell=zsh", "smtpguard.cli.build_parser"],
+        [*_tool("shtab"), "--shell=zsh", "smtpguard.cli.build_parser"],
         capture_output=True,
         text=True,
         timeout=120,
