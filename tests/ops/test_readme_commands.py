@@ -4,8 +4,9 @@ temporary directory (so ``~/.smtpguard`` is the test's own).
 
 One test, one install: the first command installs smtpguard as the README says
 (``python3 -m venv`` and ``pip install .``, the core compiled with mypyc, its
-dependencies from the package index). That is the slow part of this test: 3 to 5
-minutes measured on a busy 2-core machine. It is not shortened with a prepared
+dependencies from the package index). That is the slow part of this test: the whole test
+took 84 s on a 2-core machine, and the install alone 3 to 5 minutes when the
+machine was busy (load 7). It is not shortened with a prepared
 environment: what is tested is that the command works as a new user types it.
 
 Then, against that install: the "Try it" lines, the seed's problem and its fix
