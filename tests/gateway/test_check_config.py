@@ -191,3 +191,26 @@ def test_every_effective_setting_is_printed_state_and_dedupe_included(tmp_path: 
     assert re.search(rf"^  directory +{re.escape(str(state))}$", blocks["state"], re.M)
     assert re.search(r"^  window +600\.0$", blocks["dedupe"], re.M)
     assert not state.exists()  # checked, not made
+
+
+def test_addresses_are_checked_as_serve_uses_them(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        '[gateway]\nlisten = "mx example:25"\nupstream = "127.0.0.1:0"\n'
+        '[tls]\nimplicit_listen = "127.0.0.1:4650"\ncertfile = "c.pem"\n'
+        "[access]\n"
+    )
+    r = run_cli("check-config", str(cfg), "--json")
+    assert errors(r.stderr, "check-config") == [
+        f'{cfg}:2: gateway.listen = "mx example:25": not an IP address or host name to listen on',
+        f'{cfg}:3: gateway.upstream = "127.0.0.1:0": port 0 cannot be connected to '
+        "(expected 1-65535)",
+        f'{cfg}:6: tls.certfile = "{tmp_path}/c.pem": cannot read: No such file or directory',
+    ]
+    serve = run_cli(
+        "serve", "--config", str(cfg), "--listen", "127.0.0.1:4650", "--upstream", "[::1]:25"
+    )  # fmt: skip
+    assert errors(serve.stderr, "serve") == [
+        f'{cfg}:5: tls.implicit_listen = "127.0.0.1:4650": the same address as --listen',
+        f'{cfg}:6: tls.certfile = "{tmp_path}/c.pem": cannot read: No such file or directory',
+    ]
