@@ -33,6 +33,8 @@ from smtpguard.logs import open_protocol_log
 from smtpguard.state.attach import needed, prepare_for
 from smtpguard.state.sqlite_store import database_path
 
+Problem = tuple[tuple[str, ...], str]  # the key at fault, the message
+
 # Names a key with its value in a message (Origins.name).
 _Namer = Callable[[tuple[str, ...], object], str]
 
@@ -48,9 +50,6 @@ def problems(settings: Settings) -> list[str]:
     # In the order of the file; flags and defaults after, in the order checked.
     found.sort(key=lambda p: settings.origins.line(p[0]) or 1 << 30)
     return [text for _, text in found]
-
-
-Problem = tuple[tuple[str, ...], str]  # the key at fault, the message
 
 
 # -- addresses ------------------------------------------------------------------------
