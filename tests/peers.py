@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +109,29 @@ def self_signed_cert(directory: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+DEPLOY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "smtpguard.toml"
+
+
+def deploy_config(
+    directory: Path, *, tls: Path | None = None, logs: Path | None = None, **addresses: str
+) -> Path:
+    """deploy/smtpguard.toml as written, but with its certificate directory
+    (/etc/smtpguard/tls) moved to ``tls``, its log directory (/var/log/smtpguard) to
+    ``logs`` and ``listen``/``upstream``/``metrics_listen`` set to ``addresses``, so it
+    can run on loopback; the copy is written into ``directory``."""
+    text = DEPLOY_CONFIG.read_text()
+    if tls is not None:
+        text = text.replace("/etc/smtpguard/tls", str(tls))
+    if logs is not None:
+        text = text.replace("/var/log/smtpguard", str(logs))
+    for key, value in addresses.items():
+        text, n = re.subn(rf'(?m)^{key} = "[^"]*"', f'{key} = "{value}"', text)
+        assert n == 1, key
+    path = directory / "smtpguard.toml"
+    path.write_text(text)
+    return path
+
+
 def smtp_source(address: str, sessions: int, messages: int, size: int) -> None:
     """Postfix smtp-source: ``messages`` messages of ``size`` octets, ``sessions``
     at a time; raises if it fails."""
@@ -200,6 +224,20 @@ class GatewayProcess:
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    def startup_block(self) -> str:
+        """The start-up block, read to its last line (the port may accept
+        connections before every worker serves and the block is printed)."""
+        assert self.proc.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("  stop with"):
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("{"):  # log_format = "json": the block is one object
+                break
+        return "".join(lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
         if self.proc.poll() is None:

@@ -16,13 +16,16 @@ module and nothing in the package imports it (``CliError`` lives in
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from smtpguard import __version__, core_build
-from smtpguard.config import cli as config_cli
 from smtpguard.errors import CliError
+from smtpguard.gateway import checkconfig
 from smtpguard.gateway import cli as gateway_cli
 from smtpguard.logscan import cli as logscan_cli
 from smtpguard.probe import cli as probe_cli
@@ -31,8 +34,37 @@ from smtpguard.sink import cli as sink_cli
 __all__ = ["CliError", "build_parser", "main", "subparser"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped option, command or choice
+    (what Python 3.12's ``suggest_on_error`` does, which 3.11 lacks). Sub-command
+    parsers are made of this class too (``add_subparsers`` uses the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + suggestion(self, message))
+
+
+def suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """`` (did you mean X?)`` for the first unknown word of an argparse error
+    that is close to a real one, else nothing."""
+    if message.startswith("unrecognized arguments: "):
+        options = [o for a in parser._actions for o in a.option_strings]
+        for word in message.removeprefix("unrecognized arguments: ").split():
+            if word.startswith("-"):
+                close = difflib.get_close_matches(word.split("=")[0], options, n=1)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if m:
+        choices = re.findall(r"'([^']*)'", m[2])
+        close = difflib.get_close_matches(m[1], choices, n=1)
+        if close:
+            return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="smtpguard",
         description="SMTP inspection gateway and diagnostic toolkit.",
     )
@@ -41,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     gateway_cli.register(sub)
-    config_cli.register(sub)
+    checkconfig.register(sub)
     sink_cli.register(sub)
     probe_cli.register(sub)
     logscan_cli.register(sub)

@@ -80,4 +80,6 @@ def test_serve_with_unloadable_certificate_exits_2(tmp_path: Path) -> None:
     cfg.write_text(f'starttls = "terminate"\n[tls]\ncertfile = "{tmp_path}/missing.pem"\n')
     r = _cli("serve", "--config", str(cfg), "--listen", "127.0.0.1:0")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert f"{cfg}: tls.certfile {tmp_path}/missing.pem: cannot read: No such file" in r.stderr
+    assert (
+        f'{cfg}:3: tls.certfile = "{tmp_path}/missing.pem": cannot read: No such file' in r.stderr
+    )

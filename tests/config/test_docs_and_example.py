@@ -57,6 +57,7 @@ def test_example_sets_every_key() -> None:
         "tls.keyfile",
         "tls.cafile",
         "tls.implicit_listen",
+        "state.directory",
     }
     rate_keys = {m for m in missing if m.endswith((".rate", ".period"))}
     assert "checks.invalid_recipients.rate" not in rate_keys

@@ -18,7 +18,7 @@ from smtpguard.core.deadlines import Deadlines
 from smtpguard.core.output import Output
 from smtpguard.core.phases import Greet, hello
 from smtpguard.core.pipeline import ReplyPipeline
-from smtpguard.core.policy import Check, Policy, Verdict
+from smtpguard.core.policy import Check, Mode, Policy, StartTls, Verdict
 
 POLICY = Policy(hostname="gw.example.test")
 
@@ -154,3 +154,17 @@ def test_an_invalid_recipient_limit_blocks_later_rcpts() -> None:
     assert part.cmds.envelope.rcpt_blocked
     assert part.feed([b"RCPT TO:<c@example.net>\r\n"]) == [Then.FLUSH]
     assert part.answered() == [replies.TOO_MANY_INVALID]
+
+
+@pytest.mark.parametrize(
+    ("starttls", "verdict"),
+    [
+        (StartTls.TERMINATE, "accepted"),  # the gateway's own 220
+        (StartTls.PASSTHROUGH, "forwarded"),
+        (StartTls.STRIP, "refused"),  # hidden: the verb is not allowed
+    ],
+)
+def test_starttls_is_counted_for_the_commands_metric(starttls: StartTls, verdict: str) -> None:
+    part = Part(dataclasses.replace(Policy.for_mode(Mode.ESMTP), starttls=starttls))
+    part.feed([b"STARTTLS\r\n"])
+    assert part.cmds.counts() == {("STARTTLS", verdict): 1}

@@ -3,9 +3,11 @@ passthrough, and the gateway's own STARTTLS towards a TLS-capable server."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,8 +105,21 @@ def test_swaks_tls_through_terminate(tmp_path: Path, cert: tuple[str, str]) -> N
         assert len(sink.messages()) == 1
 
 
+def _starttls_counted(metrics_port: int) -> dict[str, float]:
+    """smtpguard_commands_total{verb="STARTTLS"} by verdict."""
+    url = f"http://{LOOPBACK}:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(
+        r'^smtpguard_commands_total\{verb="STARTTLS",verdict="(\w+)"\} (\S+)$', text, re.M
+    )
+    return {verdict: float(n) for verdict, n in found}
+
+
 def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str, str]) -> None:
-    with sink_and_gateway(tmp_path, *terminate(cert)) as (sink, gw):
+    mport = free_port()
+    metrics = ("--metrics-listen", f"{LOOPBACK}:{mport}")
+    with sink_and_gateway(tmp_path, *terminate(cert), *metrics) as (sink, gw):
         with smtplib.SMTP(LOOPBACK, gw.port, timeout=10) as s:
             s.ehlo()
             assert s.has_extn("starttls")
@@ -115,6 +130,10 @@ def test_smtplib_starttls_and_no_second_starttls(tmp_path: Path, cert: tuple[str
             s.sendmail("a@example.org", ["b@example.net"], MSG)
         _wait(lambda: len(sink.messages()) == 1)
         assert len(sink.messages()) == 1
+        # Counted when the session ends: the first STARTTLS answered 220 by the
+        # gateway, the second (already in TLS) refused.
+        _wait(lambda: _starttls_counted(mport).get("refused") == 1)
+        assert _starttls_counted(mport) == {"accepted": 1.0, "refused": 1.0}
 
 
 def test_terminate_secures_the_upstream_too(

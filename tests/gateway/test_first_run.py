@@ -235,7 +235,7 @@ def test_tls_cert_problems_name_the_file_and_the_problem(tmp_path: Path) -> None
     cfg = tmp_path / "tls.toml"
     cfg.write_text('[tls]\ncertfile = "cert.pem"\nkeyfile = "nokey.pem"\n')
     from_file = _serve_error(tmp_path / "other", "--config", str(cfg))
-    assert f"{cfg}: tls.keyfile {tmp_path}/nokey.pem: cannot read" in from_file
+    assert f'{cfg}:3: tls.keyfile = "{tmp_path}/nokey.pem": cannot read' in from_file
     # And the right pair starts (relative names resolved against the config file).
     cfg.write_text('starttls = "terminate"\n[tls]\ncertfile = "cert.pem"\nkeyfile = "key.pem"\n')
     gw = GatewayProcess("--config", str(cfg), workdir=other_dir)

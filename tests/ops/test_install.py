@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -24,7 +23,7 @@ import smtpguard
 from smtpguard.config import schema
 from smtpguard.config.load import load
 from smtpguard.config.render import to_data, to_text
-from tests.peers import need, run_cli
+from tests.peers import deploy_config, need, run_cli, self_signed_cert
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
@@ -175,12 +174,21 @@ def test_changelog_has_the_current_version() -> None:
 # -- man page and completions --------------------------------------------------------------
 
 
-def _tool(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
+# The tools run by this interpreter, whatever is on PATH (another Python's
+# argparse-manpage would import another smtpguard).
+_TOOLS = {
+    "argparse-manpage": ("argparse_manpage", "from argparse_manpage.cli import main; main()"),
+    "shtab": ("shtab", "import runpy; runpy.run_module('shtab', run_name='__main__')"),
+}
+
+
+def _tool(name: str) -> list[str]:
+    module, code = _TOOLS[name]
+    try:
+        __import__(module)
+    except ImportError:
         pytest.fail(f"{name} not installed: pip install '.[test]' (.ci/run does)")
-    return found
+    return [sys.executable, "-c", code]
 
 
 def _serve_flags() -> list[str]:
@@ -195,7 +203,7 @@ def _serve_flags() -> list[str]:
 def test_man_page_is_generated_from_the_parser_and_renders(tmp_path: Path) -> None:
     out = tmp_path / "smtpguard.1"
     cmd = [
-        _tool("argparse-manpage"),
+        *_tool("argparse-manpage"),
         "--module",
         "smtpguard.cli",
         "--function",
@@ -212,8 +220,8 @@ def test_man_page_is_generated_from_the_parser_and_renders(tmp_path: Path) -> No
         str(out),
     ]
     readme = README.replace(" \\\n    ", " ")
-    shown = " ".join(f'"{a}"' if " " in a else a for a in cmd[1:-1])
-    assert f"argparse-manpage {shown} smtpguard.1" in readme
+    shown = " ".join(f'"{a}"' if " " in a else a for a in cmd[-14:-2])
+    assert f"~/.smtpguard/bin/argparse-manpage {shown} | man -l -" in readme
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     page = out.read_text()
@@ -235,14 +243,14 @@ def test_man_page_is_generated_from_the_parser_and_renders(tmp_path: Path) -> No
 def test_bash_completion_completes_commands_and_serve_flags(tmp_path: Path) -> None:
     script = tmp_path / "smtpguard.bash"
     r = subprocess.run(
-        [_tool("shtab"), "--shell=bash", "smtpguard.cli.build_parser"],
+        [*_tool("shtab"), "--shell=bash", "smtpguard.cli.build_parser"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
     script.write_text(r.stdout)
-    assert "shtab --shell=bash smtpguard.cli.build_parser" in README
+    assert "-m shtab --shell=bash smtpguard.cli.build_parser > " in README
 
     def complete(*words: str) -> list[str]:
         """What bash offers for the last of ``words`` (the word being typed)."""
@@ -262,7 +270,7 @@ def test_bash_completion_completes_commands_and_serve_flags(tmp_path: Path) -> N
     assert {"serve", "check-config", "sink", "probe", "logscan"} <= set(complete(""))
     assert "--tls-cert" in complete("serve", "--tls-c")
     zsh = subprocess.run(
-        [_tool("shtab"), "--shell=zsh", "smtpguard.cli.build_parser"],
+        [*_tool("shtab"), "--shell=zsh", "smtpguard.cli.build_parser"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -301,18 +309,25 @@ def test_every_config_error_gets_its_own_line(tmp_path: Path) -> None:
         assert '"mode" is a top-level key' in lines[0]
 
 
-def test_check_config_shows_every_setting() -> None:
-    """Every key of the gateway's own sections is in the text and the JSON."""
-    s = load(str(ROOT / "deploy" / "smtpguard.toml"))
+def test_check_config_shows_every_setting(tmp_path: Path) -> None:
+    """Every key of the gateway's own sections is in the text and the JSON (the
+    deploy config, with its certificate and log directory in place)."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    cert, key = self_signed_cert(tls)
+    os.rename(cert, tls / "fullchain.pem")
+    os.rename(key, tls / "privkey.pem")
+    cfg = deploy_config(tmp_path, tls=tls, logs=tmp_path)
+    s = load(str(cfg))
     data, text = to_data(s), to_text(s)
-    r = run_cli("check-config", "--json", str(ROOT / "deploy" / "smtpguard.toml"))
-    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(json.dumps(data))
-    for section in ("gateway", "protocol_log", "tls"):
+    r = run_cli("check-config", "--json", str(cfg))
+    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(json.dumps(data)), r.stderr
+    for section in ("gateway", "protocol_log", "tls", "access", "state", "dedupe"):
         model = schema.ConfigFile.model_fields[section].annotation
         assert model is not None
-        for key in model.model_fields:
-            assert key in data[section], f"{section}.{key}"
-            assert re.search(rf"^  {key} ", text, re.M), f"{section}.{key}"
+        for key_name in model.model_fields:
+            assert key_name in data[section], f"{section}.{key_name}"
+            assert re.search(rf"^  {key_name} ", text, re.M), f"{section}.{key_name}"
     gw = data["gateway"]
     assert gw["metrics_listen"] == "127.0.0.1:9125" and gw["log_format"] == "json"
     assert gw["upstream_proxy_protocol"] == "off" and gw["log_level"] == "info"
@@ -331,3 +346,22 @@ def test_a_closed_stdout_is_no_traceback() -> None:
     err = proc.stderr.read().decode()
     proc.wait(60)
     assert "Traceback" not in err and proc.returncode == 141, err
+
+
+def test_a_mistyped_flag_command_or_choice_gets_a_did_you_mean() -> None:
+    for args, end in (
+        (("serve", "--dedupee"), "unrecognized arguments: --dedupee (did you mean --dedupe?)"),
+        (
+            ("serve", "--tls-crt", "x.pem"),
+            "unrecognized arguments: --tls-crt x.pem (did you mean --tls-cert?)",
+        ),
+        (("check-config", "--jsn", "f.toml"), "(did you mean --json?)"),
+        (("serve", "--mode", "esmpt"), "(choose from 'mailguard', 'esmtp') (did you mean esmtp?)"),
+        (("serv",), "invalid choice: 'serv' (choose from 'serve', 'check-config', 'sink', "
+         "'probe', 'logscan') (did you mean serve?)"),
+    ):  # fmt: skip
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.rstrip().endswith(end), r.stderr
+    # Nothing close: no guess.
+    assert run_cli("serve", "--bogus").stderr.rstrip().endswith("unrecognized arguments: --bogus")

@@ -2,9 +2,8 @@
 
 ``load(path, overrides)`` returns :class:`~smtpguard.config.load.Settings` or raises
 :class:`~smtpguard.config.load.ConfigError` with a one-line message naming the file,
-line, key, value and what was expected. ``check-config`` is registered from
-:mod:`smtpguard.config.cli`; ``python -m smtpguard.config.docs`` writes the key
-reference (docs/config.md) from the schema.
-
-Submodules are imported on use: the CLI builds its parser without loading pydantic.
+line, key, value and what was expected. ``check-config`` lives with ``serve``
+(:mod:`smtpguard.gateway.checkconfig`): it runs serve's start-up checks too.
+``python -m smtpguard.config.docs`` writes the key reference (docs/config.md) from
+the schema.
 """

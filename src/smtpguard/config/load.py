@@ -30,8 +30,8 @@ import socket
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import annotated_types
@@ -46,13 +46,57 @@ from smtpguard.config.locate import find_line
 from smtpguard.config.safety import unsafe_combinations
 from smtpguard.core import policy as core
 from smtpguard.errors import ConfigError
-from smtpguard.state import DedupeSettings, StateSettings
+from smtpguard.state import DedupeSettings, StateSettings, default_directory
 
 Loc = tuple[str | int, ...]
 Override = tuple[tuple[str, ...], object, str]  # key path, value, flag that set it
 
 
 TlsFiles = schema.TlsSection
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where each key's value came from, to name it in a message as the user wrote
+    it: the flag they typed, else the file's line, else "the default"."""
+
+    path: str | None = None  # the config file, if any
+    source: str = ""  # its text
+    flags: Mapping[Loc, str] = field(default_factory=dict)  # key path -> the flag that set it
+
+    def flag(self, loc: Loc) -> str | None:
+        """The flag that set ``loc`` or the table it is in, if one did."""
+        for k in range(len(loc), 0, -1):
+            found = self.flags.get(loc[:k])
+            if found is not None:
+                return found
+        return None
+
+    def line(self, loc: Loc) -> int | None:
+        """The file's line that set ``loc`` (None: a flag or the default)."""
+        if self.path is None or self.flag(loc) is not None:
+            return None
+        return find_line(self.source, loc)
+
+    def where(self, loc: Loc) -> str:
+        """``FILE:LINE`` of the key, ``FILE`` when the file does not set it."""
+        if self.path is None:
+            return "configuration"
+        line = find_line(self.source, loc)
+        return f"{self.path}:{line}" if line is not None else self.path
+
+    def name(self, loc: Loc, value: object) -> str:
+        """The key with its value, as a message starts: ``--tls-cert FILE``,
+        ``FILE:LINE: tls.certfile = "FILE"`` or ``tls.certfile = "FILE" (the default)``."""
+        flag = self.flag(loc)
+        if flag is not None:
+            return f"{flag} {value}"
+        shown = f"{_dotted(loc)} = {_show(value, 200)}"
+        line = self.line(loc)
+        if line is not None:
+            return f"{self.path}:{line}: {shown}"
+        prefix = f"{self.path}: " if self.path is not None else ""
+        return f"{prefix}{shown} (not set: the default)"
 
 
 @dataclass(frozen=True)
@@ -75,6 +119,7 @@ class Settings:
     dedupe: DedupeSettings
     source: str | None = None  # the config file, if any
     upstreams: tuple[tuple[str, int], ...] = ()  # none: the built-in mailbox
+    origins: Origins = Origins()  # where each key came from, for messages
 
     @property
     def gateway(self) -> schema.GatewaySection:
@@ -111,7 +156,7 @@ def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
     for keypath, value, flag in overrides:
         if _set(data, keypath, value):
             origins[keypath] = flag
-    where = _Where(path, source, origins, data)
+    where = _Where(Origins(path, source, origins), data)
     try:
         cfg = schema.ConfigFile.model_validate(data)
     except ValidationError as exc:
@@ -123,7 +168,7 @@ def load(path: str | None, overrides: Iterable[Override] = ()) -> Settings:
     settings = settings_from(cfg, path, problems)
     if problems:
         raise ConfigError(*where.sorted_messages(problems))
-    return settings
+    return dataclasses.replace(settings, origins=where.origins)
 
 
 def _resolve_paths(data: dict[str, Any], origins: dict[Loc, str], base: str) -> None:
@@ -366,13 +411,11 @@ def _checks(model: schema.Checks, problems: list[_Invalid]) -> core.Checks:
 
 
 class _Where:
-    def __init__(
-        self, path: str | None, source: str, origins: dict[Loc, str], data: dict[str, Any]
-    ) -> None:
-        self.path, self.source, self.origins, self.data = path, source, origins, data
+    def __init__(self, origins: Origins, data: dict[str, Any]) -> None:
+        self.origins, self.data = origins, data
 
     def _line(self, loc: Loc) -> int:
-        found = find_line(self.source, loc) if self.path else None
+        found = find_line(self.origins.source, loc) if self.origins.path else None
         return found if found is not None else 1 << 30
 
     def all(self, errors: Sequence[Any]) -> list[str]:
@@ -392,15 +435,10 @@ class _Where:
 
     def message(self, loc: Loc, expected: str | None, value: object) -> str:
         key = _dotted(loc)
-        for k in range(len(loc), 0, -1):
-            flag = self.origins.get(loc[:k])
-            if flag is not None:
-                return f"{flag}: got {_show(value)}, expected {expected}"
-        if self.path is None:
-            where = "configuration"
-        else:
-            line = find_line(self.source, loc)
-            where = f"{self.path}:{line}" if line is not None else self.path
+        flag = self.origins.flag(loc)
+        if flag is not None:
+            return f"{flag}: got {_show(value)}, expected {expected}"
+        where = self.origins.where(loc)
         if expected is None:  # value carries the whole message
             return f"{where}: {key}: {value}"
         return f"{where}: {key}: got {_show(value)}, expected {expected}"
@@ -590,5 +628,7 @@ def _show(value: object, limit: int = 60) -> str:
 
 
 def state_settings(s: schema.StateSection) -> StateSettings:
-    """``[state]`` (a relative directory was resolved with the other paths)."""
-    return StateSettings(s.url, s.directory, s.timeout, s.retry, s.lease, s.prefix)
+    """``[state]`` (a relative directory was resolved with the other paths; not set:
+    the per-user state directory, :func:`~smtpguard.state.default_directory`)."""
+    directory = s.directory or default_directory(os.environ, os.geteuid())
+    return StateSettings(s.url, directory, s.timeout, s.retry, s.lease, s.prefix)

@@ -33,6 +33,8 @@ POLICY_TABLES = frozenset({"checks", "timeouts", "emulation"})
 def _shown(settings: Settings, key: keys.Key) -> Any:
     if key.path == ("gateway", "workers"):
         return settings.workers  # 0 (one per CPU core) resolved
+    if key.path == ("state", "directory"):
+        return settings.state.directory  # not set: the per-user state directory
     value = keys.get(settings.file, key.path)
     if isinstance(value, str) and value and keys.is_hostport(key):
         return _hostport(split_hostport(value))

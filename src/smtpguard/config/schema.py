@@ -491,10 +491,13 @@ class StateSection(Section):
         description='where limits and duplicate keys are shared: "local" (SQLite file, all '
         'workers of this host) or "redis://HOST:PORT/DB" (Redis/Valkey, a whole fleet)',
     )
-    directory: Annotated[Str, FILE_PATH] = Field(
-        default="./smtpguard-state",
+    directory: Annotated[Str | None, FILE_PATH] = Field(
+        default=None,
         description='with url = "local": directory of the database file, on a local disk '
-        "(relative: to this file's directory)",
+        "(relative: to this file's directory); not set: $STATE_DIRECTORY (systemd), else "
+        "$XDG_STATE_HOME/smtpguard, else /var/lib/smtpguard for root and "
+        "~/.local/state/smtpguard for other users. Made only when a feature needs it "
+        "(dedupe, per-address limits, rate-limit checks)",
     )
     timeout: Seconds = Field(
         default=0.5, description="seconds a store operation may take; then the gateway fails open"
@@ -511,12 +514,12 @@ class StateSection(Section):
 
 
 class DedupeSection(Section):
-    enabled: StrictBool = Field(
+    enabled: Annotated[StrictBool, Flag("--dedupe")] = Field(
         default=False,
         description="answer a re-sent copy of a message the server already accepted with "
         "250 without relaying it again (envelope + SHA-256 of the message)",
     )
-    window: Seconds = Field(
+    window: Annotated[Seconds, Flag("--dedupe-window", "SECONDS")] = Field(
         default=86400.0, description="seconds a message is remembered after the server's 250"
     )
     answer: DedupeReply = Field(

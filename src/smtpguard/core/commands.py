@@ -146,7 +146,9 @@ class Commands:
     # -- counters ------------------------------------------------------------------
     def count(self, verb: str, outcome: str) -> None:
         """Per-verb counters for metrics, keyed by configuration, not by the client: a
-        verb neither allowed nor a known SMTP verb counts as ``OTHER``."""
+        verb neither allowed nor a known SMTP verb counts as ``OTHER``. ``outcome``:
+        ``forwarded``, ``refused``, or ``accepted`` (answered with success by the
+        gateway itself: STARTTLS it terminates)."""
         if verb not in self._policy.allowed_verbs and verb not in KNOWN_VERBS:
             verb = "OTHER"
         key = (verb, outcome)
@@ -156,7 +158,7 @@ class Commands:
         counts[key] = counts.get(key, 0) + 1
 
     def counts(self) -> dict[tuple[str, str], int]:
-        """Commands counted so far, by (verb, "forwarded"|"refused"); a copy."""
+        """Commands counted so far, by (verb, "forwarded"|"refused"|"accepted"); a copy."""
         return dict(self._counts) if self._counts else {}
 
     def _local(self, verb: str, reply: bytes) -> Then:
@@ -309,6 +311,7 @@ class Commands:
             return self._local("STARTTLS", replies.TLS_ACTIVE)
         if self._policy.starttls is StartTlsPolicy.TERMINATE:
             # Answered by the gateway; the handshake starts once the 220 is written.
+            self.count("STARTTLS", "accepted")
             self._replies.local(TLS_SLOT, replies.TLS_READY)
             return Then.TLS_OFFERED
         return self.forward("STARTTLS", line, now)

@@ -670,7 +670,7 @@ class Session:
 
     @property
     def commands(self) -> dict[tuple[str, str], int]:
-        """Commands counted so far, by (verb, "forwarded"|"refused"); a copy."""
+        """Commands counted so far, by (verb, "forwarded"|"refused"|"accepted"); a copy."""
         return self.cmds.counts()
 
     @property

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 
 from smtpguard.applog import setup_logging
+from smtpguard.config import keys
 from smtpguard.config.load import Settings, effective_log_level, split_hostport
 from smtpguard.errors import CliError
 from smtpguard.gateway import lifecycle, metrics_prom
@@ -32,8 +33,9 @@ from smtpguard.gateway.server import Gateway, GatewayConfig
 from smtpguard.gateway.startblock import print_banner, upstreams_shown
 from smtpguard.gateway.startup import (
     check_any_reachable,
-    check_files,
+    create_files,
     metrics_setup,
+    problems,
     remove_pid_file,
     tls_contexts,
     write_pid_file,
@@ -49,21 +51,24 @@ from smtpguard.gateway.workers import (
 )
 from smtpguard.logs import open_protocol_log
 from smtpguard.sink import start_sink
-from smtpguard.state.attach import attach, prepare_for
+from smtpguard.state.attach import attach
 
 
 def run(args: argparse.Namespace) -> int:
     """Check everything a worker needs, bind, start the workers, print the start-up
     block once they all serve; then supervise them until a signal stops the service
-    (workers.py). A start-up problem is one line on stderr before the block."""
+    (workers.py). Start-up problems are on stderr before the block, one line each:
+    all that :func:`~smtpguard.gateway.startup.problems` finds (as ``check-config``
+    prints them), else the first the host shows (an address in use, the upstream
+    not answering)."""
     # Until the event loop handles it, a SIGHUP (reload) must not kill the process;
     # forked workers inherit this.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load_settings(args)
     setup_logging(effective_log_level(settings, sys.stderr.isatty()), settings.gateway.log_format)
-    check_files(settings)
-    prepare_for(settings)  # the shared store's database, before any fork
-    metrics_dir = metrics_setup(settings)
+    found = problems(settings)  # the same list check-config prints: all at once
+    if found:
+        raise CliError("\n".join(found))
     lhost, lport = settings.listen
     upstream = settings.upstream
     sink_sock = None
@@ -73,24 +78,22 @@ def run(args: argparse.Namespace) -> int:
         upstream = ("127.0.0.1", sink_sock.getsockname()[1])
         target = f"built-in mailbox at 127.0.0.1:{upstream[1]}"
     else:
-        down = check_any_reachable(settings.upstreams)
+        down = check_any_reachable(settings, settings.upstreams)
         target = upstreams_shown(settings)
-    try:
-        socks = bind_listeners(lhost, lport, settings.workers, settings.gateway.listen_backlog)
-    except OSError as exc:
-        listen = f"{lhost}:{lport}"
-        raise CliError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
+    socks = _bind(settings, ("gateway", "listen"), lhost, lport)
     tls_socks: list[socket.socket] = []
     if settings.tls.implicit_listen:
         thost, tport = split_hostport(settings.tls.implicit_listen)
-        try:
-            tls_socks = bind_listeners(
-                thost, tport, settings.workers, settings.gateway.listen_backlog
-            )
-        except OSError as exc:
-            raise CliError(
-                f"--tls-listen {settings.tls.implicit_listen}: cannot listen: {exc.strerror or exc}"
-            ) from None
+        tls_socks = _bind(settings, ("tls", "implicit_listen"), thost, tport)
+    tls = tls_contexts(settings, upstream[0])
+    metrics_dir = metrics_setup(settings)
+    try:
+        # Last: a start that fails before here leaves no file behind.
+        create_files(settings)
+    except CliError:
+        if metrics_dir is not None:
+            metrics_prom.cleanup(metrics_dir)
+        raise
     config = GatewayConfig(
         listen_host=lhost,
         listen_port=lport,
@@ -99,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
         upstreams=settings.upstreams,
         **gateway_fields(GatewayConfig, settings),
     )
-    tls = tls_contexts(settings, upstream[0], args)
     host, port = socks[0].getsockname()[:2]
     implicit = tls_socks[0].getsockname()[:2] if tls_socks else None
 
@@ -197,6 +199,14 @@ def run(args: argparse.Namespace) -> int:
             metrics_prom.cleanup(metrics_dir)
         if pid_file:
             remove_pid_file(pid_file)
+
+
+def _bind(settings: Settings, loc: tuple[str, ...], host: str, port: int) -> list[socket.socket]:
+    try:
+        return bind_listeners(host, port, settings.workers, settings.gateway.listen_backlog)
+    except OSError as exc:
+        where = settings.origins.name(loc, keys.get(settings.file, loc))
+        raise CliError(f"{where}: cannot listen: {exc.strerror or exc}") from None
 
 
 def _mailbox(maildir: str, sock: socket.socket, ready: Callable[[], None]) -> int:

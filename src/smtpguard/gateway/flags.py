@@ -148,14 +148,6 @@ def _named(key: keys.Key, items: list[str]) -> list[Override]:
     return out
 
 
-def given(args: argparse.Namespace | None, path: keys.Path) -> str | None:
-    """The flag that set the key at ``path`` on this command line, if one did."""
-    for key in keys.flagged():
-        if key.path == path and args is not None and getattr(args, dest(key), None) is not None:
-            return key.flag.name if key.flag is not None else None
-    return None
-
-
 def flag_of(path: keys.Path) -> str | None:
     """The flag that overrides the key at ``path``, if it has one."""
     return next((k.flag.name for k in keys.flagged() if k.path == path and k.flag), None)

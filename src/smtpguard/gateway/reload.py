@@ -30,7 +30,7 @@ from smtpguard.errors import ConfigError
 from smtpguard.gateway.flags import overrides
 from smtpguard.gateway.server import Gateway, Reload
 from smtpguard.gateway.startblock import fail_open_warning
-from smtpguard.gateway.startup import tls_problem
+from smtpguard.gateway.startup import tls_problem_lines
 from smtpguard.gateway.tls import client_context, server_context
 from smtpguard.state.ratelimit import uses_rate_limit
 
@@ -94,5 +94,5 @@ def reload_tls(gateway: Gateway, new: Settings) -> None:
             tls.server.load_cert_chain(t.certfile, t.keyfile)
         client = client_context(t.verify_upstream, t.cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{new.source}: {tls_problem(t, exc)}") from None
+        raise ConfigError(*tls_problem_lines(new, exc)) from None
     gateway.tls = dataclasses.replace(tls, client=client)

@@ -4,10 +4,16 @@
 default: SQLite in WAL mode under ``[state] directory``, shared by the workers of a
 host) or a Redis/Valkey URL (shared by a fleet). Callers use it through
 :class:`~smtpguard.state.guard.Guarded`, which fails open.
+
+The embedded store is made only when a feature needs one (``state/attach.py``), and
+never in the working directory unless configured there: without ``[state]
+directory`` it lives in the per-user state directory, :func:`default_directory`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smtpguard.state.base import Lease, Store, StoreError
@@ -23,6 +29,7 @@ __all__ = [
     "StateSettings",
     "Store",
     "StoreError",
+    "default_directory",
     "open_store",
     "prepare",
 ]
@@ -36,7 +43,7 @@ class StateSettings:
     """``[state]``: where shared state lives and how long the gateway waits for it."""
 
     url: str = LOCAL
-    directory: str = "./smtpguard-state"
+    directory: str = ""  # the embedded store's; load() puts default_directory() here
     timeout: float = 0.5  # seconds per store operation, then fail open
     retry: float = 1.0  # after a failure, seconds before the store is tried again
     lease: float = 30.0  # a session's slot expires this long after its last renewal
@@ -53,6 +60,28 @@ class DedupeSettings:
 
     enabled: bool = False
     window: float = 86400.0  # seconds a message is remembered after the server's 250
+
+
+# Where a root service keeps its state (FHS /var/lib).
+SYSTEM_DIRECTORY = "/var/lib/smtpguard"
+
+
+def default_directory(environ: Mapping[str, str], euid: int) -> str:
+    """The embedded store's directory when ``[state] directory`` is not set, first
+    that applies: systemd's ``$STATE_DIRECTORY`` (a unit with ``StateDirectory=``),
+    ``$XDG_STATE_HOME/smtpguard``, ``/var/lib/smtpguard`` for root, else
+    ``~/.local/state/smtpguard`` (the XDG base directory default). Never the
+    working directory."""
+    systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return systemd
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative path is invalid and ignored
+        return os.path.join(xdg, "smtpguard")
+    if euid == 0:
+        return SYSTEM_DIRECTORY
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".local", "state", "smtpguard")
 
 
 # The store modules are imported where a store is made, not at the top: they load
