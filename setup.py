@@ -31,6 +31,7 @@ COMPILED = [
     "src/smtpguard/gateway/metrics_prom.py",
     "src/smtpguard/gateway/proxyreader.py",
     "src/smtpguard/gateway/server.py",
+    "src/smtpguard/gateway/upstreams.py",
     "src/smtpguard/logs.py",
 ]
 

@@ -447,7 +447,8 @@ class Gateway:
         """How a connection to (or a check of) ``address`` turned out: the server's
         health and metrics; a change of state is logged as SG-UPSTREAM-DOWN / -UP."""
         now = self.loop.time()
-        name = show(address)
+        server = self.pool.find(address)
+        name = server.name if server is not None else show(address)  # made once
         if ok:
             change = self.pool.succeeded(address, now, latency, session)
             if session and latency is not None:

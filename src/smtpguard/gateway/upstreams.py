@@ -55,22 +55,20 @@ def show(address: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass
 class Server:
-    """One upstream server's health and counters."""
+    """One upstream server's health and counters (``name``: as logs and metrics
+    show it, made once)."""
 
-    address: Address
-    health: Health = Health.UP
-    failures: int = 0  # consecutive
-    down_until: float = 0.0  # end of the back-off while DOWN
-    sessions: int = 0  # connections it greeted with 220
-    failures_total: int = 0
-    last_latency: float | None = None  # connect to 220 greeting, seconds
-    last_error: str = ""
-
-    @property
-    def name(self) -> str:
-        return show(self.address)
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.name = show(address)
+        self.health = Health.UP
+        self.failures = 0  # consecutive
+        self.down_until = 0.0  # end of the back-off while DOWN
+        self.sessions = 0  # connections it greeted with 220
+        self.failures_total = 0
+        self.last_latency: float | None = None  # connect to 220 greeting, seconds
+        self.last_error = ""
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,10 @@ class UpstreamPool:
             self.checked = checked
 
     def find(self, address: Address) -> Server | None:
-        return next((s for s in self.servers if s.address == address), None)
+        for server in self.servers:
+            if server.address == address:
+                return server
+        return None
 
     # -- choosing -------------------------------------------------------------------
     def usable(self, server: Server, now: float) -> bool:
@@ -143,14 +144,26 @@ class UpstreamPool:
         when no server that is up is left to try."""
         servers = self.servers
         count = len(servers)
-        start = self._next if self.balance is Balance.ROUND_ROBIN else 0
-        order = [servers[(start + i) % count] for i in range(count)]
-        fresh = [s for s in order if s.address not in tried]
-        chosen = next((s for s in fresh if s.health is Health.UP), None)
+        rr = self.balance is Balance.ROUND_ROBIN
+        start = self._next if rr else 0
+        chosen: Server | None = None
+        at = 0
+        retry: Server | None = None  # the first down one whose back-off has passed
+        retry_at = 0
+        for i in range(count):  # every session: a plain loop, nothing built
+            at = (start + i) % count
+            server = servers[at]
+            if tried and server.address in tried:
+                continue
+            if server.health is Health.UP:
+                chosen = server
+                break
+            if retry is None and self.usable(server, now):
+                retry, retry_at = server, at
         if chosen is None:
-            chosen = next((s for s in fresh if self.usable(s, now)), None)
-        if chosen is not None and self.balance is Balance.ROUND_ROBIN:
-            self._next = (servers.index(chosen) + 1) % count
+            chosen, at = retry, retry_at
+        if chosen is not None and rr:
+            self._next = (at + 1) % count
         return chosen
 
     # -- outcomes ---------------------------------------------------------------------
