@@ -38,6 +38,7 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
@@ -546,7 +547,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if a.ok:
             self.tried.clear()
-            self.gw.upstream_outcome(target, True, "", self.clock() - self._target_at, True)
+            took = time.perf_counter() - self._target_at
+            self.gw.upstream_outcome(target, True, "", took, True)
         else:
             self.tried.append(target)
             self.gw.upstream_outcome(target, False, a.why, None, True)
@@ -647,8 +649,11 @@ class ClientConnection(asyncio.Protocol):
         self._close_upstream(abort=True)
         up = UpstreamConnection(self)
         self.upstream = up
+        # The greeting time is measured with perf_counter: the loop's clock (uvloop:
+        # libuv's, in milliseconds, cached per turn) reads a loopback greeting as 0.
+        self._target_at = time.perf_counter()
         self.gw.open_upstream(up)  # picks the server: up.target (None: none left)
-        self._target, self._target_at = up.target, up.opened_at
+        self._target = up.target
 
     def _close_upstream(self, abort: bool) -> None:
         up, self.upstream = self.upstream, None
@@ -741,7 +746,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.connecting: asyncio.Future[Any] | None = None
         self.target: tuple[str, int] | None = None  # the server the gateway picked
-        self.opened_at = 0.0  # when the connect started
         self._closed = False
         self._paused = False  # the client asked us not to read the server
         self._full = False  # told the client our write side is full

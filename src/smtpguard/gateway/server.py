@@ -488,7 +488,6 @@ class Gateway:
             self.loop.call_soon(up.connect_failed)
             return
         up.target = server.address
-        up.opened_at = now
         session = up.client.session
         limit = session.policy.timeouts.connect if session is not None else 30.0
         task = self.loop.create_task(self.loop.create_connection(lambda: up, *server.address))
