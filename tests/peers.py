@@ -252,10 +252,13 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def sink_and_gateway(workdir: Path, *args: str) -> Iterator[tuple[SmtpSink, GatewayProcess]]:
-    """smtp-sink with ``smtpguard serve --upstream <sink> ARGS`` in front of it;
-    both are stopped afterwards."""
-    sink = SmtpSink(workdir)
+def sink_and_gateway(
+    workdir: Path, *args: str, sinkdir: Path | None = None
+) -> Iterator[tuple[SmtpSink, GatewayProcess]]:
+    """smtp-sink (its files in ``sinkdir``, default ``workdir``) with ``smtpguard
+    serve --upstream <sink> ARGS`` run in ``workdir`` in front of it; both are
+    stopped afterwards."""
+    sink = SmtpSink(sinkdir if sinkdir is not None else workdir)
     try:
         gw = GatewayProcess("--upstream", sink.address, *args, workdir=workdir)
         try:

@@ -4,18 +4,16 @@ working directory, and not at all when start-up fails."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import smtplib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from smtpguard.state import SYSTEM_DIRECTORY, default_directory
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, run_cli
+from tests.peers import LOOPBACK, free_port, run_cli, sink_and_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -30,20 +28,6 @@ def send(port: int) -> tuple[int, bytes]:
         reply = s.data(BODY)
         s.quit()
     return reply
-
-
-@contextlib.contextmanager
-def gateway(sinkdir: Path, workdir: Path, *args: str) -> Iterator[tuple[SmtpSink, GatewayProcess]]:
-    """smtp-sink (its files in ``sinkdir``) behind ``serve ARGS`` run in ``workdir``."""
-    sink = SmtpSink(sinkdir)
-    try:
-        gw = GatewayProcess("--upstream", sink.address, *args, workdir=workdir)
-        try:
-            yield sink, gw
-        finally:
-            gw.stop()
-    finally:
-        sink.stop()
 
 
 def wait_for(count: int, messages: object) -> None:
@@ -70,7 +54,7 @@ def test_without_a_feature_that_needs_it_no_store_is_made(
     state_home, work = tmp_path / "state-home", tmp_path / "cwd"
     work.mkdir()
     monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
-    with gateway(tmp_path, work) as (sink, gw):
+    with sink_and_gateway(work, sinkdir=tmp_path) as (sink, gw):
         assert send(gw.port) == (250, b"2.0.0 Ok")
         assert send(gw.port) == (250, b"2.0.0 Ok")  # no dedupe: both relayed
         wait_for(2, sink.messages)
@@ -85,7 +69,10 @@ def test_dedupe_flag_suppresses_a_resent_copy_with_the_store_in_the_state_direct
     state_home, work = tmp_path / "state-home", tmp_path / "cwd"
     work.mkdir()
     monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
-    with gateway(tmp_path, work, "--dedupe", "--dedupe-window", "600") as (sink, gw):
+    with sink_and_gateway(work, "--dedupe", "--dedupe-window", "600", sinkdir=tmp_path) as (
+        sink,
+        gw,
+    ):
         block = gw.startup_block()
         assert send(gw.port) == (250, b"2.0.0 Ok")
         code, text = send(gw.port)  # the sender re-sends: answered, not relayed
