@@ -178,3 +178,41 @@ def test_a_stray_tls_done_does_nothing() -> None:
     before = list(out.actions)
     link.tls_started(0.0)
     assert out.actions == before and not link.tls
+
+
+def ready() -> tuple[UpstreamLink, Output]:
+    link, out, _ = make()
+    assert link.on_greeting(reply(b"220 mx\r\n"), None, None, 1.0) is After.NOTHING
+    assert link.state is Upstream.READY  # no HELO yet: nothing to replay
+    del out.actions[:]
+    return link, out
+
+
+@pytest.mark.parametrize("said_421", [False, True])
+def test_a_parked_link_is_not_live_and_reopens_on_reconnect(said_421: bool) -> None:
+    link, out = ready()
+    link.park(said_421)
+    assert link.state is Upstream.PARKED and not link.live
+    # its own close only when the server's transport is still open (after its 421)
+    assert out.actions == ([CloseServer(abort=False)] if said_421 else [])
+    del out.actions[:]
+    link.reconnect(2.0)
+    assert out.actions == [OpenServer()]  # no close of a connection already gone
+    assert link.state is Upstream.CONNECTING
+
+
+def test_renew_opens_a_fresh_connection_unless_the_client_authenticated() -> None:
+    link, out = ready()
+    assert link.renew(2.0) is After.NOTHING
+    assert out.actions == [CloseServer(abort=True), OpenServer()]
+    link, out = ready()
+    link.authenticated = True
+    assert link.renew(2.0) is After.SIGNED_OFF
+    assert out.actions == [CloseServer(abort=True)] and not link.live
+
+
+def test_a_fresh_connection_forgets_the_authentication() -> None:
+    link, _ = ready()
+    link.authenticated = True
+    link.reconnect(2.0)
+    assert not link.authenticated

@@ -270,8 +270,16 @@ def test_upstream_lost_mid_data_answers_451_after_client_end_of_data() -> None:
     ]
 
 
-def test_upstream_lost_while_idle_gives_421() -> None:
+def test_upstream_lost_while_idle_is_reopened_by_the_next_command() -> None:
     h = Harness().start().client(b"HELO c\r\n").server_drops()
+    assert h.run.replies()[-1] == b"250 mx.example.test" and not h.run.client_closed
+    h.client(b"NOOP\r\n")
+    assert len(h.run.servers) == 2  # a fresh connection, the HELO replayed
+    assert h.run.replies()[-1] == b"250 2.0.0 Ok"
+
+
+def test_upstream_lost_with_mail_accepted_gives_421() -> None:
+    h = Harness().start().client(b"HELO c\r\nMAIL FROM:<a@x>\r\n").server_drops()
     assert h.run.replies()[-1] == b"421 4.4.2 Connection to mail server lost, closing connection"
     assert h.run.client_closed
 
@@ -390,8 +398,9 @@ def test_eof_mid_message_aborts_upstream() -> None:
     assert run.server.messages == [] and run.server.aborted and run.client_closed
 
 
-def test_server_421_is_forwarded_and_closes() -> None:
-    h = Harness().start().client(b"HELO c\r\n").server_says(b"421 4.4.2 shutting down\r\n")
+def test_server_421_in_a_transaction_is_forwarded_and_closes() -> None:
+    h = Harness().start().client(b"HELO c\r\nMAIL FROM:<a@x>\r\n")
+    h.server_says(b"421 4.4.2 shutting down\r\n")
     assert h.run.replies()[-1] == b"421 4.4.2 shutting down" and h.run.client_closed
 
 

@@ -600,3 +600,59 @@ def test_start_up_needs_one_server_and_warns_of_the_others(tmp_path: Path) -> No
         b.close()
     assert f"relaying to   {dead1}, {b.address} (failover, no health checks)" in text, text
     assert f"WARNING       --upstream {dead1}: not reachable (Connection refused)" in text, text
+
+
+def test_a_server_closing_an_idle_session_costs_the_sender_nothing(tmp_path: Path) -> None:
+    """Postfix closes a session idle past its ``smtpd_timeout`` (421, then close).
+    The sender, still connected to the gateway, sends its next message: it goes
+    through on a fresh connection (the HELO replayed), and each message is in the
+    mailbox once."""
+    with PrivatePostfix("smtpguard-idle", smtpd_timeout="2s") as pf:
+        gw = GatewayProcess("--upstream", pf.address, "--log-level", "info", workdir=tmp_path)
+        try:
+            c = Client(gw.address)
+            c.hello()
+            c.send("before-idle")
+            pf.wait_log(lambda text: "timeout after" in text and "disconnect from" in text)
+            time.sleep(0.3)  # the gateway has read the 421 and the close
+            c.send("after-idle")
+            c.quit()
+        finally:
+            _, out = gw.stop()
+        want = Counter({"before-idle": 1, "after-idle": 1})
+        deadline = time.monotonic() + 30
+        while _in_mailbox(pf) != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _in_mailbox(pf) == want
+        assert "SG-UPSTREAM-IDLE-CLOSED" in out, out
+        # Two sessions carried mail (start-up probes carry none): the first ended by
+        # Postfix's timeout (no QUIT), the fresh one with the HELO replayed.
+        sessions = re.findall(r"smtpd\[\d+\]: disconnect from \S+ (helo=.*)", pf.log())
+        assert sessions == [
+            "helo=1 mail=1 rcpt=1 data=1 commands=4",
+            "helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
+        ], sessions
+
+
+def test_a_server_dying_while_the_session_is_idle_sends_the_next_message_to_the_other(
+    tmp_path: Path, sinks: tuple[Sink, Sink]
+) -> None:
+    a, b = sinks
+    gw = gateway(tmp_path, a, b, "--log-level", "info")  # failover: A first while it is up
+    try:
+        a.kill()
+        a.extra = ()
+        a.start()
+        wait_until_used(gw, a, "warm")
+        c = Client(gw.address)
+        c.hello()
+        c.send("on-a")
+        a.kill()
+        time.sleep(0.5)  # the gateway has seen A's connection close
+        c.send("on-b")
+        c.quit()
+    finally:
+        _, out = gw.stop()
+    assert a.delivered()["on-a"] == 1 and b.delivered()["on-b"] == 1
+    assert a.delivered()["on-b"] == 0 and b.delivered()["on-a"] == 0
+    assert "SG-UPSTREAM-IDLE-CLOSED" in out, out

@@ -217,10 +217,36 @@ def test_upstream_lost_gives_421_and_releases() -> None:
     async def go() -> None:
         h = Harness()
         c, ct, _ut = h.ready()
+        c.data_received(b"HELO client.example\r\n")
+        h.upstreams[-1].data_received(b"250 mx\r\n")
+        c.data_received(b"MAIL FROM:<a@example.org>\r\n")
+        h.upstreams[-1].data_received(b"250 ok\r\n")  # a transaction open
         h.upstreams[-1].connection_lost(None)
         assert b"421 " in ct.written and ct.closed
         c.connection_lost(None)
         assert not h.gw.sessions and h.gw._idle.is_set()
+
+    run(go)
+
+
+def test_upstream_closed_while_idle_is_reopened_by_the_next_command() -> None:
+    async def go() -> None:
+        h = Harness()
+        c, ct, ut = h.ready()
+        c.data_received(b"HELO client.example\r\n")
+        h.upstreams[-1].data_received(b"250 mx\r\n")
+        h.upstreams[-1].data_received(b"421 4.4.2 mx Error: timeout exceeded\r\n")
+        assert ut.closed and not ct.closed and b"421" not in ct.written
+        h.upstreams[-1].connection_lost(None)  # the old connection's end: not the session's
+        assert len(h.upstreams) == 1  # nothing opened until the client needs it
+        c.data_received(b"NOOP\r\n")
+        assert len(h.upstreams) == 2
+        ut2 = h.connect_upstream()
+        assert bytes(ut2.written) == b"HELO client.example\r\n"  # replayed
+        h.upstreams[-1].data_received(b"250 mx\r\n")
+        assert bytes(ut2.written) == b"HELO client.example\r\nNOOP\r\n"
+        h.upstreams[-1].data_received(b"250 2.0.0 Ok\r\n")
+        assert ct.written.endswith(b"250 mx\r\n250 2.0.0 Ok\r\n") and not ct.closed
 
     run(go)
 
@@ -378,15 +404,21 @@ def test_a_refused_or_failing_connect_is_counted_and_told_to_the_session() -> No
     assert asyncio.run(go(None)) == ["connect"]  # not also "lost": it never was up
     assert asyncio.run(go(broken)) == ["connect"]
 
-    async def lost() -> list[str]:
+    async def lost(idle: bool) -> list[str]:
         h = Harness()
         h.gw.metrics = metrics = Counting()
-        _c, ct, _ut = h.ready()
+        c, ct, _ut = h.ready()
+        c.data_received(b"HELO c\r\n")
+        h.upstreams[-1].data_received(b"250 mx\r\n")
+        if not idle:  # a transaction open
+            c.data_received(b"MAIL FROM:<a@example.org>\r\n")
+            h.upstreams[-1].data_received(b"250 ok\r\n")
         h.upstreams[-1].connection_lost(None)
-        assert b"421 " in ct.written
+        assert (b"421 " in ct.written) is not idle
         return metrics.errors
 
-    assert asyncio.run(lost()) == ["lost"]
+    assert asyncio.run(lost(idle=False)) == ["lost"]
+    assert asyncio.run(lost(idle=True)) == []  # an idle session closed by the server
 
 
 def test_drain_cancels_connects_and_frees_sessions() -> None:

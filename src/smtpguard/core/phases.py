@@ -126,6 +126,7 @@ class Upstream(enum.Enum):
     GREETING = "greeting"  # connected, waiting for the 220
     HANDSHAKE = "handshake"  # the gateway's own exchanges: XCLIENT, STARTTLS, replay
     READY = "ready"
+    PARKED = "parked"  # the server closed it between transactions: reopened on demand
     DOWN = "down"
 
 
@@ -138,6 +139,7 @@ class Link(enum.Enum):
     READY = "handshake done"
     SECURE = "terminate: STARTTLS to the server"
     LOST = "lost or dropped"
+    IDLE_CLOSED = "closed by the server between transactions"
     RECONNECT = "fresh connection"
 
 
@@ -147,6 +149,7 @@ UPSTREAM: Final[dict[tuple[Upstream, Link], Upstream]] = {
     (Upstream.GREETING, Link.REFUSED): Upstream.READY,
     (Upstream.HANDSHAKE, Link.READY): Upstream.READY,
     (Upstream.READY, Link.SECURE): Upstream.HANDSHAKE,
+    (Upstream.READY, Link.IDLE_CLOSED): Upstream.PARKED,
     **{(u, Link.LOST): Upstream.DOWN for u in Upstream if u is not Upstream.DOWN},
     **{(u, Link.RECONNECT): Upstream.CONNECTING for u in Upstream},
 }

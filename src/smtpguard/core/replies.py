@@ -17,6 +17,9 @@ UPSTREAM_LOST = make_reply(421, "4.4.2 Connection to mail server lost, closing c
 MESSAGE_UPSTREAM_LOST = make_reply(
     451, "4.4.2 Connection to mail server lost, message not delivered; try again later"
 ).raw
+UPSTREAM_RENEWED = make_reply(
+    421, "4.4.2 Mail server connection renewed: reconnect and authenticate again"
+).raw
 CLIENT_TIMEOUT = make_reply(421, "4.4.2 Idle timeout exceeded, closing connection").raw
 TOO_MANY_INVALID = make_reply(550, "5.7.1 Too many invalid recipients").raw
 TLS_READY = make_reply(220, "2.0.0 Ready to start TLS").raw

@@ -182,7 +182,7 @@ class Session:
                     self._pump(now)
         elif isinstance(event, ServerData):
             link = self.link
-            if link.state is Upstream.DOWN:
+            if link.state is Upstream.DOWN or link.state is Upstream.PARKED:
                 pass
             elif phase is Phase.TUNNEL:
                 self.deadlines.client = now + self.policy.timeouts.client_idle
@@ -209,7 +209,7 @@ class Session:
             self.link.connected(now)
         elif isinstance(event, ServerClosed):
             if self.link.live:
-                self.upstream_lost(now)
+                self.upstream_lost(now, closed=b"")
                 self._pump(now)
         elif isinstance(event, ClientEof):
             self.end(End.EOF)
@@ -354,6 +354,8 @@ class Session:
             self.finish_if_done()
         elif decision is After.REFUSE:
             self.abort_with(XCLIENT_REFUSED)
+        elif decision is After.SIGNED_OFF:
+            self.close_after(replies.UPSTREAM_RENEWED)
         else:  # After.UNAVAILABLE
             self.abort_with(replies.SERVICE_UNAVAILABLE)
 
@@ -385,7 +387,7 @@ class Session:
             link.abort()
         elif not self.replies.awaiting:
             if reply.code == 421:  # the server is closing the session on its own
-                self.close_after(reply.raw)
+                self.upstream_lost(now, closed=reply.raw)
             else:  # a reply nothing asked for would be matched to the next command
                 self.out.event("SG-UPSTREAM-UNSOLICITED", f"unexpected reply {reply.code}")
                 self._link(link.failed(f"unsolicited reply {reply.code}"), now)
@@ -405,6 +407,8 @@ class Session:
         raw = reply.raw
         env = self.envelope
         cmds = self.cmds
+        if cls == 2 and verb == "AUTH":  # even to a "*": the server's word counts
+            self.link.authenticated = True
         if verb in ("HELO", "EHLO") and cls == 2:
             self.helo = slot.raw
             cmds.hello = hello(cmds.hello, Greet.ACCEPTED)
@@ -479,8 +483,14 @@ class Session:
                 if not data and not draining:
                     break  # the usual way out: every line read
                 slots = self.replies.slots
-                if self.link.state is not Upstream.READY or len(slots) >= self.policy.max_pending:
-                    break
+                link = self.link
+                if link.state is not Upstream.READY or len(slots) >= self.policy.max_pending:
+                    if link.state is not Upstream.PARKED or (draining and slots):
+                        break
+                    if not draining:  # closed while idle: a command needs it again
+                        link.reconnect(now)
+                        break
+                    # parked, draining, nothing owed: the 421 below
                 if draining and not self.envelope.in_transaction and not slots:
                     self.abort_with(replies.SHUTTING_DOWN)
                     break
@@ -550,7 +560,7 @@ class Session:
             self.messages_refused += 1
             self.replies.local(END_OF_DATA_VERB, relay.refusal)
             self.flush()
-            self.link.reconnect(now)
+            self._link(self.link.renew(now), now)
         else:
             slot = self.replies.pending(END_OF_DATA_VERB)
             if relay.deferred and self.shared_rates is not None:
@@ -599,7 +609,7 @@ class Session:
         slot.reply = decision.reply
         self.envelope.in_transaction = False
         self.flush()
-        self.link.reconnect(now)  # the server never sees this copy's terminator
+        self._link(self.link.renew(now), now)  # the server never sees this terminator
 
     # ------------------------------------------------------ shared rate limits
     def _rate_answer(self, rates: SharedRates, allowed: bool | None, now: float) -> None:
@@ -648,7 +658,7 @@ class Session:
                 self.envelope.in_transaction = False
                 slot.reply = f.reply
                 self.flush()
-                self.link.reconnect(now)
+                self._link(self.link.renew(now), now)
         elif decision is RateDecision.RELEASE:
             assert slot is not None
             if slot.reply is None and self.link.state is Upstream.READY:
@@ -846,10 +856,32 @@ class Session:
             self.out.emit(CloseClient())
             self.goto(Trigger.CLOSE)
 
-    def upstream_lost(self, now: float) -> None:
-        """The upstream closed, failed or timed out: what the client is told."""
+    def upstream_lost(self, now: float, closed: bytes | None = None) -> None:
+        """The upstream failed or timed out, or the server closed the connection
+        (``closed``: its 421 when it said one first, else empty): what the client
+        is told. Closed between transactions, nothing is lost: the client sees
+        nothing and its next command opens a fresh connection."""
         link = self.link
         was = link.state
+        if closed is not None:
+            if (
+                was is Upstream.READY
+                and self.phase is Phase.COMMAND
+                and not self.replies.awaiting
+                and not self.envelope.in_transaction
+                and not link.authenticated
+            ):
+                self.out.event(
+                    "SG-UPSTREAM-IDLE-CLOSED",
+                    "mail server closed the connection between transactions: "
+                    "the next command opens a fresh one",
+                    "log",
+                )
+                link.park(said_421=bool(closed))
+                return
+            if closed:  # its 421 inside a transaction: relayed, then close
+                self.close_after(closed)
+                return
         if link.live:
             link.move(Link.LOST)
         self.deadlines.server = None
@@ -874,7 +906,7 @@ class Session:
             if self.replies.owed_by_server:
                 self.abort_with(replies.UPSTREAM_LOST)
             else:
-                link.reconnect(now)
+                self._link(link.renew(now), now)
             self.flush()
         else:
             self.abort_with(replies.UPSTREAM_LOST)

@@ -62,6 +62,7 @@ class After(enum.Enum):
     REFUSE = "the server will not take the client's address: refuse the client"
     UNAVAILABLE = "no usable fresh connection: 421 to the client, close"
     LOST = "the connection failed: handle it as lost"
+    SIGNED_OFF = "the client's authentication cannot be carried over: 421, close"
 
 
 class Secured:
@@ -258,7 +259,7 @@ class UpstreamLink:
 
     __slots__ = (
         "_assembler", "_data", "_deadlines", "_error", "_out", "_partial", "_policy",
-        "_start", "greeted", "handshake", "peer", "state", "tls", "tries",
+        "_start", "authenticated", "greeted", "handshake", "peer", "state", "tls", "tries",
     )  # fmt: skip
 
     def __init__(
@@ -271,6 +272,9 @@ class UpstreamLink:
         self.state = Upstream.CONNECTING
         self.greeted = False  # the client has seen a greeting
         self.tls = False  # the upstream connection is encrypted
+        # The client authenticated on this connection (a 2xx to its AUTH): a fresh one
+        # cannot carry that over, since the gateway never keeps credentials.
+        self.authenticated = False
         self.tries = 1  # connections tried for this one, up to policy.upstream_tries
         self.handshake: Handshake | None = None  # the gateway's own exchange, while it runs
         self._partial = bytearray()  # a reply line not complete yet
@@ -282,7 +286,9 @@ class UpstreamLink:
     # -- state -------------------------------------------------------------------
     @property
     def live(self) -> bool:
-        return self.state is not Upstream.DOWN
+        """A connection is open (or being opened)."""
+        state = self.state
+        return state is not Upstream.DOWN and state is not Upstream.PARKED
 
     def move(self, trigger: Link) -> None:
         """UPSTREAM: the one way the state changes (:class:`NotInTable` if not drawn)."""
@@ -426,7 +432,29 @@ class UpstreamLink:
     def reconnect(self, now: float) -> None:
         """Drop this connection (if any) and open a fresh one, in clear."""
         self.tries = 1
+        self.authenticated = False
         self._fresh(now)
+
+    def renew(self, now: float) -> After:
+        """A fresh connection for the session's next transaction (this one is spent:
+        a refused or cut message, or a suppressed copy), the client's HELO replayed.
+        A connection the client authenticated on is not replaced: the client is told
+        to reconnect and authenticate again (``SIGNED_OFF``), never left to find its
+        next message refused for want of an authentication it believes it has."""
+        if self.authenticated:
+            self.abort()
+            return After.SIGNED_OFF
+        self.reconnect(now)
+        return After.NOTHING
+
+    def park(self, said_421: bool) -> None:
+        """The server closed the connection (or said 421 on its own) while nothing was
+        owed and no transaction was open: nothing is lost, and the client's next
+        command opens a fresh connection (:meth:`reconnect`)."""
+        if said_421:
+            self._out.emit(CloseServer(abort=False))
+        self.move(Link.IDLE_CLOSED)
+        self._deadlines.server = None
 
     def failover(self, why: str, now: float) -> bool:
         """This connection failed before its 220 greeting (refused, timed out, lost,
@@ -442,7 +470,7 @@ class UpstreamLink:
 
     def _fresh(self, now: float) -> None:
         out = self._out
-        if self.state is not Upstream.DOWN:
+        if self.live:
             out.emit(CloseServer(abort=True))
         self._partial.clear()
         self._data = b""  # what the old connection sent after the reply being handled
@@ -471,7 +499,7 @@ class UpstreamLink:
 
     def abort(self) -> None:
         """Close now, without the terminator (the server discards a partial message)."""
-        if self.state is not Upstream.DOWN:
+        if self.live:
             self._out.emit(CloseServer(abort=True))
             self.move(Link.LOST)
         self._deadlines.server = None

@@ -78,6 +78,7 @@ from smtpguard.core.events import (
     TlsDone,
     TlsFailed,
 )
+from smtpguard.core.phases import Upstream
 from smtpguard.core.policy import Policy
 from smtpguard.core.session import Phase, Session
 from smtpguard.gateway.access import AccessControl, parse_ip
@@ -180,6 +181,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._sent_at: float | None = None  # when bytes last went upstream unanswered
+        self._lost = False  # the upstream closed on us: an error unless the session parked it
         self._feed_handle: asyncio.Handle | None = None  # the next turn's feed
         self.peer = ""
         self.addr: tuple[str, int] | None = None  # the client (from PROXY if trusted)
@@ -204,6 +206,10 @@ class ClientConnection(asyncio.Protocol):
             self._run(session.handle(event, now))
             if not isinstance(event, (ClientData, ClientEof)):  # the feed does its own
                 self._update_reading()
+                if self._lost:  # not an error when the server closed an idle session
+                    self._lost = False
+                    if session.upstream is not Upstream.PARKED:
+                        self.gw.metrics.upstream_error("lost")
         except Exception as exc:
             self._crash(exc)
             return False
@@ -226,8 +232,8 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(event, ServerClosed):
             up, self.upstream = self.upstream, None
             self.flow.up_full = False
-            if up is not None and up.transport is not None:  # a failed connect counts as such
-                self.gw.metrics.upstream_error("lost")
+            # (a failed connect counts as such)
+            self._lost = up is not None and up.transport is not None
         elif isinstance(event, Start) and self._plog is not None:
             self._plog.connect(self.sid, self.peer)
         return True
