@@ -4,9 +4,11 @@ the message once, the JSONL log has the event and ``logscan`` shows the copy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import smtplib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -30,6 +32,22 @@ def send(port: int, rcpts: list[str], body: bytes = BODY) -> tuple[int, bytes]:
     return reply
 
 
+def wait_recorded(database: Path, timeout: float = 15.0) -> None:
+    """Until the embedded store holds an accepted message's record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if database.exists():
+            uri = f"file:{database}?mode=ro"
+            with (
+                contextlib.closing(sqlite3.connect(uri, uri=True)) as db,
+                contextlib.suppress(sqlite3.OperationalError),  # no table yet
+            ):
+                if db.execute("SELECT count(*) FROM kv").fetchone()[0]:
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"no record in {database} after {timeout} s")
+
+
 def test_resent_copy_is_answered_from_the_store_and_logscan_shows_it(tmp_path: Path) -> None:
     sink = SmtpSink(tmp_path)
     log = tmp_path / "gw.jsonl"
@@ -43,6 +61,9 @@ def test_resent_copy_is_answered_from_the_store_and_logscan_shows_it(tmp_path: P
     try:
         # smtp-sink names no queue ID: copies are answered with the key's first digits
         assert send(gw.port, ["b@example.net", "c@example.net"]) == (250, b"2.0.0 Ok")
+        # The record is written as the 250 goes to the client, not before it (no delay
+        # on the final reply): a sender's retry comes long after, so wait until it is in.
+        wait_recorded(tmp_path / "state" / "state.sqlite3")
         # Four more copies over new sessions (both workers), recipients in any order.
         orders = (["c@example.net", "b@example.net"], ["b@example.net", "c@example.net"]) * 2
         answers = {send(gw.port, rcpts) for rcpts in orders}
