@@ -80,7 +80,7 @@ from smtpguard.gateway.flow import WRITE_HIGH, WRITE_LOW, Flow
 from smtpguard.gateway.handoff import HANDOFFS, GatewayView
 from smtpguard.gateway.proxyreader import ProxyError, ProxyReader
 from smtpguard.gateway.tls import secure
-from smtpguard.gateway.upstreamconn import UpstreamConnection
+from smtpguard.gateway.upstreamconn import ClientSide, UpstreamConnection
 from smtpguard.logs import ProtocolLog
 from smtpguard.proxyproto import ProxyVersion
 
@@ -105,8 +105,9 @@ class Stage(enum.Enum):
     CLOSED = "closed"  # torn down, refused, or never started
 
 
-class ClientConnection(asyncio.Protocol):
-    """Accepted client connection; owns the session and its upstream."""
+class ClientConnection(asyncio.Protocol, ClientSide):
+    """Accepted client connection; owns the session and its upstream. (ClientSide:
+    what its upstream connection calls, named so that those calls are native.)"""
 
     def __init__(self, gateway: GatewayView[ClientConnection], tls_listener: bool = False) -> None:
         self.gw = gateway
