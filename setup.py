@@ -2,10 +2,11 @@
 
 Everything else about the package is in pyproject.toml. The core is strictly typed
 Python with no I/O; mypyc turns those modules (and the shell's per-session code:
-connection.py, the per-event path; server.py, admitting and releasing sessions and
-opening upstreams; the metrics hooks; logs.py, the protocol log's per-line path) into
-C extensions: the gateway then needs about 40 % less CPU per message
-(bench/README.md). The ``.py`` files ship too, for reading the source.
+connection.py, upstreamconn.py and handoff.py, the per-event path; server.py,
+admitting and releasing sessions and opening upstreams; the metrics hooks; logs.py,
+the protocol log's per-line path) into C extensions: the gateway then needs about
+40 % less CPU per message (bench/README.md). The ``.py`` files ship too, for reading
+the source.
 
 Without a C compiler or Python's headers, or with ``SMTPGUARD_PURE_PYTHON=1`` (use
 it for editable installs you edit: an in-place build leaves ``.so`` files beside the
@@ -27,10 +28,12 @@ COMPILED = [
     *sorted(str(p) for p in Path("src/smtpguard/core").glob("*.py")),
     "src/smtpguard/gateway/connection.py",
     "src/smtpguard/gateway/flow.py",
+    "src/smtpguard/gateway/handoff.py",
     "src/smtpguard/gateway/metrics.py",
     "src/smtpguard/gateway/metrics_prom.py",
     "src/smtpguard/gateway/proxyreader.py",
     "src/smtpguard/gateway/server.py",
+    "src/smtpguard/gateway/upstreamconn.py",
     "src/smtpguard/gateway/upstreams.py",
     "src/smtpguard/logs.py",
 ]

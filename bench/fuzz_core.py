@@ -52,7 +52,7 @@ from smtpguard.core.events import (
 from smtpguard.core.policy import BannerPolicy, Emulation, Mode, Policy, Smuggling
 from smtpguard.core.session import Phase, Session
 
-# The shell stops reading above this many held client bytes (connection.BACKLOG_HIGH)
+# The shell stops reading above this many held client bytes (flow.BACKLOG_HIGH)
 # and feeds at most one read (a FEED_SLICE) at a time.
 BACKLOG_HIGH = 64 * 1024
 MAX_CHUNK = 4096

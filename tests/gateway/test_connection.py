@@ -30,11 +30,13 @@ from smtpguard.core.actions import (
 )
 from smtpguard.core.policy import Policy
 from smtpguard.gateway import connection as conn_mod
+from smtpguard.gateway import flow as flow_mod
 from smtpguard.gateway.access import AccessPolicy
-from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
+from smtpguard.gateway.connection import ClientConnection
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.server import Gateway, GatewayConfig
 from smtpguard.gateway.tls import TlsContexts
+from smtpguard.gateway.upstreamconn import UpstreamConnection
 from smtpguard.proxyproto import ProxyVersion
 
 CLIENT = ("192.0.2.10", 40000)
@@ -461,7 +463,7 @@ def test_early_bytes_over_the_mark_pause_the_client() -> None:
         h = Harness()
         c, _ct = h.client()
         up = h.upstreams[-1]
-        up.write(b"x" * (conn_mod.WRITE_HIGH + 1))
+        up.write(b"x" * (flow_mod.WRITE_HIGH + 1))
         assert c.flow.up_full
         up.connection_made(FakeTransport(up, ("127.0.0.1", 25)))
         assert not c.flow.up_full
@@ -492,7 +494,7 @@ def test_client_start_tls_keeps_limits_and_pause() -> None:
         assert not ct.reading
         await c._start_tls("client")
         assert c.transport is new
-        assert new.limits_set == (conn_mod.WRITE_HIGH, conn_mod.WRITE_LOW)
+        assert new.limits_set == (flow_mod.WRITE_HIGH, flow_mod.WRITE_LOW)
         assert not new.reading
 
     run(go)
@@ -514,7 +516,7 @@ def test_upstream_start_tls_keeps_limits_and_pause() -> None:
         c.pause_writing()  # the client is slow: the server is not read
         await c._start_tls("server")
         assert up.transport is new
-        assert new.limits_set == (conn_mod.WRITE_HIGH, conn_mod.WRITE_LOW)
+        assert new.limits_set == (flow_mod.WRITE_HIGH, flow_mod.WRITE_LOW)
         assert not new.reading
 
     run(go)
@@ -553,7 +555,7 @@ def test_unread_replies_pause_the_client_and_stay_bounded() -> None:
         await turns(200)
         # Our write buffer stops near the high mark (one slice's replies over at most:
         # each 2-octet line gets a reply of under 64), and the client is not read.
-        assert ct.buffered <= conn_mod.WRITE_HIGH + conn_mod.FEED_SLICE * 32
+        assert ct.buffered <= flow_mod.WRITE_HIGH + flow_mod.FEED_SLICE * 32
         assert not ct.reading
         assert len(c.flow.held) <= 2 * lines
         # The client reads at last: everything is answered, in order, then reading resumes.
@@ -580,7 +582,7 @@ def test_work_per_turn_is_bounded() -> None:
         ct.written.clear()
         c.data_received(b"\r\n" * 100_000)
         first = len(_replies(bytes(ct.written)))
-        assert 0 < first <= conn_mod.FEED_BUDGET // 2
+        assert 0 < first <= flow_mod.FEED_BUDGET // 2
         assert not ct.reading  # the rest waits its turn
         h.connect_upstream()  # the other session gets going meanwhile
         assert ot.written.startswith(b"220 ")

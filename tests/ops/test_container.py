@@ -7,7 +7,10 @@ under gVisor, which needs the ``runc`` runtime, cgroupfs, no default ulimits and
 host network (see ``_podman``). The container's gateway listens on a free loopback
 port (a non-root process cannot bind port 25 in the host network namespace), relays
 to smtp-sink, terminates TLS with a throw-away certificate and drains on
-``podman stop``; the image's HEALTHCHECK command is run against that port.
+``podman stop``; the image's HEALTHCHECK command is run against that port. The
+embedded state store (deploy/smtpguard.toml's per-address limits need it) is looked
+for where the image says it is: ``/var/lib/smtpguard/state.sqlite3`` on the image's
+volume, not the non-root user's fallback under ``~/.local/state``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tests.peers import LOOPBACK, SmtpSink, free_port, need, self_signed_cert, w
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).parents[2]
+STATE_DIR = "/var/lib/smtpguard"  # the image's STATE_DIRECTORY, and its volume
 BASE = "localhost/smtpguard-base:bookworm"
 IMAGE = "localhost/smtpguard:ci"
 MIRROR = "http://deb.debian.org/debian"
@@ -136,6 +140,17 @@ def test_containerfile_builds_and_the_image_relays_mail(tmp_path: Path) -> None:
         while not sink.messages() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(sink.messages()) == 1
+        # The store is where the image says, in the volume, and nowhere else.
+        store = f"{STATE_DIR}/state.sqlite3"
+        _podman("exec", name, "test", "-s", store)
+        prune = ["(", "-path", "/proc", "-o", "-path", "/sys", ")", "-prune", "-o"]
+        find = ["find", "/", *prune, "-name", "state.sqlite3*", "-print"]
+        found = _podman("exec", "--user", "root", name, *find)
+        assert found.split() and all(p.startswith(store) for p in found.split()), found
+        assert _podman_run("exec", name, "test", "-e", f"{STATE_DIR}/.local").returncode == 1
+        container = json.loads(_podman_run("inspect", name).stdout)[0]
+        mounts = {m["Destination"]: m for m in container["Mounts"]}
+        assert mounts[STATE_DIR]["Type"] == "volume", mounts
         image = json.loads(_podman_run("inspect", IMAGE).stdout)[0]
         health = image["Healthcheck"]["Test"]  # Docker-format images only
         assert health[0] == "CMD-SHELL" and "('127.0.0.1', 25)" in health[1]
@@ -149,6 +164,7 @@ def test_containerfile_builds_and_the_image_relays_mail(tmp_path: Path) -> None:
         objs = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
         [started] = [o for o in objs if o.get("event") == "SG-GATEWAY-STARTED"]
         assert "esmtp mode" in started["message"] and started["starttls"] == "terminate", logs
+        assert started["shared_state"].startswith(f"local {store}: per-address limits"), logs
     finally:
         _podman_run("rm", "-f", name)
         sink.stop()

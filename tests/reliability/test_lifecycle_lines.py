@@ -11,6 +11,7 @@ service manager does.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -115,5 +116,50 @@ def test_sigusr1_without_a_log_file_says_so(tmp_path: Path) -> None:
         gw.signal(signal.SIGUSR1)
         until(lambda: "SIGUSR1" in gw.stderr(), 20, "the line")
         assert "no log file to re-open" in gw.stderr()
+    finally:
+        assert gw.stop() == 0
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_killed_worker_and_its_restart_carry_their_ids(fmt: str, tmp_path: Path) -> None:
+    """SIGKILL to one of two workers: the supervisor's line says which worker died
+    and why with ``SG-WORKER-EXITED``, the fork that replaces it says its new pid with
+    ``SG-WORKER-RESTARTED``, and the new worker serves."""
+    args = ("--maildir", str(tmp_path / "m"), "--workers", "2", "--log-format", fmt)
+    gw = Serve(tmp_path, *args, wait=False)
+    try:
+        until(lambda: "SG-GATEWAY-STARTED" in gw.stdout() or "stop with" in gw.stdout(), 20)
+        workers = gw.children()[:2]  # the mailbox is forked after the workers
+        killed = workers[0]
+        os.kill(killed, signal.SIGKILL)
+        until(lambda: "SG-WORKER-RESTARTED" in gw.stderr(), 20, "the restart line")
+        alive = gw.children()
+        assert killed not in alive
+        if fmt == "json":
+            [exited] = _events(gw, "SG-WORKER-EXITED")
+            assert exited["level"] == "error" and exited["logger"] == "smtpguard.gateway"
+            assert exited["worker_pid"] == killed and exited["pid"] == gw.proc.pid
+            assert exited["reason"] == "killed by SIGKILL" and exited["restart_in"] == 1
+            name = exited["worker"]
+            assert exited["message"] == (
+                f"SG-WORKER-EXITED {name} killed by SIGKILL; restarting it in 1 s"
+            )
+            [restarted] = _events(gw, "SG-WORKER-RESTARTED")
+            assert restarted["level"] == "warning" and restarted["worker"] == name
+            new = restarted["worker_pid"]
+            assert restarted["message"] == f"SG-WORKER-RESTARTED {name} restarted (pid {new})"
+        else:
+            [exited] = [ln for ln in gw.stderr().splitlines() if "SG-WORKER-EXITED" in ln]
+            assert " ERROR smtpguard.gateway: SG-WORKER-EXITED worker " in exited
+            assert "killed by SIGKILL; restarting it in 1 s event=SG-WORKER-EXITED" in exited
+            assert f"worker_pid={killed} reason=killed by SIGKILL restart_in=1.0" in exited
+            [restarted] = [ln for ln in gw.stderr().splitlines() if "SG-WORKER-RESTARTED" in ln]
+            assert " WARNING smtpguard.gateway: SG-WORKER-RESTARTED worker " in restarted
+            new = int(restarted.split("worker_pid=")[1].split()[0])
+            assert f"restarted (pid {new}) event=SG-WORKER-RESTARTED" in restarted
+        assert new != killed and new in alive  # the worker came back, as a new process
+        until(lambda: len(gw.children()) == 3, 20, "both workers and the mailbox")
+        for _ in range(6):  # mail goes through with the restarted worker in the pool
+            assert send_one(gw.port).startswith(b"250")
     finally:
         assert gw.stop() == 0

@@ -1,7 +1,10 @@
-"""One client session: two asyncio Protocols around a core :class:`Session`.
+"""One client session: the client's asyncio Protocol around a core :class:`Session`.
 
 This module only moves bytes and executes the core's actions; it holds no protocol
-logic. TCP_NODELAY is left to the event loop: asyncio and uvloop both set it on TCP
+logic. Beside it: the upstream's own protocol (``upstreamconn.py``), the PROXY header
+reader (``proxyreader.py``), the STARTTLS upgrade (``tls.py``), and the actions handed
+on to the gateway, with what a connection uses of the gateway (``handoff.py``).
+TCP_NODELAY is left to the event loop: asyncio and uvloop both set it on TCP
 transports, which the one-byte-segment tests rely on.
 
 Theory of operation. A :class:`ClientConnection` goes through its own phases
@@ -23,10 +26,8 @@ releases in a ``finally``.
 
 **Flow control** (:class:`~smtpguard.gateway.flow.Flow`) runs both ways: when the
 upstream's write buffer is full the client is not read, and when the client's write
-buffer is full the upstream is not read. Client bytes are fed to the core in slices,
-within a budget per event-loop turn outside DATA; nothing is fed while the client's
-own write buffer is above its high mark, so the gateway never queues more than about
-``WRITE_HIGH`` of replies.
+buffer is full the upstream is not read; client bytes are fed to the core in slices,
+within a budget per event-loop turn outside DATA.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from smtpguard import proxyproto
 from smtpguard.core.actions import (
@@ -48,18 +49,13 @@ from smtpguard.core.actions import (
     CloseClient,
     CloseServer,
     OpenServer,
-    PassLookup,
-    PassRecord,
     PolicyEvent,
-    RateCheck,
-    ServerOutcome,
     SetTimer,
     StartTls,
     ToClient,
     ToServer,
     Trace,
 )
-from smtpguard.core.dedupe import DedupeLookup, DedupeRecord
 from smtpguard.core.events import (
     ClientData,
     ClientEof,
@@ -79,72 +75,25 @@ from smtpguard.core.events import (
     TlsFailed,
 )
 from smtpguard.core.phases import Upstream
-from smtpguard.core.policy import Policy
 from smtpguard.core.session import Phase, Session
-from smtpguard.gateway.access import AccessControl, parse_ip
-from smtpguard.gateway.flow import BACKLOG_HIGH, FEED_BUDGET, FEED_SLICE, Flow
-from smtpguard.gateway.metrics import Metrics
+from smtpguard.gateway.access import parse_ip
+from smtpguard.gateway.flow import WRITE_HIGH, WRITE_LOW, Flow
+from smtpguard.gateway.handoff import HANDOFFS, GatewayView
 from smtpguard.gateway.proxyreader import ProxyError, ProxyReader
-from smtpguard.gateway.tls import TlsContexts
+from smtpguard.gateway.tls import secure
+from smtpguard.gateway.upstreamconn import ClientSide, UpstreamConnection
 from smtpguard.logs import ProtocolLog
 from smtpguard.proxyproto import ProxyVersion
-from smtpguard.state.dedupe import Dedupe
-from smtpguard.state.passes import Passes
-from smtpguard.state.ratelimit import RateLimits
 
-__all__ = [
-    "BACKLOG_HIGH",
-    "FEED_BUDGET",
-    "FEED_SLICE",
-    "INTERNAL_ERROR",
-    "WRITE_HIGH",
-    "WRITE_LOW",
-    "ClientConnection",
-    "GatewayView",
-    "Stage",
-    "UpstreamConnection",
-]
+__all__ = ["INTERNAL_ERROR", "ClientConnection", "Stage"]
 
 log = logging.getLogger("smtpguard.gateway")
 
-TLS_HANDSHAKE_TIMEOUT: Final = 30.0
 PROXY_HEADER_TIMEOUT: Final = 10.0  # seconds a load balancer has to send its PROXY header
-# Transport write buffer marks: big enough to stream a message without stalls.
-WRITE_HIGH: Final = 1024 * 1024
-WRITE_LOW: Final = 256 * 1024
 # Phases in which the core only scans and relays (no reply per line): fed whole.
 _BULK: Final = frozenset({Phase.DATA, Phase.TUNNEL})
 # Said to the client when the gateway itself fails (a bug): never a false 2xx.
 INTERNAL_ERROR: Final = b"421 4.3.0 Gateway error, closing connection\r\n"
-
-
-class GatewayView(Protocol):
-    """What a connection uses of its gateway (:class:`smtpguard.gateway.server.Gateway`).
-
-    Stated here so this module imports nothing of the server's: mypyc compiles it
-    with the core (setup.py), and its analysis must not reach the configuration code.
-    """
-
-    loop: asyncio.AbstractEventLoop
-    policy: Policy
-    access: AccessControl
-    dedupe: Dedupe | None
-    rates: RateLimits | None
-    passes: Passes | None
-    metrics: Metrics
-    protocol_log: ProtocolLog | None
-    tls: TlsContexts | None
-    upstream_proxy: ProxyVersion
-
-    def next_session_id(self) -> str: ...
-    def policy_for(self, peer_ip: str) -> Policy: ...
-    def admit(self, conn: ClientConnection) -> bool | None: ...
-    def release(self, conn: ClientConnection) -> None: ...
-    def open_upstream(self, up: UpstreamConnection) -> None: ...
-    def upstream_outcome(
-        self, address: tuple[str, int], ok: bool, why: str, latency: float | None, session: bool
-    ) -> None: ...
-    def policy_event(self, sid: str, peer: str, ev: PolicyEvent) -> None: ...
 
 
 class Stage(enum.Enum):
@@ -157,10 +106,11 @@ class Stage(enum.Enum):
     CLOSED = "closed"  # torn down, refused, or never started
 
 
-class ClientConnection(asyncio.Protocol):
-    """Accepted client connection; owns the session and its upstream."""
+class ClientConnection(asyncio.Protocol, ClientSide):
+    """Accepted client connection; owns the session and its upstream. (ClientSide:
+    what its upstream connection calls, named so that those calls are native.)"""
 
-    def __init__(self, gateway: GatewayView, tls_listener: bool = False) -> None:
+    def __init__(self, gateway: GatewayView[ClientConnection], tls_listener: bool = False) -> None:
         self.gw = gateway
         self.loop = gateway.loop
         # The clock every event is stamped with (a callable, so a test can stop it).
@@ -175,8 +125,8 @@ class ClientConnection(asyncio.Protocol):
         # The upstream servers this connection round tried and that failed before
         # their greeting (the gateway picks another); the server of the last one.
         self.tried: list[tuple[str, int]] = []
-        self._target: tuple[str, int] | None = None
-        self._target_at = 0.0
+        self.target: tuple[str, int] | None = None
+        self.target_at = 0.0
         self.flow = Flow()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -527,69 +477,14 @@ class ClientConnection(asyncio.Protocol):
             if self._sent_at is None:
                 self._sent_at = self.clock()
 
-    def _do_to_client(self, a: ToClient) -> None:
-        if self.transport is not None:
-            self.transport.write(a.data)
-
-    def _do_trace(self, a: Trace) -> None:
-        if self._plog is not None:
-            self._plog.trace(self.sid, a)
-
-    def _do_set_timer(self, a: SetTimer) -> None:
-        self._set_timer(a.deadline)
-
-    def _do_policy_event(self, a: PolicyEvent) -> None:
-        self.gw.policy_event(self.sid, self.peer, a)
-
     def _do_open_server(self, a: OpenServer) -> None:
         self._open_upstream()
 
     def _do_close_server(self, a: CloseServer) -> None:
         self._close_upstream(a.abort)
 
-    def _do_server_outcome(self, a: ServerOutcome) -> None:
-        target = self._target
-        if target is None:  # no server was left to try: nothing to record
-            return
-        if a.ok:
-            self.tried.clear()
-            took = time.perf_counter() - self._target_at
-            self.gw.upstream_outcome(target, True, "", took, True)
-        else:
-            self.tried.append(target)
-            self.gw.upstream_outcome(target, False, a.why, None, True)
-
     def _do_close_client(self, a: CloseClient) -> None:
         self._close_client(a.reset)
-
-    def _do_dedupe_lookup(self, a: DedupeLookup) -> None:
-        dedupe = self.gw.dedupe
-        if dedupe is not None:
-            dedupe.lookup(self.gw, self, a.key)  # answers with dedupe_answer
-        else:  # no store (dedupe turned on by a reload): relayed as usual
-            self.loop.call_soon(self.dedupe_answer, None)
-
-    def _do_dedupe_record(self, a: DedupeRecord) -> None:
-        if self.gw.dedupe is not None:
-            self.gw.dedupe.record(self.gw, self, a.key, a.queue_id)
-
-    def _do_rate_check(self, a: RateCheck) -> None:
-        rates = self.gw.rates
-        if rates is not None:
-            rates.check(self.gw, self, a)  # answers with rate_answer
-        else:  # no store (cannot happen: set_policy): allowed, as when it fails
-            self.loop.call_soon(self.rate_answer, None)
-
-    def _do_pass_lookup(self, a: PassLookup) -> None:
-        passes = self.gw.passes
-        if passes is not None and self.addr is not None:
-            passes.lookup(self.gw, self, self.addr[0])  # answers with pass_answer
-        # else (no store, or no address): no answer; the wait runs its course
-
-    def _do_pass_record(self, a: PassRecord) -> None:
-        passes = self.gw.passes
-        if passes is not None and self.addr is not None:
-            passes.record(self.gw, self, self.addr[0], a.ttl)
 
     def _do_start_tls(self, a: StartTls) -> None:
         task = self.loop.create_task(self._start_tls(a.side))
@@ -616,40 +511,17 @@ class ClientConnection(asyncio.Protocol):
         if side == "client":
             if tls.server is None or self.transport is None:
                 raise ssl.SSLError("the gateway has no certificate")
-            new = cast(
-                asyncio.Transport,
-                await self.loop.start_tls(
-                    self.transport,
-                    self,
-                    tls.server,
-                    server_side=True,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                ),
-            )
+            new = await secure(self.loop, self.transport, self, tls.server, server_side=True)
             self.transport = new
-            # The new transport starts with default limits and reading: carry over.
-            new.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+            # The new transport starts reading: a paused client stays paused.
             self.flow.client_full = False
             if not self.flow.reading:
                 new.pause_reading()
         else:
             up = self.upstream
-            if up is None or up.transport is None:
+            if up is None:
                 raise ConnectionError("no upstream connection")
-            hostname = tls.upstream_hostname  # set when the certificate is checked
-            if hostname is not None and up.target is not None:
-                hostname = up.target[0]  # the server this connection went to
-            new = cast(
-                asyncio.Transport,
-                await self.loop.start_tls(
-                    up.transport,
-                    up,
-                    tls.client,
-                    server_hostname=hostname,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                ),
-            )
-            up.upgraded(new)
+            await up.start_tls(self.loop, tls)
 
     def _open_upstream(self) -> None:
         self._close_upstream(abort=True)
@@ -657,9 +529,9 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = up
         # The greeting time is measured with perf_counter: the loop's clock (uvloop:
         # libuv's, in milliseconds, cached per turn) reads a loopback greeting as 0.
-        self._target_at = time.perf_counter()
+        self.target_at = time.perf_counter()
         self.gw.open_upstream(up)  # picks the server: up.target (None: none left)
-        self._target = up.target
+        self.target = up.target
 
     def _close_upstream(self, abort: bool) -> None:
         up, self.upstream = self.upstream, None
@@ -708,22 +580,14 @@ class ClientConnection(asyncio.Protocol):
                 t.pause_reading()
 
 
+# The other actions: those that act on the connection's own transports, and those
+# handed on to the gateway (handoff.py).
 _HANDLERS: dict[type, Callable[[ClientConnection, Any], None]] = {
-    ToServer: ClientConnection._do_to_server,
-    ToClient: ClientConnection._do_to_client,
-    Trace: ClientConnection._do_trace,
-    SetTimer: ClientConnection._do_set_timer,
-    PolicyEvent: ClientConnection._do_policy_event,
     OpenServer: ClientConnection._do_open_server,
     CloseServer: ClientConnection._do_close_server,
     CloseClient: ClientConnection._do_close_client,
-    ServerOutcome: ClientConnection._do_server_outcome,
     StartTls: ClientConnection._do_start_tls,
-    DedupeLookup: ClientConnection._do_dedupe_lookup,
-    DedupeRecord: ClientConnection._do_dedupe_record,
-    RateCheck: ClientConnection._do_rate_check,
-    PassLookup: ClientConnection._do_pass_lookup,
-    PassRecord: ClientConnection._do_pass_record,
+    **HANDOFFS,
 }
 
 
@@ -737,116 +601,3 @@ def _address(info: object) -> tuple[str, int] | None:
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("TLS task failed", exc_info=task.exception())
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """The gateway's connection to the real mail server for one client session.
-
-    Bytes written before the connection exists are kept and sent first once it does
-    (after the PROXY header); ``connecting`` is the gateway's connect task, cancelled
-    when the session gives the connection up.
-    """
-
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.connecting: asyncio.Future[Any] | None = None
-        self.target: tuple[str, int] | None = None  # the server the gateway picked
-        self._closed = False
-        self._paused = False  # the client asked us not to read the server
-        self._full = False  # told the client our write side is full
-        self._early: list[bytes] | None = None  # written before the connection is up
-        self._early_size = 0
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        if self._closed:
-            transport.abort()
-            return
-        self.transport = transport
-        self.connecting = None
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        if self._paused:
-            transport.pause_reading()
-        header = self.client.upstream_proxy_header()
-        if header:
-            transport.write(header)
-        early, self._early, self._early_size = self._early, None, 0
-        was_full, self._full = self._full, False
-        for data in early or ():
-            transport.write(data)
-        if was_full and transport.get_write_buffer_size() <= WRITE_HIGH:
-            self.client.upstream_full(self, False)
-        self.client.upstream_made(self)
-
-    def upgraded(self, transport: asyncio.Transport) -> None:
-        """STARTTLS towards the server succeeded: the same limits and pause apply."""
-        self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        if self._paused:
-            transport.pause_reading()
-
-    def connect_failed(self) -> None:
-        self.connecting = None
-        if not self._closed:
-            self._closed = True
-            self.client.upstream_lost(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.client.upstream_data(self, data)
-
-    def eof_received(self) -> bool:
-        return False  # close our side too; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closed:
-            self._closed = True
-            self.client.upstream_lost(self)
-
-    def pause_writing(self) -> None:
-        self.client.upstream_full(self, True)
-
-    def resume_writing(self) -> None:
-        self.client.upstream_full(self, False)
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._closed:
-            return
-        if self.transport is None:
-            if self._early is None:
-                self._early = []
-            self._early.append(bytes(data))
-            self._early_size += len(data)
-            if self._early_size > WRITE_HIGH and not self._full:
-                self._full = True
-                self.client.upstream_full(self, True)
-            return
-        self.transport.write(data)
-
-    def pause(self) -> None:
-        self._paused = True
-        if self.transport is not None and not self._closed:
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self._closed:
-            self.transport.resume_reading()
-
-    def close(self, abort: bool) -> None:
-        """Close on the core's request: no callbacks into the session after this."""
-        self._closed = True
-        self._early = None
-        task, self.connecting = self.connecting, None
-        if task is not None and not task.done():
-            task.cancel()
-        t = self.transport
-        if t is not None and not t.is_closing():
-            if abort:
-                t.abort()
-            else:
-                t.close()

@@ -15,7 +15,12 @@ the server's replies) and the core's own unparsed backlog is under
 ``BACKLOG_HIGH``. :meth:`Flow.update_reading` says when that changes; the shell
 pauses or resumes the transport then.
 
-No I/O here: the shell (``connection.py``) owns the transports and the event loop.
+The transports' own write buffers are bounded by ``WRITE_HIGH``/``WRITE_LOW`` (set
+on both connections, and again after each TLS upgrade): above the high mark the
+transport calls ``pause_writing``, which sets ``client_full`` or ``up_full`` here.
+
+No I/O here: the shell (``connection.py``, ``upstreamconn.py``) owns the transports
+and the event loop.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ BACKLOG_HIGH: Final = 64 * 1024
 # Client bytes fed to the core at a time, and per event-loop turn outside DATA.
 FEED_SLICE: Final = 4 * 1024
 FEED_BUDGET: Final = 16 * 1024
+# Transport write buffer marks: big enough to stream a message without stalls.
+WRITE_HIGH: Final = 1024 * 1024
+WRITE_LOW: Final = 256 * 1024
 
 
 class Flow:

@@ -64,12 +64,13 @@ from smtpguard.gateway.access import (
     parse_ip,
     peer_ip,
 )
-from smtpguard.gateway.connection import ClientConnection, UpstreamConnection
+from smtpguard.gateway.connection import ClientConnection
 from smtpguard.gateway.healthcheck import HealthChecks
 from smtpguard.gateway.metrics import Metrics
 from smtpguard.gateway.sessionid import SessionIds
 from smtpguard.gateway.sessionlog import log_session
 from smtpguard.gateway.tls import TlsContexts
+from smtpguard.gateway.upstreamconn import UpstreamConnection
 from smtpguard.gateway.upstreams import (
     UPSTREAM_DOWN,
     UPSTREAM_UP,

@@ -11,11 +11,12 @@ cannot. The parent calls ``on_ready`` (the CLI prints its start-up block) only o
 all children are serving; if one fails, the others are stopped and
 :class:`StartupFailed` carries that line.
 
-Later, a child that dies is logged with its reason (exit status or signal) and
-forked again on the same socket, after 1, 2, 4 ... up to 30 seconds; the back-off
-starts over once a child has served for ``STABLE_AFTER`` seconds. A child that dies
-``MAX_QUICK_DEATHS`` times in a row stops the whole service with exit status 1 (the
-service manager, e.g. systemd's ``Restart=on-failure``, takes over from there).
+Later, a child that dies is logged with its reason (exit status or signal) as
+``SG-WORKER-EXITED`` and forked again on the same socket (``SG-WORKER-RESTARTED``)
+after 1, 2, 4 ... up to 30 seconds; the back-off starts over once a child has served
+for ``STABLE_AFTER`` seconds. A child that dies ``MAX_QUICK_DEATHS`` times in a row
+stops the whole service with exit status 1 (the service manager, e.g. systemd's
+``Restart=on-failure``, takes over from there).
 
 Stop: SIGTERM or SIGINT make the parent call ``on_stop`` once and send SIGTERM to
 the workers (each drains its own sessions); *helpers* (the built-in mailbox) get
@@ -42,8 +43,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 log = logging.getLogger("smtpguard.gateway")
+
+# Event IDs of the supervisor's lines (docs/events.md): a child that died when it was
+# not told to stop (restarted, or the service stopped), and a child forked again.
+WORKER_EXITED: Final = "SG-WORKER-EXITED"
+WORKER_RESTARTED: Final = "SG-WORKER-RESTARTED"
 
 STABLE_AFTER = 60.0  # seconds of service after which a death is not "quick"
 MAX_QUICK_DEATHS = 5
@@ -301,27 +308,42 @@ class Supervisor:
             s.close()
 
     def _died(self, child: Child, st: int) -> None:
+        pid = child.pid
         self._reaped(child)
         code = os.waitstatus_to_exitcode(st)
+        reason = _exit_reason(st)
+        # (worker_pid: a JSON line's own ``pid`` is the supervisor's)
+        fields = {"event": WORKER_EXITED, "worker": child.name, "worker_pid": pid, "reason": reason}
         if self.stopping:
             if code not in (0, -signal.SIGTERM):
-                log.error("%s %s while stopping", child.name, _exit_reason(st))
+                log.error(
+                    "%s %s %s while stopping", WORKER_EXITED, child.name, reason, extra=fields
+                )
                 self.status = 1
             return
         now = time.monotonic()
         child.quick_deaths = child.quick_deaths + 1 if now - child.started < STABLE_AFTER else 1
         if child.quick_deaths >= MAX_QUICK_DEATHS:
             log.error(
-                "%s %s, %d times in a row: stopping the service",
+                "%s %s %s, %d times in a row: stopping the service",
+                WORKER_EXITED,
                 child.name,
-                _exit_reason(st),
+                reason,
                 child.quick_deaths,
+                extra={**fields, "deaths_in_a_row": child.quick_deaths},
             )
             self.status = 1
             self._stop()
             return
         delay = min(MAX_BACKOFF, 2.0 ** (child.quick_deaths - 1))
-        log.error("%s %s; restarting it in %g s", child.name, _exit_reason(st), delay)
+        log.error(
+            "%s %s %s; restarting it in %g s",
+            WORKER_EXITED,
+            child.name,
+            reason,
+            delay,
+            extra={**fields, "restart_in": delay},
+        )
         child.restart_at = now + delay
 
     def _reap_all(self) -> None:
@@ -379,7 +401,17 @@ class Supervisor:
                 for c in self.children:
                     if c.restart_at is not None and c.restart_at <= now and not self.stopping:
                         self._spawn(c)  # it reports in the log only, cuts through the pipe
-                        log.warning("%s restarted (pid %d)", c.name, c.pid)
+                        log.warning(
+                            "%s %s restarted (pid %d)",
+                            WORKER_RESTARTED,
+                            c.name,
+                            c.pid,
+                            extra={
+                                "event": WORKER_RESTARTED,
+                                "worker": c.name,
+                                "worker_pid": c.pid,
+                            },
+                        )
                 continue
             sig = info.si_signo
             if sig == signal.SIGCHLD:
