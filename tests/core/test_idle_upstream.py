@@ -35,11 +35,9 @@ from smtpguard.core.events import (
 from smtpguard.core.policy import Mode, Policy
 from smtpguard.core.session import Session
 from tests.core.playbook import Playbook
+from tests.core.test_failover import GREETING, SHOWN, TWO
 
-TWO = Policy(hostname="gw.example.test", upstream_tries=2)
 ESMTP = Policy.for_mode(Mode.ESMTP, hostname="gw.example.test")
-GREETING = b"220 mx.example.test ESMTP\r\n"
-SHOWN = b"220 gw.example.test ESMTP\r\n"
 IDLE_CLOSED = PolicyEvent(
     "SG-UPSTREAM-IDLE-CLOSED",
     "mail server closed the connection between transactions: the next command opens a fresh one",
@@ -49,8 +47,10 @@ TIMEOUT_421 = b"421 4.4.2 mx.example.test Error: timeout exceeded\r\n"
 REFUSED = b"550 5.6.0 Message refused: bare LF in message data; lines must end in CRLF\r\n"
 
 
-def greeted(policy: Policy = TWO) -> Playbook:
-    """A session past its HELO, the server ready."""
+def greeted(
+    policy: Policy = TWO, hello: bytes = b"HELO c\r\n", reply: bytes = b"250 mx\r\n"
+) -> Playbook:
+    """A session past its HELO (or ``hello``), the server ready."""
     return (
         Playbook(Session(policy))
         >> Start()
@@ -59,10 +59,10 @@ def greeted(policy: Policy = TWO) -> Playbook:
         >> ServerData(GREETING)
         << ServerOutcome(True)
         << C(SHOWN)
-        >> ClientData(b"HELO c\r\n")
-        << S(b"HELO c\r\n")
-        >> ServerData(b"250 mx\r\n")
-        << C(b"250 mx\r\n")
+        >> ClientData(hello)
+        << S(hello)
+        >> ServerData(reply)
+        << C(reply)
     )
 
 
@@ -79,14 +79,25 @@ def reopened(book: Playbook) -> Playbook:
     )
 
 
-def test_a_server_closing_an_idle_session_is_reopened_by_the_next_command() -> None:
-    book = greeted() >> ServerClosed() << IDLE_CLOSED >> ClientData(b"MAIL FROM:<a@x.org>\r\n")
-    assert (
-        reopened(book)
+def relayed(book: Playbook, line: bytes, reply: bytes = b"250 2.1.0 Ok\r\n") -> Playbook:
+    """The client's ``line``, held while the connection was reopened, relayed on it."""
+    return reopened(book) << S(line) >> ServerData(reply) << C(reply)
+
+
+def in_transaction() -> Playbook:
+    """A session with its MAIL accepted."""
+    return (
+        greeted()
+        >> ClientData(b"MAIL FROM:<a@x.org>\r\n")
         << S(b"MAIL FROM:<a@x.org>\r\n")
-        >> ServerData(b"250 2.1.0 Ok\r\n")
-        << C(b"250 2.1.0 Ok\r\n")
+        >> ServerData(b"250 ok\r\n")
+        << C(b"250 ok\r\n")
     )
+
+
+def test_a_server_closing_an_idle_session_is_reopened_by_the_next_command() -> None:
+    line = b"MAIL FROM:<a@x.org>\r\n"
+    assert relayed(greeted() >> ServerClosed() << IDLE_CLOSED >> ClientData(line), line)
 
 
 def test_a_421_between_messages_is_not_shown_and_the_next_message_goes_through() -> None:
@@ -108,12 +119,7 @@ def test_a_421_between_messages_is_not_shown_and_the_next_message_goes_through()
         >> ServerClosed()  # the close that follows its 421: already handled
         >> ClientData(b"MAIL FROM:<c@x.org>\r\n")
     )
-    assert (
-        reopened(book)
-        << S(b"MAIL FROM:<c@x.org>\r\n")
-        >> ServerData(b"250 2.1.0 Ok\r\n")
-        << C(b"250 2.1.0 Ok\r\n")
-    )
+    assert relayed(book, b"MAIL FROM:<c@x.org>\r\n")
 
 
 def test_the_fresh_connection_fails_over_to_the_next_server() -> None:
@@ -126,12 +132,7 @@ def test_the_fresh_connection_fails_over_to_the_next_server() -> None:
         >> ServerClosed()  # refused: this server is down now
         << ServerOutcome(False, "failed while connecting")
     )
-    assert (
-        reopened(book)
-        << S(b"NOOP\r\n")
-        >> ServerData(b"250 2.0.0 Ok\r\n")
-        << C(b"250 2.0.0 Ok\r\n")
-    )
+    assert relayed(book, b"NOOP\r\n", b"250 2.0.0 Ok\r\n")
 
 
 def test_every_server_down_when_the_client_comes_back_is_421_at_once() -> None:
@@ -156,14 +157,8 @@ def test_every_server_down_when_the_client_comes_back_is_421_at_once() -> None:
 def test_quit_after_an_idle_close_is_the_server_s_221() -> None:
     """Never a 2xx the server did not send, not even to QUIT."""
     book = greeted() >> ServerClosed() << IDLE_CLOSED >> ClientData(b"QUIT\r\n")
-    assert (
-        reopened(book)
-        << S(b"QUIT\r\n")
-        >> ServerData(b"221 2.0.0 Bye\r\n")
-        << C(b"221 2.0.0 Bye\r\n")
-        << CloseServer(abort=False)
-        << CloseClient()
-    )
+    bye = b"221 2.0.0 Bye\r\n"
+    assert relayed(book, b"QUIT\r\n", bye) << CloseServer(abort=False) << CloseClient()
 
 
 def test_a_client_eof_after_an_idle_close_opens_nothing() -> None:
@@ -184,25 +179,12 @@ def test_a_drain_after_an_idle_close_ends_the_session_at_once() -> None:
 def test_a_close_with_a_transaction_open_is_421() -> None:
     """MAIL accepted: the server's transaction is gone, which a fresh connection
     would not have; the client must hear it (and retries the whole message)."""
-    assert (
-        greeted()
-        >> ClientData(b"MAIL FROM:<a@x.org>\r\n")
-        << S(b"MAIL FROM:<a@x.org>\r\n")
-        >> ServerData(b"250 ok\r\n")
-        << C(b"250 ok\r\n")
-        >> ServerClosed()
-        << C(replies.UPSTREAM_LOST)
-        << CloseClient()
-    )
+    assert in_transaction() >> ServerClosed() << C(replies.UPSTREAM_LOST) << CloseClient()
 
 
 def test_a_421_with_a_transaction_open_is_relayed() -> None:
     assert (
-        greeted()
-        >> ClientData(b"MAIL FROM:<a@x.org>\r\n")
-        << S(b"MAIL FROM:<a@x.org>\r\n")
-        >> ServerData(b"250 ok\r\n")
-        << C(b"250 ok\r\n")
+        in_transaction()
         >> ServerData(TIMEOUT_421)
         << C(TIMEOUT_421)
         << CloseServer(abort=False)
@@ -212,17 +194,7 @@ def test_a_421_with_a_transaction_open_is_relayed() -> None:
 
 def authenticated() -> Playbook:
     return (
-        Playbook(Session(ESMTP))
-        >> Start()
-        << OpenServer()
-        >> ServerConnected()
-        >> ServerData(GREETING)
-        << ServerOutcome(True)
-        << C(SHOWN)
-        >> ClientData(b"EHLO c\r\n")
-        << S(b"EHLO c\r\n")
-        >> ServerData(b"250-mx\r\n250 AUTH PLAIN\r\n")
-        << C(b"250-mx\r\n250 AUTH PLAIN\r\n")
+        greeted(ESMTP, b"EHLO c\r\n", b"250-mx\r\n250 AUTH PLAIN\r\n")
         >> ClientData(b"AUTH PLAIN AGFAYg==\r\n")
         << S(b"AUTH PLAIN AGFAYg==\r\n")
         >> ServerData(b"235 2.7.0 Authentication successful\r\n")
