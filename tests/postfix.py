@@ -143,6 +143,12 @@ class PrivatePostfix:
         lines = (f"{k} = {v}\n" for k, v in self.main_cf().items())
         (self.conf / "main.cf").write_text("".join(lines))
         (self.conf / "master.cf").write_text(MASTER_CF.format(listen=self.address))
+        # Postfix reads a main.cf changed within the last second or two again and
+        # again, 0.3 s apart, until it is older (it may be being edited): 2 s of
+        # every start. These are complete: dated a minute back, they are read once.
+        past = time.time() - 60
+        for cf in ("main.cf", "master.cf"):
+            os.utime(self.conf / cf, (past, past))
         r = self._postfix("start")  # postfix-script creates the queue's subdirectories
         self.running = r.returncode == 0
         if not self.running:
@@ -161,7 +167,8 @@ class PrivatePostfix:
             while pid is not None and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if pid is not None and _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)  # the master and its daemons
             self.running = False
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -241,11 +248,29 @@ class PrivatePostfix:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether the master ``pid`` or a process of its group (its daemons) still runs.
+
+    An exited process is not running, zombie or not: the master is a daemon, so init
+    reaps it, which may take a second. Without /proc: whether ``pid`` exists."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if state != "Z" and pid in (int(entry.name), int(pgrp)):
+            return True
+    return False
 
 
 @contextlib.contextmanager

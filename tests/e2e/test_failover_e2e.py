@@ -529,6 +529,7 @@ def test_per_server_metrics_with_two_workers(tmp_path: Path, sinks: tuple[Sink, 
         f"{LOOPBACK}:{mport}",
     )
     try:
+        wait_port(mport, gw.proc)  # the endpoint starts once the workers are forked
         for i in range(20):
             c = Client(gw.address)
             c.hello()

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import LOOPBACK, GatewayProcess, SmtpSink, free_port, run_cli, smtp_source
+from tests.peers import (
+    LOOPBACK,
+    GatewayProcess,
+    SmtpSink,
+    free_port,
+    run_cli,
+    smtp_source,
+    wait_port,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +48,9 @@ def test_metrics_count_what_was_sent(tmp_path: Path, workers: int) -> None:
         workdir=tmp_path,
     )
     try:
+        # With workers the endpoint starts once they are forked: the SMTP port may
+        # take connections before it listens.
+        wait_port(mport, gw.proc)
         smtp_source(gw.address, 5, 50, 500)
         deadline = time.monotonic() + 10
         text = ""

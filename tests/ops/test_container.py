@@ -28,7 +28,7 @@ import pytest
 
 from tests.peers import LOOPBACK, SmtpSink, free_port, need, self_signed_cert, wait_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.standalone, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).parents[2]
 STATE_DIR = "/var/lib/smtpguard"  # the image's STATE_DIRECTORY, and its volume

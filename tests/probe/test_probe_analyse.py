@@ -8,6 +8,8 @@ from smtpguard.core.grammar import Reply, ReplyAssembler
 from smtpguard.probe import analyse, messages
 from smtpguard.probe.model import Delivered, Outcome, VariantResult, Verdict
 
+pytestmark = pytest.mark.standalone
+
 
 def reply(raw: bytes) -> Reply:
     assembler = ReplyAssembler()

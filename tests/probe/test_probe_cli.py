@@ -13,6 +13,8 @@ from tests.probe.conftest import free_port, smtp_sink, tls_context
 from tests.probe.fakes import RFC821, SEED_BANNER, Behaviour, FakeSmtpServer
 from tests.probe.harness import FAST, run_probe_cli
 
+pytestmark = pytest.mark.standalone
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),

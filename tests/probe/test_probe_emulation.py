@@ -19,7 +19,7 @@ from smtpguard.probe.messages import SMUGGLING_VARIANTS
 from tests.peers import GatewayProcess
 from tests.probe.harness import FAST, run_probe_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.standalone]
 
 
 @pytest.mark.parametrize("bug", [False, True], ids=["fixed", "split-eod"])

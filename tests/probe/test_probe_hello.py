@@ -25,6 +25,8 @@ from smtpguard.probe.messages import SMUGGLING_VARIANTS
 from tests.probe.fakes import CLEAN_EHLO, RFC821, SEED_BANNER, Behaviour, FakeSmtpServer
 from tests.probe.harness import FAST, run_probe_cli
 
+pytestmark = pytest.mark.standalone
+
 CLEAR = make_reply(220, "mx.example.org ESMTP Postfix")
 MASKED = make_reply(220, "*" * 40)
 EHLO_OK = make_reply(250, "mx.example.org", "PIPELINING", "SIZE 10240000", "STARTTLS")

@@ -9,6 +9,8 @@ import pytest
 
 from smtpguard.probe.mailbox import Mailbox, MailboxError, message_id
 
+pytestmark = pytest.mark.standalone
+
 
 def msg(mid: str, body: str = "hello") -> bytes:
     return f"From: a@example.org\nMessage-ID: <{mid}>\nSubject: s\n\n{body}\n".encode()

@@ -32,7 +32,7 @@ from tests.peers import GatewayProcess, SmtpSink, free_port, wait_port
 from tests.postfix import MAILBOX_DOMAIN, PrivatePostfix
 from tests.probe.harness import FAST, run_probe_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.standalone]
 
 RCPT = f"probe@{MAILBOX_DOMAIN}"
 # Postfix < 3.9 with its defaults: a bare LF ends a line, and a CR before the LF is

@@ -13,6 +13,8 @@ import pytest
 from smtpguard.probe.messages import SMUGGLING_VARIANTS
 from tests.probe.harness import FAST, run_probe_cli
 
+pytestmark = pytest.mark.standalone
+
 VARIANTS = tuple(SMUGGLING_VARIANTS)
 # Receivers that take a bare LF as a line end, and a CR before an LF as part of it.
 LF_LINES = frozenset({"LF.LF", "LF.CRLF", "CRLF.LF"})

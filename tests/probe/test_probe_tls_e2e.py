@@ -18,7 +18,7 @@ from tests.peers import GatewayProcess, free_port, self_signed_cert, wait_port
 from tests.probe.fakes import Behaviour, FakeSmtpServer
 from tests.probe.harness import FAST, run_probe_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.standalone]
 
 UPSTREAM_EHLO = b"250-fake.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 AUTH PLAIN LOGIN\r\n"
 USER, PASSWORD = "probe", "s3cret"
