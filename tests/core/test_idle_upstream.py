@@ -222,3 +222,35 @@ def test_a_refused_message_after_the_client_authenticated_ends_the_session() -> 
         << C(REFUSED + replies.UPSTREAM_RENEWED)
         << CloseClient()
     )
+
+
+def after_a_refused_message() -> Playbook:
+    """A message refused by the gateway, and the fresh connection opened after it."""
+    return reopened(
+        greeted()
+        >> ClientData(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
+        << S(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
+        >> ServerData(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        << C(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        >> ClientData(b"\nbare LF\r\n.\r\n")
+        << PolicyEvent("SG-DATA-BAD-BYTES", "bare LF in message data: message refused", "reject")
+        << CloseServer(abort=True)
+        << C(REFUSED)
+    )
+
+
+def test_a_refused_message_ends_its_transaction_for_an_idle_close() -> None:
+    """The gateway's refusal at the end of data ends the transaction as a server's
+    reply does: a close after it finds the session idle."""
+    book = after_a_refused_message() >> ServerClosed() << IDLE_CLOSED >> ClientData(b"NOOP\r\n")
+    assert relayed(book, b"NOOP\r\n", b"250 2.0.0 Ok\r\n")
+
+
+def test_a_refused_message_ends_its_transaction_for_the_drain() -> None:
+    assert (
+        after_a_refused_message()
+        >> Shutdown()
+        << C(replies.SHUTTING_DOWN)
+        << CloseServer(abort=False)
+        << CloseClient()
+    )

@@ -64,7 +64,7 @@ def texts(data: bytes) -> set[tuple[bytes, bytes]]:
     return {(ln[:3], ln[4:]) for ln in data.split(b"\r\n")[:-1]}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(STEPS), max_size=14))
 def test_a_server_closing_between_commands_never_costs_a_false_reply(steps: list) -> None:
     h = Harness(POLICY, server=AuthServer(), trace=False).start()

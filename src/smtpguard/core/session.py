@@ -556,7 +556,8 @@ class Session:
         self.message_octets += relay.size
         if self.out.size:
             self.out.emit(Trace(Direction.CLIENT_TO_GW, relay.message_id, size=relay.size))
-        if relay.refusal is not None:
+        if relay.refusal is not None:  # the end of the transaction, as a server's reply is
+            self.envelope.in_transaction = False
             self.messages_refused += 1
             self.replies.local(END_OF_DATA_VERB, relay.refusal)
             self.flush()
