@@ -210,8 +210,13 @@ def test_a_refused_message_after_the_client_authenticated_ends_the_session() -> 
     """The message is refused and its connection aborted; a fresh one would not know
     the client's authentication, so the client is told to come back, not left to
     have its next message refused for want of it."""
-    assert (
-        authenticated()
+    assert refusing(authenticated()) << C(REFUSED + replies.UPSTREAM_RENEWED) << CloseClient()
+
+
+def refusing(book: Playbook) -> Playbook:
+    """A message the gateway refuses (a bare LF): its connection aborted."""
+    return (
+        book
         >> ClientData(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
         << S(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
         >> ServerData(b"250 ok\r\n250 ok\r\n354 go\r\n")
@@ -219,24 +224,12 @@ def test_a_refused_message_after_the_client_authenticated_ends_the_session() -> 
         >> ClientData(b"\nbare LF\r\n.\r\n")
         << PolicyEvent("SG-DATA-BAD-BYTES", "bare LF in message data: message refused", "reject")
         << CloseServer(abort=True)
-        << C(REFUSED + replies.UPSTREAM_RENEWED)
-        << CloseClient()
     )
 
 
 def after_a_refused_message() -> Playbook:
     """A message refused by the gateway, and the fresh connection opened after it."""
-    return reopened(
-        greeted()
-        >> ClientData(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
-        << S(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
-        >> ServerData(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        << C(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        >> ClientData(b"\nbare LF\r\n.\r\n")
-        << PolicyEvent("SG-DATA-BAD-BYTES", "bare LF in message data: message refused", "reject")
-        << CloseServer(abort=True)
-        << C(REFUSED)
-    )
+    return reopened(refusing(greeted()) << C(REFUSED))
 
 
 def test_a_refused_message_ends_its_transaction_for_an_idle_close() -> None:
