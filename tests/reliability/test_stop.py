@@ -11,9 +11,11 @@ upstream that holds its reply to the end of data.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,51 @@ def test_a_second_stop_signal_cuts_the_drain_and_says_how_many(
         # The message cut in the middle never reached its end at the server.
         until(lambda: up.partial == 1, 10, "the upstream of the cut message to close")
         assert up.messages_ended == 1
+    finally:
+        up.close()
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_second_stop_reaches_workers_that_have_not_run_since_the_first(
+    tmp_path: Path,
+) -> None:
+    """Both stop signals reach a worker that was stopped (as a busy machine may leave
+    it) while the supervisor sent them: two SIGTERMs would merge into one there, and
+    the worker would drain for the whole grace. The cut is a signal of its own."""
+    up = HoldingUpstream()
+    try:
+        gw = Serve(tmp_path, "--upstream", up.address, "--workers", "2", "--drain-grace", "3600")
+        try:
+            mid, owed = _two_clients_in_flight(gw, up)
+            workers = _children(gw.proc.pid)
+            assert len(workers) == 2, workers
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                gw.signal(signal.SIGTERM)
+                until(lambda: "draining sessions" in gw.stderr(), 20, "the drain to start")
+                gw.signal(signal.SIGTERM)
+                time.sleep(0.5)  # the supervisor has passed both on
+            finally:
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+            assert gw.proc.wait(30) == 0
+        finally:
+            if gw.proc.poll() is None:
+                gw.stop()
+        assert mid.reply().startswith(b"421 4.3.2") and owed.reply().startswith(b"421 4.3.2")
+        assert "2 sessions cut" in gw.stderr(), gw.stderr()
     finally:
         up.close()
 

@@ -80,6 +80,7 @@ from smtpguard.gateway.upstreams import (
     UpstreamPool,
     show,
 )
+from smtpguard.gateway.workers import CUT_SIGNAL
 from smtpguard.logs import ProtocolLog
 from smtpguard.proxyproto import ProxyVersion
 from smtpguard.state.dedupe import Dedupe
@@ -601,7 +602,9 @@ class Gateway:
         ready: Callable[[], None] | None = None,
     ) -> int:
         """Serve until one of ``signals``, then drain; ``on_stop`` runs once, first.
-        The same signal again during the drain cuts it short. ``ready`` runs once
+        The same signal again during the drain cuts it short, as does ``CUT_SIGNAL``
+        at any time (the supervisor's second stop: a second SIGTERM could merge with
+        the first while this process has not run yet). ``ready`` runs once
         the signals are handled: a stop, SIGHUP or SIGUSR1 sent as soon as the
         process says it serves is never lost. Returns how many sessions were cut
         (see :meth:`drain`)."""
@@ -612,9 +615,15 @@ class Gateway:
                 self.cut_now()
             stop.set()
 
+        def cut_signalled() -> None:  # the supervisor's cut: a signal of its own
+            self.cut_now()
+            stop.set()
+
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self.loop.add_signal_handler(sig, signalled)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self.loop.add_signal_handler(CUT_SIGNAL, cut_signalled)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self.hangup)
             self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)

@@ -21,8 +21,9 @@ stops the whole service with exit status 1 (the service manager, e.g. systemd's
 Stop: SIGTERM or SIGINT make the parent call ``on_stop`` once and send SIGTERM to
 the workers (each drains its own sessions); *helpers* (the built-in mailbox) get
 theirs only when every worker has exited, so a transaction in flight finishes in
-every topology. A second SIGTERM or SIGINT during the drain is passed on as a
-second SIGTERM, which makes each worker cut its sessions at once. Every child
+every topology. A second SIGTERM or SIGINT during the drain is passed on as
+``CUT_SIGNAL`` (SIGUSR2, never a second SIGTERM, which could merge with the first in
+a worker that has not run yet), which makes each worker cut its sessions at once. Every child
 ignores SIGINT: a Ctrl-C reaches the whole process group, and the parent alone
 decides what it means. SIGHUP and SIGUSR1 are forwarded to the workers as they are.
 
@@ -52,6 +53,9 @@ log = logging.getLogger("smtpguard.gateway")
 WORKER_EXITED: Final = "SG-WORKER-EXITED"
 WORKER_RESTARTED: Final = "SG-WORKER-RESTARTED"
 
+# The parent's second stop, to its workers: cut the drain now. A signal of its own,
+# not a second SIGTERM: two SIGTERMs sent before a busy worker has run merge into one.
+CUT_SIGNAL: Final = signal.SIGUSR2
 STABLE_AFTER = 60.0  # seconds of service after which a death is not "quick"
 MAX_QUICK_DEATHS = 5
 MAX_BACKOFF = 30.0
@@ -175,7 +179,7 @@ def _child_main(child: Child, inherited: list[socket.socket], wfd: int) -> None:
                 s.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes a stop on
-        for sig in (signal.SIGHUP, signal.SIGUSR1):  # until the event loop handles them
+        for sig in (signal.SIGHUP, signal.SIGUSR1, CUT_SIGNAL):  # until the loop handles them
             signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         code = child.target(parent)
@@ -295,7 +299,7 @@ class Supervisor:
         if self.stopping:
             if not self.cutting:  # a second stop signal: the workers cut at once
                 self.cutting = True
-                self._signal(signal.SIGTERM)
+                self._signal(CUT_SIGNAL)
             return
         self.stopping = True
         for c in self.children:
