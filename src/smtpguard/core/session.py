@@ -182,7 +182,7 @@ class Session:
                     self._pump(now)
         elif isinstance(event, ServerData):
             link = self.link
-            if link.state is Upstream.DOWN or link.state is Upstream.PARKED:
+            if not link.live:  # closed, or parked until the next command
                 pass
             elif phase is Phase.TUNNEL:
                 self.deadlines.client = now + self.policy.timeouts.client_idle
